@@ -1,0 +1,3 @@
+//! Everything that touches a socket: frames, TLS, the redirectors, the gateway and the dialers.
+
+pub mod frame;

@@ -1,0 +1,1 @@
+//! The SP backup service: accounts, presence, audit. Knows no sockets.

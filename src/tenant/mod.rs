@@ -1,0 +1,1 @@
+//! The tenant side: its configuration and its backup server. Knows no sockets.
