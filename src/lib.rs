@@ -1,6 +1,13 @@
 //! Remote Access Console: an SP operator opens a tenant's backup server, which sits behind
 //! NAT, through the SP's cloud redirector. See `docs/ARCHITECTURE.md` for the map.
 
+pub mod cli;
+pub mod lab;
 pub mod net;
 pub mod sp;
 pub mod tenant;
+pub mod tenant_cli;
+pub mod ui;
+
+/// This build's version, sent in hellos and welcomes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

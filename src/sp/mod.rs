@@ -1,1 +1,241 @@
-//! The SP backup service: accounts, presence, audit. Knows no sockets.
+//! The SP backup service: operator and tenant accounts, who is connected, the audit log, and
+//! the rules that decide whether a console may open a tenant. It knows no sockets:
+//! `net::cloud_redirector` hosts it on the wire.
+
+pub mod auth;
+pub mod config;
+pub mod pki;
+pub mod presence;
+pub mod registry;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::net::protocol::{ErrorCode, TenantStatus};
+use config::{SpConfig, StateDir};
+use presence::{Kick, Presence};
+use registry::{Operator, Registry, TokenCheck};
+
+/// A refusal with its stable code and words for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+    fn plain(code: ErrorCode) -> Self {
+        Refusal::new(code, code.describe())
+    }
+}
+
+/// The SP backup service of one node.
+pub struct SpService {
+    pub config: SpConfig,
+    pub registry: Registry,
+    pub presence: Presence,
+    limiter: auth::LoginLimiter,
+    seen_data_version: AtomicI64,
+}
+
+/// What `rac sp init` made.
+pub struct InitResult {
+    pub operator: String,
+    pub password: String,
+    pub ca_cert: std::path::PathBuf,
+    pub ca_fingerprint: String,
+}
+
+/// Creates a new state dir: CA, server certificate, registry and one operator.
+pub fn init_state_dir(state: &StateDir, operator: &str, extra_sans: &[String]) -> Result<InitResult> {
+    if state.registry().exists() || state.ca_cert().exists() {
+        anyhow::bail!(
+            "{} already holds an SP (found {}); refusing to overwrite it",
+            state.root.display(),
+            if state.registry().exists() { "registry.sqlite" } else { "ca.pem" }
+        );
+    }
+    std::fs::create_dir_all(&state.root)
+        .with_context(|| format!("creating {}", state.root.display()))?;
+    registry::validate_name(operator)?;
+    let certs = pki::generate(extra_sans)?;
+    std::fs::write(state.ca_cert(), &certs.ca_cert_pem)
+        .with_context(|| format!("writing {}", state.ca_cert().display()))?;
+    pki::write_private(&state.ca_key(), &certs.ca_key_pem)?;
+    std::fs::write(
+        state.server_chain(),
+        format!("{}{}", certs.server_cert_pem, certs.ca_cert_pem),
+    )
+    .with_context(|| format!("writing {}", state.server_chain().display()))?;
+    pki::write_private(&state.server_key(), &certs.server_key_pem)?;
+    let registry = Registry::open(&state.registry()).context("creating the registry")?;
+    let password = auth::random_hex_16();
+    registry.add_operator(operator, &password, "*")?;
+    let ca_fingerprint = crate::net::tls::pem_fingerprint(&state.ca_cert())?;
+    Ok(InitResult {
+        operator: operator.to_string(),
+        password,
+        ca_cert: state.ca_cert(),
+        ca_fingerprint,
+    })
+}
+
+impl SpService {
+    /// Opens the service on an initialized state dir.
+    pub fn open(state: &StateDir) -> Result<Arc<Self>> {
+        state.ensure_initialized()?;
+        let config = SpConfig::load(&state.config())?;
+        let registry = Registry::open(&state.registry())
+            .with_context(|| format!("opening {}", state.registry().display()))?;
+        Self::with_registry(config, registry)
+    }
+
+    pub fn with_registry(config: SpConfig, registry: Registry) -> Result<Arc<Self>> {
+        config.validate()?;
+        let interrupted = registry.close_interrupted_sessions()?;
+        if interrupted > 0 {
+            tracing::warn!(interrupted, "closed audit entries left open by an earlier run");
+        }
+        let presence = Presence::new(registry.tenants()?);
+        let seen = registry.data_version()?;
+        Ok(Arc::new(SpService {
+            limiter: auth::LoginLimiter::new(
+                config.login_max_failures,
+                Duration::from_secs(config.login_window_secs),
+            ),
+            config,
+            registry,
+            presence,
+            seen_data_version: AtomicI64::new(seen),
+        }))
+    }
+
+    /// Checks a tenant's control-connection credentials.
+    pub fn authenticate_tenant(&self, tenant: &str, secret: &str) -> Result<(), Refusal> {
+        let account = self.presence.account(tenant).ok_or_else(|| {
+            Refusal::new(ErrorCode::AuthFailed, "unknown tenant or wrong secret")
+        })?;
+        if !auth::constant_time_eq(&auth::sha256_hex(secret), &account.secret_hash) {
+            return Err(Refusal::new(
+                ErrorCode::AuthFailed,
+                "unknown tenant or wrong secret",
+            ));
+        }
+        if !account.enabled {
+            return Err(Refusal::plain(ErrorCode::TenantDisabled));
+        }
+        Ok(())
+    }
+
+    /// Operator login with a password. Slow (argon2): call from a blocking thread.
+    /// Returns the new token and its lifetime.
+    pub fn login(&self, user: &str, password: &str, source: IpAddr) -> Result<(String, u64), Refusal> {
+        if let Err(wait) = self.limiter.check(source) {
+            tracing::warn!(%source, user, "login refused: too many failures from this address");
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many failed logins from {source}; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
+        match self.registry.verify_operator(user, password) {
+            Ok(Some(_)) => {
+                self.limiter.record_success(source);
+                let ttl = self.config.token_ttl_secs;
+                let token = self
+                    .registry
+                    .create_token(user, Duration::from_secs(ttl))
+                    .map_err(internal)?;
+                tracing::info!(%source, user, "operator logged in");
+                Ok((token, ttl))
+            }
+            Ok(None) => {
+                self.limiter.record_failure(source);
+                tracing::warn!(%source, user, "failed login");
+                Err(Refusal::new(
+                    ErrorCode::AuthFailed,
+                    "login failed: wrong user name or password",
+                ))
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// Resolves a session token to its operator.
+    pub fn check_token(&self, token: &str) -> Result<Operator, Refusal> {
+        match self.registry.check_token(token).map_err(internal)? {
+            TokenCheck::Valid(op) => Ok(op),
+            TokenCheck::Expired => Err(Refusal::plain(ErrorCode::TokenExpired)),
+            TokenCheck::Unknown => Err(Refusal::new(
+                ErrorCode::AuthFailed,
+                "unknown or revoked session token; log in again",
+            )),
+        }
+    }
+
+    /// Decides whether `token` may open `service` on `tenant` now (step 5).
+    pub fn authorize_session(&self, token: &str, tenant: &str, service: &str) -> Result<Operator, Refusal> {
+        let operator = self.check_token(token)?;
+        if !operator.may_open(tenant) {
+            return Err(Refusal::new(
+                ErrorCode::AccessDenied,
+                format!("operator {} may not open tenant {tenant}", operator.name),
+            ));
+        }
+        let info = self.presence.info(tenant).ok_or_else(|| {
+            Refusal::new(ErrorCode::UnknownTenant, format!("unknown tenant {tenant:?}"))
+        })?;
+        match info.status {
+            TenantStatus::Disabled => Err(Refusal::new(
+                ErrorCode::TenantDisabled,
+                format!("tenant {tenant} is disabled"),
+            )),
+            TenantStatus::Offline => Err(Refusal::new(
+                ErrorCode::TenantOffline,
+                format!("tenant {tenant} is offline (its redirector is not connected)"),
+            )),
+            TenantStatus::Online if !info.provider_access => Err(Refusal::new(
+                ErrorCode::ProviderAccessDisabled,
+                format!("tenant {tenant} has disabled remote access by the provider"),
+            )),
+            TenantStatus::Online if !info.services.iter().any(|s| s == service) => {
+                Err(Refusal::new(
+                    ErrorCode::ServiceNotOffered,
+                    format!(
+                        "tenant {tenant} does not offer the service {service:?} (it offers: {})",
+                        if info.services.is_empty() { "none".to_string() } else { info.services.join(", ") }
+                    ),
+                ))
+            }
+            TenantStatus::Online => Ok(operator),
+        }
+    }
+
+    /// Picks up accounts changed by other processes (`rac sp tenant ...`). Returns the
+    /// tenants whose connections must be dropped.
+    pub fn refresh_accounts(&self) -> Result<Vec<Kick>> {
+        let version = self.registry.data_version()?;
+        if self.seen_data_version.swap(version, Ordering::SeqCst) == version {
+            return Ok(Vec::new());
+        }
+        Ok(self.presence.sync_accounts(self.registry.tenants()?))
+    }
+}
+
+fn internal(err: impl std::fmt::Display) -> Refusal {
+    tracing::error!("registry error: {err}");
+    Refusal::plain(ErrorCode::Internal)
+}

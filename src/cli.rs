@@ -1,0 +1,744 @@
+//! The command line: the scripting contract of DESIGN.md. Each command parses its arguments,
+//! builds what it needs and calls the same library functions the lab and the tests call.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::lab::{Lab, LabOptions};
+use crate::net::console::{ConsoleClient, ConsoleConfig};
+use crate::net::dial::Route;
+use crate::net::tls::Trust;
+use crate::sp::config::StateDir;
+use crate::sp::registry::Registry;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rac",
+    version,
+    about = "Remote Access Console: open a tenant's backup server behind NAT through the SP",
+    long_about = "Remote Access Console: an SP operator opens a tenant's backup server, which sits \
+behind NAT with no inbound port, through the SP's cloud redirector.\n\nWith no command, opens the \
+console window on an embedded lab (SP, gateways and simulated tenants in this process)."
+)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The embedded lab: SP, gateways and simulated tenants in one process.
+    Lab(LabArgs),
+    /// Run and administer the SP (backup service + cloud redirector).
+    #[command(subcommand)]
+    Sp(SpCommand),
+    /// Run a cloud gateway: forward TCP to the SP port (TLS passes through).
+    Gateway(GatewayArgs),
+    /// Run the tenant redirector from its config file.
+    Tenant(TenantArgs),
+    /// Log in and print the tenant list.
+    Tenants(TenantsArgs),
+    /// Forward a local port to a tenant service; each local connection gets its own session.
+    Connect(ConnectArgs),
+    /// Print a tenant's backup server (through a session to its `backup` service).
+    Inspect(InspectArgs),
+    /// Start or stop a job on a tenant's backup server (through a session).
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// The console window, against a real SP (connection profiles).
+    Console,
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Simulated tenants.
+    #[arg(long, default_value_t = 12)]
+    pub tenants: usize,
+    /// No window: print one JSON line when every tenant is online, then run until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub headless: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpCommand {
+    /// Create a state dir: CA, server certificate, registry, one operator (password printed once).
+    Init {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The first operator's name.
+        #[arg(long, default_value = "admin")]
+        operator: String,
+        /// Extra names or addresses for the server certificate (localhost and 127.0.0.1 are always in).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage tenant accounts (works while the SP runs).
+    #[command(subcommand)]
+    Tenant(SpTenantCommand),
+    /// Manage operator accounts.
+    #[command(subcommand)]
+    Operator(SpOperatorCommand),
+    /// Print the audit log of console sessions, newest first.
+    Audit {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the SP port.
+    Run {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Address to listen on (host:port, or a port for all interfaces).
+        #[arg(long, default_value = "0.0.0.0:6180")]
+        listen: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpTenantCommand {
+    /// Add a tenant; prints its secret once.
+    Add {
+        name: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenant accounts.
+    List {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a tenant: its connection and sessions end, it cannot reconnect.
+    Disable {
+        name: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    Enable {
+        name: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// Remove a tenant account.
+    Remove {
+        name: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// Issue a new secret (printed once); the old one stops working at once.
+    RotateSecret {
+        name: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpOperatorCommand {
+    /// Add an operator; prints a generated password once.
+    Add {
+        name: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Tenants this operator may open: `*` or a comma-separated list.
+        #[arg(long, default_value = "*")]
+        tenants: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List operators.
+    List {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every session token of an operator.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: String,
+    /// An SP port to forward to; repeat for several.
+    #[arg(long = "backend", required = true)]
+    pub backends: Vec<String>,
+    /// Prefix each forwarded connection with a PROXY protocol v2 header (the real client address).
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// Most connections forwarded at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Close a connection idle this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub idle_timeout_secs: u64,
+    /// On SIGTERM, let open connections finish for this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantArgs {
+    /// The tenant's TOML config.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// How a console reaches the SP and as whom.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// The SP address (direct route).
+    #[arg(long, conflicts_with = "gateways")]
+    pub sp: Option<String>,
+    /// A cloud gateway address; repeat for a pool with failover.
+    #[arg(long = "gateway")]
+    pub gateways: Vec<String>,
+    /// The SP's CA certificate (PEM).
+    #[arg(long, conflicts_with = "fingerprint")]
+    pub ca: Option<PathBuf>,
+    /// Or: the SHA-256 fingerprint of the SP's CA or server certificate.
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// The name on the SP's certificate (default: the host of the first address).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Operator name. The password comes from RAC_PASSWORD, or is asked on the terminal.
+    #[arg(long)]
+    pub user: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    pub tenant: String,
+    /// The tenant service to reach.
+    #[arg(long)]
+    pub service: String,
+    /// Local address to listen on (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    pub tenant: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Start a job now.
+    Start(JobArgs),
+    /// Stop a running job.
+    Stop(JobArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    pub tenant: String,
+    /// Job id or name.
+    pub job: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Logs go to stderr: stdout is for results scripts read.
+pub fn init_tracing(cli: &Cli) {
+    let default = match (cli.verbose, &cli.command) {
+        (0, Some(Command::Sp(SpCommand::Run { .. })) | Some(Command::Gateway(_)) | Some(Command::Tenant(_))) => "info",
+        (0, _) => "warn",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs one command to completion.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        None => crate::ui::run_lab_window(LabOptions {
+            demo_faults: true,
+            ..LabOptions::default()
+        }),
+        Some(Command::Console) => crate::ui::run_console_window(),
+        Some(Command::Lab(args)) if !args.headless => crate::ui::run_lab_window(LabOptions {
+            tenants: args.tenants,
+            demo_faults: true,
+            ..LabOptions::default()
+        }),
+        Some(Command::Lab(args)) => runtime()?.block_on(lab_headless(args)),
+        Some(Command::Sp(cmd)) => sp_command(cmd),
+        Some(Command::Gateway(args)) => runtime()?.block_on(gateway(args)),
+        Some(Command::Tenant(args)) => runtime()?.block_on(tenant(args)),
+        Some(Command::Tenants(args)) => runtime()?.block_on(tenants(args)),
+        Some(Command::Connect(args)) => runtime()?.block_on(connect(args)),
+        Some(Command::Inspect(args)) => runtime()?.block_on(crate::tenant_cli::inspect(args)),
+        Some(Command::Job(cmd)) => runtime()?.block_on(crate::tenant_cli::job(cmd)),
+    }
+}
+
+/// Cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("cannot watch SIGTERM: {e}");
+                        let _ = ctrl_c.await;
+                        t.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+async fn lab_headless(args: LabArgs) -> Result<ExitCode> {
+    let shutdown = shutdown_on_signal();
+    let lab = Lab::start(LabOptions {
+        tenants: args.tenants,
+        ..LabOptions::default()
+    })
+    .await?;
+    println!("{}", lab.ready_line());
+    std::io::stdout().flush()?;
+    shutdown.cancelled().await;
+    lab.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
+    let registry = |dir: &PathBuf| -> Result<Registry> {
+        let state = StateDir::new(dir);
+        state.ensure_initialized()?;
+        Ok(Registry::open(&state.registry())?)
+    };
+    match cmd {
+        SpCommand::Init {
+            state_dir,
+            operator,
+            sans,
+            json,
+        } => {
+            let init = crate::sp::init_state_dir(&StateDir::new(&state_dir), &operator, &sans)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "operator": init.operator, "password": init.password,
+                    "ca_cert": init.ca_cert, "ca_fingerprint": init.ca_fingerprint,
+                }))?;
+            } else {
+                println!("SP state created in {}", state_dir.display());
+                println!("operator:       {}", init.operator);
+                println!("password:       {}   (shown once: store it now)", init.password);
+                println!("CA certificate: {}   (give this file to consoles and tenants)", init.ca_cert.display());
+                println!("CA fingerprint: {}", init.ca_fingerprint);
+                println!("next: rac sp tenant add NAME --state-dir {}", state_dir.display());
+            }
+        }
+        SpCommand::Tenant(cmd) => match cmd {
+            SpTenantCommand::Add {
+                name,
+                state_dir,
+                description,
+                json,
+            } => {
+                let secret = registry(&state_dir)?.add_tenant(&name, &description)?;
+                if json {
+                    print_json(&serde_json::json!({"tenant": name, "secret": secret}))?;
+                } else {
+                    println!("tenant {name} added");
+                    println!("secret: {secret}   (shown once: put it in the tenant's config)");
+                }
+            }
+            SpTenantCommand::List { state_dir, json } => {
+                let tenants = registry(&state_dir)?.tenants()?;
+                if json {
+                    print_json(&tenants)?;
+                } else {
+                    println!("{:<24} {:<9} {:<20} DESCRIPTION", "NAME", "ENABLED", "LAST SEEN");
+                    for t in tenants {
+                        println!(
+                            "{:<24} {:<9} {:<20} {}",
+                            t.name,
+                            if t.enabled { "yes" } else { "no" },
+                            t.last_seen.map(format_time).unwrap_or_else(|| "never".into()),
+                            t.description
+                        );
+                    }
+                }
+            }
+            SpTenantCommand::Disable { name, state_dir } => {
+                registry(&state_dir)?.set_enabled(&name, false)?;
+                println!("tenant {name} disabled (a running SP drops its connection and sessions)");
+            }
+            SpTenantCommand::Enable { name, state_dir } => {
+                registry(&state_dir)?.set_enabled(&name, true)?;
+                println!("tenant {name} enabled");
+            }
+            SpTenantCommand::Remove { name, state_dir } => {
+                registry(&state_dir)?.remove_tenant(&name)?;
+                println!("tenant {name} removed");
+            }
+            SpTenantCommand::RotateSecret {
+                name,
+                state_dir,
+                json,
+            } => {
+                let secret = registry(&state_dir)?.rotate_secret(&name)?;
+                if json {
+                    print_json(&serde_json::json!({"tenant": name, "secret": secret}))?;
+                } else {
+                    println!("new secret for {name}: {secret}   (shown once; the old one no longer works)");
+                }
+            }
+        },
+        SpCommand::Operator(cmd) => match cmd {
+            SpOperatorCommand::Add {
+                name,
+                state_dir,
+                tenants,
+                json,
+            } => {
+                let password = crate::sp::auth::random_hex_16();
+                registry(&state_dir)?.add_operator(&name, &password, &tenants)?;
+                if json {
+                    print_json(&serde_json::json!({"operator": name, "password": password}))?;
+                } else {
+                    println!("operator {name} added; password: {password}   (shown once)");
+                }
+            }
+            SpOperatorCommand::List { state_dir, json } => {
+                let operators = registry(&state_dir)?.operators()?;
+                if json {
+                    print_json(&operators)?;
+                } else {
+                    for op in operators {
+                        println!("{:<24} tenants: {}", op.name, op.tenants);
+                    }
+                }
+            }
+            SpOperatorCommand::Revoke { name, state_dir } => {
+                let n = registry(&state_dir)?.revoke_operator_tokens(&name)?;
+                println!("revoked {n} token(s) of {name}");
+            }
+        },
+        SpCommand::Audit {
+            state_dir,
+            limit,
+            json,
+        } => {
+            let entries = registry(&state_dir)?.audit_entries(limit)?;
+            if json {
+                print_json(&entries)?;
+            } else {
+                for e in entries {
+                    println!(
+                        "{} {:<12} {:<16} {:<8} {:>10} B out {:>10} B in  {} ({})",
+                        format_time(e.started_at),
+                        e.operator,
+                        e.tenant,
+                        e.service,
+                        e.bytes_to_tenant,
+                        e.bytes_from_tenant,
+                        e.outcome,
+                        e.console_addr
+                    );
+                }
+            }
+        }
+        SpCommand::Run { state_dir, listen } => {
+            let addr = crate::sp::config::parse_listen(&listen)?;
+            let engine = crate::net::cloud_redirector::SpEngine::open(&StateDir::new(&state_dir))?;
+            return runtime()?.block_on(async move {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr}"))?;
+                eprintln!("SP listening on {}", listener.local_addr()?);
+                crate::net::cloud_redirector::run(engine, listener, shutdown_on_signal()).await?;
+                Ok(ExitCode::SUCCESS)
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// UTC `YYYY-MM-DD HH:MM:SS` without a date library.
+pub fn format_time(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let secs = unix_secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+async fn gateway(args: GatewayArgs) -> Result<ExitCode> {
+    let mut backends = Vec::new();
+    for b in &args.backends {
+        backends.push(resolve(b).await?);
+    }
+    let mut config = crate::net::gateway::GatewayConfig::new(backends);
+    config.proxy_protocol = args.proxy_protocol;
+    config.max_connections = args.max_connections;
+    config.idle_timeout = std::time::Duration::from_secs(args.idle_timeout_secs);
+    config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout_secs);
+    config.validate()?;
+    let addr = resolve(&args.listen).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    eprintln!("gateway listening on {}", listener.local_addr()?);
+    crate::net::gateway::run(config, listener, shutdown_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolving {addr:?} (expected host:port)"))?
+        .next()
+        .with_context(|| format!("{addr:?} resolves to no address"))
+}
+
+async fn tenant(args: TenantArgs) -> Result<ExitCode> {
+    let file = crate::tenant::config::TenantConfig::load(&args.config)?;
+    let mut config = crate::net::tenant_redirector::RedirectorConfig::from_file(&file, &args.config)?;
+    let shutdown = shutdown_on_signal();
+    let tracker = tokio_util::task::TaskTracker::new();
+    if let Some(backup) = &file.backup_service {
+        let handler = crate::tenant_cli::backup_handler(backup, &file.name, &shutdown, &tracker)?;
+        config.services.insert(
+            crate::tenant::backup::SERVICE_NAME.to_string(),
+            crate::net::tenant_redirector::ServiceTarget::Local(handler),
+        );
+    }
+    eprintln!(
+        "tenant {} offering {} via {}",
+        config.tenant,
+        config.services.keys().cloned().collect::<Vec<_>>().join(", "),
+        config.endpoints.join(", ")
+    );
+    crate::net::tenant_redirector::run(config, shutdown).await?;
+    tracker.close();
+    tracker.wait().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+impl ClientArgs {
+    /// The console configuration these arguments describe.
+    pub fn console_config(&self) -> Result<ConsoleConfig> {
+        let route = match (&self.sp, self.gateways.is_empty()) {
+            (Some(sp), true) => Route::Direct(sp.clone()),
+            (None, false) => Route::Gateways(self.gateways.clone()),
+            (Some(_), false) => bail!("give either --sp or --gateway, not both"),
+            (None, true) => bail!("say how to reach the SP: --sp ADDR or --gateway ADDR"),
+        };
+        let trust = match (&self.ca, &self.fingerprint) {
+            (Some(ca), _) => Trust::CaFile(ca.clone()),
+            (None, Some(fp)) => Trust::Pinned(crate::net::tls::parse_fingerprint(fp)?),
+            (None, None) => bail!("say which SP to trust: --ca FILE or --fingerprint SHA256"),
+        };
+        let first = route.endpoints().first().cloned().unwrap_or_default();
+        let server_name = self.server_name.clone().unwrap_or_else(|| {
+            crate::tenant::config::host_of(&first)
+                .unwrap_or("localhost")
+                .to_string()
+        });
+        Ok(ConsoleConfig {
+            route,
+            trust,
+            server_name,
+            user: self.user.clone(),
+        })
+    }
+
+    /// Builds a client and logs in (password from RAC_PASSWORD or the terminal).
+    pub async fn login(&self) -> Result<Arc<ConsoleClient>> {
+        let client = ConsoleClient::new(self.console_config()?)?;
+        let password = password()?;
+        client
+            .login(&password)
+            .await
+            .with_context(|| format!("logging in as {}", self.user))?;
+        Ok(client)
+    }
+}
+
+fn password() -> Result<String> {
+    if let Ok(pw) = std::env::var("RAC_PASSWORD") {
+        return Ok(pw);
+    }
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password("operator password: ").context("reading the password");
+    }
+    bail!("no password: set RAC_PASSWORD (no terminal to ask on)")
+}
+
+async fn tenants(args: TenantsArgs) -> Result<ExitCode> {
+    let client = args.client.login().await?;
+    let tenants = client.tenants().await.context("reading the tenant list")?;
+    if args.json {
+        print_json(&tenants)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<9} {:<20} {:<22} {:>7} {:>5}  SERVICES",
+        "NAME", "STATUS", "CONNECTED SINCE", "REMOTE ADDRESS", "RTT ms", "SESS"
+    );
+    for t in tenants {
+        let status = match (t.status.as_str(), t.provider_access) {
+            ("online", false) => "no-access",
+            (s, _) => s,
+        };
+        println!(
+            "{:<24} {:<9} {:<20} {:<22} {:>7} {:>5}  {}",
+            t.name,
+            status,
+            t.connected_since.map(format_time).unwrap_or_else(|| "-".into()),
+            t.remote_addr.as_deref().unwrap_or("-"),
+            t.heartbeat_rtt_ms.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into()),
+            t.open_sessions,
+            t.services.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the login and the tenant first, so a mistake is reported before anything listens.
+pub async fn check_tenant(client: &ConsoleClient, tenant: &str, service: &str) -> Result<()> {
+    let tenants = client.tenants().await.context("reading the tenant list")?;
+    let Some(info) = tenants.iter().find(|t| t.name == tenant) else {
+        bail!("unknown tenant {tenant:?} (or not one this operator may open)");
+    };
+    use crate::net::protocol::TenantStatus;
+    match info.status {
+        TenantStatus::Disabled => bail!("tenant {tenant} is disabled"),
+        TenantStatus::Offline => bail!("tenant {tenant} is offline"),
+        TenantStatus::Online if !info.provider_access => {
+            bail!("tenant {tenant} has disabled remote access by the provider")
+        }
+        TenantStatus::Online if !info.services.iter().any(|s| s == service) => bail!(
+            "tenant {tenant} does not offer {service:?} (it offers: {})",
+            info.services.join(", ")
+        ),
+        TenantStatus::Online => Ok(()),
+    }
+}
+
+async fn connect(args: ConnectArgs) -> Result<ExitCode> {
+    let client = args.client.login().await?;
+    check_tenant(&client, &args.tenant, &args.service).await?;
+    let addr = resolve(&args.listen).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    crate::net::console::forward(client, args.tenant, args.service, listener, shutdown_on_signal())
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn time_formatting() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_795_000_000), "2026-11-18 08:26:40");
+    }
+}

@@ -1,0 +1,200 @@
+//! A tenant's control connection at the SP (steps 2, 3 and 6): authenticated once, then
+//! heartbeats both ways, `OpenData` requests out, `Reject` and status changes in.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, ReadHalf};
+use tokio::sync::mpsc;
+
+use super::{ControlHandle, DataOutcome, Shared, ServerStream, lock, send_error};
+use crate::net::frame::{self, FrameError, MAX_HELLO_LEN};
+use crate::net::protocol::{ControlMsg, ErrorCode, HelloReply, Welcome};
+use crate::sp::Refusal;
+use crate::sp::presence::Live;
+
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    mut stream: ServerStream,
+    tenant: String,
+    secret: String,
+    live: Live,
+) {
+    if let Err(refusal) = shared.sp.authenticate_tenant(&tenant, &secret) {
+        tracing::warn!(%tenant, addr = %live.remote_addr, "tenant refused: {}", refusal.message);
+        let _ = send_error(&mut stream, &refusal).await;
+        return;
+    }
+    let Some(conn_id) = shared.sp.presence.connect(&tenant, live) else {
+        let _ = send_error(&mut stream, &Refusal::new(ErrorCode::AuthFailed, "unknown tenant")).await;
+        return;
+    };
+    let config = &shared.sp.config;
+    let (tx, mut commands) = mpsc::channel(64);
+    let replaced = shared.shutdown.child_token();
+    if let Some(old) = lock(&shared.controls).insert(
+        tenant.clone(),
+        ControlHandle {
+            conn_id,
+            tx,
+            replaced: replaced.clone(),
+        },
+    ) {
+        tracing::info!(%tenant, "a newer control connection replaces the older one");
+        old.replaced.cancel();
+    }
+    tracing::info!(%tenant, "tenant online");
+
+    let welcome = HelloReply::Welcome(Welcome {
+        server: crate::VERSION.to_string(),
+        heartbeat_secs: config.heartbeat_secs,
+        dead_after_secs: config.dead_after_secs,
+        gateways: config.gateways.clone(),
+        token: None,
+        token_expires_in_secs: None,
+    });
+    let (reader, mut writer) = tokio::io::split(stream);
+    let ended = match frame::write_frame(&mut writer, &welcome).await {
+        Err(e) => format!("could not send welcome: {e}"),
+        Ok(()) => {
+            let (incoming_tx, mut incoming) = mpsc::channel(16);
+            let reader_task = crate::net::AbortOnDrop(tokio::spawn(read_loop(reader, incoming_tx)));
+            let mut tick = tokio::time::interval(config.heartbeat());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            let mut last_heard = Instant::now();
+            let mut seq = 0u64;
+            let mut ping_sent: Option<(u64, Instant)> = None;
+            let ended = loop {
+                let outgoing = tokio::select! {
+                    _ = replaced.cancelled() => {
+                        if shared.shutdown.is_cancelled() {
+                            Some(ControlMsg::Goodbye { code: ErrorCode::ShuttingDown, reason: "SP shutting down".into() })
+                        } else {
+                            // Either a newer connection took over, or a kick already queued
+                            // its goodbye; flush what is queued and end.
+                            while let Ok(msg) = commands.try_recv() {
+                                let _ = frame::write_frame(&mut writer, &msg).await;
+                            }
+                            break "replaced or dropped by the SP".to_string();
+                        }
+                    }
+                    cmd = commands.recv() => cmd,
+                    msg = incoming.recv() => {
+                        last_heard = Instant::now();
+                        match msg {
+                            None => break "closed by the tenant".to_string(),
+                            Some(Err(e)) => break format!("bad frame from the tenant: {e}"),
+                            Some(Ok(msg)) => handle_incoming(&shared, &tenant, conn_id, msg, &mut ping_sent),
+                        }
+                    }
+                    _ = tick.tick() => {
+                        if last_heard.elapsed() > config.dead_after() {
+                            break format!("no heartbeat for {} s", config.dead_after_secs);
+                        }
+                        seq += 1;
+                        ping_sent = Some((seq, Instant::now()));
+                        Some(ControlMsg::Ping { seq })
+                    }
+                };
+                if let Some(msg) = outgoing {
+                    let goodbye = matches!(msg, ControlMsg::Goodbye { .. });
+                    match tokio::time::timeout(config.dead_after(), frame::write_frame(&mut writer, &msg)).await {
+                        Ok(Ok(())) if goodbye => break "goodbye sent".to_string(),
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break format!("write failed: {e}"),
+                        Err(_) => break "tenant stopped reading".to_string(),
+                    }
+                }
+            };
+            drop(reader_task);
+            ended
+        }
+    };
+
+    {
+        let mut controls = lock(&shared.controls);
+        if controls.get(&tenant).is_some_and(|h| h.conn_id == conn_id) {
+            controls.remove(&tenant);
+        }
+    }
+    if shared.sp.presence.disconnect(&tenant, conn_id)
+        && let Err(e) = shared
+            .sp
+            .registry
+            .set_last_seen(&tenant, crate::sp::registry::now_secs())
+    {
+        tracing::warn!(%tenant, "could not store last seen: {e}");
+    }
+    tracing::info!(%tenant, "tenant control connection ended: {ended}");
+}
+
+/// Answers what the tenant sent; returns a message to send back, if any.
+fn handle_incoming(
+    shared: &Shared,
+    tenant: &str,
+    conn_id: u64,
+    msg: ControlMsg,
+    ping_sent: &mut Option<(u64, Instant)>,
+) -> Option<ControlMsg> {
+    match msg {
+        ControlMsg::Ping { seq } => Some(ControlMsg::Pong { seq }),
+        ControlMsg::Pong { seq } => {
+            if let Some((sent_seq, at)) = *ping_sent
+                && sent_seq == seq
+            {
+                shared
+                    .sp
+                    .presence
+                    .set_rtt(tenant, conn_id, at.elapsed().as_secs_f64() * 1000.0);
+                *ping_sent = None;
+            }
+            None
+        }
+        ControlMsg::Reject {
+            session_id,
+            code,
+            reason,
+        } => {
+            let mut pending = lock(&shared.pending);
+            // Only the tenant the request went to may reject it.
+            if pending.get(&session_id).is_some_and(|p| p.tenant == tenant)
+                && let Some(p) = pending.remove(&session_id)
+            {
+                let _ = p.tx.send(DataOutcome::Rejected(Refusal::new(code, reason)));
+            }
+            None
+        }
+        ControlMsg::Status {
+            services,
+            provider_access,
+        } => {
+            shared
+                .sp
+                .presence
+                .update_status(tenant, conn_id, services, provider_access);
+            None
+        }
+        other => {
+            tracing::debug!(%tenant, "ignoring unexpected control message {other:?}");
+            None
+        }
+    }
+}
+
+async fn read_loop<R: AsyncRead>(
+    mut reader: ReadHalf<R>,
+    tx: mpsc::Sender<Result<ControlMsg, FrameError>>,
+) {
+    loop {
+        let item = match frame::read_frame::<ControlMsg, _>(&mut reader, MAX_HELLO_LEN).await {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}

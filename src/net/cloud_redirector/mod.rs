@@ -1,0 +1,344 @@
+//! The cloud redirector: the SP port. One TLS port takes every role; the first frame
+//! (`Hello`) says which. The accept loop only accepts; the PROXY header, the TLS handshake and
+//! the hello run in the connection's own task under one timeout, and at most
+//! `max_pending_handshakes` of them (and `max_pending_per_source` per address) run at once.
+
+mod control;
+mod operator;
+mod session;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::frame::{self, MAX_HELLO_LEN};
+use super::protocol::{ControlMsg, ErrorCode, Hello, PROTOCOL_VERSION, Role};
+use super::proxy_protocol;
+use super::tls::{self, ServerStream, TlsAcceptor};
+use crate::sp::config::StateDir;
+use crate::sp::presence::{Kick, KickReason};
+use crate::sp::{Refusal, SpService};
+
+/// Everything `run` needs: the SP backup service and the server's TLS identity.
+pub struct SpEngine {
+    pub service: Arc<SpService>,
+    pub acceptor: TlsAcceptor,
+}
+
+impl SpEngine {
+    /// Loads an SP from its state dir (made by `rac sp init`).
+    pub fn open(state: &StateDir) -> Result<Self> {
+        let service = SpService::open(state)?;
+        let acceptor = tls::server_acceptor(&state.server_chain(), &state.server_key())
+            .context("loading the SP's certificate")?;
+        Ok(SpEngine { service, acceptor })
+    }
+}
+
+/// A tenant's live control connection, as sessions and account changes reach it.
+struct ControlHandle {
+    conn_id: u64,
+    tx: mpsc::Sender<ControlMsg>,
+    /// Cancelled when a newer connection of the same tenant replaces this one.
+    replaced: CancellationToken,
+}
+
+/// A console waiting for its tenant's data connection (between steps 6 and 8).
+struct Pending {
+    tenant: String,
+    nonce: String,
+    deadline: Instant,
+    tx: oneshot::Sender<DataOutcome>,
+}
+
+enum DataOutcome {
+    Connected(ServerStream),
+    Rejected(Refusal),
+}
+
+/// State shared by every connection of one SP.
+struct Shared {
+    sp: Arc<SpService>,
+    shutdown: CancellationToken,
+    controls: Mutex<HashMap<String, ControlHandle>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Cancelling a tenant's token ends all its sessions (tenant disabled or removed).
+    tenant_sessions: Mutex<HashMap<String, CancellationToken>>,
+    handshakes_by_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a map update that cannot leave the map inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn sessions_token(&self, tenant: &str) -> CancellationToken {
+        lock(&self.tenant_sessions)
+            .entry(tenant.to_string())
+            .or_insert_with(|| self.shutdown.child_token())
+            .clone()
+    }
+
+    fn control_sender(&self, tenant: &str) -> Option<mpsc::Sender<ControlMsg>> {
+        lock(&self.controls).get(tenant).map(|h| h.tx.clone())
+    }
+
+    /// Acts on an account change: says goodbye on the control connection and, unless only
+    /// the secret changed, ends the tenant's sessions.
+    fn kick(&self, kick: &Kick) {
+        let (code, reason) = match kick.reason {
+            KickReason::Disabled => (ErrorCode::TenantDisabled, "tenant disabled by the SP"),
+            KickReason::Removed => (ErrorCode::AuthFailed, "tenant account removed by the SP"),
+            KickReason::SecretRotated => (ErrorCode::AuthFailed, "tenant secret rotated by the SP"),
+        };
+        tracing::info!(tenant = %kick.tenant, reason, "dropping tenant connection");
+        if let Some(handle) = lock(&self.controls).remove(&kick.tenant) {
+            let _ = handle.tx.try_send(ControlMsg::Goodbye {
+                code,
+                reason: reason.to_string(),
+            });
+            // If the goodbye could not be queued the connection still ends.
+            handle.replaced.cancel();
+        }
+        if kick.reason != KickReason::SecretRotated
+            && let Some(token) = lock(&self.tenant_sessions).remove(&kick.tenant)
+        {
+            token.cancel();
+        }
+    }
+}
+
+/// Counts a source's connections still in their handshake; the count drops with the guard.
+struct SourceGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut map = lock(&self.shared.handshakes_by_source);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves the SP port until `shutdown` fires, then ends every connection and returns.
+pub async fn run(engine: SpEngine, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+    let config = engine.service.config.clone();
+    let shared = Arc::new(Shared {
+        sp: engine.service,
+        shutdown: shutdown.clone(),
+        controls: Mutex::new(HashMap::new()),
+        pending: Mutex::new(HashMap::new()),
+        tenant_sessions: Mutex::new(HashMap::new()),
+        handshakes_by_source: Mutex::new(HashMap::new()),
+    });
+    let acceptor = engine.acceptor;
+    let tracker = TaskTracker::new();
+    tracker.spawn(watch_registry(shared.clone()));
+    let handshake_permits = Arc::new(Semaphore::new(config.max_pending_handshakes));
+    let mut accept_backoff = Duration::from_millis(10);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "SP listening");
+    }
+
+    loop {
+        let permit = tokio::select! {
+            permit = handshake_permits.clone().acquire_owned() => permit.context("permit semaphore closed")?,
+            _ = shutdown.cancelled() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => { accept_backoff = Duration::from_millis(10); pair }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accept failed: {e}; retrying in {accept_backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(accept_backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let guard = {
+            let mut map = lock(&shared.handshakes_by_source);
+            let n = map.entry(peer.ip()).or_insert(0);
+            if *n >= config.max_pending_per_source {
+                tracing::warn!(%peer, "too many connections in handshake from this address; closing");
+                continue;
+            }
+            *n += 1;
+            SourceGuard {
+                shared: shared.clone(),
+                ip: peer.ip(),
+            }
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tracker.spawn(async move {
+            let hello = tokio::time::timeout(
+                shared.sp.config.handshake_timeout(),
+                handshake(&shared, &acceptor, tcp, peer),
+            )
+            .await;
+            drop(permit);
+            drop(guard);
+            match hello {
+                Ok(Ok((stream, client, hello))) => dispatch(shared, stream, client, hello).await,
+                Ok(Err(e)) => tracing::debug!(%peer, "connection refused during handshake: {e:#}"),
+                Err(_) => tracing::debug!(%peer, "handshake timed out"),
+            }
+        });
+    }
+
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(open = tracker.len(), "connections still open after 5 s of shutdown");
+    }
+    Ok(())
+}
+
+/// PROXY header (from trusted gateways only), TLS, and the first frame.
+async fn handshake(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(ServerStream, SocketAddr, Hello)> {
+    tcp.set_nodelay(true)?;
+    let header = proxy_protocol::read_proxy_header(&mut tcp, shared.sp.config.handshake_timeout())
+        .await
+        .context("reading a PROXY header")?;
+    let client = match header {
+        None => peer,
+        Some(h) if shared.sp.config.trusted_proxies.contains(&peer.ip()) => h.source.unwrap_or(peer),
+        Some(_) => anyhow::bail!("PROXY header from {peer}, which is not a trusted gateway"),
+    };
+    let mut stream = acceptor.accept(tcp).await.context("TLS handshake")?;
+    let body = frame::read_frame_bytes(&mut stream, MAX_HELLO_LEN)
+        .await?
+        .context("closed before saying hello")?;
+    match parse_hello(&body) {
+        Ok(hello) => Ok((stream, client, hello)),
+        Err(refusal) => {
+            let _ = send_error(&mut stream, &refusal).await;
+            Err(anyhow::anyhow!("{}", refusal.message))
+        }
+    }
+}
+
+/// Checks the version before the role, so a peer of another version gets told so in words.
+fn parse_hello(body: &[u8]) -> Result<Hello, Refusal> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("hello is not JSON: {e}")))?;
+    let version = value.get("version").and_then(|v| v.as_u64());
+    if version != Some(u64::from(PROTOCOL_VERSION)) {
+        return Err(Refusal::new(
+            ErrorCode::VersionMismatch,
+            format!(
+                "protocol version mismatch: this SP speaks version {PROTOCOL_VERSION}, the peer sent {}",
+                version.map_or("none".to_string(), |v| v.to_string())
+            ),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("malformed hello: {e}")))
+}
+
+async fn dispatch(shared: Arc<Shared>, stream: ServerStream, client: SocketAddr, hello: Hello) {
+    tracing::debug!(%client, role = hello.role.name(), "hello");
+    match hello.role {
+        Role::TenantControl {
+            tenant,
+            secret,
+            agent,
+            services,
+            provider_access,
+        } => {
+            let live = crate::sp::presence::Live {
+                remote_addr: client.to_string(),
+                agent_version: agent,
+                services,
+                provider_access,
+            };
+            control::serve(shared, stream, tenant, secret, live).await
+        }
+        Role::TenantData {
+            tenant,
+            session_id,
+            nonce,
+        } => session::tenant_data(shared, stream, tenant, session_id, nonce).await,
+        Role::ConsoleSession {
+            token,
+            tenant,
+            service,
+        } => session::console(shared, stream, client, token, tenant, service).await,
+        Role::Operator {
+            user,
+            password,
+            token,
+        } => operator::serve(shared, stream, client, user, password, token).await,
+    }
+}
+
+/// Sends `{"type":"error","code":..,"message":..}`, the one error shape of every role.
+async fn send_error<W: AsyncWrite + Unpin>(w: &mut W, refusal: &Refusal) -> Result<(), frame::FrameError> {
+    let msg = serde_json::json!({"type": "error", "code": refusal.code, "message": refusal.message});
+    frame::write_frame(w, &msg).await?;
+    let _ = w.shutdown().await;
+    Ok(())
+}
+
+/// Polls the registry for account changes made by other processes and acts on them.
+async fn watch_registry(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(shared.sp.config.registry_poll_millis));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        match shared.sp.refresh_accounts() {
+            Ok(kicks) => kicks.iter().for_each(|k| shared.kick(k)),
+            Err(e) => tracing::error!("reading the registry: {e:#}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_version_is_checked_first() {
+        let err = parse_hello(br#"{"version": 99, "role": "something_new"}"#).expect_err("v99");
+        assert_eq!(err.code, ErrorCode::VersionMismatch);
+        assert!(err.message.contains("99"), "{}", err.message);
+        let err = parse_hello(b"\x00garbage").expect_err("garbage");
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let err = parse_hello(br#"{"version": 1, "role": "tenant_data"}"#).expect_err("fields");
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let ok = parse_hello(br#"{"version":1,"role":"operator","user":"u","password":"p"}"#)
+            .expect("valid");
+        assert_eq!(ok.role.name(), "operator");
+    }
+}

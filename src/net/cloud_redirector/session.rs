@@ -1,0 +1,193 @@
+//! Console sessions at the SP (steps 5, 6 and 8): the console's connection is held while the
+//! tenant is asked for a data connection; the nonce it brings back is matched (single use,
+//! short-lived, bound to that tenant); then the two are spliced and the session audited.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::{DataOutcome, Pending, ServerStream, Shared, lock, send_error};
+use crate::net::frame;
+use crate::net::protocol::{ControlMsg, ErrorCode, SessionMsg, Stage};
+use crate::net::splice::{Counters, SpliceEnd, splice};
+use crate::sp::{Refusal, auth};
+
+/// Removes a pending request however the console's wait ends.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    session_id: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).remove(&self.session_id);
+    }
+}
+
+pub(super) async fn console(
+    shared: Arc<Shared>,
+    mut stream: ServerStream,
+    client: SocketAddr,
+    token: String,
+    tenant: String,
+    service: String,
+) {
+    let operator = match shared.sp.authorize_session(&token, &tenant, &service) {
+        Ok(op) => op,
+        Err(refusal) => {
+            tracing::info!(%client, %tenant, %service, "session refused: {}", refusal.message);
+            let _ = send_error(&mut stream, &refusal).await;
+            return;
+        }
+    };
+    let data = match request_data_connection(&shared, &mut stream, &tenant, &service).await {
+        Ok(data) => data,
+        Err(refusal) => {
+            tracing::info!(%client, %tenant, %service, "session failed: {}", refusal.message);
+            let _ = send_error(&mut stream, &refusal).await;
+            return;
+        }
+    };
+    let (session_id, mut data) = data;
+
+    let audit_id = match shared
+        .sp
+        .registry
+        .audit_start(&operator.name, &tenant, &service, &client.to_string())
+    {
+        Ok(id) => id,
+        Err(e) => {
+            // No session without its audit record.
+            tracing::error!("audit log write failed: {e}");
+            let refusal = Refusal::new(ErrorCode::Internal, "the SP could not write its audit log");
+            let _ = tokio::join!(send_error(&mut stream, &refusal), send_error(&mut data, &refusal));
+            return;
+        }
+    };
+    let ready = SessionMsg::Ready {
+        session_id: session_id.clone(),
+    };
+    let (to_console, to_tenant) = tokio::join!(
+        frame::write_frame(&mut stream, &ready),
+        frame::write_frame(&mut data, &ready)
+    );
+    let report = if let Err(e) = to_console.and(to_tenant) {
+        crate::net::splice::SpliceReport {
+            a_to_b: 0,
+            b_to_a: 0,
+            end: SpliceEnd::Failed(format!("sending ready: {e}")),
+        }
+    } else {
+        tracing::info!(operator = %operator.name, %tenant, %service, %session_id, "session spliced");
+        shared.sp.presence.session_delta(&tenant, true);
+        let cancel = shared.sessions_token(&tenant);
+        let report = splice(stream, data, &Counters::default(), &cancel).await;
+        shared.sp.presence.session_delta(&tenant, false);
+        report
+    };
+    let outcome = match &report.end {
+        SpliceEnd::Closed => "closed".to_string(),
+        SpliceEnd::Failed(e) => format!("failed: {e}"),
+        SpliceEnd::Cancelled if shared.shutdown.is_cancelled() => "ended: SP shutting down".into(),
+        SpliceEnd::Cancelled => "ended: tenant disabled or removed".into(),
+    };
+    tracing::info!(%tenant, %session_id, to_tenant = report.a_to_b, from_tenant = report.b_to_a, %outcome, "session ended");
+    if let Err(e) = shared
+        .sp
+        .registry
+        .audit_end(audit_id, report.a_to_b, report.b_to_a, &outcome)
+    {
+        tracing::error!("audit log write failed: {e}");
+    }
+}
+
+/// Steps 6 to 8: asks the tenant for a data connection and waits for it.
+async fn request_data_connection(
+    shared: &Shared,
+    console: &mut ServerStream,
+    tenant: &str,
+    service: &str,
+) -> Result<(String, ServerStream), Refusal> {
+    let offline = || Refusal::new(ErrorCode::TenantOffline, format!("tenant {tenant} is offline"));
+    let control = shared.control_sender(tenant).ok_or_else(offline)?;
+    let config = &shared.sp.config;
+    let session_id = auth::random_hex_16();
+    let nonce = auth::random_hex_32();
+    let (tx, rx) = oneshot::channel();
+    lock(&shared.pending).insert(
+        session_id.clone(),
+        Pending {
+            tenant: tenant.to_string(),
+            nonce: nonce.clone(),
+            deadline: Instant::now() + config.session_open_timeout(),
+            tx,
+        },
+    );
+    let _guard = PendingGuard {
+        shared,
+        session_id: session_id.clone(),
+    };
+    control
+        .send(ControlMsg::OpenData {
+            session_id: session_id.clone(),
+            nonce,
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|_| offline())?;
+    frame::write_frame(
+        console,
+        &SessionMsg::Progress {
+            stage: Stage::WaitingForTenant,
+        },
+    )
+    .await
+    .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("console went away: {e}")))?;
+
+    let cancel = shared.sessions_token(tenant);
+    tokio::select! {
+        outcome = rx => match outcome {
+            Ok(DataOutcome::Connected(data)) => Ok((session_id, data)),
+            Ok(DataOutcome::Rejected(refusal)) => Err(refusal),
+            Err(_) => Err(offline()),
+        },
+        _ = tokio::time::sleep(config.session_open_timeout()) => Err(Refusal::new(
+            ErrorCode::TenantTimeout,
+            format!("tenant {tenant} did not open a data connection within {} s", config.session_open_timeout_secs),
+        )),
+        _ = cancel.cancelled() => Err(Refusal::new(
+            if shared.shutdown.is_cancelled() { ErrorCode::ShuttingDown } else { ErrorCode::TenantDisabled },
+            "the session was ended by the SP before it opened",
+        )),
+    }
+}
+
+/// A tenant's data connection (step 7 at the SP): hand it to the console that waits for it.
+pub(super) async fn tenant_data(
+    shared: Arc<Shared>,
+    mut stream: ServerStream,
+    tenant: String,
+    session_id: String,
+    nonce: String,
+) {
+    let pending = {
+        let mut map = lock(&shared.pending);
+        let valid = map.get(&session_id).is_some_and(|p| {
+            p.tenant == tenant && auth::constant_time_eq(&p.nonce, &nonce) && Instant::now() < p.deadline
+        });
+        // A wrong guess leaves the real request in place; only the right tenant with the
+        // right nonce consumes it, once.
+        if valid { map.remove(&session_id) } else { None }
+    };
+    let Some(pending) = pending else {
+        tracing::warn!(%tenant, %session_id, "data connection refused: unknown, expired, used or foreign nonce");
+        let _ = send_error(&mut stream, &Refusal::new(ErrorCode::BadNonce, ErrorCode::BadNonce.describe())).await;
+        return;
+    };
+    if let Err(DataOutcome::Connected(mut stream)) = pending.tx.send(DataOutcome::Connected(stream)) {
+        let refusal = Refusal::new(ErrorCode::TenantTimeout, "the console stopped waiting");
+        let _ = send_error(&mut stream, &refusal).await;
+    }
+}

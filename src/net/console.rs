@@ -1,0 +1,315 @@
+//! The console's side of the wire, without a window: log in, read the tenant list, open a
+//! session to a tenant service (steps 4, 5 and 8 from the console's seat), and forward a
+//! local port through sessions (`rac connect`). The CLI and the egui console both use it.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::dial::{DialError, Dialer, Route};
+use super::frame::{self, FrameError, MAX_FRAME_LEN};
+use super::protocol::{
+    ApiRequest, ApiResponse, ErrorCode, Hello, HelloReply, Role, SessionMsg, Stage, TenantInfo,
+};
+use super::splice::{Counters, splice};
+use super::tls::{ClientStream, TlsClient, TlsInfo, Trust};
+
+/// Why a console request failed, in a form a UI can branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The SP (or the tenant through it) said no.
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("not logged in")]
+    NotLoggedIn,
+}
+
+impl ConsoleError {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ConsoleError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<FrameError> for ConsoleError {
+    fn from(e: FrameError) -> Self {
+        ConsoleError::Protocol(e.to_string())
+    }
+}
+
+/// Where a console connects and as whom.
+#[derive(Clone)]
+pub struct ConsoleConfig {
+    pub route: Route,
+    pub trust: Trust,
+    /// The name on the SP's certificate.
+    pub server_name: String,
+    pub user: String,
+}
+
+impl fmt::Debug for ConsoleConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsoleConfig")
+            .field("route", &self.route)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stages of opening a session, as the console shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenStage {
+    /// TCP + TLS to the SP (or a gateway) done; the request is sent (step 5).
+    RequestSent,
+    /// The SP holds the request and asked the tenant (step 6).
+    WaitingForTenant,
+    /// The tenant's data connection arrived and the two are spliced (step 8).
+    Spliced,
+}
+
+impl OpenStage {
+    pub fn label(self) -> &'static str {
+        match self {
+            OpenStage::RequestSent => "request sent to the SP",
+            OpenStage::WaitingForTenant => "waiting for the tenant",
+            OpenStage::Spliced => "data connection spliced",
+        }
+    }
+}
+
+/// An open session: from here the stream carries the tenant service's own bytes.
+pub struct Session {
+    pub stream: ClientStream,
+    pub session_id: String,
+    /// The SP address or gateway that carried it.
+    pub endpoint: String,
+    pub via_gateway: bool,
+    pub tls: TlsInfo,
+    /// Each stage with the time since `connect()` began.
+    pub stages: Vec<(OpenStage, Duration)>,
+}
+
+/// A logged-in console. Cheap to share: every request opens its own connection.
+pub struct ConsoleClient {
+    config: ConsoleConfig,
+    dialer: Arc<Dialer>,
+    token: Mutex<Option<String>>,
+}
+
+impl fmt::Debug for ConsoleClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConsoleClient({:?})", self.config)
+    }
+}
+
+/// A live tenant list: the snapshot, then changes as they happen.
+pub struct TenantFeed {
+    stream: ClientStream,
+}
+
+impl TenantFeed {
+    /// The next snapshot or change; `None` when the SP closed the feed.
+    pub async fn next(&mut self) -> Result<Option<ApiResponse>, ConsoleError> {
+        Ok(frame::read_frame(&mut self.stream, MAX_FRAME_LEN).await?)
+    }
+}
+
+impl ConsoleClient {
+    pub fn new(config: ConsoleConfig) -> Result<Arc<Self>, super::tls::TlsError> {
+        let tls = TlsClient::new(&config.trust, &config.server_name)?;
+        Ok(Arc::new(ConsoleClient {
+            dialer: Dialer::new(&config.route, tls),
+            config,
+            token: Mutex::new(None),
+        }))
+    }
+
+    pub fn config(&self) -> &ConsoleConfig {
+        &self.config
+    }
+
+    fn token(&self) -> Result<String, ConsoleError> {
+        self.token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(ConsoleError::NotLoggedIn)
+    }
+
+    /// Logs in with a password (step 4); keeps the session token for later requests.
+    /// Returns the token's lifetime in seconds.
+    pub async fn login(&self, password: &str) -> Result<u64, ConsoleError> {
+        let (_, welcome) = self
+            .operator_connection(Role::Operator {
+                user: self.config.user.clone(),
+                password: Some(password.to_string()),
+                token: None,
+            })
+            .await?;
+        let token = welcome
+            .token
+            .ok_or_else(|| ConsoleError::Protocol("welcome without a token".into()))?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+        Ok(welcome.token_expires_in_secs.unwrap_or(0))
+    }
+
+    async fn operator_connection(
+        &self,
+        role: Role,
+    ) -> Result<(ClientStream, super::protocol::Welcome), ConsoleError> {
+        let mut stream = self.dialer.dial().await?.stream;
+        frame::write_frame(&mut stream, &Hello::new(role)).await?;
+        match frame::read_frame::<HelloReply, _>(&mut stream, MAX_FRAME_LEN).await? {
+            Some(HelloReply::Welcome(w)) => Ok((stream, w)),
+            Some(HelloReply::Error(e)) => Err(ConsoleError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            None => Err(ConsoleError::Protocol("the SP closed the connection".into())),
+        }
+    }
+
+    async fn token_connection(&self) -> Result<ClientStream, ConsoleError> {
+        let role = Role::Operator {
+            user: self.config.user.clone(),
+            password: None,
+            token: Some(self.token()?),
+        };
+        Ok(self.operator_connection(role).await?.0)
+    }
+
+    /// The tenant list once.
+    pub async fn tenants(&self) -> Result<Vec<TenantInfo>, ConsoleError> {
+        let mut feed = self.request_tenants(false).await?;
+        match feed.next().await? {
+            Some(ApiResponse::Tenants { tenants }) => Ok(tenants),
+            Some(ApiResponse::Error { code, message }) => Err(ConsoleError::Refused { code, message }),
+            other => Err(ConsoleError::Protocol(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// The tenant list, then its changes, until dropped.
+    pub async fn subscribe(&self) -> Result<TenantFeed, ConsoleError> {
+        self.request_tenants(true).await
+    }
+
+    async fn request_tenants(&self, subscribe: bool) -> Result<TenantFeed, ConsoleError> {
+        let mut stream = self.token_connection().await?;
+        frame::write_frame(&mut stream, &ApiRequest::ListTenants { subscribe }).await?;
+        Ok(TenantFeed { stream })
+    }
+
+    /// Ends the session token at the SP.
+    pub async fn logout(&self) -> Result<(), ConsoleError> {
+        let mut stream = self.token_connection().await?;
+        frame::write_frame(&mut stream, &ApiRequest::Logout).await?;
+        let _ = frame::read_frame::<ApiResponse, _>(&mut stream, MAX_FRAME_LEN).await?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
+    }
+
+    /// Opens a session to `service` on `tenant` (steps 5 to 8). `on_stage` hears each stage
+    /// as it is reached.
+    pub async fn open_session(
+        &self,
+        tenant: &str,
+        service: &str,
+        mut on_stage: impl FnMut(OpenStage, Duration),
+    ) -> Result<Session, ConsoleError> {
+        let started = Instant::now();
+        let mut stages = Vec::new();
+        let mut stage = |s: OpenStage, stages: &mut Vec<(OpenStage, Duration)>| {
+            let at = started.elapsed();
+            stages.push((s, at));
+            on_stage(s, at);
+        };
+        let token = self.token()?;
+        let dialed = self.dialer.dial().await?;
+        let mut stream = dialed.stream;
+        let hello = Hello::new(Role::ConsoleSession {
+            token,
+            tenant: tenant.to_string(),
+            service: service.to_string(),
+        });
+        frame::write_frame(&mut stream, &hello).await?;
+        stage(OpenStage::RequestSent, &mut stages);
+        loop {
+            match frame::read_frame::<SessionMsg, _>(&mut stream, MAX_FRAME_LEN).await? {
+                Some(SessionMsg::Progress {
+                    stage: Stage::WaitingForTenant,
+                }) => stage(OpenStage::WaitingForTenant, &mut stages),
+                Some(SessionMsg::Ready { session_id }) => {
+                    stage(OpenStage::Spliced, &mut stages);
+                    let tls = super::tls::client_info(&stream);
+                    return Ok(Session {
+                        stream,
+                        session_id,
+                        endpoint: dialed.endpoint,
+                        via_gateway: dialed.via_gateway,
+                        tls,
+                        stages,
+                    });
+                }
+                Some(SessionMsg::Error { code, message }) => {
+                    return Err(ConsoleError::Refused { code, message });
+                }
+                None => {
+                    return Err(ConsoleError::Protocol(
+                        "the SP closed the connection before the session opened".into(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// `rac connect`: every connection to `listener` gets its own session to `service` on
+/// `tenant`, until `shutdown` fires.
+pub async fn forward(
+    client: Arc<ConsoleClient>,
+    tenant: String,
+    service: String,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    loop {
+        let (local, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = local.set_nodelay(true);
+        let (client, tenant, service, shutdown) =
+            (client.clone(), tenant.clone(), service.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            match client.open_session(&tenant, &service, |_, _| {}).await {
+                Ok(session) => {
+                    tracing::info!(%peer, %tenant, %service, via = %session.endpoint, "forwarding");
+                    let report = splice(local, session.stream, &Counters::default(), &shutdown).await;
+                    tracing::info!(%peer, sent = report.a_to_b, received = report.b_to_a, "connection closed");
+                }
+                Err(e) => tracing::warn!(%peer, %tenant, %service, "session failed: {e}"),
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}

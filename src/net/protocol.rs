@@ -1,0 +1,396 @@
+//! Every message of the relay protocol, in one versioned place. `docs/PROTOCOL.md` describes
+//! the same messages for someone writing a peer in another language.
+//!
+//! A connection to the SP port starts with one [`Hello`] frame that names its role. What
+//! follows depends on the role:
+//! - tenant control: [`Welcome`] or [`ErrorMsg`], then [`ControlMsg`] frames both ways;
+//! - tenant data and console session: zero or more [`SessionMsg::Progress`] then
+//!   [`SessionMsg::Ready`] (after which the stream is raw bytes) or [`SessionMsg::Error`];
+//! - operator: [`Welcome`] or [`ErrorMsg`], then [`ApiRequest`] / [`ApiResponse`] frames.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks. A `Hello` with another version is refused with
+/// [`ErrorCode::VersionMismatch`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first frame on every connection to the SP port.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hello {
+    pub version: u32,
+    #[serde(flatten)]
+    pub role: Role,
+}
+
+impl Hello {
+    pub fn new(role: Role) -> Self {
+        Hello {
+            version: PROTOCOL_VERSION,
+            role,
+        }
+    }
+}
+
+impl fmt::Debug for Hello {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hello(v{}, {:?})", self.version, self.role)
+    }
+}
+
+/// Who is connecting, with that role's credentials.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum Role {
+    /// A tenant redirector's long-lived control connection (step 2).
+    TenantControl {
+        tenant: String,
+        /// The tenant's 256-bit secret, hex; the SP compares its SHA-256 with the stored hash.
+        secret: String,
+        agent: String,
+        services: Vec<String>,
+        provider_access: bool,
+    },
+    /// A tenant redirector's data connection for one session (step 7).
+    TenantData {
+        tenant: String,
+        session_id: String,
+        nonce: String,
+    },
+    /// A console asking for a session to one tenant service (step 5).
+    ConsoleSession {
+        token: String,
+        tenant: String,
+        service: String,
+    },
+    /// A console logging in and reading the tenant list (step 4). Either `password` or
+    /// `token` (a token from an earlier login) is given.
+    Operator {
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::TenantControl { .. } => "tenant_control",
+            Role::TenantData { .. } => "tenant_data",
+            Role::ConsoleSession { .. } => "console_session",
+            Role::Operator { .. } => "operator",
+        }
+    }
+}
+
+// Secrets, nonces, tokens and passwords never reach Debug output or logs.
+impl fmt::Debug for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::TenantControl {
+                tenant,
+                agent,
+                services,
+                provider_access,
+                ..
+            } => f
+                .debug_struct("TenantControl")
+                .field("tenant", tenant)
+                .field("secret", &"***")
+                .field("agent", agent)
+                .field("services", services)
+                .field("provider_access", provider_access)
+                .finish(),
+            Role::TenantData {
+                tenant, session_id, ..
+            } => f
+                .debug_struct("TenantData")
+                .field("tenant", tenant)
+                .field("session_id", session_id)
+                .field("nonce", &"***")
+                .finish(),
+            Role::ConsoleSession {
+                tenant, service, ..
+            } => f
+                .debug_struct("ConsoleSession")
+                .field("tenant", tenant)
+                .field("service", service)
+                .field("token", &"***")
+                .finish(),
+            Role::Operator { user, .. } => f
+                .debug_struct("Operator")
+                .field("user", user)
+                .field("credentials", &"***")
+                .finish(),
+        }
+    }
+}
+
+/// The SP's answer to an accepted tenant control or operator `Hello`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Welcome {
+    /// The SP's software version.
+    pub server: String,
+    /// Tenant control: how often each side sends a ping. Operator: unused (0).
+    pub heartbeat_secs: u64,
+    /// Tenant control: silence after which the peer is considered dead.
+    pub dead_after_secs: u64,
+    /// Tenant control: the SP's cloud gateway pool, for the tenant's failover list.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// Operator: the session token to present in `ConsoleSession` hellos.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Operator: seconds until the token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_in_secs: Option<u64>,
+}
+
+/// A refusal. The connection is closed after it is sent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorMsg {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Why the SP refused something: stable codes a client can branch on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    VersionMismatch,
+    BadRequest,
+    AuthFailed,
+    RateLimited,
+    TokenExpired,
+    AccessDenied,
+    UnknownTenant,
+    TenantDisabled,
+    TenantOffline,
+    ProviderAccessDisabled,
+    ServiceNotOffered,
+    ServiceUnavailable,
+    TenantTimeout,
+    TenantRejected,
+    BadNonce,
+    AlreadyConnected,
+    Overloaded,
+    ShuttingDown,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The reason in words, as a console shows it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorCode::VersionMismatch => "protocol version mismatch",
+            ErrorCode::BadRequest => "malformed request",
+            ErrorCode::AuthFailed => "login failed",
+            ErrorCode::RateLimited => "too many failed attempts; try again later",
+            ErrorCode::TokenExpired => "session token expired; log in again",
+            ErrorCode::AccessDenied => "access denied",
+            ErrorCode::UnknownTenant => "unknown tenant",
+            ErrorCode::TenantDisabled => "tenant is disabled",
+            ErrorCode::TenantOffline => "tenant is offline",
+            ErrorCode::ProviderAccessDisabled => "remote access disabled by the tenant",
+            ErrorCode::ServiceNotOffered => "service not offered by the tenant",
+            ErrorCode::ServiceUnavailable => "the tenant could not reach its local service",
+            ErrorCode::TenantTimeout => "tenant did not answer in time",
+            ErrorCode::TenantRejected => "tenant refused the session",
+            ErrorCode::BadNonce => "unknown, expired or already used nonce",
+            ErrorCode::AlreadyConnected => "tenant is already connected from elsewhere",
+            ErrorCode::Overloaded => "server busy; try again",
+            ErrorCode::ShuttingDown => "server is shutting down",
+            ErrorCode::Internal => "internal server error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// The first answer to a tenant-control or operator hello.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HelloReply {
+    Welcome(Welcome),
+    Error(ErrorMsg),
+}
+
+/// Messages on an established control connection, in both directions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMsg {
+    /// Either side, every `heartbeat_secs`. The peer answers `Pong` with the same `seq`.
+    Ping { seq: u64 },
+    Pong { seq: u64 },
+    /// SP → tenant: a console waits for a data connection (step 6).
+    OpenData {
+        session_id: String,
+        nonce: String,
+        service: String,
+    },
+    /// Tenant → SP: the tenant will not open that session (step 7).
+    Reject {
+        session_id: String,
+        code: ErrorCode,
+        reason: String,
+    },
+    /// Tenant → SP: the offered services or the consent changed.
+    Status {
+        services: Vec<String>,
+        provider_access: bool,
+    },
+    /// SP → tenant: the current cloud gateway pool.
+    Gateways { gateways: Vec<String> },
+    /// SP → tenant: the SP ends the control connection (tenant disabled, SP shutting down).
+    Goodbye { code: ErrorCode, reason: String },
+}
+
+/// What a console session or tenant data connection hears before the splice.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SessionMsg {
+    /// A stage of the flow was reached (console only).
+    Progress { stage: Stage },
+    /// Spliced: from the next byte on, the stream is the tenant service's raw bytes.
+    Ready { session_id: String },
+    Error { code: ErrorCode, message: String },
+}
+
+/// The stages a console sees while a session opens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The SP accepted the request and sent `OpenData` to the tenant.
+    WaitingForTenant,
+}
+
+/// Operator API requests, after a successful operator hello.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ApiRequest {
+    /// The tenant list once; with `subscribe`, followed by live `TenantChanged` /
+    /// `TenantRemoved` frames until the connection closes.
+    ListTenants {
+        #[serde(default)]
+        subscribe: bool,
+    },
+    /// Ends the token now.
+    Logout,
+}
+
+/// Operator API responses and events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ApiResponse {
+    Tenants { tenants: Vec<TenantInfo> },
+    TenantChanged { tenant: TenantInfo },
+    TenantRemoved { name: String },
+    LoggedOut,
+    Error { code: ErrorCode, message: String },
+}
+
+/// Whether a tenant can be reached now.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    Online,
+    Offline,
+    Disabled,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Online => "online",
+            TenantStatus::Offline => "offline",
+            TenantStatus::Disabled => "disabled",
+        }
+    }
+}
+
+/// One row of the tenant list: the registry's account joined with live presence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct TenantInfo {
+    pub name: String,
+    pub status: TenantStatus,
+    #[serde(default)]
+    pub description: String,
+    /// Unix seconds when the current control connection was accepted.
+    pub connected_since: Option<u64>,
+    /// Unix seconds of the last control connection's end (or of now, while online).
+    pub last_seen: Option<u64>,
+    pub remote_addr: Option<String>,
+    pub agent_version: Option<String>,
+    #[serde(default)]
+    pub services: Vec<String>,
+    pub provider_access: bool,
+    /// Round trip of the last heartbeat, in milliseconds.
+    pub heartbeat_rtt_ms: Option<f64>,
+    #[serde(default)]
+    pub open_sessions: u32,
+}
+
+impl Default for TenantStatus {
+    fn default() -> Self {
+        TenantStatus::Offline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_wire_shape_is_flat() {
+        let hello = Hello::new(Role::ConsoleSession {
+            token: "t".into(),
+            tenant: "acme".into(),
+            service: "backup".into(),
+        });
+        let json = serde_json::to_value(&hello).expect("serialize");
+        assert_eq!(
+            json,
+            serde_json::json!({"version": 1, "role": "console_session", "token": "t",
+                "tenant": "acme", "service": "backup"})
+        );
+        let back: Hello = serde_json::from_value(json).expect("parse");
+        assert_eq!(back, hello);
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let hello = Hello::new(Role::TenantControl {
+            tenant: "acme".into(),
+            secret: "s3cr3t-value".into(),
+            agent: "x".into(),
+            services: vec![],
+            provider_access: true,
+        });
+        let op = Role::Operator {
+            user: "root".into(),
+            password: Some("hunter2".into()),
+            token: None,
+        };
+        let text = format!("{hello:?} {op:?}");
+        assert!(!text.contains("s3cr3t") && !text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn hello_reply_distinguishes_welcome_and_error() {
+        let err = ErrorMsg {
+            code: ErrorCode::TenantDisabled,
+            message: "x".into(),
+        };
+        let text = serde_json::to_string(&HelloReply::Error(err.clone())).expect("serialize");
+        assert!(text.starts_with(r#"{"type":"error","code":"tenant_disabled""#), "{text}");
+        let back: HelloReply = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, HelloReply::Error(err));
+    }
+}

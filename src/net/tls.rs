@@ -1,0 +1,316 @@
+//! TLS 1.3 for every hop, and the only module that imports rustls. The SP serves its
+//! certificate chain; clients trust the SP's CA file or a pinned SHA-256 fingerprint.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+pub use tokio_rustls::TlsAcceptor;
+pub type ServerStream<S = TcpStream> = tokio_rustls::server::TlsStream<S>;
+pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Certificate and key problems: always an error, never a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: String },
+    #[error("invalid TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("invalid fingerprint {0:?}: expected 64 hex digits (colons allowed)")]
+    BadFingerprint(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The SP's acceptor: server chain (server certificate, then CA) and key from PEM files.
+pub fn server_acceptor(chain_pem: &Path, key_pem: &Path) -> Result<TlsAcceptor, TlsError> {
+    let chain = read_certs(chain_pem)?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|source| TlsError::Read {
+        path: key_pem.display().to_string(),
+        source,
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    // Stateless session tickets: resumed handshakes for tenant data connections skip the
+    // certificate signature, and the SP keeps no per-client session cache.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.send_tls13_tickets = 1;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How a client decides to trust the SP.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The SP's CA certificate (PEM file).
+    CaFile(std::path::PathBuf),
+    /// The SHA-256 of a certificate in the SP's chain (its CA or its server certificate).
+    Pinned([u8; 32]),
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trust::CaFile(path) => write!(f, "CaFile({})", path.display()),
+            Trust::Pinned(fp) => write!(f, "Pinned({})", format_fingerprint(fp)),
+        }
+    }
+}
+
+/// A client TLS configuration, shared by all connections of one client so that TLS
+/// sessions are resumed.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TlsClient({:?})", self.server_name)
+    }
+}
+
+impl TlsClient {
+    /// `server_name` is the name the SP's certificate must carry (`localhost`, an IP, a DNS name).
+    pub fn new(trust: &Trust, server_name: &str) -> Result<Self, TlsError> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let config = match trust {
+            Trust::CaFile(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in read_certs(path)? {
+                    roots.add(cert)?;
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            Trust::Pinned(fingerprint) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    fingerprint: *fingerprint,
+                    provider: provider(),
+                }))
+                .with_no_client_auth(),
+        };
+        let server_name = ServerName::try_from(server_name.to_string()).map_err(|_| {
+            TlsError::Config(rustls::Error::General(format!(
+                "{server_name:?} is not a valid server name"
+            )))
+        })?;
+        Ok(TlsClient {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+
+    /// Runs the client handshake on a connected socket.
+    pub async fn handshake(&self, tcp: TcpStream) -> std::io::Result<ClientStream> {
+        tcp.set_nodelay(true)?;
+        self.connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(describe_handshake_error)
+    }
+}
+
+/// The TLS facts a console shows on its Connection tab.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+    /// SHA-256 of the SP's end-entity certificate.
+    pub peer_fingerprint: String,
+    pub resumed: bool,
+}
+
+/// Reads the negotiated parameters of a client connection.
+pub fn client_info(stream: &ClientStream) -> TlsInfo {
+    let conn = stream.get_ref().1;
+    TlsInfo {
+        version: conn
+            .protocol_version()
+            .map(|v| format!("{v:?}").replace("TLSv1_3", "TLS 1.3"))
+            .unwrap_or_default(),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+        peer_fingerprint: conn
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|cert| format_fingerprint(&fingerprint(cert.as_ref())))
+            .unwrap_or_default(),
+        resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+    }
+}
+
+/// Turns rustls' errors inside an io::Error into words a user acts on.
+fn describe_handshake_error(err: std::io::Error) -> std::io::Error {
+    let described = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map(|tls| match tls {
+            rustls::Error::InvalidCertificate(reason) => {
+                format!("certificate not trusted: the SP's certificate failed verification ({reason:?})")
+            }
+            other => format!("TLS handshake failed: {other}"),
+        });
+    match described {
+        Some(text) => std::io::Error::new(err.kind(), text),
+        None => err,
+    }
+}
+
+/// SHA-256 of DER bytes.
+pub fn fingerprint(der: &[u8]) -> [u8; 32] {
+    Sha256::digest(der).into()
+}
+
+/// SHA-256 of the first certificate in a PEM file (what `rac sp init` shows for pinning).
+pub fn pem_fingerprint(path: &Path) -> Result<String, TlsError> {
+    let certs = read_certs(path)?;
+    Ok(format_fingerprint(&fingerprint(certs[0].as_ref())))
+}
+
+/// `AB:CD:...` form, as browsers show fingerprints.
+pub fn format_fingerprint(fp: &[u8; 32]) -> String {
+    fp.iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Accepts `AB:CD:..`, `abcd..` or `sha256:abcd..`.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
+    let hex_digits: String = text
+        .trim()
+        .trim_start_matches("sha256:")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let bytes =
+        hex::decode(&hex_digits).map_err(|_| TlsError::BadFingerprint(text.to_string()))?;
+    bytes
+        .try_into()
+        .map_err(|_| TlsError::BadFingerprint(text.to_string()))
+}
+
+/// Trusts exactly the chain that contains a certificate with the pinned fingerprint; the
+/// handshake signature is still checked against the end-entity key.
+#[derive(Debug)]
+struct PinnedVerifier {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let pinned = std::iter::once(end_entity)
+            .chain(intermediates)
+            .any(|cert| fingerprint(cert.as_ref()) == self.fingerprint);
+        if pinned {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Any stream the splice and the frame codec accept.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_in_every_common_form() {
+        let fp = fingerprint(b"abc");
+        let colons = format_fingerprint(&fp);
+        assert_eq!(parse_fingerprint(&colons).expect("colons"), fp);
+        let plain = hex::encode(fp);
+        assert_eq!(parse_fingerprint(&plain).expect("plain"), fp);
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{plain}")).expect("prefixed"),
+            fp
+        );
+        assert!(parse_fingerprint("abcd").is_err());
+        assert!(parse_fingerprint("zz").is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! The SP's settings (`sp.toml` in its state dir) and the state dir's layout. Defaults live
+//! here and only here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Default SP port: every role connects here.
+pub const DEFAULT_PORT: u16 = 6180;
+
+/// `sp.toml`. Every key is optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpConfig {
+    /// Seconds between heartbeats on a control connection, each way.
+    pub heartbeat_secs: u64,
+    /// Silence on a control connection after which the peer is taken for dead.
+    pub dead_after_secs: u64,
+    /// How long a console waits for the tenant's data connection.
+    pub session_open_timeout_secs: u64,
+    /// TLS handshake plus first frame, per connection.
+    pub handshake_timeout_secs: u64,
+    /// Connections still in their handshake, over all sources (further accepts wait).
+    pub max_pending_handshakes: usize,
+    /// Connections still in their handshake from one source address (further ones are closed).
+    pub max_pending_per_source: usize,
+    /// Lifetime of an operator's session token.
+    pub token_ttl_secs: u64,
+    /// Failed logins per source address within `login_window_secs` before refusing.
+    pub login_max_failures: u32,
+    pub login_window_secs: u64,
+    /// The cloud gateway pool handed to tenants (`host:port`), in preference order.
+    pub gateways: Vec<String>,
+    /// Addresses (of cloud gateways) whose PROXY protocol v2 header is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Milliseconds between checks of the registry file for changes by other processes.
+    pub registry_poll_millis: u64,
+}
+
+impl Default for SpConfig {
+    fn default() -> Self {
+        SpConfig {
+            heartbeat_secs: 10,
+            dead_after_secs: 35,
+            session_open_timeout_secs: 10,
+            handshake_timeout_secs: 10,
+            max_pending_handshakes: 4096,
+            max_pending_per_source: 1024,
+            token_ttl_secs: 12 * 3600,
+            login_max_failures: 5,
+            login_window_secs: 60,
+            gateways: Vec::new(),
+            trusted_proxies: Vec::new(),
+            registry_poll_millis: 500,
+        }
+    }
+}
+
+impl SpConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Ok(SpConfig::default());
+        }
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: SpConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("checking {}", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.heartbeat_secs == 0 {
+            bail!("heartbeat_secs must be at least 1");
+        }
+        if self.dead_after_secs <= self.heartbeat_secs {
+            bail!(
+                "dead_after_secs ({}) must be longer than heartbeat_secs ({})",
+                self.dead_after_secs,
+                self.heartbeat_secs
+            );
+        }
+        for (name, value) in [
+            ("session_open_timeout_secs", self.session_open_timeout_secs),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("token_ttl_secs", self.token_ttl_secs),
+            ("login_window_secs", self.login_window_secs),
+            ("max_pending_handshakes", self.max_pending_handshakes as u64),
+            ("max_pending_per_source", self.max_pending_per_source as u64),
+            ("registry_poll_millis", self.registry_poll_millis),
+        ] {
+            if value == 0 {
+                bail!("{name} must be greater than 0");
+            }
+        }
+        for gateway in &self.gateways {
+            if !gateway.contains(':') {
+                bail!("gateway {gateway:?} must be host:port");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+    pub fn dead_after(&self) -> Duration {
+        Duration::from_secs(self.dead_after_secs)
+    }
+    pub fn session_open_timeout(&self) -> Duration {
+        Duration::from_secs(self.session_open_timeout_secs)
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}
+
+/// Where an SP keeps its files.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+    /// The CA certificate that clients trust (`--ca`).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+    /// The server certificate followed by the CA: the chain the SP presents.
+    pub fn server_chain(&self) -> PathBuf {
+        self.root.join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("server.key")
+    }
+    pub fn registry(&self) -> PathBuf {
+        self.root.join("registry.sqlite")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("sp.toml")
+    }
+
+    /// Fails with a hint when `rac sp init` has not been run here.
+    pub fn ensure_initialized(&self) -> Result<()> {
+        if !self.registry().exists() || !self.server_chain().exists() {
+            bail!(
+                "{} is not an SP state dir (run `rac sp init --state-dir {}` first)",
+                self.root.display(),
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Parses `host:port`, or a bare port meaning all interfaces.
+pub fn parse_listen(text: &str) -> Result<SocketAddr> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    text.parse()
+        .with_context(|| format!("{text:?} is not an address like 127.0.0.1:6180"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_unknown_keys_refused() {
+        SpConfig::default().validate().expect("defaults valid");
+        let err = toml::from_str::<SpConfig>("heartbeat_sec = 3").expect_err("typo refused");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let config: SpConfig =
+            toml::from_str("heartbeat_secs = 2\ndead_after_secs = 5\ngateways = [\"gw:443\"]")
+                .expect("parse");
+        config.validate().expect("valid");
+        let bad: SpConfig = toml::from_str("heartbeat_secs = 5\ndead_after_secs = 5").expect("parse");
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sp.toml"))
+            .expect("examples/sp.toml exists");
+        let config: SpConfig = toml::from_str(&text).expect("parse example");
+        config.validate().expect("example valid");
+    }
+}

@@ -1,0 +1,368 @@
+//! Which tenants are connected now, joined with their accounts: the tenant list the console
+//! shows, as one snapshot plus a stream of changes. In memory only: presence is rebuilt from
+//! the tenants' reconnects when the SP restarts; accounts live in the registry.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+use super::registry::{TenantAccount, now_secs};
+use crate::net::protocol::{TenantInfo, TenantStatus};
+
+/// A change to one row of the tenant list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TenantEvent {
+    Changed(TenantInfo),
+    Removed(String),
+}
+
+/// What a live control connection reports about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Live {
+    pub remote_addr: String,
+    pub agent_version: String,
+    pub services: Vec<String>,
+    pub provider_access: bool,
+}
+
+/// Why the SP must drop a tenant's connection and sessions after an account change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kick {
+    pub tenant: String,
+    pub reason: KickReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    Disabled,
+    Removed,
+    SecretRotated,
+}
+
+struct Entry {
+    account: TenantAccount,
+    live: Option<LiveEntry>,
+    open_sessions: u32,
+}
+
+struct LiveEntry {
+    conn_id: u64,
+    since: u64,
+    live: Live,
+    rtt_ms: Option<f64>,
+}
+
+impl Entry {
+    fn info(&self) -> TenantInfo {
+        let status = match (&self.live, self.account.enabled) {
+            (_, false) => TenantStatus::Disabled,
+            (Some(_), true) => TenantStatus::Online,
+            (None, true) => TenantStatus::Offline,
+        };
+        let live = self.live.as_ref();
+        TenantInfo {
+            name: self.account.name.clone(),
+            status,
+            description: self.account.description.clone(),
+            connected_since: live.map(|l| l.since),
+            last_seen: if live.is_some() {
+                Some(now_secs())
+            } else {
+                self.account.last_seen
+            },
+            remote_addr: live.map(|l| l.live.remote_addr.clone()),
+            agent_version: live.map(|l| l.live.agent_version.clone()),
+            services: live.map(|l| l.live.services.clone()).unwrap_or_default(),
+            provider_access: live.is_some_and(|l| l.live.provider_access),
+            heartbeat_rtt_ms: live.and_then(|l| l.rtt_ms),
+            open_sessions: self.open_sessions,
+        }
+    }
+}
+
+/// The live tenant table. A std `Mutex`: every operation is a short map update and never
+/// awaits; the broadcast send happens under the lock so a snapshot and its subscription
+/// never miss or repeat a change.
+pub struct Presence {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<TenantEvent>,
+}
+
+struct Inner {
+    tenants: BTreeMap<String, Entry>,
+    next_conn_id: u64,
+}
+
+impl Presence {
+    pub fn new(accounts: Vec<TenantAccount>) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        let tenants = accounts
+            .into_iter()
+            .map(|account| {
+                (
+                    account.name.clone(),
+                    Entry {
+                        account,
+                        live: None,
+                        open_sessions: 0,
+                    },
+                )
+            })
+            .collect();
+        Presence {
+            inner: Mutex::new(Inner {
+                tenants,
+                next_conn_id: 1,
+            }),
+            events,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, event: TenantEvent) {
+        // No subscriber is fine: nobody is watching the list right now.
+        let _ = self.events.send(event);
+    }
+
+    /// The stored account of one tenant (for authentication).
+    pub fn account(&self, name: &str) -> Option<TenantAccount> {
+        self.lock().tenants.get(name).map(|e| e.account.clone())
+    }
+
+    pub fn info(&self, name: &str) -> Option<TenantInfo> {
+        self.lock().tenants.get(name).map(Entry::info)
+    }
+
+    /// The whole list now, and a receiver for every change after it.
+    pub fn snapshot_and_subscribe(&self) -> (Vec<TenantInfo>, broadcast::Receiver<TenantEvent>) {
+        let inner = self.lock();
+        let rx = self.events.subscribe();
+        (inner.tenants.values().map(Entry::info).collect(), rx)
+    }
+
+    pub fn online_count(&self) -> usize {
+        self.lock()
+            .tenants
+            .values()
+            .filter(|e| e.live.is_some())
+            .count()
+    }
+
+    /// Applies the registry's current accounts; returns the connections to drop.
+    pub fn sync_accounts(&self, accounts: Vec<TenantAccount>) -> Vec<Kick> {
+        let mut inner = self.lock();
+        let mut kicks = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for account in accounts {
+            seen.insert(account.name.clone());
+            match inner.tenants.get_mut(&account.name) {
+                Some(entry) if entry.account == account => {}
+                Some(entry) => {
+                    let reason = if !account.enabled && entry.account.enabled {
+                        Some(KickReason::Disabled)
+                    } else if account.secret_hash != entry.account.secret_hash {
+                        Some(KickReason::SecretRotated)
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = reason {
+                        kicks.push(Kick {
+                            tenant: account.name.clone(),
+                            reason,
+                        });
+                    }
+                    entry.account = account;
+                    let info = entry.info();
+                    self.publish(TenantEvent::Changed(info));
+                }
+                None => {
+                    let entry = Entry {
+                        account,
+                        live: None,
+                        open_sessions: 0,
+                    };
+                    self.publish(TenantEvent::Changed(entry.info()));
+                    inner.tenants.insert(entry.account.name.clone(), entry);
+                }
+            }
+        }
+        let removed: Vec<String> = inner
+            .tenants
+            .keys()
+            .filter(|name| !seen.contains(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            inner.tenants.remove(&name);
+            self.publish(TenantEvent::Removed(name.clone()));
+            kicks.push(Kick {
+                tenant: name,
+                reason: KickReason::Removed,
+            });
+        }
+        kicks
+    }
+
+    /// Marks a tenant online; returns the id of this connection. A newer connection of the
+    /// same tenant replaces the older one (the older one may be half-open).
+    pub fn connect(&self, name: &str, live: Live) -> Option<u64> {
+        let mut inner = self.lock();
+        let conn_id = inner.next_conn_id;
+        inner.next_conn_id += 1;
+        let entry = inner.tenants.get_mut(name)?;
+        entry.live = Some(LiveEntry {
+            conn_id,
+            since: now_secs(),
+            live,
+            rtt_ms: None,
+        });
+        let info = entry.info();
+        self.publish(TenantEvent::Changed(info));
+        Some(conn_id)
+    }
+
+    /// Marks a tenant offline if `conn_id` is still its current connection.
+    /// Returns whether it was (and so whether `last_seen` should be stored).
+    pub fn disconnect(&self, name: &str, conn_id: u64) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.tenants.get_mut(name) else {
+            return false;
+        };
+        if entry.live.as_ref().is_none_or(|l| l.conn_id != conn_id) {
+            return false;
+        }
+        entry.live = None;
+        entry.account.last_seen = Some(now_secs());
+        let info = entry.info();
+        self.publish(TenantEvent::Changed(info));
+        true
+    }
+
+    /// The tenant changed what it offers or its consent.
+    pub fn update_status(&self, name: &str, conn_id: u64, services: Vec<String>, access: bool) {
+        self.update_live(name, conn_id, true, |l| {
+            l.live.services = services;
+            l.live.provider_access = access;
+        });
+    }
+
+    /// Stores a heartbeat round trip. Published only when it moved noticeably, so thousands
+    /// of idle tenants do not flood the consoles with events.
+    pub fn set_rtt(&self, name: &str, conn_id: u64, rtt_ms: f64) {
+        let mut publish = false;
+        self.update_live(name, conn_id, false, |l| {
+            publish = match l.rtt_ms {
+                None => true,
+                Some(old) => (rtt_ms - old).abs() > 1.0 + old * 0.5,
+            };
+            l.rtt_ms = Some(rtt_ms);
+        });
+        if publish && let Some(info) = self.info(name) {
+            self.publish(TenantEvent::Changed(info));
+        }
+    }
+
+    fn update_live(&self, name: &str, conn_id: u64, publish: bool, f: impl FnOnce(&mut LiveEntry)) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.tenants.get_mut(name) else {
+            return;
+        };
+        let Some(live) = entry.live.as_mut().filter(|l| l.conn_id == conn_id) else {
+            return;
+        };
+        f(live);
+        if publish {
+            let info = entry.info();
+            self.publish(TenantEvent::Changed(info));
+        }
+    }
+
+    /// Counts open sessions per tenant (shown in the list).
+    pub fn session_delta(&self, name: &str, opened: bool) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.tenants.get_mut(name) {
+            if opened {
+                entry.open_sessions += 1;
+            } else {
+                entry.open_sessions = entry.open_sessions.saturating_sub(1);
+            }
+            let info = entry.info();
+            self.publish(TenantEvent::Changed(info));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(name: &str, enabled: bool, hash: &str) -> TenantAccount {
+        TenantAccount {
+            name: name.into(),
+            enabled,
+            description: String::new(),
+            created_at: 0,
+            last_seen: None,
+            secret_hash: hash.into(),
+        }
+    }
+
+    fn live() -> Live {
+        Live {
+            remote_addr: "127.0.0.1:1".into(),
+            agent_version: "t".into(),
+            services: vec!["backup".into()],
+            provider_access: true,
+        }
+    }
+
+    #[test]
+    fn connect_disconnect_publish_changes() {
+        let presence = Presence::new(vec![account("acme", true, "h")]);
+        let (snapshot, mut rx) = presence.snapshot_and_subscribe();
+        assert_eq!(snapshot[0].status, TenantStatus::Offline);
+        let id = presence.connect("acme", live()).expect("known tenant");
+        match rx.try_recv().expect("event") {
+            TenantEvent::Changed(info) => {
+                assert_eq!(info.status, TenantStatus::Online);
+                assert_eq!(info.services, vec!["backup".to_string()]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A stale connection id does not take a newer connection offline.
+        let newer = presence.connect("acme", live()).expect("known");
+        assert!(!presence.disconnect("acme", id));
+        assert!(presence.disconnect("acme", newer));
+        assert_eq!(presence.info("acme").expect("row").status, TenantStatus::Offline);
+        assert!(presence.connect("nobody", live()).is_none());
+    }
+
+    #[test]
+    fn account_changes_kick_the_right_tenants() {
+        let presence = Presence::new(vec![
+            account("a", true, "h"),
+            account("b", true, "h"),
+            account("c", true, "h"),
+        ]);
+        let kicks = presence.sync_accounts(vec![
+            account("a", false, "h"),
+            account("b", true, "new"),
+            account("d", true, "h"),
+        ]);
+        assert_eq!(
+            kicks,
+            vec![
+                Kick { tenant: "a".into(), reason: KickReason::Disabled },
+                Kick { tenant: "b".into(), reason: KickReason::SecretRotated },
+                Kick { tenant: "c".into(), reason: KickReason::Removed },
+            ]
+        );
+        assert_eq!(presence.info("a").expect("row").status, TenantStatus::Disabled);
+        assert!(presence.info("d").is_some());
+        assert!(presence.info("c").is_none());
+    }
+}

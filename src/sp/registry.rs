@@ -1,0 +1,553 @@
+//! The SP's registry: operator and tenant accounts, session tokens and the audit log, in one
+//! SQLite file in the state dir. Every write is one transaction, so a crash leaves either the
+//! old or the new row. Several processes may open the file at once (`rac sp tenant add`
+//! while `rac sp run` serves); the server notices their commits through `data_version`.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::auth;
+
+/// Why a registry call failed, for callers that branch on it.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no tenant named {0:?}")]
+    UnknownTenant(String),
+    #[error("a tenant named {0:?} already exists")]
+    TenantExists(String),
+    #[error("no operator named {0:?}")]
+    UnknownOperator(String),
+    #[error("an operator named {0:?} already exists")]
+    OperatorExists(String),
+    #[error(
+        "invalid name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )]
+    InvalidName(String),
+    #[error("registry database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// A tenant account as stored (the secret only as its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantAccount {
+    pub name: String,
+    pub enabled: bool,
+    pub description: String,
+    pub created_at: u64,
+    pub last_seen: Option<u64>,
+    #[serde(skip)]
+    pub secret_hash: String,
+}
+
+/// What a presented token is worth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    Valid(Operator),
+    Expired,
+    Unknown,
+}
+
+/// An operator allowed to use consoles, and which tenants they may open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Operator {
+    pub name: String,
+    /// `*` for every tenant, else a comma-separated list of tenant names.
+    pub tenants: String,
+}
+
+impl Operator {
+    pub fn may_open(&self, tenant: &str) -> bool {
+        self.tenants == "*" || self.tenants.split(',').any(|t| t.trim() == tenant)
+    }
+}
+
+/// One audited console session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub operator: String,
+    pub tenant: String,
+    pub service: String,
+    pub console_addr: String,
+    pub started_at: u64,
+    pub ended_at: Option<u64>,
+    pub bytes_to_tenant: u64,
+    pub bytes_from_tenant: u64,
+    pub outcome: String,
+}
+
+/// The registry file. A std `Mutex` guards the connection: every call is short and never
+/// awaits while holding it; the slow password hash runs outside the lock.
+pub struct Registry {
+    conn: Mutex<Connection>,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Tenant and operator names: safe in logs, file names and CSV.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidName(name.to_string()))
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS operators (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    tenants TEXT NOT NULL DEFAULT '*',
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    description TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    operator TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    operator TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    service TEXT NOT NULL,
+    console_addr TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    bytes_to_tenant INTEGER NOT NULL DEFAULT 0,
+    bytes_from_tenant INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT NOT NULL
+);
+";
+
+impl Registry {
+    /// Opens (creating if needed) the registry at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Registry {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back), so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes whenever another connection (another process) commits to the file.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .conn()
+            .query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+
+    // ---- operators ----
+
+    /// Adds an operator; `tenants` is `*` or a comma-separated allow list.
+    pub fn add_operator(&self, name: &str, password: &str, tenants: &str) -> Result<()> {
+        validate_name(name)?;
+        let hash = auth::hash_password(password).map_err(RegistryError::Hash)?;
+        let inserted = self.conn().execute(
+            "INSERT OR IGNORE INTO operators (name, password_hash, tenants, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, hash, tenants, now_secs() as i64],
+        )?;
+        if inserted == 0 {
+            return Err(RegistryError::OperatorExists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Replaces an operator's password.
+    pub fn set_operator_password(&self, name: &str, password: &str) -> Result<()> {
+        let hash = auth::hash_password(password).map_err(RegistryError::Hash)?;
+        let n = self.conn().execute(
+            "UPDATE operators SET password_hash = ?2 WHERE name = ?1",
+            params![name, hash],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::UnknownOperator(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Checks a password. Slow by design (argon2): call from a blocking thread.
+    /// An unknown operator costs the same time as a wrong password.
+    pub fn verify_operator(&self, name: &str, password: &str) -> Result<Option<Operator>> {
+        let row: Option<(String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT password_hash, tenants FROM operators WHERE name = ?1",
+                params![name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            Some((hash, tenants)) if auth::verify_password(password, &hash) => Ok(Some(Operator {
+                name: name.to_string(),
+                tenants,
+            })),
+            Some(_) => Ok(None),
+            None => {
+                auth::burn_password_time(password);
+                Ok(None)
+            }
+        }
+    }
+
+    pub fn operators(&self) -> Result<Vec<Operator>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, tenants FROM operators ORDER BY name")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(Operator {
+                name: row.get(0)?,
+                tenants: row.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- tokens ----
+
+    /// Issues a session token valid for `ttl`. Only its hash is stored.
+    pub fn create_token(&self, operator: &str, ttl: Duration) -> Result<String> {
+        let token = auth::random_hex_32();
+        let now = now_secs();
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM tokens WHERE expires_at < ?1",
+            params![now as i64],
+        )?;
+        conn.execute(
+            "INSERT INTO tokens (token_hash, operator, expires_at) VALUES (?1, ?2, ?3)",
+            params![
+                auth::sha256_hex(&token),
+                operator,
+                (now + ttl.as_secs()) as i64
+            ],
+        )?;
+        Ok(token)
+    }
+
+    pub fn check_token(&self, token: &str) -> Result<TokenCheck> {
+        let row: Option<(i64, String, Option<String>)> = self
+            .conn()
+            .query_row(
+                "SELECT t.expires_at, t.operator, o.tenants FROM tokens t
+                 LEFT JOIN operators o ON o.name = t.operator WHERE t.token_hash = ?1",
+                params![auth::sha256_hex(token)],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            None | Some((_, _, None)) => TokenCheck::Unknown,
+            Some((expires_at, _, _)) if (expires_at as u64) <= now_secs() => TokenCheck::Expired,
+            Some((_, name, Some(tenants))) => TokenCheck::Valid(Operator { name, tenants }),
+        })
+    }
+
+    pub fn revoke_token(&self, token: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM tokens WHERE token_hash = ?1",
+            params![auth::sha256_hex(token)],
+        )?;
+        Ok(())
+    }
+
+    /// Revokes every token of one operator (a stolen laptop).
+    pub fn revoke_operator_tokens(&self, operator: &str) -> Result<usize> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM tokens WHERE operator = ?1", params![operator])?)
+    }
+
+    // ---- tenants ----
+
+    /// Adds a tenant and returns its new secret (shown once, never stored).
+    pub fn add_tenant(&self, name: &str, description: &str) -> Result<String> {
+        validate_name(name)?;
+        let secret = auth::random_hex_32();
+        let inserted = self.conn().execute(
+            "INSERT OR IGNORE INTO tenants (name, secret_hash, description, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, auth::sha256_hex(&secret), description, now_secs() as i64],
+        )?;
+        if inserted == 0 {
+            return Err(RegistryError::TenantExists(name.to_string()));
+        }
+        Ok(secret)
+    }
+
+    /// Replaces a tenant's secret; its current connection is dropped by the running SP.
+    pub fn rotate_secret(&self, name: &str) -> Result<String> {
+        let secret = auth::random_hex_32();
+        let n = self.conn().execute(
+            "UPDATE tenants SET secret_hash = ?2 WHERE name = ?1",
+            params![name, auth::sha256_hex(&secret)],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::UnknownTenant(name.to_string()));
+        }
+        Ok(secret)
+    }
+
+    pub fn set_enabled(&self, name: &str, enabled: bool) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE tenants SET enabled = ?2 WHERE name = ?1",
+            params![name, enabled],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::UnknownTenant(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn set_description(&self, name: &str, description: &str) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE tenants SET description = ?2 WHERE name = ?1",
+            params![name, description],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::UnknownTenant(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn remove_tenant(&self, name: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM tenants WHERE name = ?1", params![name])?;
+        if n == 0 {
+            return Err(RegistryError::UnknownTenant(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn set_last_seen(&self, name: &str, at: u64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE tenants SET last_seen = ?2 WHERE name = ?1",
+            params![name, at as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every tenant account, by name.
+    pub fn tenants(&self) -> Result<Vec<TenantAccount>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, enabled, description, created_at, last_seen, secret_hash FROM tenants ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(TenantAccount {
+                name: row.get(0)?,
+                enabled: row.get(1)?,
+                description: row.get(2)?,
+                created_at: row.get::<_, i64>(3)? as u64,
+                last_seen: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                secret_hash: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- audit ----
+
+    /// Records a session's start; the row exists before the first byte is relayed.
+    pub fn audit_start(
+        &self,
+        operator: &str,
+        tenant: &str,
+        service: &str,
+        console_addr: &str,
+    ) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO audit (operator, tenant, service, console_addr, started_at, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'open')",
+            params![operator, tenant, service, console_addr, now_secs() as i64],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Records how a session ended (or why it never started).
+    pub fn audit_end(
+        &self,
+        id: i64,
+        bytes_to_tenant: u64,
+        bytes_from_tenant: u64,
+        outcome: &str,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE audit SET ended_at = ?2, bytes_to_tenant = ?3, bytes_from_tenant = ?4, outcome = ?5
+             WHERE id = ?1",
+            params![
+                id,
+                now_secs() as i64,
+                bytes_to_tenant as i64,
+                bytes_from_tenant as i64,
+                outcome
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Sessions left open by a previous run that stopped abruptly are closed as such.
+    pub fn close_interrupted_sessions(&self) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE audit SET ended_at = ?1, outcome = 'interrupted: SP stopped' WHERE ended_at IS NULL",
+            params![now_secs() as i64],
+        )?)
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub fn audit_entries(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, operator, tenant, service, console_addr, started_at, ended_at,
+                    bytes_to_tenant, bytes_from_tenant, outcome
+             FROM audit ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |row| {
+            Ok(AuditEntry {
+                id: row.get(0)?,
+                operator: row.get(1)?,
+                tenant: row.get(2)?,
+                service: row.get(3)?,
+                console_addr: row.get(4)?,
+                started_at: row.get::<_, i64>(5)? as u64,
+                ended_at: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                bytes_to_tenant: row.get::<_, i64>(7)? as u64,
+                bytes_from_tenant: row.get::<_, i64>(8)? as u64,
+                outcome: row.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::open(&dir.path().join("registry.sqlite")).expect("open");
+        (dir, reg)
+    }
+
+    #[test]
+    fn tenant_lifecycle() {
+        let (_dir, reg) = registry();
+        let secret = reg.add_tenant("acme", "Acme Corp").expect("add");
+        assert_eq!(secret.len(), 64);
+        assert!(matches!(
+            reg.add_tenant("acme", ""),
+            Err(RegistryError::TenantExists(_))
+        ));
+        let tenants = reg.tenants().expect("list");
+        assert_eq!(tenants.len(), 1);
+        assert_eq!(tenants[0].secret_hash, auth::sha256_hex(&secret));
+        assert!(tenants[0].enabled);
+        reg.set_enabled("acme", false).expect("disable");
+        assert!(!reg.tenants().expect("list")[0].enabled);
+        let new_secret = reg.rotate_secret("acme").expect("rotate");
+        assert_ne!(new_secret, secret);
+        reg.remove_tenant("acme").expect("remove");
+        assert!(matches!(
+            reg.remove_tenant("acme"),
+            Err(RegistryError::UnknownTenant(_))
+        ));
+        assert!(matches!(
+            reg.add_tenant("../etc", ""),
+            Err(RegistryError::InvalidName(_))
+        ));
+    }
+
+    #[test]
+    fn operator_passwords_and_tokens() {
+        let (_dir, reg) = registry();
+        reg.add_operator("alice", "correct horse", "acme,globex")
+            .expect("add");
+        assert!(reg.verify_operator("alice", "wrong").expect("v").is_none());
+        assert!(reg.verify_operator("bob", "x").expect("v").is_none());
+        let op = reg
+            .verify_operator("alice", "correct horse")
+            .expect("v")
+            .expect("valid");
+        assert!(op.may_open("acme") && !op.may_open("initech"));
+        let token = reg
+            .create_token("alice", Duration::from_secs(60))
+            .expect("token");
+        assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Valid(op));
+        reg.revoke_token(&token).expect("revoke");
+        assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Unknown);
+        let expired = reg
+            .create_token("alice", Duration::from_secs(0))
+            .expect("token");
+        assert_eq!(
+            reg.check_token(&expired).expect("check"),
+            TokenCheck::Expired
+        );
+    }
+
+    #[test]
+    fn audit_rows_survive_and_interrupted_ones_are_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("registry.sqlite");
+        {
+            let reg = Registry::open(&path).expect("open");
+            let id = reg
+                .audit_start("alice", "acme", "backup", "127.0.0.1:5")
+                .expect("start");
+            reg.audit_end(id, 10, 20, "closed").expect("end");
+            reg.audit_start("alice", "acme", "backup", "127.0.0.1:6")
+                .expect("start");
+        }
+        let reg = Registry::open(&path).expect("reopen");
+        assert_eq!(reg.close_interrupted_sessions().expect("close"), 1);
+        let entries = reg.audit_entries(10).expect("entries");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].bytes_from_tenant, 20);
+        assert!(entries[0].outcome.starts_with("interrupted"));
+    }
+
+    #[test]
+    fn another_connections_commit_changes_data_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("registry.sqlite");
+        let server = Registry::open(&path).expect("open");
+        let before = server.data_version().expect("v");
+        let cli = Registry::open(&path).expect("open second");
+        cli.add_tenant("acme", "").expect("add");
+        assert_ne!(server.data_version().expect("v"), before);
+    }
+}
