@@ -138,6 +138,11 @@ impl ConsoleClient {
         &self.config
     }
 
+    /// Uses a token obtained elsewhere (an earlier login) instead of logging in.
+    pub fn set_token(&self, token: String) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+    }
+
     fn token(&self) -> Result<String, ConsoleError> {
         self.token
             .lock()
