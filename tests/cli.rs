@@ -1,0 +1,243 @@
+//! The scripting contract, as a user runs it: the `rac` binary in separate processes, with
+//! curl and Python's HTTP server as the unmodified third-party client and server.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const RAC: &str = env!("CARGO_BIN_EXE_rac");
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A child process killed when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rac(args: &[&str]) -> Command {
+    let mut cmd = Command::new(RAC);
+    cmd.args(args).env_remove("RUST_LOG");
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().expect("run rac");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// Spawns and waits for the first line on stdout (or stderr) containing `marker`.
+fn spawn_until(cmd: &mut Command, marker: &str, from_stderr: bool) -> (Proc, String) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let pipe: Box<dyn std::io::Read + Send> = if from_stderr {
+        Box::new(child.stderr.take().expect("stderr"))
+    } else {
+        Box::new(child.stdout.take().expect("stdout"))
+    };
+    let (tx, rx) = mpsc::channel();
+    let marker = marker.to_string();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if !sent && line.contains(&marker) {
+                let _ = tx.send(line);
+                sent = true;
+            }
+        }
+    });
+    let line = rx.recv_timeout(PATIENCE).expect("the process printed its ready line");
+    (Proc(child), line)
+}
+
+fn last_word(line: &str) -> String {
+    line.split_whitespace().last().expect("word").to_string()
+}
+
+fn wait_until(mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < PATIENCE, "condition not reached in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn client_args<'a>(sp: &'a str, ca: &'a str) -> Vec<&'a str> {
+    vec!["--sp", sp, "--ca", ca, "--user", "admin"]
+}
+
+#[test]
+fn curl_reaches_a_tenant_web_server_through_rac_connect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("sp");
+    let state_s = state.to_str().expect("utf8 path");
+    let init: serde_json::Value = serde_json::from_str(&run_ok(&mut rac(&[
+        "sp", "init", "--state-dir", state_s, "--json",
+    ])))
+    .expect("init json");
+    let password = init["password"].as_str().expect("password").to_string();
+    let ca = init["ca_cert"].as_str().expect("ca").to_string();
+    assert_eq!(init["operator"], "admin");
+    let added: serde_json::Value = serde_json::from_str(&run_ok(&mut rac(&[
+        "sp", "tenant", "add", "acme", "--state-dir", state_s, "--json",
+    ])))
+    .expect("add json");
+    assert_eq!(added["tenant"], "acme");
+    let secret = added["secret"].as_str().expect("secret").to_string();
+
+    let (_sp, line) = spawn_until(
+        &mut rac(&["sp", "run", "--state-dir", state_s, "--listen", "127.0.0.1:0"]),
+        "SP listening on",
+        true,
+    );
+    let sp_addr = last_word(&line);
+
+    // The third-party server, on the tenant's side.
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).expect("mkdir");
+    std::fs::write(www.join("hello.txt"), "served from behind the NAT\n").expect("write");
+    let (_http, line) = spawn_until(
+        Command::new("python3")
+            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
+            .current_dir(&www),
+        "Serving HTTP",
+        false,
+    );
+    let http_port = line
+        .split("port ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("port in python's banner");
+
+    let config = dir.path().join("tenant.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"acme\"\nsecret = \"{secret}\"\nca_cert = \"{ca}\"\nendpoints = [\"{sp_addr}\"]\n\
+             allow_provider_access = true\n[services]\nweb = \"127.0.0.1:{http_port}\"\n"
+        ),
+    )
+    .expect("write config");
+    let (_tenant, _) = spawn_until(
+        &mut rac(&["tenant", "--config", config.to_str().expect("utf8")]),
+        "connected to the SP",
+        true,
+    );
+
+    let args = client_args(&sp_addr, &ca);
+    let list = |pw: &str| {
+        let mut cmd = rac(&["tenants", "--json"]);
+        cmd.args(&args).env("RAC_PASSWORD", pw);
+        cmd.output().expect("run")
+    };
+    wait_until(|| {
+        let out = list(&password);
+        let tenants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        tenants[0]["status"] == "online"
+    });
+    let tenants: serde_json::Value =
+        serde_json::from_slice(&list(&password).stdout).expect("json list");
+    let acme = &tenants[0];
+    assert_eq!(acme["name"], "acme");
+    assert_eq!(acme["services"], serde_json::json!(["web"]));
+    assert_eq!(acme["provider_access"], true);
+    assert!(acme["connected_since"].is_u64() && acme["remote_addr"].is_string());
+
+    // Wrong password: a clear message and a non-zero exit.
+    let out = list("nope");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("login failed"));
+
+    // `rac connect` checks the tenant before listening.
+    let mut cmd = rac(&["connect", "nobody", "--service", "web", "--listen", "127.0.0.1:0"]);
+    let out = cmd.args(&args).env("RAC_PASSWORD", &password).output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown tenant"), "{out:?}");
+    let mut cmd = rac(&["connect", "acme", "--service", "ssh", "--listen", "127.0.0.1:0"]);
+    let out = cmd.args(&args).env("RAC_PASSWORD", &password).output().expect("run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not offer"), "{out:?}");
+
+    let mut cmd = rac(&["connect", "acme", "--service", "web", "--listen", "127.0.0.1:0"]);
+    cmd.args(&args).env("RAC_PASSWORD", &password);
+    let (_forward, line) = spawn_until(&mut cmd, "listening on", false);
+    let local = last_word(&line);
+    for _ in 0..3 {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", &format!("http://{local}/hello.txt")])
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "served from behind the NAT\n");
+    }
+
+    // Each curl was its own audited session.
+    wait_until(|| {
+        let out = run_ok(&mut rac(&["sp", "audit", "--state-dir", state_s, "--json"]));
+        let entries: serde_json::Value = serde_json::from_str(&out).expect("audit json");
+        entries.as_array().is_some_and(|e| {
+            e.len() == 3 && e.iter().all(|e| e["outcome"] == "closed" && e["bytes_from_tenant"].as_u64() > Some(26))
+        })
+    });
+
+    // Disabled while running: the SP notices without a restart.
+    run_ok(&mut rac(&["sp", "tenant", "disable", "acme", "--state-dir", state_s]));
+    wait_until(|| {
+        let tenants: serde_json::Value = serde_json::from_slice(&list(&password).stdout).unwrap_or_default();
+        tenants[0]["status"] == "disabled"
+    });
+    let listed = run_ok(&mut rac(&["sp", "tenant", "list", "--state-dir", state_s, "--json"]));
+    assert!(listed.contains("\"enabled\":false"), "{listed}");
+    assert!(!listed.contains(&secret), "secrets are never printed again");
+}
+
+#[test]
+fn headless_lab_prints_one_json_line_and_stops_on_sigterm() {
+    let (mut lab, line) = spawn_until(&mut rac(&["lab", "--headless", "--tenants", "3"]), "{", false);
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
+    let tenants = ready["tenants"].as_array().expect("tenants");
+    assert_eq!(tenants.len(), 3);
+    assert_eq!(ready["gateways"].as_array().map(Vec::len), Some(2));
+    let ca = ready["ca_cert"].as_str().expect("ca");
+    assert!(Path::new(ca).exists());
+    let sp = ready["sp"].as_str().expect("sp");
+    let user = ready["operator"]["user"].as_str().expect("user");
+    let password = ready["operator"]["password"].as_str().expect("password");
+
+    // Through a gateway, as an outside console would.
+    let gateway = ready["gateways"][0].as_str().expect("gateway");
+    for route in [["--sp", sp], ["--gateway", gateway]] {
+        let out = rac(&["tenants", "--json", "--ca", ca, "--user", user])
+            .args(route)
+            .env("RAC_PASSWORD", password)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let online = list.as_array().expect("list").iter().filter(|t| t["status"] == "online").count();
+        assert_eq!(online, 3);
+    }
+
+    let pid = lab.0.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(status.success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = lab.0.try_wait().expect("wait") {
+            assert!(status.success(), "lab exits cleanly on SIGTERM: {status:?}");
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "lab did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
