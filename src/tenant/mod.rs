@@ -1,1 +1,2 @@
 //! The tenant side: its configuration and its backup server. Knows no sockets.
+pub mod backup;

@@ -1,0 +1,16 @@
+//! The tenant backup service: the backup server a console session shows (proxies, pools,
+//! repositories, Microsoft 365 organizations, Azure VM backup, jobs and their sessions),
+//! its actions, its simulated job runs, its state file and its wire protocol.
+
+pub mod generator;
+pub mod model;
+pub mod ops;
+pub mod store;
+
+pub use generator::{Shape, generate, generate_for_index, generate_with_shape};
+pub use model::Inventory;
+pub use ops::{Action, ActionError, ActionOutcome};
+pub use store::{Store, StoreError};
+
+/// The name under which the tenant redirector offers this service.
+pub const SERVICE_NAME: &str = "backup";
