@@ -288,7 +288,12 @@ pub struct JobArgs {
 /// Logs go to stderr: stdout is for results scripts read.
 pub fn init_tracing(cli: &Cli) {
     let default = match (cli.verbose, &cli.command) {
-        (0, Some(Command::Sp(SpCommand::Run { .. })) | Some(Command::Gateway(_)) | Some(Command::Tenant(_))) => "info",
+        (
+            0,
+            Some(Command::Sp(SpCommand::Run { .. }))
+            | Some(Command::Gateway(_))
+            | Some(Command::Tenant(_)),
+        ) => "info",
         (0, _) => "warn",
         (1, _) => "debug",
         _ => "trace",
@@ -404,10 +409,19 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
             } else {
                 println!("SP state created in {}", state_dir.display());
                 println!("operator:       {}", init.operator);
-                println!("password:       {}   (shown once: store it now)", init.password);
-                println!("CA certificate: {}   (give this file to consoles and tenants)", init.ca_cert.display());
+                println!(
+                    "password:       {}   (shown once: store it now)",
+                    init.password
+                );
+                println!(
+                    "CA certificate: {}   (give this file to consoles and tenants)",
+                    init.ca_cert.display()
+                );
                 println!("CA fingerprint: {}", init.ca_fingerprint);
-                println!("next: rac sp tenant add NAME --state-dir {}", state_dir.display());
+                println!(
+                    "next: rac sp tenant add NAME --state-dir {}",
+                    state_dir.display()
+                );
             }
         }
         SpCommand::Tenant(cmd) => match cmd {
@@ -430,13 +444,18 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
                 if json {
                     print_json(&tenants)?;
                 } else {
-                    println!("{:<24} {:<9} {:<20} DESCRIPTION", "NAME", "ENABLED", "LAST SEEN");
+                    println!(
+                        "{:<24} {:<9} {:<20} DESCRIPTION",
+                        "NAME", "ENABLED", "LAST SEEN"
+                    );
                     for t in tenants {
                         println!(
                             "{:<24} {:<9} {:<20} {}",
                             t.name,
                             if t.enabled { "yes" } else { "no" },
-                            t.last_seen.map(format_time).unwrap_or_else(|| "never".into()),
+                            t.last_seen
+                                .map(format_time)
+                                .unwrap_or_else(|| "never".into()),
                             t.description
                         );
                     }
@@ -463,7 +482,9 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
                 if json {
                     print_json(&serde_json::json!({"tenant": name, "secret": secret}))?;
                 } else {
-                    println!("new secret for {name}: {secret}   (shown once; the old one no longer works)");
+                    println!(
+                        "new secret for {name}: {secret}   (shown once; the old one no longer works)"
+                    );
                 }
             }
         },
@@ -589,7 +610,8 @@ async fn resolve(addr: &str) -> Result<SocketAddr> {
 
 async fn tenant(args: TenantArgs) -> Result<ExitCode> {
     let file = crate::tenant::config::TenantConfig::load(&args.config)?;
-    let mut config = crate::net::tenant_redirector::RedirectorConfig::from_file(&file, &args.config)?;
+    let mut config =
+        crate::net::tenant_redirector::RedirectorConfig::from_file(&file, &args.config)?;
     let shutdown = shutdown_on_signal();
     let tracker = tokio_util::task::TaskTracker::new();
     if let Some(backup) = &file.backup_service {
@@ -602,7 +624,12 @@ async fn tenant(args: TenantArgs) -> Result<ExitCode> {
     eprintln!(
         "tenant {} offering {} via {}",
         config.tenant,
-        config.services.keys().cloned().collect::<Vec<_>>().join(", "),
+        config
+            .services
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
         config.endpoints.join(", ")
     );
     crate::net::tenant_redirector::run(config, shutdown).await?;
@@ -681,9 +708,13 @@ async fn tenants(args: TenantsArgs) -> Result<ExitCode> {
             "{:<24} {:<9} {:<20} {:<22} {:>7} {:>5}  {}",
             t.name,
             status,
-            t.connected_since.map(format_time).unwrap_or_else(|| "-".into()),
+            t.connected_since
+                .map(format_time)
+                .unwrap_or_else(|| "-".into()),
             t.remote_addr.as_deref().unwrap_or("-"),
-            t.heartbeat_rtt_ms.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into()),
+            t.heartbeat_rtt_ms
+                .map(|r| format!("{r:.1}"))
+                .unwrap_or_else(|| "-".into()),
             t.open_sessions,
             t.services.join(",")
         );
@@ -721,8 +752,14 @@ async fn connect(args: ConnectArgs) -> Result<ExitCode> {
         .with_context(|| format!("listening on {addr}"))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    crate::net::console::forward(client, args.tenant, args.service, listener, shutdown_on_signal())
-        .await?;
+    crate::net::console::forward(
+        client,
+        args.tenant,
+        args.service,
+        listener,
+        shutdown_on_signal(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -18,7 +18,9 @@ use crate::net::cloud_redirector::{self, SpEngine};
 use crate::net::console::ConsoleConfig;
 use crate::net::dial::Route;
 use crate::net::gateway::{self, GatewayConfig};
-use crate::net::tenant_redirector::{self, AgentState, LocalHandler, RedirectorConfig, ServiceTarget};
+use crate::net::tenant_redirector::{
+    self, AgentState, LocalHandler, RedirectorConfig, ServiceTarget,
+};
 use crate::net::tls::Trust;
 use crate::sp::config::{SpConfig, StateDir};
 use crate::sp::registry::Registry;
@@ -58,9 +60,26 @@ pub const DISABLED_TENANT: &str = "umbrella-disabled";
 pub const PRIVATE_TENANT: &str = "wayne-private";
 
 const NAMES: &[&str] = &[
-    "acme", "globex", "initech", "hooli", "stark", "wonka", "tyrell", "cyberdyne", "soylent",
-    "gringotts", "oscorp", "aperture", "monarch", "vandelay", "dunder", "sterling", "pied-piper",
-    "massive-dynamic", "blue-sun", "weyland",
+    "acme",
+    "globex",
+    "initech",
+    "hooli",
+    "stark",
+    "wonka",
+    "tyrell",
+    "cyberdyne",
+    "soylent",
+    "gringotts",
+    "oscorp",
+    "aperture",
+    "monarch",
+    "vandelay",
+    "dunder",
+    "sterling",
+    "pied-piper",
+    "massive-dynamic",
+    "blue-sun",
+    "weyland",
 ];
 
 /// The lab tenant names, in order: well-known names first, then numbered ones.
@@ -141,7 +160,8 @@ impl Lab {
             let secret = registry.add_tenant(DISABLED_TENANT, "Lab tenant disabled by the SP")?;
             registry.set_enabled(DISABLED_TENANT, false)?;
             let _ = secret;
-            let secret = registry.add_tenant(PRIVATE_TENANT, "Lab tenant that refuses provider access")?;
+            let secret =
+                registry.add_tenant(PRIVATE_TENANT, "Lab tenant that refuses provider access")?;
             secrets.push((PRIVATE_TENANT.to_string(), secret, false));
         }
         drop(registry);
@@ -150,15 +170,24 @@ impl Lab {
         sp_config.gateways = gateways.iter().map(|g| g.to_string()).collect();
         sp_config.trusted_proxies = vec![std::net::Ipv4Addr::LOCALHOST.into()];
         let engine = SpEngine {
-            service: crate::sp::SpService::with_registry(sp_config, Registry::open(&state.registry())?)?,
+            service: crate::sp::SpService::with_registry(
+                sp_config,
+                Registry::open(&state.registry())?,
+            )?,
             acceptor: crate::net::tls::server_acceptor(&state.server_chain(), &state.server_key())?,
         };
-        tracker.spawn(log_error("SP", cloud_redirector::run(engine, sp_listener, shutdown.clone())));
+        tracker.spawn(log_error(
+            "SP",
+            cloud_redirector::run(engine, sp_listener, shutdown.clone()),
+        ));
         for listener in gateway_listeners {
             let mut config = GatewayConfig::new(vec![sp_addr]);
             config.proxy_protocol = true;
             config.drain_timeout = Duration::from_secs(1);
-            tracker.spawn(log_error("gateway", gateway::run(config, listener, shutdown.clone())));
+            tracker.spawn(log_error(
+                "gateway",
+                gateway::run(config, listener, shutdown.clone()),
+            ));
         }
 
         let mut endpoints: Vec<String> = gateways.iter().map(|g| g.to_string()).collect();
@@ -226,7 +255,10 @@ impl Lab {
                     .filter(|(_, s)| !matches!(*s.borrow(), AgentState::Online { .. }))
                     .map(|(name, s)| format!("{name}: {:?}", *s.borrow()))
                     .collect();
-                bail!("lab tenants not online after {timeout:?}: {}", waiting.join("; "))
+                bail!(
+                    "lab tenants not online after {timeout:?}: {}",
+                    waiting.join("; ")
+                )
             }
         }
     }

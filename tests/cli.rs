@@ -57,7 +57,9 @@ fn spawn_until(cmd: &mut Command, marker: &str, from_stderr: bool) -> (Proc, Str
             }
         }
     });
-    let line = rx.recv_timeout(PATIENCE).expect("the process printed its ready line");
+    let line = rx
+        .recv_timeout(PATIENCE)
+        .expect("the process printed its ready line");
     (Proc(child), line)
 }
 
@@ -83,21 +85,38 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
     let state = dir.path().join("sp");
     let state_s = state.to_str().expect("utf8 path");
     let init: serde_json::Value = serde_json::from_str(&run_ok(&mut rac(&[
-        "sp", "init", "--state-dir", state_s, "--json",
+        "sp",
+        "init",
+        "--state-dir",
+        state_s,
+        "--json",
     ])))
     .expect("init json");
     let password = init["password"].as_str().expect("password").to_string();
     let ca = init["ca_cert"].as_str().expect("ca").to_string();
     assert_eq!(init["operator"], "admin");
     let added: serde_json::Value = serde_json::from_str(&run_ok(&mut rac(&[
-        "sp", "tenant", "add", "acme", "--state-dir", state_s, "--json",
+        "sp",
+        "tenant",
+        "add",
+        "acme",
+        "--state-dir",
+        state_s,
+        "--json",
     ])))
     .expect("add json");
     assert_eq!(added["tenant"], "acme");
     let secret = added["secret"].as_str().expect("secret").to_string();
 
     let (_sp, line) = spawn_until(
-        &mut rac(&["sp", "run", "--state-dir", state_s, "--listen", "127.0.0.1:0"]),
+        &mut rac(&[
+            "sp",
+            "run",
+            "--state-dir",
+            state_s,
+            "--listen",
+            "127.0.0.1:0",
+        ]),
         "SP listening on",
         true,
     );
@@ -160,25 +179,72 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("login failed"));
 
     // `rac connect` checks the tenant before listening.
-    let mut cmd = rac(&["connect", "nobody", "--service", "web", "--listen", "127.0.0.1:0"]);
-    let out = cmd.args(&args).env("RAC_PASSWORD", &password).output().expect("run");
+    let mut cmd = rac(&[
+        "connect",
+        "nobody",
+        "--service",
+        "web",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let out = cmd
+        .args(&args)
+        .env("RAC_PASSWORD", &password)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown tenant"), "{out:?}");
-    let mut cmd = rac(&["connect", "acme", "--service", "ssh", "--listen", "127.0.0.1:0"]);
-    let out = cmd.args(&args).env("RAC_PASSWORD", &password).output().expect("run");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not offer"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown tenant"),
+        "{out:?}"
+    );
+    let mut cmd = rac(&[
+        "connect",
+        "acme",
+        "--service",
+        "ssh",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let out = cmd
+        .args(&args)
+        .env("RAC_PASSWORD", &password)
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not offer"),
+        "{out:?}"
+    );
 
-    let mut cmd = rac(&["connect", "acme", "--service", "web", "--listen", "127.0.0.1:0"]);
+    let mut cmd = rac(&[
+        "connect",
+        "acme",
+        "--service",
+        "web",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     cmd.args(&args).env("RAC_PASSWORD", &password);
     let (_forward, line) = spawn_until(&mut cmd, "listening on", false);
     let local = last_word(&line);
     for _ in 0..3 {
         let out = Command::new("curl")
-            .args(["-sS", "--max-time", "30", &format!("http://{local}/hello.txt")])
+            .args([
+                "-sS",
+                "--max-time",
+                "30",
+                &format!("http://{local}/hello.txt"),
+            ])
             .output()
             .expect("curl runs");
-        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "served from behind the NAT\n");
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "served from behind the NAT\n"
+        );
     }
 
     // Each curl was its own audited session.
@@ -186,24 +252,45 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
         let out = run_ok(&mut rac(&["sp", "audit", "--state-dir", state_s, "--json"]));
         let entries: serde_json::Value = serde_json::from_str(&out).expect("audit json");
         entries.as_array().is_some_and(|e| {
-            e.len() == 3 && e.iter().all(|e| e["outcome"] == "closed" && e["bytes_from_tenant"].as_u64() > Some(26))
+            e.len() == 3
+                && e.iter()
+                    .all(|e| e["outcome"] == "closed" && e["bytes_from_tenant"].as_u64() > Some(26))
         })
     });
 
     // Disabled while running: the SP notices without a restart.
-    run_ok(&mut rac(&["sp", "tenant", "disable", "acme", "--state-dir", state_s]));
+    run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "disable",
+        "acme",
+        "--state-dir",
+        state_s,
+    ]));
     wait_until(|| {
-        let tenants: serde_json::Value = serde_json::from_slice(&list(&password).stdout).unwrap_or_default();
+        let tenants: serde_json::Value =
+            serde_json::from_slice(&list(&password).stdout).unwrap_or_default();
         tenants[0]["status"] == "disabled"
     });
-    let listed = run_ok(&mut rac(&["sp", "tenant", "list", "--state-dir", state_s, "--json"]));
+    let listed = run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "list",
+        "--state-dir",
+        state_s,
+        "--json",
+    ]));
     assert!(listed.contains("\"enabled\":false"), "{listed}");
     assert!(!listed.contains(&secret), "secrets are never printed again");
 }
 
 #[test]
 fn headless_lab_prints_one_json_line_and_stops_on_sigterm() {
-    let (mut lab, line) = spawn_until(&mut rac(&["lab", "--headless", "--tenants", "3"]), "{", false);
+    let (mut lab, line) = spawn_until(
+        &mut rac(&["lab", "--headless", "--tenants", "3"]),
+        "{",
+        false,
+    );
     let ready: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
     let tenants = ready["tenants"].as_array().expect("tenants");
     assert_eq!(tenants.len(), 3);
@@ -222,14 +309,26 @@ fn headless_lab_prints_one_json_line_and_stops_on_sigterm() {
             .env("RAC_PASSWORD", password)
             .output()
             .expect("run");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        let online = list.as_array().expect("list").iter().filter(|t| t["status"] == "online").count();
+        let online = list
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|t| t["status"] == "online")
+            .count();
         assert_eq!(online, 3);
     }
 
     let pid = lab.0.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let start = Instant::now();
     loop {

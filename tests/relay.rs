@@ -33,11 +33,22 @@ async fn nine_steps_echo_and_audit() {
     let console = sp.console().await;
     wait_status(&console, "acme", TenantStatus::Online).await;
     let tenants = console.tenants().await.expect("list");
-    let acme = tenants.iter().find(|t| t.name == "acme").expect("acme listed");
+    let acme = tenants
+        .iter()
+        .find(|t| t.name == "acme")
+        .expect("acme listed");
     assert_eq!(acme.services, vec!["echo".to_string()]);
     assert!(acme.provider_access);
-    assert!(acme.remote_addr.as_deref().is_some_and(|a| a.starts_with("127.0.0.1:")));
-    assert!(acme.agent_version.as_deref().is_some_and(|v| v.starts_with("rac-tenant/")));
+    assert!(
+        acme.remote_addr
+            .as_deref()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+    assert!(
+        acme.agent_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("rac-tenant/"))
+    );
 
     let mut stages = Vec::new();
     let mut session = console
@@ -46,17 +57,29 @@ async fn nine_steps_echo_and_audit() {
         .expect("session opens");
     assert_eq!(
         stages,
-        vec![OpenStage::RequestSent, OpenStage::WaitingForTenant, OpenStage::Spliced]
+        vec![
+            OpenStage::RequestSent,
+            OpenStage::WaitingForTenant,
+            OpenStage::Spliced
+        ]
     );
     assert_eq!(session.tls.version, "TLS 1.3");
     assert!(!session.via_gateway);
-    session.stream.write_all(b"ping through the relay").await.expect("write");
+    session
+        .stream
+        .write_all(b"ping through the relay")
+        .await
+        .expect("write");
     let mut buf = [0u8; 22];
     session.stream.read_exact(&mut buf).await.expect("echo");
     assert_eq!(&buf, b"ping through the relay");
     session.stream.shutdown().await.expect("half-close");
     let mut rest = Vec::new();
-    session.stream.read_to_end(&mut rest).await.expect("eof after half-close");
+    session
+        .stream
+        .read_to_end(&mut rest)
+        .await
+        .expect("eof after half-close");
     assert!(rest.is_empty());
 
     // The audit row is closed once both sides are done.
@@ -109,7 +132,10 @@ async fn every_refusal_has_its_reason() {
     assert_eq!(code("nobody", "echo").await, ErrorCode::UnknownTenant);
     assert_eq!(code("off", "echo").await, ErrorCode::TenantOffline);
     assert_eq!(code("gone", "echo").await, ErrorCode::TenantDisabled);
-    assert_eq!(code("private", "echo").await, ErrorCode::ProviderAccessDisabled);
+    assert_eq!(
+        code("private", "echo").await,
+        ErrorCode::ProviderAccessDisabled
+    );
     assert_eq!(code("on", "ssh").await, ErrorCode::ServiceNotOffered);
 
     // Wrong password.
@@ -119,14 +145,25 @@ async fn every_refusal_has_its_reason() {
         ErrorCode::AuthFailed
     );
     // Expired token.
-    let expired = sp.registry.create_token("admin", Duration::ZERO).expect("token");
+    let expired = sp
+        .registry
+        .create_token("admin", Duration::ZERO)
+        .expect("token");
     stranger.set_token(expired);
     assert_eq!(
-        refused_code(stranger.open_session("on", "echo", |_, _| {}).await.err().expect("expired")),
+        refused_code(
+            stranger
+                .open_session("on", "echo", |_, _| {})
+                .await
+                .err()
+                .expect("expired")
+        ),
         ErrorCode::TokenExpired
     );
     // An operator limited to other tenants.
-    sp.registry.add_operator("limited", "pw-limited", "private").expect("operator");
+    sp.registry
+        .add_operator("limited", "pw-limited", "private")
+        .expect("operator");
     let limited = ConsoleClient::new(rac::net::console::ConsoleConfig {
         user: "limited".into(),
         ..sp.console_config()
@@ -134,10 +171,22 @@ async fn every_refusal_has_its_reason() {
     .expect("client");
     limited.login("pw-limited").await.expect("login");
     assert_eq!(
-        refused_code(limited.open_session("on", "echo", |_, _| {}).await.err().expect("denied")),
+        refused_code(
+            limited
+                .open_session("on", "echo", |_, _| {})
+                .await
+                .err()
+                .expect("denied")
+        ),
         ErrorCode::AccessDenied
     );
-    let visible: Vec<String> = limited.tenants().await.expect("list").into_iter().map(|t| t.name).collect();
+    let visible: Vec<String> = limited
+        .tenants()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(visible, vec!["private".to_string()]);
 
     // A logged-out token stops working.
@@ -150,13 +199,21 @@ async fn every_refusal_has_its_reason() {
 async fn version_mismatch_and_untrusted_certificate_are_explained() {
     let sp = TestSp::start(quick_config()).await;
     let mut raw = sp.raw().await;
-    let hello = serde_json::json!({"version": 99, "role": "operator", "user": "admin", "password": "x"});
+    let hello =
+        serde_json::json!({"version": 99, "role": "operator", "user": "admin", "password": "x"});
     write_frame(&mut raw, &hello).await.expect("write");
-    let reply: HelloReply = read_frame(&mut raw, frame::MAX_FRAME_LEN).await.expect("read").expect("reply");
+    let reply: HelloReply = read_frame(&mut raw, frame::MAX_FRAME_LEN)
+        .await
+        .expect("read")
+        .expect("reply");
     match reply {
         HelloReply::Error(e) => {
             assert_eq!(e.code, ErrorCode::VersionMismatch);
-            assert!(e.message.contains("version 1") && e.message.contains("99"), "{}", e.message);
+            assert!(
+                e.message.contains("version 1") && e.message.contains("99"),
+                "{}",
+                e.message
+            );
         }
         other => panic!("expected an error, got {other:?}"),
     }
@@ -176,7 +233,9 @@ async fn version_mismatch_and_untrusted_certificate_are_explained() {
         other => panic!("expected an untrusted certificate, got {other:?}"),
     }
     // A pinned fingerprint of the right CA works; a wrong pin does not.
-    let pin = rac::net::tls::parse_fingerprint(&rac::net::tls::pem_fingerprint(&sp.ca).expect("fp")).expect("parse");
+    let pin =
+        rac::net::tls::parse_fingerprint(&rac::net::tls::pem_fingerprint(&sp.ca).expect("fp"))
+            .expect("parse");
     let pinned = ConsoleClient::new(rac::net::console::ConsoleConfig {
         trust: Trust::Pinned(pin),
         ..sp.console_config()
@@ -188,7 +247,10 @@ async fn version_mismatch_and_untrusted_certificate_are_explained() {
         ..sp.console_config()
     })
     .expect("client");
-    assert!(matches!(wrong.login(&sp.password).await, Err(ConsoleError::Dial(_))));
+    assert!(matches!(
+        wrong.login(&sp.password).await,
+        Err(ConsoleError::Dial(_))
+    ));
 }
 
 /// A tenant that never answers `OpenData`: the console hears a timeout, not a hang.
@@ -212,7 +274,10 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
         provider_access: true,
     });
     write_frame(&mut control, &hello).await.expect("hello");
-    let welcome: HelloReply = read_frame(&mut control, frame::MAX_FRAME_LEN).await.expect("read").expect("welcome");
+    let welcome: HelloReply = read_frame(&mut control, frame::MAX_FRAME_LEN)
+        .await
+        .expect("read")
+        .expect("welcome");
     assert!(matches!(welcome, HelloReply::Welcome(_)), "{welcome:?}");
     wait_status(&console, "alpha", TenantStatus::Online).await;
 
@@ -221,8 +286,16 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
         async move { console.open_session("alpha", "echo", |_, _| {}).await }
     });
     let (session_id, nonce) = loop {
-        match read_frame::<ControlMsg, _>(&mut control, frame::MAX_FRAME_LEN).await.expect("read").expect("msg") {
-            ControlMsg::OpenData { session_id, nonce, service } => {
+        match read_frame::<ControlMsg, _>(&mut control, frame::MAX_FRAME_LEN)
+            .await
+            .expect("read")
+            .expect("msg")
+        {
+            ControlMsg::OpenData {
+                session_id,
+                nonce,
+                service,
+            } => {
                 assert_eq!(service, "echo");
                 break (session_id, nonce);
             }
@@ -234,17 +307,42 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
         let sp_raw = sp.raw();
         async move {
             let mut data = sp_raw.await;
-            let hello = Hello::new(Role::TenantData { tenant: tenant.into(), session_id, nonce });
+            let hello = Hello::new(Role::TenantData {
+                tenant: tenant.into(),
+                session_id,
+                nonce,
+            });
             write_frame(&mut data, &hello).await.expect("data hello");
-            let reply: SessionMsg = read_frame(&mut data, frame::MAX_FRAME_LEN).await.expect("read").expect("reply");
+            let reply: SessionMsg = read_frame(&mut data, frame::MAX_FRAME_LEN)
+                .await
+                .expect("read")
+                .expect("reply");
             (reply, data)
         }
     };
     let _ = &secret_b;
     let (reply, _) = data_as("beta", nonce.clone(), session_id.clone()).await;
-    assert!(matches!(reply, SessionMsg::Error { code: ErrorCode::BadNonce, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            SessionMsg::Error {
+                code: ErrorCode::BadNonce,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     let (reply, _) = data_as("alpha", "0".repeat(64), session_id.clone()).await;
-    assert!(matches!(reply, SessionMsg::Error { code: ErrorCode::BadNonce, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            SessionMsg::Error {
+                code: ErrorCode::BadNonce,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     // The right tenant with the right nonce gets the session...
     let (reply, mut data) = data_as("alpha", nonce.clone(), session_id.clone()).await;
     assert!(matches!(reply, SessionMsg::Ready { .. }), "{reply:?}");
@@ -254,10 +352,23 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
     data.read_exact(&mut b).await.expect("tenant side receives");
     // ...once.
     let (reply, _) = data_as("alpha", nonce, session_id).await;
-    assert!(matches!(reply, SessionMsg::Error { code: ErrorCode::BadNonce, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            SessionMsg::Error {
+                code: ErrorCode::BadNonce,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
 
     // Now the tenant stays silent: the console is told it timed out.
-    let err = console.open_session("alpha", "echo", |_, _| {}).await.err().expect("timeout");
+    let err = console
+        .open_session("alpha", "echo", |_, _| {})
+        .await
+        .err()
+        .expect("timeout");
     assert_eq!(refused_code(err), ErrorCode::TenantTimeout);
 }
 
@@ -268,7 +379,10 @@ async fn disabling_a_tenant_ends_its_sessions_and_keeps_it_out() {
     let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
     tenant.online().await;
     let console = sp.console().await;
-    let mut session = console.open_session("acme", "echo", |_, _| {}).await.expect("session");
+    let mut session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session");
     session.stream.write_all(b"hi").await.expect("write");
     let mut buf = [0u8; 2];
     session.stream.read_exact(&mut buf).await.expect("echo");
@@ -279,13 +393,19 @@ async fn disabling_a_tenant_ends_its_sessions_and_keeps_it_out() {
 
     let mut rest = Vec::new();
     let ended = tokio::time::timeout(PATIENCE, session.stream.read_to_end(&mut rest)).await;
-    assert!(ended.is_ok(), "the session must end when the tenant is disabled");
+    assert!(
+        ended.is_ok(),
+        "the session must end when the tenant is disabled"
+    );
     let state = tenant.not_online().await;
     assert!(format!("{state:?}").contains("disabled"), "{state:?}");
     wait_status(&console, "acme", TenantStatus::Disabled).await;
     // It stays out: reconnects are refused while disabled.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!matches!(*tenant.state.borrow(), rac::net::tenant_redirector::AgentState::Online { .. }));
+    assert!(!matches!(
+        *tenant.state.borrow(),
+        rac::net::tenant_redirector::AgentState::Online { .. }
+    ));
     let entry = &sp.registry.audit_entries(1).expect("audit")[0];
     tokio::time::timeout(PATIENCE, async {
         loop {
@@ -313,7 +433,10 @@ async fn sixty_four_mib_arrive_intact() {
     let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
     tenant.online().await;
     let console = sp.console().await;
-    let session = console.open_session("acme", "echo", |_, _| {}).await.expect("session");
+    let session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session");
     let (mut reader, mut writer) = tokio::io::split(session.stream);
     const TOTAL: usize = 64 * 1024 * 1024;
     let sender = tokio::spawn(async move {
@@ -361,7 +484,10 @@ async fn a_hundred_concurrent_sessions() {
     for i in 0..100u32 {
         let console = console.clone();
         tasks.push(tokio::spawn(async move {
-            let mut session = console.open_session("acme", "echo", |_, _| {}).await.expect("session");
+            let mut session = console
+                .open_session("acme", "echo", |_, _| {})
+                .await
+                .expect("session");
             let payload: Vec<u8> = (0..4096u32).map(|j| (i * 7 + j) as u8).collect();
             session.stream.write_all(&payload).await.expect("write");
             let mut back = vec![0u8; payload.len()];
@@ -370,7 +496,10 @@ async fn a_hundred_concurrent_sessions() {
         }));
     }
     for task in tasks {
-        tokio::time::timeout(PATIENCE, task).await.expect("in time").expect("session ok");
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("in time")
+            .expect("session ok");
     }
 }
 
@@ -389,24 +518,45 @@ async fn bad_frames_close_only_their_connection() {
     assert!(closed.is_ok(), "oversized frame closes the connection");
     // Garbage JSON after TLS: an error frame then close.
     let mut raw = sp.raw().await;
-    raw.write_all(&[0, 0, 0, 5, b'{', 0xff, b'x', b'}', b'!']).await.expect("write");
-    let reply = read_frame::<HelloReply, _>(&mut raw, frame::MAX_FRAME_LEN).await.expect("read");
-    assert!(matches!(reply, Some(HelloReply::Error(ref e)) if e.code == ErrorCode::BadRequest), "{reply:?}");
+    raw.write_all(&[0, 0, 0, 5, b'{', 0xff, b'x', b'}', b'!'])
+        .await
+        .expect("write");
+    let reply = read_frame::<HelloReply, _>(&mut raw, frame::MAX_FRAME_LEN)
+        .await
+        .expect("read");
+    assert!(
+        matches!(reply, Some(HelloReply::Error(ref e)) if e.code == ErrorCode::BadRequest),
+        "{reply:?}"
+    );
     // Plain garbage instead of TLS.
-    let mut tcp = tokio::net::TcpStream::connect(sp.addr).await.expect("connect");
-    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    let mut tcp = tokio::net::TcpStream::connect(sp.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
     let mut sink = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut sink)).await.expect("closed");
+    let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut sink))
+        .await
+        .expect("closed");
     // A connection that says nothing is cut at the handshake timeout; meanwhile the SP serves.
-    let _silent = tokio::net::TcpStream::connect(sp.addr).await.expect("connect");
+    let _silent = tokio::net::TcpStream::connect(sp.addr)
+        .await
+        .expect("connect");
 
     let console = sp.console().await;
-    let mut session = console.open_session("acme", "echo", |_, _| {}).await.expect("still serving");
+    let mut session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("still serving");
     session.stream.write_all(b"ok").await.expect("write");
     let mut buf = [0u8; 2];
     session.stream.read_exact(&mut buf).await.expect("echo");
     // The tenant's control connection was never disturbed.
-    assert!(matches!(*tenant.state.borrow(), rac::net::tenant_redirector::AgentState::Online { .. }));
+    assert!(matches!(
+        *tenant.state.borrow(),
+        rac::net::tenant_redirector::AgentState::Online { .. }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,7 +566,10 @@ async fn tenant_reconnects_after_sp_restart_and_nothing_is_lost() {
     let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
     tenant.online().await;
     let console = sp.console().await;
-    let mut session = console.open_session("acme", "echo", |_, _| {}).await.expect("session");
+    let mut session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session");
     session.stream.write_all(b"abc").await.expect("write");
     let mut b = [0u8; 3];
     session.stream.read_exact(&mut b).await.expect("echo");
@@ -426,7 +579,10 @@ async fn tenant_reconnects_after_sp_restart_and_nothing_is_lost() {
     tenant.online().await;
     // Tokens live in the registry: the same console goes on without logging in again.
     wait_status(&console, "acme", TenantStatus::Online).await;
-    let mut again = console.open_session("acme", "echo", |_, _| {}).await.expect("session after restart");
+    let mut again = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session after restart");
     again.stream.write_all(b"def").await.expect("write");
     again.stream.read_exact(&mut b).await.expect("echo");
     assert_eq!(&b, b"def");

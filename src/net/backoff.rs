@@ -32,7 +32,9 @@ impl Backoff {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
-        half + ceiling.saturating_sub(half).mul_f64(rand::rng().random::<f64>())
+        half + ceiling
+            .saturating_sub(half)
+            .mul_f64(rand::rng().random::<f64>())
     }
 
     /// After a connection that stayed healthy: start again from the base delay.

@@ -180,7 +180,9 @@ impl ConsoleClient {
                 code: e.code,
                 message: e.message,
             }),
-            None => Err(ConsoleError::Protocol("the SP closed the connection".into())),
+            None => Err(ConsoleError::Protocol(
+                "the SP closed the connection".into(),
+            )),
         }
     }
 
@@ -198,8 +200,12 @@ impl ConsoleClient {
         let mut feed = self.request_tenants(false).await?;
         match feed.next().await? {
             Some(ApiResponse::Tenants { tenants }) => Ok(tenants),
-            Some(ApiResponse::Error { code, message }) => Err(ConsoleError::Refused { code, message }),
-            other => Err(ConsoleError::Protocol(format!("unexpected answer {other:?}"))),
+            Some(ApiResponse::Error { code, message }) => {
+                Err(ConsoleError::Refused { code, message })
+            }
+            other => Err(ConsoleError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
         }
     }
 
@@ -301,8 +307,12 @@ pub async fn forward(
             _ = shutdown.cancelled() => break,
         };
         let _ = local.set_nodelay(true);
-        let (client, tenant, service, shutdown) =
-            (client.clone(), tenant.clone(), service.clone(), shutdown.clone());
+        let (client, tenant, service, shutdown) = (
+            client.clone(),
+            tenant.clone(),
+            service.clone(),
+            shutdown.clone(),
+        );
         tracker.spawn(async move {
             match client.open_session(&tenant, &service, |_, _| {}).await {
                 Ok(session) => {

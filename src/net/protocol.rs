@@ -227,8 +227,12 @@ pub enum HelloReply {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMsg {
     /// Either side, every `heartbeat_secs`. The peer answers `Pong` with the same `seq`.
-    Ping { seq: u64 },
-    Pong { seq: u64 },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
     /// SP → tenant: a console waits for a data connection (step 6).
     OpenData {
         session_id: String,
@@ -247,9 +251,14 @@ pub enum ControlMsg {
         provider_access: bool,
     },
     /// SP → tenant: the current cloud gateway pool.
-    Gateways { gateways: Vec<String> },
+    Gateways {
+        gateways: Vec<String>,
+    },
     /// SP → tenant: the SP ends the control connection (tenant disabled, SP shutting down).
-    Goodbye { code: ErrorCode, reason: String },
+    Goodbye {
+        code: ErrorCode,
+        reason: String,
+    },
 }
 
 /// What a console session or tenant data connection hears before the splice.
@@ -257,10 +266,17 @@ pub enum ControlMsg {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SessionMsg {
     /// A stage of the flow was reached (console only).
-    Progress { stage: Stage },
+    Progress {
+        stage: Stage,
+    },
     /// Spliced: from the next byte on, the stream is the tenant service's raw bytes.
-    Ready { session_id: String },
-    Error { code: ErrorCode, message: String },
+    Ready {
+        session_id: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// The stages a console sees while a session opens.
@@ -379,7 +395,10 @@ mod tests {
             token: None,
         };
         let text = format!("{hello:?} {op:?}");
-        assert!(!text.contains("s3cr3t") && !text.contains("hunter2"), "{text}");
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("hunter2"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -389,7 +408,10 @@ mod tests {
             message: "x".into(),
         };
         let text = serde_json::to_string(&HelloReply::Error(err.clone())).expect("serialize");
-        assert!(text.starts_with(r#"{"type":"error","code":"tenant_disabled""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"type":"error","code":"tenant_disabled""#),
+            "{text}"
+        );
         let back: HelloReply = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, HelloReply::Error(err));
     }

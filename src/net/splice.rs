@@ -96,7 +96,12 @@ pub struct Counters {
 }
 
 /// Relays between `a` and `b` until both directions end or `cancel` fires.
-pub async fn splice<A, B>(a: A, b: B, counters: &Counters, cancel: &CancellationToken) -> SpliceReport
+pub async fn splice<A, B>(
+    a: A,
+    b: B,
+    counters: &Counters,
+    cancel: &CancellationToken,
+) -> SpliceReport
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

@@ -122,8 +122,13 @@ impl RedirectorConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentState {
     Connecting,
-    Online { endpoint: String },
-    Waiting { retry_in: Duration, last_error: String },
+    Online {
+        endpoint: String,
+    },
+    Waiting {
+        retry_in: Duration,
+        last_error: String,
+    },
     Stopped,
 }
 
@@ -206,7 +211,9 @@ async fn control_connection(
     .ok_or_else(|| anyhow!("{endpoint}: closed before answering hello"))?;
     let welcome = match reply {
         HelloReply::Welcome(w) => w,
-        HelloReply::Error(e) => return Err(anyhow!("{endpoint} refused the tenant: {}", e.message)),
+        HelloReply::Error(e) => {
+            return Err(anyhow!("{endpoint} refused the tenant: {}", e.message));
+        }
     };
     remember_pool(config, dialer, &welcome.gateways);
     tracing::info!(tenant = %config.tenant, %endpoint, "connected to the SP");
@@ -400,7 +407,10 @@ fn remember_pool(config: &RedirectorConfig, dialer: &Dialer, gateways: &[String]
         let text = serde_json::to_string_pretty(gateways).unwrap_or_default();
         let tmp = path.with_extension("tmp");
         if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
-            tracing::warn!("could not remember the gateway pool in {}: {e}", path.display());
+            tracing::warn!(
+                "could not remember the gateway pool in {}: {e}",
+                path.display()
+            );
         }
     }
 }

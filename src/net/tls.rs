@@ -183,7 +183,9 @@ fn describe_handshake_error(err: std::io::Error) -> std::io::Error {
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .map(|tls| match tls {
             rustls::Error::InvalidCertificate(reason) => {
-                format!("certificate not trusted: the SP's certificate failed verification ({reason:?})")
+                format!(
+                    "certificate not trusted: the SP's certificate failed verification ({reason:?})"
+                )
             }
             other => format!("TLS handshake failed: {other}"),
         });
@@ -220,8 +222,7 @@ pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
         .chars()
         .filter(|c| *c != ':')
         .collect();
-    let bytes =
-        hex::decode(&hex_digits).map_err(|_| TlsError::BadFingerprint(text.to_string()))?;
+    let bytes = hex::decode(&hex_digits).map_err(|_| TlsError::BadFingerprint(text.to_string()))?;
     bytes
         .try_into()
         .map_err(|_| TlsError::BadFingerprint(text.to_string()))

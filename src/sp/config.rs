@@ -186,14 +186,16 @@ mod tests {
             toml::from_str("heartbeat_secs = 2\ndead_after_secs = 5\ngateways = [\"gw:443\"]")
                 .expect("parse");
         config.validate().expect("valid");
-        let bad: SpConfig = toml::from_str("heartbeat_secs = 5\ndead_after_secs = 5").expect("parse");
+        let bad: SpConfig =
+            toml::from_str("heartbeat_secs = 5\ndead_after_secs = 5").expect("parse");
         assert!(bad.validate().is_err());
     }
 
     #[test]
     fn example_config_parses() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sp.toml"))
-            .expect("examples/sp.toml exists");
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sp.toml"))
+                .expect("examples/sp.toml exists");
         let config: SpConfig = toml::from_str(&text).expect("parse example");
         config.validate().expect("example valid");
     }

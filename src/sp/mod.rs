@@ -47,6 +47,10 @@ pub struct SpService {
     pub presence: Presence,
     limiter: auth::LoginLimiter,
     seen_data_version: AtomicI64,
+    /// `sp.toml`, re-read while running for its gateway pool.
+    config_path: Option<std::path::PathBuf>,
+    config_text: std::sync::Mutex<String>,
+    gateways: std::sync::RwLock<Vec<String>>,
 }
 
 /// What `rac sp init` made.
@@ -58,12 +62,20 @@ pub struct InitResult {
 }
 
 /// Creates a new state dir: CA, server certificate, registry and one operator.
-pub fn init_state_dir(state: &StateDir, operator: &str, extra_sans: &[String]) -> Result<InitResult> {
+pub fn init_state_dir(
+    state: &StateDir,
+    operator: &str,
+    extra_sans: &[String],
+) -> Result<InitResult> {
     if state.registry().exists() || state.ca_cert().exists() {
         anyhow::bail!(
             "{} already holds an SP (found {}); refusing to overwrite it",
             state.root.display(),
-            if state.registry().exists() { "registry.sqlite" } else { "ca.pem" }
+            if state.registry().exists() {
+                "registry.sqlite"
+            } else {
+                "ca.pem"
+            }
         );
     }
     std::fs::create_dir_all(&state.root)
@@ -98,34 +110,86 @@ impl SpService {
         let config = SpConfig::load(&state.config())?;
         let registry = Registry::open(&state.registry())
             .with_context(|| format!("opening {}", state.registry().display()))?;
-        Self::with_registry(config, registry)
+        let text = std::fs::read_to_string(state.config()).unwrap_or_default();
+        let mut service = Self::build(config, registry)?;
+        service.config_path = Some(state.config());
+        service.config_text = std::sync::Mutex::new(text);
+        Ok(Arc::new(service))
     }
 
+    /// A service on an open registry with settings given in code (the lab, tests).
     pub fn with_registry(config: SpConfig, registry: Registry) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self::build(config, registry)?))
+    }
+
+    fn build(config: SpConfig, registry: Registry) -> Result<Self> {
         config.validate()?;
         let interrupted = registry.close_interrupted_sessions()?;
         if interrupted > 0 {
-            tracing::warn!(interrupted, "closed audit entries left open by an earlier run");
+            tracing::warn!(
+                interrupted,
+                "closed audit entries left open by an earlier run"
+            );
         }
         let presence = Presence::new(registry.tenants()?);
         let seen = registry.data_version()?;
-        Ok(Arc::new(SpService {
+        Ok(SpService {
             limiter: auth::LoginLimiter::new(
                 config.login_max_failures,
                 Duration::from_secs(config.login_window_secs),
             ),
+            gateways: std::sync::RwLock::new(config.gateways.clone()),
             config,
             registry,
             presence,
             seen_data_version: AtomicI64::new(seen),
-        }))
+            config_path: None,
+            config_text: std::sync::Mutex::new(String::new()),
+        })
+    }
+
+    /// The cloud gateway pool handed to tenants now.
+    pub fn gateways(&self) -> Vec<String> {
+        self.gateways
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads `sp.toml`; returns the new gateway pool when it changed. Other settings take
+    /// effect at the next start. An invalid file is reported and ignored.
+    pub fn reload_gateways(&self) -> Option<Vec<String>> {
+        let path = self.config_path.as_ref()?;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        {
+            let mut seen = self.config_text.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == text {
+                return None;
+            }
+            *seen = text;
+        }
+        let config = match SpConfig::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!("ignoring the changed {}: {e:#}", path.display());
+                return None;
+            }
+        };
+        let mut gateways = self.gateways.write().unwrap_or_else(|p| p.into_inner());
+        if *gateways == config.gateways {
+            return None;
+        }
+        tracing::info!(gateways = ?config.gateways, "gateway pool changed");
+        *gateways = config.gateways.clone();
+        Some(config.gateways)
     }
 
     /// Checks a tenant's control-connection credentials.
     pub fn authenticate_tenant(&self, tenant: &str, secret: &str) -> Result<(), Refusal> {
-        let account = self.presence.account(tenant).ok_or_else(|| {
-            Refusal::new(ErrorCode::AuthFailed, "unknown tenant or wrong secret")
-        })?;
+        let account = self
+            .presence
+            .account(tenant)
+            .ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, "unknown tenant or wrong secret"))?;
         if !auth::constant_time_eq(&auth::sha256_hex(secret), &account.secret_hash) {
             return Err(Refusal::new(
                 ErrorCode::AuthFailed,
@@ -140,7 +204,12 @@ impl SpService {
 
     /// Operator login with a password. Slow (argon2): call from a blocking thread.
     /// Returns the new token and its lifetime.
-    pub fn login(&self, user: &str, password: &str, source: IpAddr) -> Result<(String, u64), Refusal> {
+    pub fn login(
+        &self,
+        user: &str,
+        password: &str,
+        source: IpAddr,
+    ) -> Result<(String, u64), Refusal> {
         if let Err(wait) = self.limiter.check(source) {
             tracing::warn!(%source, user, "login refused: too many failures from this address");
             return Err(Refusal::new(
@@ -187,7 +256,12 @@ impl SpService {
     }
 
     /// Decides whether `token` may open `service` on `tenant` now (step 5).
-    pub fn authorize_session(&self, token: &str, tenant: &str, service: &str) -> Result<Operator, Refusal> {
+    pub fn authorize_session(
+        &self,
+        token: &str,
+        tenant: &str,
+        service: &str,
+    ) -> Result<Operator, Refusal> {
         let operator = self.check_token(token)?;
         if !operator.may_open(tenant) {
             return Err(Refusal::new(
@@ -196,7 +270,10 @@ impl SpService {
             ));
         }
         let info = self.presence.info(tenant).ok_or_else(|| {
-            Refusal::new(ErrorCode::UnknownTenant, format!("unknown tenant {tenant:?}"))
+            Refusal::new(
+                ErrorCode::UnknownTenant,
+                format!("unknown tenant {tenant:?}"),
+            )
         })?;
         match info.status {
             TenantStatus::Disabled => Err(Refusal::new(
@@ -216,7 +293,11 @@ impl SpService {
                     ErrorCode::ServiceNotOffered,
                     format!(
                         "tenant {tenant} does not offer the service {service:?} (it offers: {})",
-                        if info.services.is_empty() { "none".to_string() } else { info.services.join(", ") }
+                        if info.services.is_empty() {
+                            "none".to_string()
+                        } else {
+                            info.services.join(", ")
+                        }
                     ),
                 ))
             }

@@ -337,7 +337,10 @@ mod tests {
         let newer = presence.connect("acme", live()).expect("known");
         assert!(!presence.disconnect("acme", id));
         assert!(presence.disconnect("acme", newer));
-        assert_eq!(presence.info("acme").expect("row").status, TenantStatus::Offline);
+        assert_eq!(
+            presence.info("acme").expect("row").status,
+            TenantStatus::Offline
+        );
         assert!(presence.connect("nobody", live()).is_none());
     }
 
@@ -356,12 +359,24 @@ mod tests {
         assert_eq!(
             kicks,
             vec![
-                Kick { tenant: "a".into(), reason: KickReason::Disabled },
-                Kick { tenant: "b".into(), reason: KickReason::SecretRotated },
-                Kick { tenant: "c".into(), reason: KickReason::Removed },
+                Kick {
+                    tenant: "a".into(),
+                    reason: KickReason::Disabled
+                },
+                Kick {
+                    tenant: "b".into(),
+                    reason: KickReason::SecretRotated
+                },
+                Kick {
+                    tenant: "c".into(),
+                    reason: KickReason::Removed
+                },
             ]
         );
-        assert_eq!(presence.info("a").expect("row").status, TenantStatus::Disabled);
+        assert_eq!(
+            presence.info("a").expect("row").status,
+            TenantStatus::Disabled
+        );
         assert!(presence.info("d").is_some());
         assert!(presence.info("c").is_none());
     }

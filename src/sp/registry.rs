@@ -104,7 +104,10 @@ pub fn validate_name(name: &str) -> Result<()> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -507,7 +510,10 @@ mod tests {
         let token = reg
             .create_token("alice", Duration::from_secs(60))
             .expect("token");
-        assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Valid(op));
+        assert_eq!(
+            reg.check_token(&token).expect("check"),
+            TokenCheck::Valid(op)
+        );
         reg.revoke_token(&token).expect("revoke");
         assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Unknown);
         let expired = reg

@@ -118,7 +118,9 @@ impl TenantConfig {
             }
         }
         if self.backup_service.is_some() && self.services.contains_key("backup") {
-            bail!("[backup_service] offers the service `backup` itself; remove backup from [services]");
+            bail!(
+                "[backup_service] offers the service `backup` itself; remove backup from [services]"
+            );
         }
         Ok(())
     }
@@ -169,7 +171,9 @@ endpoints = ["sp:6180"]
             .validate()
             .expect("valid");
         let typo = format!("{good}alow_provider_access = false\n");
-        let err = toml::from_str::<TenantConfig>(&typo).err().expect("typo refused");
+        let err = toml::from_str::<TenantConfig>(&typo)
+            .err()
+            .expect("typo refused");
         assert!(err.to_string().contains("unknown field"), "{err}");
         let short = good.replace("0000000000000000", "");
         let err = toml::from_str::<TenantConfig>(&short)
@@ -178,7 +182,12 @@ endpoints = ["sp:6180"]
             .expect_err("short secret");
         assert!(err.to_string().contains("64 hex"), "{err}");
         let no_port = good.replace("sp:6180", "sp");
-        assert!(toml::from_str::<TenantConfig>(&no_port).expect("parse").validate().is_err());
+        assert!(
+            toml::from_str::<TenantConfig>(&no_port)
+                .expect("parse")
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

@@ -73,13 +73,22 @@ impl TestSp {
     pub async fn restart(&mut self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(PATIENCE, &mut self.task).await;
-        let listener = TcpListener::bind(self.addr).await.expect("rebind same port");
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind same port");
         self.shutdown = CancellationToken::new();
-        self.task = spawn_sp(&self.state, self.config.clone(), listener, self.shutdown.clone());
+        self.task = spawn_sp(
+            &self.state,
+            self.config.clone(),
+            listener,
+            self.shutdown.clone(),
+        );
     }
 
     pub fn add_tenant(&self, name: &str) -> String {
-        self.registry.add_tenant(name, "test tenant").expect("add tenant")
+        self.registry
+            .add_tenant(name, "test tenant")
+            .expect("add tenant")
     }
 
     pub fn console_config(&self) -> ConsoleConfig {
@@ -107,7 +116,10 @@ impl TestSp {
 
     pub fn tenant_config(&self, name: &str, secret: &str) -> RedirectorConfig {
         let mut services = BTreeMap::new();
-        services.insert("echo".to_string(), ServiceTarget::Local(rac::lab::echo_service()));
+        services.insert(
+            "echo".to_string(),
+            ServiceTarget::Local(rac::lab::echo_service()),
+        );
         RedirectorConfig {
             tenant: name.into(),
             secret: secret.into(),
@@ -128,17 +140,15 @@ impl Drop for TestSp {
     }
 }
 
+/// Starts the SP as `rac sp run` does: settings from `sp.toml` in its state dir.
 fn spawn_sp(
     state: &StateDir,
     config: SpConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let engine = SpEngine {
-        service: rac::sp::SpService::with_registry(config, Registry::open(&state.registry()).expect("registry"))
-            .expect("service"),
-        acceptor: rac::net::tls::server_acceptor(&state.server_chain(), &state.server_key()).expect("acceptor"),
-    };
+    std::fs::write(state.config(), toml::to_string(&config).expect("toml")).expect("write sp.toml");
+    let engine = SpEngine::open(state).expect("open SP");
     tokio::spawn(cloud_redirector::run(engine, listener, shutdown))
 }
 
@@ -153,14 +163,23 @@ impl TestTenant {
     pub fn start(config: RedirectorConfig) -> TestTenant {
         let (tx, state) = watch::channel(AgentState::Connecting);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(tenant_redirector::run_with_state(config, shutdown.clone(), tx));
-        TestTenant { state, shutdown, task }
+        let task = tokio::spawn(tenant_redirector::run_with_state(
+            config,
+            shutdown.clone(),
+            tx,
+        ));
+        TestTenant {
+            state,
+            shutdown,
+            task,
+        }
     }
 
     pub async fn online(&mut self) {
         tokio::time::timeout(
             PATIENCE,
-            self.state.wait_for(|s| matches!(s, AgentState::Online { .. })),
+            self.state
+                .wait_for(|s| matches!(s, AgentState::Online { .. })),
         )
         .await
         .expect("tenant online in time")
@@ -171,7 +190,8 @@ impl TestTenant {
     pub async fn not_online(&mut self) -> AgentState {
         tokio::time::timeout(
             PATIENCE,
-            self.state.wait_for(|s| matches!(s, AgentState::Waiting { .. })),
+            self.state
+                .wait_for(|s| matches!(s, AgentState::Waiting { .. })),
         )
         .await
         .expect("tenant dropped in time")
@@ -187,11 +207,18 @@ impl Drop for TestTenant {
 }
 
 /// Waits until the SP lists `tenant` with the given status.
-pub async fn wait_status(console: &ConsoleClient, tenant: &str, status: rac::net::protocol::TenantStatus) {
+pub async fn wait_status(
+    console: &ConsoleClient,
+    tenant: &str,
+    status: rac::net::protocol::TenantStatus,
+) {
     tokio::time::timeout(PATIENCE, async {
         loop {
             let tenants = console.tenants().await.expect("tenant list");
-            if tenants.iter().any(|t| t.name == tenant && t.status == status) {
+            if tenants
+                .iter()
+                .any(|t| t.name == tenant && t.status == status)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

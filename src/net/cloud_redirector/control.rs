@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, ReadHalf};
 use tokio::sync::mpsc;
 
-use super::{ControlHandle, DataOutcome, Shared, ServerStream, lock, send_error};
+use super::{ControlHandle, DataOutcome, ServerStream, Shared, lock, send_error};
 use crate::net::frame::{self, FrameError, MAX_HELLO_LEN};
 use crate::net::protocol::{ControlMsg, ErrorCode, HelloReply, Welcome};
 use crate::sp::Refusal;
@@ -20,13 +20,27 @@ pub(super) async fn serve(
     secret: String,
     live: Live,
 ) {
-    if let Err(refusal) = shared.sp.authenticate_tenant(&tenant, &secret) {
+    let mut auth = shared.sp.authenticate_tenant(&tenant, &secret);
+    if auth.is_err() {
+        // The account may have been added or re-keyed a moment ago by another process:
+        // look at the registry now rather than at the next poll.
+        match shared.sp.refresh_accounts() {
+            Ok(kicks) => kicks.iter().for_each(|k| shared.kick(k)),
+            Err(e) => tracing::error!("reading the registry: {e:#}"),
+        }
+        auth = shared.sp.authenticate_tenant(&tenant, &secret);
+    }
+    if let Err(refusal) = auth {
         tracing::warn!(%tenant, addr = %live.remote_addr, "tenant refused: {}", refusal.message);
         let _ = send_error(&mut stream, &refusal).await;
         return;
     }
     let Some(conn_id) = shared.sp.presence.connect(&tenant, live) else {
-        let _ = send_error(&mut stream, &Refusal::new(ErrorCode::AuthFailed, "unknown tenant")).await;
+        let _ = send_error(
+            &mut stream,
+            &Refusal::new(ErrorCode::AuthFailed, "unknown tenant"),
+        )
+        .await;
         return;
     };
     let config = &shared.sp.config;
@@ -49,7 +63,7 @@ pub(super) async fn serve(
         server: crate::VERSION.to_string(),
         heartbeat_secs: config.heartbeat_secs,
         dead_after_secs: config.dead_after_secs,
-        gateways: config.gateways.clone(),
+        gateways: shared.sp.gateways(),
         token: None,
         token_expires_in_secs: None,
     });
@@ -99,7 +113,12 @@ pub(super) async fn serve(
                 };
                 if let Some(msg) = outgoing {
                     let goodbye = matches!(msg, ControlMsg::Goodbye { .. });
-                    match tokio::time::timeout(config.dead_after(), frame::write_frame(&mut writer, &msg)).await {
+                    match tokio::time::timeout(
+                        config.dead_after(),
+                        frame::write_frame(&mut writer, &msg),
+                    )
+                    .await
+                    {
                         Ok(Ok(())) if goodbye => break "goodbye sent".to_string(),
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => break format!("write failed: {e}"),

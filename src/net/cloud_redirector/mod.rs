@@ -136,7 +136,11 @@ impl Drop for SourceGuard {
 }
 
 /// Serves the SP port until `shutdown` fires, then ends every connection and returns.
-pub async fn run(engine: SpEngine, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    engine: SpEngine,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let config = engine.service.config.clone();
     let shared = Arc::new(Shared {
         sp: engine.service,
@@ -212,7 +216,10 @@ pub async fn run(engine: SpEngine, listener: TcpListener, shutdown: Cancellation
         .await
         .is_err()
     {
-        tracing::warn!(open = tracker.len(), "connections still open after 5 s of shutdown");
+        tracing::warn!(
+            open = tracker.len(),
+            "connections still open after 5 s of shutdown"
+        );
     }
     Ok(())
 }
@@ -230,7 +237,9 @@ async fn handshake(
         .context("reading a PROXY header")?;
     let client = match header {
         None => peer,
-        Some(h) if shared.sp.config.trusted_proxies.contains(&peer.ip()) => h.source.unwrap_or(peer),
+        Some(h) if shared.sp.config.trusted_proxies.contains(&peer.ip()) => {
+            h.source.unwrap_or(peer)
+        }
         Some(_) => anyhow::bail!("PROXY header from {peer}, which is not a trusted gateway"),
     };
     let mut stream = acceptor.accept(tcp).await.context("TLS handshake")?;
@@ -301,16 +310,22 @@ async fn dispatch(shared: Arc<Shared>, stream: ServerStream, client: SocketAddr,
 }
 
 /// Sends `{"type":"error","code":..,"message":..}`, the one error shape of every role.
-async fn send_error<W: AsyncWrite + Unpin>(w: &mut W, refusal: &Refusal) -> Result<(), frame::FrameError> {
-    let msg = serde_json::json!({"type": "error", "code": refusal.code, "message": refusal.message});
+async fn send_error<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    refusal: &Refusal,
+) -> Result<(), frame::FrameError> {
+    let msg =
+        serde_json::json!({"type": "error", "code": refusal.code, "message": refusal.message});
     frame::write_frame(w, &msg).await?;
     let _ = w.shutdown().await;
     Ok(())
 }
 
-/// Polls the registry for account changes made by other processes and acts on them.
+/// Polls the registry for account changes made by other processes, and `sp.toml` for a new
+/// gateway pool, and acts on them.
 async fn watch_registry(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(shared.sp.config.registry_poll_millis));
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(shared.sp.config.registry_poll_millis));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -320,6 +335,13 @@ async fn watch_registry(shared: Arc<Shared>) {
         match shared.sp.refresh_accounts() {
             Ok(kicks) => kicks.iter().for_each(|k| shared.kick(k)),
             Err(e) => tracing::error!("reading the registry: {e:#}"),
+        }
+        if let Some(gateways) = shared.sp.reload_gateways() {
+            for handle in lock(&shared.controls).values() {
+                let _ = handle.tx.try_send(ControlMsg::Gateways {
+                    gateways: gateways.clone(),
+                });
+            }
         }
     }
 }

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use crate::net::AbortOnDrop;
 use super::{ServerStream, Shared, send_error};
+use crate::net::AbortOnDrop;
 use crate::net::frame::{self, FrameError, MAX_HELLO_LEN};
 use crate::net::protocol::{ApiRequest, ApiResponse, ErrorCode, HelloReply, TenantInfo, Welcome};
+use crate::sp::Refusal;
 use crate::sp::presence::TenantEvent;
 use crate::sp::registry::Operator;
-use crate::sp::Refusal;
 
 pub(super) async fn serve(
     shared: Arc<Shared>,
@@ -36,10 +36,16 @@ pub(super) async fn serve(
             if op.name == user {
                 Ok((op, token, None))
             } else {
-                Err(Refusal::new(ErrorCode::AuthFailed, "token belongs to another operator"))
+                Err(Refusal::new(
+                    ErrorCode::AuthFailed,
+                    "token belongs to another operator",
+                ))
             }
         }),
-        (None, None) => Err(Refusal::new(ErrorCode::BadRequest, "operator hello needs a password or a token")),
+        (None, None) => Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "operator hello needs a password or a token",
+        )),
     };
     let (operator, token, ttl) = match login {
         Ok(ok) => ok,
@@ -52,7 +58,7 @@ pub(super) async fn serve(
         server: crate::VERSION.to_string(),
         heartbeat_secs: 0,
         dead_after_secs: 0,
-        gateways: shared.sp.config.gateways.clone(),
+        gateways: shared.sp.gateways(),
         token: Some(token.clone()),
         token_expires_in_secs: ttl,
     });
@@ -64,7 +70,12 @@ pub(super) async fn serve(
     }
 }
 
-async fn requests(shared: &Shared, stream: ServerStream, operator: &Operator, token: &str) -> Result<(), FrameError> {
+async fn requests(
+    shared: &Shared,
+    stream: ServerStream,
+    operator: &Operator,
+    token: &str,
+) -> Result<(), FrameError> {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut incoming) = mpsc::channel(8);
     let _reader = AbortOnDrop(tokio::spawn(async move {

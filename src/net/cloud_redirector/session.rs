@@ -52,20 +52,25 @@ pub(super) async fn console(
     };
     let (session_id, mut data) = data;
 
-    let audit_id = match shared
-        .sp
-        .registry
-        .audit_start(&operator.name, &tenant, &service, &client.to_string())
-    {
-        Ok(id) => id,
-        Err(e) => {
-            // No session without its audit record.
-            tracing::error!("audit log write failed: {e}");
-            let refusal = Refusal::new(ErrorCode::Internal, "the SP could not write its audit log");
-            let _ = tokio::join!(send_error(&mut stream, &refusal), send_error(&mut data, &refusal));
-            return;
-        }
-    };
+    let audit_id =
+        match shared
+            .sp
+            .registry
+            .audit_start(&operator.name, &tenant, &service, &client.to_string())
+        {
+            Ok(id) => id,
+            Err(e) => {
+                // No session without its audit record.
+                tracing::error!("audit log write failed: {e}");
+                let refusal =
+                    Refusal::new(ErrorCode::Internal, "the SP could not write its audit log");
+                let _ = tokio::join!(
+                    send_error(&mut stream, &refusal),
+                    send_error(&mut data, &refusal)
+                );
+                return;
+            }
+        };
     let ready = SessionMsg::Ready {
         session_id: session_id.clone(),
     };
@@ -110,7 +115,12 @@ async fn request_data_connection(
     tenant: &str,
     service: &str,
 ) -> Result<(String, ServerStream), Refusal> {
-    let offline = || Refusal::new(ErrorCode::TenantOffline, format!("tenant {tenant} is offline"));
+    let offline = || {
+        Refusal::new(
+            ErrorCode::TenantOffline,
+            format!("tenant {tenant} is offline"),
+        )
+    };
     let control = shared.control_sender(tenant).ok_or_else(offline)?;
     let config = &shared.sp.config;
     let session_id = auth::random_hex_16();
@@ -175,7 +185,9 @@ pub(super) async fn tenant_data(
     let pending = {
         let mut map = lock(&shared.pending);
         let valid = map.get(&session_id).is_some_and(|p| {
-            p.tenant == tenant && auth::constant_time_eq(&p.nonce, &nonce) && Instant::now() < p.deadline
+            p.tenant == tenant
+                && auth::constant_time_eq(&p.nonce, &nonce)
+                && Instant::now() < p.deadline
         });
         // A wrong guess leaves the real request in place; only the right tenant with the
         // right nonce consumes it, once.
@@ -183,10 +195,15 @@ pub(super) async fn tenant_data(
     };
     let Some(pending) = pending else {
         tracing::warn!(%tenant, %session_id, "data connection refused: unknown, expired, used or foreign nonce");
-        let _ = send_error(&mut stream, &Refusal::new(ErrorCode::BadNonce, ErrorCode::BadNonce.describe())).await;
+        let _ = send_error(
+            &mut stream,
+            &Refusal::new(ErrorCode::BadNonce, ErrorCode::BadNonce.describe()),
+        )
+        .await;
         return;
     };
-    if let Err(DataOutcome::Connected(mut stream)) = pending.tx.send(DataOutcome::Connected(stream)) {
+    if let Err(DataOutcome::Connected(mut stream)) = pending.tx.send(DataOutcome::Connected(stream))
+    {
         let refusal = Refusal::new(ErrorCode::TenantTimeout, "the console stopped waiting");
         let _ = send_error(&mut stream, &refusal).await;
     }
