@@ -58,6 +58,8 @@ pub enum Command {
     Job(JobCommand),
     /// The console window, against a real SP (connection profiles).
     Console,
+    /// Measure throughput, session-open latency and idle-tenant cost against direct loopback.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -334,6 +336,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Connect(args)) => runtime()?.block_on(connect(args)),
         Some(Command::Inspect(args)) => runtime()?.block_on(crate::tenant_cli::inspect(args)),
         Some(Command::Job(cmd)) => runtime()?.block_on(crate::tenant_cli::job(cmd)),
+        Some(Command::Bench(args)) => crate::bench::run(args),
     }
 }
 
