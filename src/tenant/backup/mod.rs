@@ -2,14 +2,21 @@
 //! repositories, Microsoft 365 organizations, Azure VM backup, jobs and their sessions),
 //! its actions, its simulated job runs, its state file and its wire protocol.
 
+pub mod client;
 pub mod generator;
 pub mod model;
 pub mod ops;
+pub mod protocol;
+pub mod service;
+pub mod sim;
 pub mod store;
 
+pub use client::{BackupClient, ClientError, summary_text};
 pub use generator::{Shape, generate, generate_for_index, generate_with_shape};
 pub use model::Inventory;
-pub use ops::{Action, ActionError, ActionOutcome};
+pub use ops::{Action, ActionError, ActionOutcome, JobSpec, PoolSpec, ProxySpec, RepositorySpec};
+pub use protocol::{Event, PROTOCOL_VERSION};
+pub use service::{BackupService, ServiceConfig, ServiceError, run, serve_connection};
 pub use store::{Store, StoreError};
 
 /// The name under which the tenant redirector offers this service.

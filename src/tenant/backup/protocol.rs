@@ -1,0 +1,194 @@
+//! Every message of the backup service's wire protocol in one place: requests from a console,
+//! responses that echo the request `id`, and events pushed to subscribers. Each message is one
+//! JSON frame of the project's frame codec (`net::frame`). Described in `docs/protocol-backup.md`.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{LogLine, ServerInfo, SessionState, Stage};
+use super::ops::{Action, Change};
+
+/// Version of this protocol, checked in `hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request from a console. `id` is chosen by the client and echoed in the response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Echoed in the response.
+    pub id: u64,
+    /// What is asked.
+    #[serde(flatten)]
+    pub body: RequestBody,
+}
+
+/// The kinds of request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RequestBody {
+    /// Version check and server info; optional, but a client should send it first.
+    Hello {
+        /// The client's [`PROTOCOL_VERSION`].
+        protocol_version: u32,
+        /// Free-form client name, for the log.
+        #[serde(default)]
+        client: String,
+    },
+    /// The server info alone.
+    Info,
+    /// The whole inventory.
+    Inventory,
+    /// Start receiving events on this connection.
+    Subscribe,
+    /// Stop receiving events.
+    Unsubscribe,
+    /// Do an action.
+    Action {
+        /// The action.
+        action: Action,
+    },
+}
+
+/// Answer to `hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// Always [`super::SERVICE_NAME`].
+    pub service: String,
+    /// The server's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The backup server.
+    pub server: ServerInfo,
+}
+
+/// An error answer: a stable code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    /// Stable code: an action error code (`not_found`, `job_running`, …) or one of
+    /// `bad_request`, `unsupported_version`, `frame_too_large`, `storage_failed`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// Any frame the server sends: a response (with the request's `id`, `null` when the request
+/// could not be read) carrying `result` or `error`, or an event (no `id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServerFrame {
+    /// A pushed event.
+    Event {
+        /// The event.
+        event: Event,
+    },
+    /// A response.
+    Response {
+        /// The request's id, or `null`.
+        id: Option<u64>,
+        /// The answer on success.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<serde_json::Value>,
+        /// The reason on failure.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<WireError>,
+    },
+}
+
+/// A live change, pushed to subscribed connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A running session advanced.
+    JobProgress {
+        /// Session id.
+        session: String,
+        /// Job id.
+        job: String,
+        /// Current stage.
+        stage: Stage,
+        /// Overall progress 0..=1.
+        progress: f64,
+        /// Bytes read so far.
+        bytes_read: u64,
+        /// Bytes written to the repository so far.
+        bytes_transferred: u64,
+        /// Current rate.
+        rate_bytes_per_sec: u64,
+    },
+    /// A session logged a line.
+    LogLine {
+        /// Session id.
+        session: String,
+        /// Job id.
+        job: String,
+        /// The line.
+        line: LogLine,
+    },
+    /// A session started (`running`) or ended.
+    SessionState {
+        /// Session id.
+        session: String,
+        /// Job id.
+        job: String,
+        /// Its new state.
+        state: SessionState,
+    },
+    /// Something in the inventory changed (an action, or the simulation).
+    Changed(Change),
+    /// This subscriber fell behind and missed `missed` events; re-read the inventory.
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_json_shape() {
+        let req: Request = serde_json::from_str(
+            r#"{"id": 7, "type": "action", "action": {"type": "stop_job", "job": "job-1"}}"#,
+        )
+        .expect("parse");
+        assert_eq!(req.id, 7);
+        assert!(matches!(req.body, RequestBody::Action { .. }));
+        let req: Request =
+            serde_json::from_str(r#"{"id": 1, "type": "inventory"}"#).expect("parse");
+        assert_eq!(req.body, RequestBody::Inventory);
+        assert!(serde_json::from_str::<Request>(r#"{"id": 1, "type": "nope"}"#).is_err());
+    }
+
+    #[test]
+    fn server_frames_tell_events_from_responses() {
+        let event = ServerFrame::Event {
+            event: Event::Lagged { missed: 3 },
+        };
+        let json = serde_json::to_string(&event).expect("encode");
+        assert_eq!(json, r#"{"event":{"type":"lagged","missed":3}}"#);
+        assert_eq!(
+            serde_json::from_str::<ServerFrame>(&json).expect("decode"),
+            event
+        );
+        let resp = ServerFrame::Response {
+            id: Some(4),
+            result: None,
+            error: Some(WireError {
+                code: "not_found".into(),
+                message: "unknown job 'x'".into(),
+            }),
+        };
+        let json = serde_json::to_string(&resp).expect("encode");
+        assert_eq!(
+            serde_json::from_str::<ServerFrame>(&json).expect("decode"),
+            resp
+        );
+        let changed = Event::Changed(Change {
+            kind: "job".into(),
+            id: "job-1".into(),
+            change: "enabled".into(),
+        });
+        assert_eq!(
+            serde_json::to_value(&changed).expect("encode"),
+            serde_json::json!({"type": "changed", "kind": "job", "id": "job-1", "change": "enabled"})
+        );
+    }
+}

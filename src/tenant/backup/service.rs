@@ -1,0 +1,576 @@
+//! The tenant backup service on the wire: [`BackupService`] owns the state, its file and the
+//! live event channel; [`serve_connection`] serves one console over the frame codec; [`run`]
+//! accepts TCP connections and drives the simulation until shutdown.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::model::{Inventory, ServerInfo, SessionState};
+use super::ops::{self, Action, ActionError, ActionOutcome};
+use super::protocol::{
+    Event, HelloReply, PROTOCOL_VERSION, Request, RequestBody, ServerFrame, WireError,
+};
+use super::sim::{Simulator, recover_interrupted};
+use super::store::{Store, StoreError};
+use crate::net::frame::{FrameError, read_frame_bytes, write_frame};
+
+/// Largest request frame a console may send (requests are small; responses may be larger).
+pub const MAX_REQUEST_LEN: usize = 1024 * 1024;
+/// Connections served at once; further ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// How the service runs its simulation and persistence.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Real time between simulation ticks.
+    pub tick_interval: Duration,
+    /// Simulated seconds per real second (1.0 = real time; the lab uses more).
+    pub sim_speed: f64,
+    /// Seed of the simulation's random choices.
+    pub sim_seed: u64,
+    /// Longest time simulated progress stays unsaved (starts and ends are saved at once).
+    pub persist_interval: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            tick_interval: Duration::from_millis(500),
+            sim_speed: 1.0,
+            sim_seed: 0,
+            persist_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why an action was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The action was refused; nothing changed.
+    #[error(transparent)]
+    Refused(#[from] ActionError),
+    /// The state file could not be written; the action was not applied.
+    #[error("the action was not saved: {0}")]
+    Storage(#[from] StoreError),
+}
+
+impl ServiceError {
+    /// The wire form of the error.
+    pub fn to_wire(&self) -> WireError {
+        let code = match self {
+            ServiceError::Refused(e) => e.code(),
+            ServiceError::Storage(_) => "storage_failed",
+        };
+        WireError {
+            code: code.to_owned(),
+            message: format!("{self:#}"),
+        }
+    }
+}
+
+struct State {
+    inv: Inventory,
+    sim: Simulator,
+    last_saved: Instant,
+}
+
+/// One tenant's backup server, shared by every connection and the simulation task.
+pub struct BackupService {
+    // A std mutex: every critical section is short, synchronous work on plain data (a lookup,
+    // a clone, a simulation step) and never spans an `.await`, so readers never wait for disk.
+    state: Mutex<State>,
+    // Serializes every change *with* its write to disk (held across the fsync, hence async):
+    // the file always holds the newest acknowledged state, and readers are not blocked.
+    commit: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<Event>,
+    store: Store,
+    config: ServiceConfig,
+}
+
+fn now_unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl BackupService {
+    /// Opens the state file (creating it from `fresh` when missing), marks sessions that a
+    /// previous process left running as failed, and saves. A corrupt file is an error.
+    pub fn open(
+        store: Store,
+        config: ServiceConfig,
+        fresh: impl FnOnce() -> Inventory,
+    ) -> Result<Arc<Self>, StoreError> {
+        let mut inv = store.load_or_create(fresh)?;
+        let now = now_unix_secs();
+        let interrupted = recover_interrupted(&mut inv, now);
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "sessions left running by a previous process marked failed"
+            );
+        }
+        inv.server.started_at_unix_secs = now;
+        store.save(&inv)?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Arc::new(BackupService {
+            state: Mutex::new(State {
+                inv,
+                sim: Simulator::new(config.sim_seed),
+                last_saved: Instant::now(),
+            }),
+            commit: tokio::sync::Mutex::new(()),
+            events,
+            store,
+            config,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in a critical section leaves plain data behind; keep serving it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The service's configuration.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// The server info, with `uptime_secs` filled in.
+    pub fn info(&self) -> ServerInfo {
+        let mut info = self.lock().inv.server.clone();
+        info.uptime_secs = now_unix_secs().saturating_sub(info.started_at_unix_secs);
+        info
+    }
+
+    /// A snapshot of the whole inventory, with `uptime_secs` filled in.
+    pub fn inventory(&self) -> Inventory {
+        let mut inv = self.lock().inv.clone();
+        inv.server.uptime_secs = now_unix_secs().saturating_sub(inv.server.started_at_unix_secs);
+        inv
+    }
+
+    /// Live events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Validates and applies an action, and saves it before returning: an `Ok` answer means
+    /// the change is on disk. On any error nothing changed.
+    pub async fn act(&self, action: &Action) -> Result<ActionOutcome, ServiceError> {
+        let _commit = self.commit.lock().await;
+        let (next, bytes, outcome, changes) = {
+            let state = self.lock();
+            let mut next = state.inv.clone();
+            let (outcome, changes) = ops::apply(&mut next, action, now_unix_secs(), true)?;
+            let bytes = Store::encode(&next);
+            (next, bytes, outcome, changes)
+        };
+        self.write(bytes).await?;
+        {
+            let mut state = self.lock();
+            state.inv = next;
+            state.last_saved = Instant::now();
+        }
+        let job = match action {
+            Action::StartJob { job } | Action::StopJob { job } => Some(job.clone()),
+            _ => None,
+        };
+        if let (Some(job), Some(session)) = (job, outcome.session.clone()) {
+            let state = if matches!(action, Action::StartJob { .. }) {
+                SessionState::Running
+            } else {
+                SessionState::Stopped
+            };
+            let _ = self.events.send(Event::SessionState {
+                session,
+                job,
+                state,
+            });
+        }
+        for change in changes {
+            // No subscribers is not an error.
+            let _ = self.events.send(Event::Changed(change));
+        }
+        Ok(outcome)
+    }
+
+    /// Advances the simulation by `real` elapsed time (scaled by `sim_speed`), publishes its
+    /// events and saves when a session started or ended, or when `persist_interval` passed.
+    pub async fn tick(&self, real: Duration) -> Result<(), StoreError> {
+        let _commit = self.commit.lock().await;
+        let (events, bytes) = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let dt = real.as_secs_f64() * self.config.sim_speed;
+            let out = state.sim.tick(&mut state.inv, now_unix_secs(), dt);
+            let due = state.last_saved.elapsed() >= self.config.persist_interval;
+            let bytes = (out.sessions_changed || due).then(|| {
+                state.last_saved = Instant::now();
+                Store::encode(&state.inv)
+            });
+            (out.events, bytes)
+        };
+        let saved = match bytes {
+            Some(bytes) => self.write(bytes).await,
+            None => Ok(()),
+        };
+        for event in events {
+            let _ = self.events.send(event);
+        }
+        saved
+    }
+
+    /// Saves the current state now (e.g. at shutdown, to keep simulated progress).
+    pub async fn persist(&self) -> Result<(), StoreError> {
+        let _commit = self.commit.lock().await;
+        let bytes = Store::encode(&self.lock().inv);
+        self.write(bytes).await
+    }
+
+    async fn write(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.write(&bytes)).await {
+            Ok(result) => result,
+            Err(join) => Err(StoreError::Io {
+                path: self.store.path().to_owned(),
+                source: std::io::Error::other(join.to_string()),
+            }),
+        }
+    }
+
+    async fn answer(
+        &self,
+        id: u64,
+        body: RequestBody,
+        subscription: &mut Option<broadcast::Receiver<Event>>,
+    ) -> ServerFrame {
+        let result = match body {
+            RequestBody::Hello {
+                protocol_version,
+                client,
+            } => {
+                if protocol_version != PROTOCOL_VERSION {
+                    Err(WireError {
+                        code: "unsupported_version".into(),
+                        message: format!(
+                            "client speaks protocol {protocol_version}, this server speaks {PROTOCOL_VERSION}"
+                        ),
+                    })
+                } else {
+                    tracing::debug!(client, "backup console said hello");
+                    to_value(&HelloReply {
+                        service: super::SERVICE_NAME.into(),
+                        protocol_version: PROTOCOL_VERSION,
+                        server: self.info(),
+                    })
+                }
+            }
+            RequestBody::Info => to_value(&self.info()),
+            RequestBody::Inventory => to_value(&self.inventory()),
+            RequestBody::Subscribe => {
+                *subscription = Some(self.subscribe());
+                Ok(serde_json::json!({ "subscribed": true }))
+            }
+            RequestBody::Unsubscribe => {
+                *subscription = None;
+                Ok(serde_json::json!({ "subscribed": false }))
+            }
+            RequestBody::Action { action } => match self.act(&action).await {
+                Ok(outcome) => to_value(&outcome),
+                Err(e) => Err(e.to_wire()),
+            },
+        };
+        response(Some(id), result)
+    }
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, WireError> {
+    serde_json::to_value(value).map_err(|e| WireError {
+        code: "internal".into(),
+        message: e.to_string(),
+    })
+}
+
+fn response(id: Option<u64>, result: Result<serde_json::Value, WireError>) -> ServerFrame {
+    match result {
+        Ok(value) => ServerFrame::Response {
+            id,
+            result: Some(value),
+            error: None,
+        },
+        Err(error) => ServerFrame::Response {
+            id,
+            result: None,
+            error: Some(error),
+        },
+    }
+}
+
+fn bad_request(id: Option<u64>, message: String) -> ServerFrame {
+    response(
+        id,
+        Err(WireError {
+            code: "bad_request".into(),
+            message,
+        }),
+    )
+}
+
+enum Incoming {
+    Frame(Vec<u8>),
+    Fatal(FrameError),
+}
+
+async fn next_event(
+    subscription: &mut Option<broadcast::Receiver<Event>>,
+) -> Result<Event, broadcast::error::RecvError> {
+    match subscription {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one console connection until it closes: answers requests in order and, while
+/// subscribed, pushes events. A malformed request gets a `bad_request` answer and the
+/// connection goes on; a broken frame (too large, cut off) ends this connection only.
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    service: Arc<BackupService>,
+    stream: S,
+) -> anyhow::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Incoming>(8);
+
+    // Frames are read in their own future: a read is not cancel-safe, so it must not sit in
+    // the writer's `select!` next to events.
+    let reader = async move {
+        loop {
+            let incoming = match read_frame_bytes(&mut rd, MAX_REQUEST_LEN).await {
+                Ok(Some(body)) => Incoming::Frame(body),
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Incoming::Fatal(e)).await;
+                    break;
+                }
+            };
+            if tx.send(incoming).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        // The writer finishes the queued answers and ends the connection.
+        std::future::pending::<()>().await;
+    };
+
+    let writer = async move {
+        let mut subscription: Option<broadcast::Receiver<Event>> = None;
+        loop {
+            tokio::select! {
+                incoming = rx.recv() => match incoming {
+                    None => return Ok(()),
+                    Some(Incoming::Fatal(e)) => {
+                        if let FrameError::TooLarge { len, max } = e {
+                            let frame = response(None, Err(WireError {
+                                code: "frame_too_large".into(),
+                                message: format!("request of {len} bytes exceeds {max} bytes"),
+                            }));
+                            let _ = write_frame(&mut wr, &frame).await;
+                        }
+                        return Err(anyhow::Error::new(e).context("reading a request"));
+                    }
+                    Some(Incoming::Frame(body)) => {
+                        let frame = match serde_json::from_slice::<serde_json::Value>(&body) {
+                            Err(e) => bad_request(None, format!("not JSON: {e}")),
+                            Ok(value) => {
+                                let id = value.get("id").and_then(serde_json::Value::as_u64);
+                                match (id, serde_json::from_value::<Request>(value)) {
+                                    (_, Ok(req)) => service.answer(req.id, req.body, &mut subscription).await,
+                                    (id, Err(e)) => bad_request(id, format!("malformed request: {e}")),
+                                }
+                            }
+                        };
+                        write_frame(&mut wr, &frame).await.context("writing a response")?;
+                    }
+                },
+                event = next_event(&mut subscription) => {
+                    let event = match event {
+                        Ok(event) => event,
+                        Err(broadcast::error::RecvError::Lagged(missed)) => Event::Lagged { missed },
+                        Err(broadcast::error::RecvError::Closed) => {
+                            subscription = None;
+                            continue;
+                        }
+                    };
+                    write_frame(&mut wr, &ServerFrame::Event { event }).await.context("writing an event")?;
+                }
+            }
+        }
+    };
+
+    tokio::select! {
+        result = writer => result,
+        () = reader => Ok(()),
+    }
+}
+
+/// Runs the service on `listener` until `shutdown`: accepts consoles (each served in its own
+/// task) and ticks the simulation every `tick_interval`. On shutdown, waits for the
+/// connections to close and saves the state.
+pub async fn run(
+    service: Arc<BackupService>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tasks = JoinSet::new();
+    tasks.spawn(simulate(service.clone(), shutdown.clone()));
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.context("connection limit closed")?,
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => {
+                    backoff = Duration::from_millis(10);
+                    accepted
+                }
+                Err(e) => {
+                    tracing::warn!("backup service: accept failed: {e}; retrying in {backoff:?}");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                result = serve_connection(service, stream) => {
+                    if let Err(e) = result {
+                        tracing::debug!("backup console {peer}: {e:#}");
+                    }
+                }
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    service
+        .persist()
+        .await
+        .context("saving the backup state at shutdown")?;
+    Ok(())
+}
+
+async fn simulate(service: Arc<BackupService>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(service.config.tick_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let now = tokio::time::Instant::now();
+        let result = service.tick(now - last).await;
+        last = now;
+        // Log a storage failure once, not every tick, and say when it recovers.
+        match (result, failing) {
+            (Err(e), false) => {
+                tracing::error!("backup service: saving simulated progress failed: {e}");
+                failing = true;
+            }
+            (Ok(()), true) => {
+                tracing::info!("backup service: saving works again");
+                failing = false;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::frame::read_frame;
+    use crate::tenant::backup::generator::{Shape, generate_with_shape};
+
+    fn service(dir: &tempfile::TempDir) -> Arc<BackupService> {
+        let store = Store::new(dir.path().join("state.json"));
+        BackupService::open(store, ServiceConfig::default(), || {
+            generate_with_shape(1, Shape::Small, "t", now_unix_secs())
+        })
+        .expect("open")
+    }
+
+    async fn roundtrip(stream: &mut tokio::io::DuplexStream, raw: &[u8]) -> serde_json::Value {
+        use tokio::io::AsyncWriteExt;
+        stream.write_all(raw).await.expect("write");
+        read_frame::<serde_json::Value, _>(stream, usize::MAX)
+            .await
+            .expect("read")
+            .expect("a frame")
+    }
+
+    fn frame(json: &str) -> Vec<u8> {
+        let mut v = (json.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(json.as_bytes());
+        v
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_answers_and_the_connection_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let svc = service(&dir);
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(serve_connection(svc, server));
+
+        let v = roundtrip(&mut client, &frame("not json")).await;
+        assert_eq!(v["id"], serde_json::Value::Null);
+        assert_eq!(v["error"]["code"], "bad_request");
+        let v = roundtrip(&mut client, &frame(r#"{"id": 5, "type": "fly"}"#)).await;
+        assert_eq!(v["id"], 5);
+        assert_eq!(v["error"]["code"], "bad_request");
+        let v = roundtrip(
+            &mut client,
+            &frame(r#"{"id": 6, "type": "hello", "protocol_version": 99}"#),
+        )
+        .await;
+        assert_eq!(v["error"]["code"], "unsupported_version");
+        let v = roundtrip(
+            &mut client,
+            &frame(
+                r#"{"id": 7, "type": "action", "action": {"type": "start_job", "job": "nope"}}"#,
+            ),
+        )
+        .await;
+        assert_eq!(v["error"]["code"], "not_found");
+        let v = roundtrip(&mut client, &frame(r#"{"id": 8, "type": "info"}"#)).await;
+        assert_eq!(v["id"], 8);
+        assert!(v["result"]["name"].is_string());
+
+        // A frame over the request limit ends this connection with a last answer.
+        let v = roundtrip(&mut client, &(MAX_REQUEST_LEN as u32 + 1).to_be_bytes()).await;
+        assert_eq!(v["error"]["code"], "frame_too_large");
+        let result = task.await.expect("join");
+        assert!(result.is_err());
+    }
+}
