@@ -255,8 +255,11 @@ async fn handshake(
     }
 }
 
+/// Parses the first frame of a connection (its JSON body, without the length prefix).
+///
 /// Checks the version before the role, so a peer of another version gets told so in words.
-fn parse_hello(body: &[u8]) -> Result<Hello, Refusal> {
+/// Public so the fuzz targets (`fuzz/`) reach the exact parse the SP runs on untrusted bytes.
+pub fn parse_hello(body: &[u8]) -> Result<Hello, Refusal> {
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("hello is not JSON: {e}")))?;
     let version = value.get("version").and_then(|v| v.as_u64());
