@@ -1,0 +1,73 @@
+//! Small text helpers the panels share: durations, ages, byte counts.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Unix seconds now.
+pub fn now_unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `42 s`, `5 min`, `3 h 20 min`, `2 d 4 h`.
+pub fn span(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86_400 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+        _ => format!("{} d {} h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+/// A past instant relative to now: `5 min ago`.
+pub fn ago(unix_secs: u64, now_unix_secs: u64) -> String {
+    format!("{} ago", span(now_unix_secs.saturating_sub(unix_secs)))
+}
+
+/// `512 B`, `1.5 KiB`, `3.2 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A stage time: `12 ms`, `1.24 s`.
+pub fn millis(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+/// `HH:MM:SS` UTC of a Unix time (the log and session lists).
+pub fn clock(unix_secs: u64) -> String {
+    let s = unix_secs % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_and_bytes_read_naturally() {
+        assert_eq!(span(42), "42 s");
+        assert_eq!(span(300), "5 min");
+        assert_eq!(span(3600 * 3 + 1200), "3 h 20 min");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(clock(3661), "01:01:01");
+        assert_eq!(millis(Duration::from_millis(12)), "12 ms");
+    }
+}

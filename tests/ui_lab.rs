@@ -1,0 +1,174 @@
+//! The console window driven by egui_kittest over a real in-process lab: the same app, the
+//! same engine, real sockets and TLS. Waits poll the harness until a condition holds; the
+//! long timeouts only guard against hangs.
+
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+
+use rac::lab::{self, LabOptions};
+use rac::ui::ConsoleApp;
+use rac::ui::session_tab::TabState;
+
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+struct World {
+    // Declared first so the app (and its lab) drops before the runtime.
+    harness: Harness<'static, ConsoleApp>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn world(options: LabOptions) -> World {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let handle = runtime.handle().clone();
+    let harness = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_eframe(move |cc| ConsoleApp::lab(cc, &handle, options));
+    World {
+        harness,
+        _runtime: runtime,
+    }
+}
+
+fn small_lab(demo_faults: bool) -> LabOptions {
+    LabOptions {
+        tenants: 6,
+        demo_faults,
+        ..LabOptions::default()
+    }
+}
+
+/// Steps the app until `cond` holds.
+fn wait_until(
+    h: &mut Harness<'static, ConsoleApp>,
+    what: &str,
+    cond: impl Fn(&Harness<'static, ConsoleApp>) -> bool,
+) {
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        h.step();
+        if cond(h) {
+            // One more frame so the UI shows what the state says.
+            h.step();
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True when some node's label contains `text`.
+fn shown(h: &Harness<'static, ConsoleApp>, text: &str) -> bool {
+    h.query_all_by_label_contains(text).next().is_some()
+}
+
+fn wait_for_tenants(h: &mut Harness<'static, ConsoleApp>, count: usize) {
+    wait_until(h, "the lab's tenants", |h| {
+        h.state().tenants.received && h.state().tenants.all().len() >= count
+    });
+}
+
+fn search(h: &mut Harness<'static, ConsoleApp>, text: &str) {
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::F);
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::TextInput, "Search")
+        .type_text(text);
+    h.run_steps(2);
+}
+
+fn open_tenant(h: &mut Harness<'static, ConsoleApp>, name: &str) -> u64 {
+    search(h, name);
+    h.key_press(egui::Key::Enter);
+    wait_until(h, "a session tab", |h| h.state().active.is_some());
+    h.state().active.expect("active tab")
+}
+
+#[test]
+fn lab_tenants_appear_and_search_narrows_the_list() {
+    let mut w = world(small_lab(false));
+    let h = &mut w.harness;
+    wait_for_tenants(h, 6);
+    for name in ["acme", "globex", "initech", "hooli", "stark", "wonka"] {
+        assert!(
+            h.query_all_by_label(name).next().is_some(),
+            "{name} is listed"
+        );
+    }
+    assert!(shown(h, "LAB"), "the window says it is a lab");
+
+    search(h, "glob");
+    wait_until(h, "the search to apply", |h| {
+        h.state().tenants.visible_len() == 1
+    });
+    assert!(h.query_all_by_label("globex").next().is_some());
+    assert!(
+        h.query_all_by_label("acme").next().is_none(),
+        "acme is filtered out"
+    );
+    assert!(shown(h, "1 of 6 tenants"));
+}
+
+#[test]
+fn opening_a_tenant_shows_the_stages_and_the_session() {
+    let mut w = world(small_lab(false));
+    let h = &mut w.harness;
+    wait_for_tenants(h, 6);
+    let tab = open_tenant(h, "acme");
+    wait_until(h, "the session to open", |h| {
+        h.state()
+            .tab(tab)
+            .is_some_and(|t| t.state == TabState::Open)
+    });
+    let t = h.state().tab(tab).expect("tab");
+    assert_eq!(t.tenant, "acme");
+    assert!(t.stages.len() >= 2, "stages recorded: {:?}", t.stages);
+    assert!(h.query_all_by_label("acme").next().is_some(), "tab title");
+
+    // Ctrl+W closes the tab and returns to the list.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::W);
+    wait_until(h, "the tab to close", |h| h.state().tabs.is_empty());
+    assert!(h.state().active.is_none());
+}
+
+#[test]
+fn unreachable_tenants_show_their_reason_and_retry() {
+    let mut w = world(small_lab(true));
+    let h = &mut w.harness;
+    wait_for_tenants(h, 9);
+    for (tenant, reason) in [
+        (lab::OFFLINE_TENANT, "tenant is offline"),
+        (lab::PRIVATE_TENANT, "remote access disabled by the tenant"),
+        (lab::DISABLED_TENANT, "tenant is disabled"),
+    ] {
+        let tab = open_tenant(h, tenant);
+        wait_until(h, "the refusal", |h| {
+            h.state()
+                .tab(tab)
+                .is_some_and(|t| matches!(t.state, TabState::Failed { .. }))
+        });
+        assert!(
+            shown(h, reason),
+            "{tenant}: the reason '{reason}' is shown; the tab says {:?}",
+            h.state().tab(tab).map(|t| &t.state)
+        );
+        assert!(
+            h.query_all_by_label("Retry").next().is_some(),
+            "{tenant}: a Retry button"
+        );
+        // Back to the list for the next one.
+        h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::W);
+        wait_until(h, "the tab to close", |h| h.state().active.is_none());
+        h.state_mut().tenants.search.clear();
+    }
+    // The status column says it in words too.
+    wait_until(h, "the full list", |h| h.state().tenants.visible_len() == 9);
+    assert!(shown(h, "provider access off"));
+    assert!(shown(h, "offline"));
+}
