@@ -126,10 +126,16 @@ fn opening_a_tenant_shows_the_stages_and_the_session() {
             .tab(tab)
             .is_some_and(|t| t.state == TabState::Open)
     });
+    wait_until(h, "the backup server's inventory", |h| {
+        h.state().tab(tab).is_some_and(|t| t.inventory.is_some())
+    });
     let t = h.state().tab(tab).expect("tab");
     assert_eq!(t.tenant, "acme");
-    assert!(t.stages.len() >= 2, "stages recorded: {:?}", t.stages);
-    assert!(h.query_all_by_label("acme").next().is_some(), "tab title");
+    assert_eq!(t.service, "backup");
+    assert!(t.stages.len() >= 4, "stages recorded: {:?}", t.stages);
+    let server = t.inventory.as_ref().expect("inventory").server.name.clone();
+    h.step();
+    assert!(shown(h, &server), "the server name {server} is shown");
 
     // Ctrl+W closes the tab and returns to the list.
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::W);
@@ -171,4 +177,76 @@ fn unreachable_tenants_show_their_reason_and_retry() {
     wait_until(h, "the full list", |h| h.state().tenants.visible_len() == 9);
     assert!(shown(h, "provider access off"));
     assert!(shown(h, "offline"));
+}
+
+#[test]
+fn a_job_started_from_the_jobs_view_shows_progress() {
+    let mut w = world(small_lab(false));
+    let h = &mut w.harness;
+    wait_for_tenants(h, 6);
+    let tab = open_tenant(h, "globex");
+    wait_until(h, "the backup server's inventory", |h| {
+        h.state().tab(tab).is_some_and(|t| t.inventory.is_some())
+    });
+    h.get_by_label("Jobs").click();
+    h.run_steps(2);
+
+    // The first enabled job that is not running; its Start button is the n-th "Start".
+    let (job, index) = {
+        let inv = h
+            .state()
+            .tab(tab)
+            .and_then(|t| t.inventory.as_ref())
+            .expect("inventory");
+        let idle: Vec<_> = inv
+            .jobs
+            .iter()
+            .filter(|j| inv.running_session(&j.id).is_none())
+            .collect();
+        let index = idle
+            .iter()
+            .position(|j| j.enabled)
+            .expect("an enabled idle job");
+        (idle[index].id.clone(), index)
+    };
+    h.query_all_by_label("Start")
+        .nth(index)
+        .expect("a Start button")
+        .click();
+    wait_until(h, "the job to run with progress", |h| {
+        h.state()
+            .tab(tab)
+            .and_then(|t| t.inventory.as_ref())
+            .and_then(|inv| inv.running_session(&job))
+            .is_some_and(|run| run.progress > 0.0)
+    });
+    assert!(
+        h.query_all_by_role(Role::ProgressIndicator)
+            .next()
+            .is_some(),
+        "a progress bar is drawn; activity: {:?}",
+        h.state().tab(tab).map(|t| &t.activity)
+    );
+    assert!(
+        shown(h, "start job"),
+        "the action is in the recent activity"
+    );
+
+    // Stop asks first.
+    h.query_all_by_label("Stop")
+        .next()
+        .expect("a Stop button")
+        .click();
+    h.run_steps(2);
+    assert!(
+        shown(h, "Interrupt running work?"),
+        "stop asks for confirmation"
+    );
+    h.get_by_label("Stop the job").click();
+    wait_until(h, "the job to stop", |h| {
+        h.state()
+            .tab(tab)
+            .and_then(|t| t.inventory.as_ref())
+            .is_some_and(|inv| inv.running_session(&job).is_none())
+    });
 }
