@@ -1,0 +1,167 @@
+//! Child processes of the benchmark (the SP and the cloud gateways, each its own `rac`), and
+//! what `/proc` says about their CPU time and memory.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`; 100 on Linux).
+const CLK_TCK: f64 = 100.0;
+
+/// A `rac` child process that prints `<marker> ADDR` on stderr once it listens.
+pub struct RacProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    /// When the listening line was seen.
+    pub listening_at: Instant,
+}
+
+impl RacProcess {
+    /// Starts `rac <args>`; waits for the line that starts with `marker` and parses the
+    /// address after it. The rest of stderr goes to `log`.
+    pub fn spawn(args: &[String], marker: &str, log: &Path) -> Result<Self> {
+        let exe = executable()?;
+        let mut child = Command::new(&exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
+        let stderr = child.stderr.take().context("child stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wanted = marker.to_string();
+        let log_file = log.to_path_buf();
+        // Drains stderr for the child's whole life (a full pipe would stall it) into `log`.
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_file)
+                .ok();
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix(&wanted)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send((rest.trim().to_string(), Instant::now()));
+                }
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
+        let (addr, listening_at) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(pair) => pair,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} did not start (no {marker:?} line); see {}",
+                    args.join(" "),
+                    log.display()
+                );
+            }
+        };
+        let addr = addr
+            .parse()
+            .with_context(|| format!("parsing the listening address {addr:?}"))?;
+        Ok(RacProcess {
+            child,
+            addr,
+            listening_at,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash would; waits for the process to be gone.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill().context("killing the child")?;
+        self.child.wait().context("waiting for the killed child")?;
+        Ok(())
+    }
+
+    pub fn cpu_secs(&self) -> Result<f64> {
+        cpu_secs(self.pid())
+    }
+
+    pub fn rss_kib(&self) -> Result<u64> {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for RacProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `rac` binary the children run: a copy of this one made at the first spawn, so that a
+/// rebuild of the target dir during a run cannot pull it away (or change it) between the SP's
+/// first start and its restart.
+fn executable() -> Result<PathBuf> {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(path) = COPY.get() {
+        return Ok(path.clone());
+    }
+    let exe = std::env::current_exe().context("finding the rac executable")?;
+    let dir = std::env::temp_dir().join(format!("rac-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let copy = dir.join("rac");
+    std::fs::copy(&exe, &copy)
+        .with_context(|| format!("copying {} to {}", exe.display(), copy.display()))?;
+    Ok(COPY.get_or_init(|| copy).clone())
+}
+
+/// Removes the copy made by [`executable`].
+pub fn remove_executable_copy() {
+    let dir = std::env::temp_dir().join(format!("rac-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// User plus system CPU seconds of a process, all its threads, dead ones included.
+pub fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
+    let tick = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .map(|t| t as f64 / CLK_TCK)
+            .ok_or_else(|| anyhow!("no field {} in /proc/{pid}/stat", i + 3))
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// Resident set size of a process.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// This process's own CPU seconds.
+pub fn own_cpu_secs() -> Result<f64> {
+    cpu_secs(std::process::id())
+}

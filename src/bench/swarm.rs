@@ -1,0 +1,247 @@
+//! Thousands of idle tenants in one process. Each is a lean control-connection client (not a
+//! full tenant redirector): the same TLS client, hello, heartbeats both ways and jittered
+//! exponential reconnect (`net::backoff`, 0.5 s doubling to 30 s) as `rac tenant`, but no
+//! data-connection handling, no gateway pool file and no per-tenant TLS configuration, so
+//! 15,000 of them fit beside the SP on two cores. Source addresses are spread over
+//! 127.0.0.2–127.0.0.65, as tenants behind different NATs would be.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::net::backoff::Backoff;
+use crate::net::frame::{self, MAX_FRAME_LEN};
+use crate::net::protocol::{ControlMsg, Hello, HelloReply, Role};
+use crate::net::tls::TlsClient;
+
+const SOURCE_ADDRESSES: u32 = 64;
+
+/// Counters every tenant task updates.
+#[derive(Debug, Default)]
+pub struct SwarmStats {
+    /// Tenants whose control connection is welcomed and open now.
+    pub online: AtomicUsize,
+    /// Connects refused (nobody listening: the SP is down).
+    pub connect_refused: AtomicU64,
+    /// Failures after the TCP connect (reset, closed or refused in the handshake or hello)
+    /// while `sp_up` was set: the SP refusing work it should take.
+    pub refused_while_up: AtomicU64,
+    /// Any failure while the SP was down (expected in a restart).
+    pub failed_while_down: AtomicU64,
+    /// Set by the benchmark while the SP is listening.
+    pub sp_up: AtomicBool,
+    /// Welcomes received in all.
+    pub welcomes: AtomicU64,
+}
+
+pub struct Swarm {
+    pub stats: Arc<SwarmStats>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Swarm {
+    /// Starts one task per tenant; at most `ramp_parallel` first connects are in flight at
+    /// once (later reconnects are not limited, as real tenants do not coordinate).
+    pub fn start(
+        tenants: &[(String, String)],
+        sp: SocketAddr,
+        tls: TlsClient,
+        ramp_parallel: usize,
+    ) -> Swarm {
+        let stats = Arc::new(SwarmStats::default());
+        stats.sp_up.store(true, Ordering::SeqCst);
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let ramp = Arc::new(Semaphore::new(ramp_parallel));
+        for (i, (name, secret)) in tenants.iter().enumerate() {
+            let source = IpAddr::V4(Ipv4Addr::from(
+                u32::from(Ipv4Addr::new(127, 0, 0, 2)) + i as u32 % SOURCE_ADDRESSES,
+            ));
+            let tenant = LeanTenant {
+                name: name.clone(),
+                secret: secret.clone(),
+                sp,
+                source,
+                tls: tls.clone(),
+                stats: stats.clone(),
+                stop: stop.clone(),
+            };
+            tasks.spawn(tenant.run(ramp.clone()));
+        }
+        tasks.close();
+        Swarm { stats, stop, tasks }
+    }
+
+    pub fn online(&self) -> usize {
+        self.stats.online.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` tenants are online; returns how long it took.
+    pub async fn wait_online(&self, n: usize, limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        while self.online() < n {
+            if started.elapsed() > limit {
+                bail!(
+                    "only {} of {n} tenants online after {limit:?}",
+                    self.online()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(started.elapsed())
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
+    }
+}
+
+struct LeanTenant {
+    name: String,
+    secret: String,
+    sp: SocketAddr,
+    source: IpAddr,
+    tls: TlsClient,
+    stats: Arc<SwarmStats>,
+    stop: CancellationToken,
+}
+
+/// Why a connection attempt ended.
+enum Failure {
+    Refused,
+    Other,
+}
+
+impl LeanTenant {
+    async fn run(self, ramp: Arc<Semaphore>) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut first = Some(ramp);
+        loop {
+            let permit = match first.take() {
+                Some(ramp) => ramp.acquire_owned().await.ok(),
+                None => None,
+            };
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.connection(permit) => r,
+                _ = self.stop.cancelled() => return,
+            };
+            let up = self.stats.sp_up.load(Ordering::SeqCst);
+            match result {
+                Err(Failure::Refused) => {
+                    self.stats.connect_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Failure::Other) if up => {
+                    self.stats.refused_while_up.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Failure::Other) => {
+                    self.stats.failed_while_down.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(()) => {}
+            }
+            if started.elapsed() >= Duration::from_secs(60) {
+                backoff.reset();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = self.stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// One control connection; `Ok` when it was welcomed and later ended.
+    async fn connection(
+        &self,
+        ramp: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(), Failure> {
+        let socket = TcpSocket::new_v4().map_err(|_| Failure::Other)?;
+        socket
+            .bind(SocketAddr::new(self.source, 0))
+            .map_err(|_| Failure::Other)?;
+        let tcp = match socket.connect(self.sp).await {
+            Ok(tcp) => tcp,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(Failure::Refused);
+            }
+            Err(_) => return Err(Failure::Other),
+        };
+        let mut stream = tokio::time::timeout(Duration::from_secs(15), self.tls.handshake(tcp))
+            .await
+            .map_err(|_| Failure::Other)?
+            .map_err(|_| Failure::Other)?;
+        let hello = Hello::new(Role::TenantControl {
+            tenant: self.name.clone(),
+            secret: self.secret.clone(),
+            agent: format!("rac-bench/{}", crate::VERSION),
+            services: vec!["backup".into()],
+            provider_access: true,
+        });
+        frame::write_frame(&mut stream, &hello)
+            .await
+            .map_err(|_| Failure::Other)?;
+        let welcome = match tokio::time::timeout(
+            Duration::from_secs(15),
+            frame::read_frame::<HelloReply, _>(&mut stream, MAX_FRAME_LEN),
+        )
+        .await
+        {
+            Ok(Ok(Some(HelloReply::Welcome(w)))) => w,
+            _ => return Err(Failure::Other),
+        };
+        drop(ramp);
+        self.stats.welcomes.fetch_add(1, Ordering::Relaxed);
+        self.stats.online.fetch_add(1, Ordering::SeqCst);
+        let result = self.heartbeats(stream, welcome.heartbeat_secs.max(1)).await;
+        self.stats.online.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = result {
+            tracing::debug!(tenant = %self.name, "control connection ended: {e:#}");
+        }
+        Ok(())
+    }
+
+    /// Answers pings and sends its own, until the SP goes away.
+    async fn heartbeats(
+        &self,
+        stream: crate::net::tls::ClientStream,
+        heartbeat_secs: u64,
+    ) -> Result<()> {
+        let heartbeat = Duration::from_secs(heartbeat_secs);
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        loop {
+            // The read is kept across ticks: a frame is never half read and dropped.
+            let read = frame::read_frame::<ControlMsg, _>(&mut reader, MAX_FRAME_LEN);
+            tokio::pin!(read);
+            let msg = loop {
+                tokio::select! {
+                    msg = &mut read => break msg,
+                    _ = tick.tick() => {
+                        seq += 1;
+                        frame::write_frame(&mut writer, &ControlMsg::Ping { seq }).await?;
+                    }
+                }
+            };
+            match msg? {
+                None => return Err(anyhow!("the SP closed the connection")),
+                Some(ControlMsg::Ping { seq }) => {
+                    frame::write_frame(&mut writer, &ControlMsg::Pong { seq }).await?;
+                }
+                Some(ControlMsg::Goodbye { reason, .. }) => {
+                    return Err(anyhow!("goodbye: {reason}"));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! A short smoke run of `rac bench`: every figure is in its JSON. No timing is asserted
+//! (the machine is shared and noisy); the full run is `rac bench` (see docs/BENCHMARKS.md).
+
+use std::process::Command;
+
+const FIGURES: &[&str] = &[
+    "stream1_session_gbps",
+    "stream8_session_gbps",
+    "stream1_gateway_gbps",
+    "stream8_gateway_gbps",
+    "gateway_hop_stream1",
+    "gateway_hop_stream8",
+    "sp_cpu_secs_per_gb",
+    "open_p50_ms",
+    "open_p99_ms",
+    "open_gateway_p50_ms",
+    "open_gateway_p99_ms",
+    "slow_reader_kib_per_session",
+    "gateway_kib_per_conn",
+    "idle_kib_per_tenant",
+    "heartbeat_cpu_pct_at_15000",
+    "list_fetch_ms",
+    "list_wire_kib",
+    "storm_secs",
+    "storm_refused",
+];
+
+#[test]
+fn quick_bench_reports_every_figure_as_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rac"))
+        .args(["bench", "--quick", "--json"])
+        .output()
+        .expect("run rac bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rac bench failed: {stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}); stderr: {stderr}"));
+    let figures = json["figures"].as_object().expect("figures object");
+    for key in FIGURES {
+        let figure = figures
+            .get(*key)
+            .unwrap_or_else(|| panic!("figure {key} missing from {json:#}"));
+        assert!(figure["value"].is_number(), "{key} has no value: {figure}");
+        assert!(figure["label"].is_string(), "{key} has no label: {figure}");
+    }
+    assert_eq!(figures.len(), FIGURES.len(), "unexpected figures: {json:#}");
+    for key in ["tenants", "heartbeat_secs", "stream_mib", "opens"] {
+        assert!(json["settings"][key].is_number(), "setting {key} missing");
+    }
+}
