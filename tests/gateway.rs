@@ -391,6 +391,9 @@ async fn proxy_header_carries_the_real_client_address() {
     assert_echo(&mut client, b"\x16\x03\x01 after the header").await;
 }
 
+/// Whether a refusal is the one a malformed-header case expects.
+type IsExpected = fn(&ProxyError) -> bool;
+
 /// What the SP-side code made of one connection.
 #[derive(Debug)]
 enum Outcome {
@@ -475,7 +478,7 @@ async fn malformed_proxy_headers_are_refused_without_harming_others() {
     };
     let mut garbage_after_signature = SIGNATURE.to_vec();
     garbage_after_signature.extend_from_slice(b"GET / HTTP/1.1\r\n");
-    let cases: Vec<(&str, Vec<u8>, fn(&ProxyError) -> bool)> = vec![
+    let cases: Vec<(&str, Vec<u8>, IsExpected)> = vec![
         (
             "garbage after the signature",
             garbage_after_signature,
