@@ -250,3 +250,64 @@ fn a_job_started_from_the_jobs_view_shows_progress() {
             .is_some_and(|inv| inv.running_session(&job).is_none())
     });
 }
+
+/// Pins what changes from run to run (ports, ages, round trips) so snapshots compare.
+fn pin_for_snapshot(h: &mut Harness<'static, ConsoleApp>) {
+    use rac::net::protocol::TenantStatus;
+    use rac::ui::engine::ConnState;
+    let app = h.state_mut();
+    app.paused = true;
+    app.conn = ConnState::Live {
+        user: "operator".into(),
+        endpoint: "127.0.0.1:6180".into(),
+    };
+    if let Some(lab) = &mut app.lab {
+        lab.sp = "127.0.0.1:6180".into();
+    }
+    let now = rac::ui::format::now_unix_secs();
+    let rows: Vec<_> = app.tenants.all().to_vec();
+    for (i, mut t) in rows.into_iter().enumerate() {
+        if t.status == TenantStatus::Online {
+            t.remote_addr = Some(format!("203.0.113.{}:40{:03}", 10 + i, i));
+            t.connected_since = Some(now - 3600 * (i as u64 + 1) - 30);
+            t.heartbeat_rtt_ms = Some(0.4 + i as f64 * 0.1);
+        } else {
+            t.last_seen = t.last_seen.map(|_| now - 86_400 - 30);
+        }
+        t.agent_version = Some("0.1.0".into());
+        app.tenants.upsert(t);
+    }
+    for tab in &mut app.tabs {
+        tab.stages = tab
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, (s, _))| (s.clone(), Duration::from_millis(3 + 4 * i as u64)))
+            .collect();
+        if let Some(inv) = &mut tab.inventory {
+            inv.server.uptime_secs = 3 * 86_400 + 7200;
+            for (i, alarm) in inv.server.alarms.iter_mut().enumerate() {
+                alarm.time_unix_secs = 1_700_000_000 + 600 * i as u64;
+            }
+        }
+    }
+}
+
+#[test]
+fn snapshots_of_the_tenant_list_and_a_session() {
+    let mut w = world(small_lab(true));
+    let h = &mut w.harness;
+    wait_for_tenants(h, 9);
+    pin_for_snapshot(h);
+    h.run_steps(3);
+    h.snapshot("tenant_list");
+
+    h.state_mut().paused = false;
+    let tab = open_tenant(h, "acme");
+    wait_until(h, "the backup server's inventory", |h| {
+        h.state().tab(tab).is_some_and(|t| t.inventory.is_some())
+    });
+    pin_for_snapshot(h);
+    h.run_steps(3);
+    h.snapshot("session_overview");
+}

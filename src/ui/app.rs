@@ -88,6 +88,8 @@ pub struct ConsoleApp {
     /// The last thing worth telling, and whether it is a failure.
     pub notice: Option<(String, bool)>,
     applied_theme: Option<Theme>,
+    /// While set, engine events wait in their channel (tests freeze the view for snapshots).
+    pub paused: bool,
 }
 
 impl ConsoleApp {
@@ -119,6 +121,7 @@ impl ConsoleApp {
             writes: HashMap::new(),
             notice: None,
             applied_theme: None,
+            paused: false,
         };
         if let Some(options) = lab_options {
             app.conn = ConnState::StartingLab;
@@ -147,6 +150,9 @@ impl ConsoleApp {
 
     /// Applies waiting engine events, for at most [`EVENT_BUDGET`].
     fn drain_events(&mut self, ctx: &egui::Context) {
+        if self.paused {
+            return;
+        }
         let started = Instant::now();
         while let Ok(event) = self.events.try_recv() {
             self.on_event(event);
