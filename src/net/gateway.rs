@@ -7,10 +7,11 @@
 //! (see [`super::proxy_protocol`]) carrying the real client address.
 //!
 //! Memory per forwarded connection: two [`BUFFER_SIZE`] (16 KiB) buffers, one per direction,
-//! plus the connection task (its future measured 1.3 KiB) and two socket registrations, about
-//! 34 KiB of user space in all (the kernel's socket buffers come on top and are the OS's to tune). 16 KiB holds one full TLS record, so a record is
-//! usually moved with one read and one write, at under a tenth of the ~512 KB per connection a
-//! common commercial gateway budgets.
+//! plus the connection task (its future measured 1.3 KiB) and two socket registrations: about
+//! 34 KiB of user space in all; the kernel's socket buffers come on top and are the OS's to
+//! tune. 16 KiB holds one full TLS record, so a record usually moves with one read and one
+//! write, at well under a tenth of the ~512 KB per connection a common commercial gateway
+//! budgets.
 
 use std::io;
 use std::net::SocketAddr;
