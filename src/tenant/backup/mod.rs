@@ -16,7 +16,7 @@ pub use generator::{Shape, generate, generate_for_index, generate_with_shape};
 pub use model::Inventory;
 pub use ops::{Action, ActionError, ActionOutcome, JobSpec, PoolSpec, ProxySpec, RepositorySpec};
 pub use protocol::{Event, PROTOCOL_VERSION};
-pub use service::{BackupService, ServiceConfig, ServiceError, run, serve_connection};
+pub use service::{BackupService, ServiceConfig, ServiceError, run, serve_connection, simulate};
 pub use store::{Store, StoreError};
 
 /// The name under which the tenant redirector offers this service.

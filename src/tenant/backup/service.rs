@@ -479,7 +479,10 @@ pub async fn run(
     Ok(())
 }
 
-async fn simulate(service: Arc<BackupService>, shutdown: CancellationToken) {
+/// Drives the simulation of `service` every `tick_interval` until `shutdown`, then saves the
+/// state. [`run`] starts it itself; call it directly when the service is hosted without a
+/// listener (behind the tenant redirector, in the lab).
+pub async fn simulate(service: Arc<BackupService>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(service.config.tick_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = tokio::time::Instant::now();
@@ -487,7 +490,12 @@ async fn simulate(service: Arc<BackupService>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = interval.tick() => {}
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                if let Err(e) = service.persist().await {
+                    tracing::error!("backup service: saving the state at shutdown failed: {e}");
+                }
+                return;
+            }
         }
         let now = tokio::time::Instant::now();
         let result = service.tick(now - last).await;
