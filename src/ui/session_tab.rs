@@ -307,12 +307,29 @@ pub fn session_tab_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec<Actio
                 });
             }
             ui.horizontal(|ui| {
-                for (view, name) in VIEWS {
-                    if ui.selectable_label(tab.view == view, name).clicked() {
+                for (i, (view, name)) in VIEWS.into_iter().enumerate() {
+                    if ui
+                        .selectable_label(tab.view == view, name)
+                        .on_hover_text(format!("Alt+{}", i + 1))
+                        .clicked()
+                    {
                         tab.view = view;
                     }
                 }
             });
+            // Alt+1..5 switch views.
+            let keys = [
+                egui::Key::Num1,
+                egui::Key::Num2,
+                egui::Key::Num3,
+                egui::Key::Num4,
+                egui::Key::Num5,
+            ];
+            for (key, (view, _)) in keys.into_iter().zip(VIEWS) {
+                if ui.input_mut(|i| i.consume_key(egui::Modifiers::ALT, key)) {
+                    tab.view = view;
+                }
+            }
             ui.separator();
             egui::ScrollArea::vertical()
                 .id_salt(("session-view", tab.id))
@@ -336,7 +353,7 @@ fn header_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec<Action>) {
             .as_ref()
             .map(|i| i.server.name.clone())
             .unwrap_or_else(|| tab.tenant.clone());
-        ui.heading(server);
+        ui.label(RichText::new(server).heading().strong());
         ui.label(RichText::new(format!("tenant {} · service {}", tab.tenant, tab.service)).weak());
         let (color, text) = match &tab.state {
             TabState::Opening => (ui.visuals().warn_fg_color, "opening"),
