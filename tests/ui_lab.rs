@@ -311,3 +311,27 @@ fn snapshots_of_the_tenant_list_and_a_session() {
     h.run_steps(3);
     h.snapshot("session_overview");
 }
+
+#[test]
+fn the_tenant_list_exports_as_csv_to_a_typed_path() {
+    let mut w = world(small_lab(false));
+    let h = &mut w.harness;
+    wait_for_tenants(h, 6);
+    h.get_by_label("Export CSV…").click();
+    h.run_steps(2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tenants.csv");
+    h.state_mut()
+        .tenant_export
+        .as_mut()
+        .expect("the export form is open")
+        .path = path.display().to_string();
+    h.run_steps(1);
+    h.get_by_label("Save").click();
+    wait_until(h, "the file to be written", |_| path.exists());
+    let csv = std::fs::read_to_string(&path).expect("read csv");
+    assert!(csv.starts_with("name,status,"), "{csv}");
+    assert!(csv.contains("\nacme,online,"), "{csv}");
+    assert_eq!(csv.lines().count(), 7, "header and six tenants: {csv}");
+    wait_until(h, "the saved notice", |h| shown(h, "saved "));
+}

@@ -82,7 +82,7 @@ pub struct ConsoleApp {
     pub active: Option<TabId>,
     next_tab: TabId,
     connect: ConnectDialog,
-    tenant_export: Option<ExportForm>,
+    pub tenant_export: Option<ExportForm>,
     /// Files being written, and which form asked.
     writes: HashMap<PathBuf, PathPurpose>,
     /// The last thing worth telling, and whether it is a failure.
