@@ -779,6 +779,6 @@ mod tests {
     #[test]
     fn time_formatting() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(format_time(1_795_000_000), "2026-11-18 08:26:40");
+        assert_eq!(format_time(1_795_000_000), "2026-11-18 11:06:40");
     }
 }

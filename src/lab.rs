@@ -23,7 +23,8 @@ use crate::net::tenant_redirector::{
 };
 use crate::net::tls::Trust;
 use crate::sp::config::{SpConfig, StateDir};
-use crate::sp::registry::Registry;
+use crate::sp::registry::{Registry, now_secs};
+use crate::tenant::backup::{SERVICE_NAME, ServiceConfig, Store, generate_for_index};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -190,11 +191,28 @@ impl Lab {
             ));
         }
 
+        let backup_dir = dir.path().join("tenants");
+        std::fs::create_dir_all(&backup_dir)?;
         let mut endpoints: Vec<String> = gateways.iter().map(|g| g.to_string()).collect();
         endpoints.push(sp_addr.to_string());
         let mut agents = Vec::new();
         let mut online = Vec::new();
-        for (name, secret, provider_access) in secrets {
+        for (index, (name, secret, provider_access)) in secrets.into_iter().enumerate() {
+            let backup = {
+                let name = name.clone();
+                crate::tenant_cli::host_backup_service(
+                    Store::new(backup_dir.join(format!("{name}.json"))),
+                    ServiceConfig {
+                        // Lab job runs finish in a minute or two instead of an hour.
+                        sim_speed: 30.0,
+                        sim_seed: index as u64,
+                        ..ServiceConfig::default()
+                    },
+                    move || generate_for_index(index, &name, now_secs()),
+                    &shutdown,
+                    &tracker,
+                )?
+            };
             let config = RedirectorConfig {
                 tenant: name.clone(),
                 secret,
@@ -202,7 +220,7 @@ impl Lab {
                 trust: Trust::CaFile(init.ca_cert.clone()),
                 server_name: "localhost".into(),
                 allow_provider_access: provider_access,
-                services: lab_services(online.len() + agents.len()),
+                services: lab_services(backup),
                 backoff_base: Duration::from_millis(200),
                 backoff_max: Duration::from_secs(5),
                 ..RedirectorConfig::defaults()
@@ -301,10 +319,10 @@ impl Drop for Lab {
     }
 }
 
-/// The services every lab tenant offers.
-fn lab_services(index: usize) -> std::collections::BTreeMap<String, ServiceTarget> {
-    let _ = index;
+/// The services every lab tenant offers: its backup server, and an echo for tests.
+fn lab_services(backup: LocalHandler) -> std::collections::BTreeMap<String, ServiceTarget> {
     let mut services = std::collections::BTreeMap::new();
+    services.insert(SERVICE_NAME.to_string(), ServiceTarget::Local(backup));
     services.insert("echo".to_string(), ServiceTarget::Local(echo_service()));
     services
 }

@@ -144,7 +144,8 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
         &config,
         format!(
             "name = \"acme\"\nsecret = \"{secret}\"\nca_cert = \"{ca}\"\nendpoints = [\"{sp_addr}\"]\n\
-             allow_provider_access = true\n[services]\nweb = \"127.0.0.1:{http_port}\"\n"
+             allow_provider_access = true\n[services]\nweb = \"127.0.0.1:{http_port}\"\n\
+             [backup_service]\nstate_file = \"backup-state.json\"\ndemo_seed = 7\n"
         ),
     )
     .expect("write config");
@@ -169,7 +170,7 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
         serde_json::from_slice(&list(&password).stdout).expect("json list");
     let acme = &tenants[0];
     assert_eq!(acme["name"], "acme");
-    assert_eq!(acme["services"], serde_json::json!(["web"]));
+    assert_eq!(acme["services"], serde_json::json!(["backup", "web"]));
     assert_eq!(acme["provider_access"], true);
     assert!(acme["connected_since"].is_u64() && acme["remote_addr"].is_string());
 
@@ -247,7 +248,60 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
         );
     }
 
-    // Each curl was its own audited session.
+    // The tenant's own backup service, hosted by `rac tenant`, through a session.
+    let mut cmd = rac(&["inspect", "acme", "--json"]);
+    let inventory: serde_json::Value =
+        serde_json::from_str(&run_ok(cmd.args(&args).env("RAC_PASSWORD", &password)))
+            .expect("inspect json");
+    for key in [
+        "server",
+        "proxies",
+        "proxy_pools",
+        "repositories",
+        "organizations",
+        "azure",
+        "jobs",
+        "sessions",
+    ] {
+        assert!(inventory.get(key).is_some(), "inspect --json lacks {key}");
+    }
+    assert!(
+        inventory["server"]["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("acme"))
+    );
+    assert!(
+        dir.path().join("backup-state.json").exists(),
+        "state file next to the config"
+    );
+    let job = inventory["jobs"][0]["id"]
+        .as_str()
+        .expect("a job")
+        .to_string();
+    let mut cmd = rac(&["job", "start", "acme", &job, "--json"]);
+    let started: serde_json::Value =
+        serde_json::from_str(&run_ok(cmd.args(&args).env("RAC_PASSWORD", &password)))
+            .expect("job json");
+    assert_eq!(started["job"], job.as_str());
+    assert!(started["session"].is_string());
+    let mut cmd = rac(&["job", "start", "acme", &job]);
+    let out = cmd
+        .args(&args)
+        .env("RAC_PASSWORD", &password)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "a running job cannot start twice");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{out:?}"
+    );
+    let mut cmd = rac(&["job", "stop", "acme", &job]);
+    run_ok(cmd.args(&args).env("RAC_PASSWORD", &password));
+    let mut cmd = rac(&["inspect", "acme"]);
+    let summary = run_ok(cmd.args(&args).env("RAC_PASSWORD", &password));
+    assert!(summary.contains("acme"), "{summary}");
+
+    // Each curl was its own audited session (and each backup command one more).
     wait_until(|| {
         let out = run_ok(&mut rac(&["sp", "audit", "--state-dir", state_s, "--json"]));
         let entries: serde_json::Value = serde_json::from_str(&out).expect("audit json");

@@ -155,7 +155,20 @@ mod tests {
         let config = TenantConfig::load(path).expect("example tenant config loads");
         assert_eq!(config.name, "acme");
         assert_eq!(config.services["backup"], "127.0.0.1:9401");
-        assert!(config.ca_cert.expect("ca").is_absolute());
+        assert!(config.ca_cert.as_ref().expect("ca").is_absolute());
+        assert_eq!(config.server_name(), "sp.example.net");
+    }
+
+    #[test]
+    fn example_with_backup_service_parses() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/tenant-backup-service.toml"
+        ));
+        let config = TenantConfig::load(path).expect("example loads");
+        let backup = config.backup_service.as_ref().expect("backup service");
+        assert!(backup.state_file.is_absolute());
+        assert_eq!(backup.demo_seed, Some(42));
         assert_eq!(config.server_name(), "sp.example.net");
     }
 
