@@ -313,10 +313,13 @@ pub enum ApiResponse {
 }
 
 /// Whether a tenant can be reached now.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantStatus {
     Online,
+    #[default]
     Offline,
     Disabled,
 }
@@ -353,11 +356,6 @@ pub struct TenantInfo {
     pub open_sessions: u32,
 }
 
-impl Default for TenantStatus {
-    fn default() -> Self {
-        TenantStatus::Offline
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -184,9 +184,7 @@ endpoints = ["sp:6180"]
             .validate()
             .expect("valid");
         let typo = format!("{good}alow_provider_access = false\n");
-        let err = toml::from_str::<TenantConfig>(&typo)
-            .err()
-            .expect("typo refused");
+        let err = toml::from_str::<TenantConfig>(&typo).expect_err("typo refused");
         assert!(err.to_string().contains("unknown field"), "{err}");
         let short = good.replace("0000000000000000", "");
         let err = toml::from_str::<TenantConfig>(&short)
