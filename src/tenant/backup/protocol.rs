@@ -1,6 +1,7 @@
 //! Every message of the backup service's wire protocol in one place: requests from a console,
 //! responses that echo the request `id`, and events pushed to subscribers. Each message is one
-//! JSON frame of the project's frame codec (`net::frame`). Described in `docs/protocol-backup.md`.
+//! JSON frame of the project's frame codec (`net::frame`). Described in `docs/PROTOCOL.md`
+//! ("The tenant backup service").
 
 use serde::{Deserialize, Serialize};
 
