@@ -1,2 +1,3 @@
 //! The tenant side: its configuration and its backup server. Knows no sockets.
 pub mod backup;
+pub mod config;
