@@ -335,3 +335,39 @@ fn the_tenant_list_exports_as_csv_to_a_typed_path() {
     assert_eq!(csv.lines().count(), 7, "header and six tenants: {csv}");
     wait_until(h, "the saved notice", |h| shown(h, "saved "));
 }
+
+#[test]
+fn a_port_forward_from_a_session_carries_bytes() {
+    use std::io::{Read, Write};
+    let mut w = world(small_lab(false));
+    let h = &mut w.harness;
+    wait_for_tenants(h, 6);
+    let tab = open_tenant(h, "hooli");
+    wait_until(h, "the session to open", |h| {
+        h.state()
+            .tab(tab)
+            .is_some_and(|t| t.state == TabState::Open)
+    });
+    h.get_by_label("Connection").click();
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::TextInput, "Service").focus();
+    h.run_steps(1);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.run_steps(1);
+    h.get_by_role_and_label(Role::TextInput, "Service")
+        .type_text("echo");
+    h.run_steps(2);
+    h.get_by_label("Forward").click();
+    wait_until(h, "the forward to listen", |h| {
+        h.state().tab(tab).is_some_and(|t| !t.forwards.is_empty())
+    });
+    let local = h.state().tab(tab).expect("tab").forwards[0].local.clone();
+    assert!(shown(h, &local), "the local address {local} is shown");
+
+    let mut conn = std::net::TcpStream::connect(&local).expect("connect to the forward");
+    conn.set_read_timeout(Some(HANG_GUARD)).expect("timeout");
+    conn.write_all(b"through the tunnel").expect("write");
+    let mut back = [0u8; 18];
+    conn.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"through the tunnel");
+}
