@@ -46,7 +46,8 @@ impl SpEngine {
 /// A tenant's live control connection, as sessions and account changes reach it.
 struct ControlHandle {
     conn_id: u64,
-    tx: mpsc::Sender<ControlMsg>,
+    /// Boxed messages: a channel allocates room for 32 of them up front, per tenant.
+    tx: mpsc::Sender<Box<ControlMsg>>,
     /// Cancelled when a newer connection of the same tenant replaces this one.
     replaced: CancellationToken,
 }
@@ -60,7 +61,7 @@ struct Pending {
 }
 
 enum DataOutcome {
-    Connected(ServerStream),
+    Connected(Box<ServerStream>),
     Rejected(Refusal),
 }
 
@@ -88,7 +89,7 @@ impl Shared {
             .clone()
     }
 
-    fn control_sender(&self, tenant: &str) -> Option<mpsc::Sender<ControlMsg>> {
+    fn control_sender(&self, tenant: &str) -> Option<mpsc::Sender<Box<ControlMsg>>> {
         lock(&self.controls).get(tenant).map(|h| h.tx.clone())
     }
 
@@ -102,10 +103,10 @@ impl Shared {
         };
         tracing::info!(tenant = %kick.tenant, reason, "dropping tenant connection");
         if let Some(handle) = lock(&self.controls).remove(&kick.tenant) {
-            let _ = handle.tx.try_send(ControlMsg::Goodbye {
+            let _ = handle.tx.try_send(Box::new(ControlMsg::Goodbye {
                 code,
                 reason: reason.to_string(),
-            });
+            }));
             // If the goodbye could not be queued the connection still ends.
             handle.replaced.cancel();
         }
@@ -196,10 +197,12 @@ pub async fn run(
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         tracker.spawn(async move {
-            let hello = tokio::time::timeout(
+            // Boxed: the handshake's state (a whole TLS connection in the making) is freed
+            // when it ends instead of staying in the task for the connection's lifetime.
+            let hello = Box::pin(tokio::time::timeout(
                 shared.sp.config.handshake_timeout(),
                 handshake(&shared, &acceptor, tcp, peer),
-            )
+            ))
             .await;
             drop(permit);
             drop(guard);
@@ -242,7 +245,10 @@ async fn handshake(
         }
         Some(_) => anyhow::bail!("PROXY header from {peer}, which is not a trusted gateway"),
     };
-    let mut stream = acceptor.accept(tcp).await.context("TLS handshake")?;
+    let mut stream = acceptor
+        .accept(tls::ReadAhead::new(tcp))
+        .await
+        .context("TLS handshake")?;
     let body = frame::read_frame_bytes(&mut stream, MAX_HELLO_LEN)
         .await?
         .context("closed before saying hello")?;
@@ -276,6 +282,8 @@ pub fn parse_hello(body: &[u8]) -> Result<Hello, Refusal> {
         .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("malformed hello: {e}")))
 }
 
+/// Each role's handler is boxed, so a connection's task holds only the state of its own
+/// role (an idle tenant control connection does not carry room for a session's splice).
 async fn dispatch(shared: Arc<Shared>, stream: ServerStream, client: SocketAddr, hello: Hello) {
     tracing::debug!(%client, role = hello.role.name(), "hello");
     match hello.role {
@@ -292,23 +300,38 @@ async fn dispatch(shared: Arc<Shared>, stream: ServerStream, client: SocketAddr,
                 services,
                 provider_access,
             };
-            control::serve(shared, stream, tenant, secret, live).await
+            Box::pin(control::serve(shared, stream, tenant, secret, live)).await
         }
         Role::TenantData {
             tenant,
             session_id,
             nonce,
-        } => session::tenant_data(shared, stream, tenant, session_id, nonce).await,
+        } => {
+            Box::pin(session::tenant_data(
+                shared, stream, tenant, session_id, nonce,
+            ))
+            .await
+        }
         Role::ConsoleSession {
             token,
             tenant,
             service,
-        } => session::console(shared, stream, client, token, tenant, service).await,
+        } => {
+            Box::pin(session::console(
+                shared, stream, client, token, tenant, service,
+            ))
+            .await
+        }
         Role::Operator {
             user,
             password,
             token,
-        } => operator::serve(shared, stream, client, user, password, token).await,
+        } => {
+            Box::pin(operator::serve(
+                shared, stream, client, user, password, token,
+            ))
+            .await
+        }
     }
 }
 
@@ -341,9 +364,9 @@ async fn watch_registry(shared: Arc<Shared>) {
         }
         if let Some(gateways) = shared.sp.reload_gateways() {
             for handle in lock(&shared.controls).values() {
-                let _ = handle.tx.try_send(ControlMsg::Gateways {
+                let _ = handle.tx.try_send(Box::new(ControlMsg::Gateways {
                     gateways: gateways.clone(),
-                });
+                }));
             }
         }
     }

@@ -140,11 +140,11 @@ async fn request_data_connection(
         session_id: session_id.clone(),
     };
     control
-        .send(ControlMsg::OpenData {
+        .send(Box::new(ControlMsg::OpenData {
             session_id: session_id.clone(),
             nonce,
             service: service.to_string(),
-        })
+        }))
         .await
         .map_err(|_| offline())?;
     frame::write_frame(
@@ -159,7 +159,7 @@ async fn request_data_connection(
     let cancel = shared.sessions_token(tenant);
     tokio::select! {
         outcome = rx => match outcome {
-            Ok(DataOutcome::Connected(data)) => Ok((session_id, data)),
+            Ok(DataOutcome::Connected(data)) => Ok((session_id, *data)),
             Ok(DataOutcome::Rejected(refusal)) => Err(refusal),
             Err(_) => Err(offline()),
         },
@@ -202,7 +202,7 @@ pub(super) async fn tenant_data(
         .await;
         return;
     };
-    if let Err(DataOutcome::Connected(mut stream)) = pending.tx.send(DataOutcome::Connected(stream))
+    if let Err(DataOutcome::Connected(mut stream)) = pending.tx.send(DataOutcome::Connected(Box::new(stream)))
     {
         let refusal = Refusal::new(ErrorCode::TenantTimeout, "the console stopped waiting");
         let _ = send_error(&mut stream, &refusal).await;
