@@ -222,7 +222,8 @@ impl SpService {
         }
         match self.registry.verify_operator(user, password) {
             Ok(Some(_)) => {
-                self.limiter.record_success(source);
+                // A success does not clear the address's failures: otherwise an attacker with
+                // one valid account could reset the count between guesses at another's.
                 let ttl = self.config.token_ttl_secs;
                 let token = self
                     .registry
