@@ -227,3 +227,145 @@ pub async fn wait_status(
     .await
     .expect("status reached in time");
 }
+
+/// A TCP connection to `to` from the loopback address `source` (127.0.0.x), so tests can play
+/// many clients without meeting the per-source cap.
+pub async fn tcp_from(source: std::net::IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(to).await
+}
+
+/// The loopback address 127.0.0.`n`.
+pub fn loopback(n: u8) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, n))
+}
+
+impl TestSp {
+    /// A raw TLS connection to the SP port from the loopback address `source`.
+    pub async fn raw_from(&self, source: std::net::IpAddr) -> ClientStream {
+        let tls = TlsClient::new(&Trust::CaFile(self.ca.clone()), "localhost").expect("tls");
+        let tcp = tcp_from(source, self.addr).await.expect("connect");
+        tls.handshake(tcp).await.expect("handshake")
+    }
+
+    /// A hand-made tenant control connection, past its welcome: the test reads and writes
+    /// the control messages itself.
+    pub async fn raw_control(&self, tenant: &str, secret: &str) -> ClientStream {
+        use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+        use rac::net::protocol::{Hello, HelloReply, Role};
+        let mut control = self.raw().await;
+        let hello = Hello::new(Role::TenantControl {
+            tenant: tenant.into(),
+            secret: secret.into(),
+            agent: "hand-made/1".into(),
+            services: vec!["echo".into()],
+            provider_access: true,
+        });
+        write_frame(&mut control, &hello).await.expect("hello");
+        let welcome: HelloReply = read_frame(&mut control, MAX_FRAME_LEN)
+            .await
+            .expect("read")
+            .expect("welcome");
+        assert!(matches!(welcome, HelloReply::Welcome(_)), "{welcome:?}");
+        control
+    }
+
+    /// Operator login by hand from `source`: the hello reply (welcome or error).
+    pub async fn login_from(
+        &self,
+        source: std::net::IpAddr,
+        user: &str,
+        password: &str,
+    ) -> rac::net::protocol::HelloReply {
+        use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+        use rac::net::protocol::{Hello, Role};
+        let mut stream = self.raw_from(source).await;
+        let hello = Hello::new(Role::Operator {
+            user: user.into(),
+            password: Some(password.into()),
+            token: None,
+        });
+        write_frame(&mut stream, &hello).await.expect("hello");
+        read_frame(&mut stream, MAX_FRAME_LEN)
+            .await
+            .expect("read")
+            .expect("reply")
+    }
+}
+
+/// Reads control messages until one matches `pick` (pings are answered on the way).
+pub async fn next_control<T>(
+    control: &mut ClientStream,
+    mut pick: impl FnMut(&rac::net::protocol::ControlMsg) -> Option<T>,
+) -> T {
+    use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+    use rac::net::protocol::ControlMsg;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let msg: ControlMsg = read_frame(control, MAX_FRAME_LEN)
+                .await
+                .expect("read control")
+                .expect("control open");
+            if let ControlMsg::Ping { seq } = msg {
+                write_frame(control, &ControlMsg::Pong { seq })
+                    .await
+                    .expect("pong");
+            }
+            if let Some(found) = pick(&msg) {
+                return found;
+            }
+        }
+    })
+    .await
+    .expect("control message in time")
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a receiver can check what it got.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Sends `data` through an echo session and checks every byte comes back, in order, while
+/// writing and reading at the same time. Returns the SHA-256 of what came back.
+pub async fn echo_checked<S>(stream: S, data: Vec<u8>) -> [u8; 32]
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let sent: [u8; 32] = Sha256::digest(&data).into();
+    let len = data.len();
+    let writing = tokio::spawn(async move {
+        for chunk in data.chunks(64 * 1024) {
+            writer.write_all(chunk).await.expect("write");
+        }
+        writer.flush().await.expect("flush");
+        writer
+    });
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    while received < len {
+        let n = reader.read(&mut buf).await.expect("read");
+        assert!(n > 0, "stream ended after {received} of {len} bytes");
+        hasher.update(&buf[..n]);
+        received += n;
+    }
+    let _writer = writing.await.expect("writer");
+    let got: [u8; 32] = hasher.finalize().into();
+    assert_eq!(got, sent, "echoed bytes differ from the bytes sent");
+    got
+}
