@@ -232,6 +232,11 @@ async fn version_mismatch_and_untrusted_certificate_are_explained() {
         }
         other => panic!("expected an untrusted certificate, got {other:?}"),
     }
+    // First contact: the fingerprint the SP presents is its CA's, as `rac sp init` printed it.
+    let probed = rac::net::tls::probe_fingerprint(&sp.addr.to_string(), "localhost")
+        .await
+        .expect("probe");
+    assert_eq!(probed, rac::net::tls::pem_fingerprint(&sp.ca).expect("fp"));
     // A pinned fingerprint of the right CA works; a wrong pin does not.
     let pin =
         rac::net::tls::parse_fingerprint(&rac::net::tls::pem_fingerprint(&sp.ca).expect("fp"))

@@ -228,6 +228,88 @@ pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
         .map_err(|_| TlsError::BadFingerprint(text.to_string()))
 }
 
+/// First contact with an SP that is trusted by fingerprint: fetches the certificate chain it
+/// presents and returns the SHA-256 of its last certificate (the SP's CA, as `rac sp init`
+/// prints it) for the operator to compare and confirm. Nothing is trusted or sent: the
+/// handshake is abandoned as soon as the chain is seen.
+pub async fn probe_fingerprint(address: &str, server_name: &str) -> std::io::Result<String> {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(std::io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RecordingVerifier {
+            seen: seen.clone(),
+            provider: provider(),
+        }))
+        .with_no_client_auth();
+    let name = ServerName::try_from(server_name.to_string()).map_err(|_| {
+        std::io::Error::other(format!("{server_name:?} is not a valid server name"))
+    })?;
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        TcpStream::connect(address),
+    )
+    .await
+    .map_err(|_| std::io::Error::other(format!("{address} did not answer")))??;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        connector.connect(name, tcp),
+    )
+    .await;
+    let last = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
+    last.map(|fp| format_fingerprint(&fp)).ok_or_else(|| {
+        std::io::Error::other(format!("{address} did not present a TLS certificate"))
+    })
+}
+
+/// Notes the fingerprint of the last certificate presented, then refuses the connection.
+#[derive(Debug)]
+struct RecordingVerifier {
+    seen: Arc<std::sync::Mutex<Option<[u8; 32]>>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let last = intermediates.last().unwrap_or(end_entity);
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint(last.as_ref()));
+        Err(rustls::Error::General("probe only".into()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("probe only".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("probe only".into()))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Trusts exactly the chain that contains a certificate with the pinned fingerprint; the
 /// handshake signature is still checked against the end-entity key.
 #[derive(Debug)]
@@ -299,10 +381,11 @@ pub const READ_AHEAD: usize = 64 * 1024;
 ///
 /// rustls reads TLS records from the socket at most 4 KiB at a time, so a 16 KiB record cost
 /// four `read` calls; through the relay (three TLS receivers per byte) those calls were a
-/// large share of the CPU per byte. Here one `read` takes up to [`READ_AHEAD`] bytes and the
-/// small reads are copied out of that buffer. The buffer exists only while data flows: it is
-/// freed when the socket has nothing more to give, so an idle connection (thousands of tenant
-/// control connections) holds none.
+/// large share of the CPU per byte. Here, once a read comes back full (a stream is flowing),
+/// one `read` takes up to [`READ_AHEAD`] bytes and the small reads are copied out of that
+/// buffer. The buffer exists only while data flows: it is freed when the socket has nothing
+/// more to give, so an idle connection (thousands of tenant control connections) holds none
+/// and a heartbeat frame is read without allocating.
 pub struct ReadAhead {
     tcp: TcpStream,
     buf: Vec<u8>,
@@ -338,21 +421,26 @@ impl AsyncRead for ReadAhead {
                 out.put_slice(&this.buf[this.pos..this.pos + n]);
                 this.pos += n;
                 if this.pos == this.buf.len() {
-                    // Keep the allocation while data flows; an empty read below frees it.
+                    // Keep the allocation while data flows; a dry socket below frees it.
                     this.buf.clear();
                     this.pos = 0;
                 }
                 return Poll::Ready(Ok(()));
             }
-            if out.remaining() >= READ_AHEAD {
-                return std::pin::Pin::new(&mut this.tcp).poll_read(cx, out);
+            if this.buf.capacity() == 0 || out.remaining() >= READ_AHEAD {
+                // Not streaming (or a big read anyway): read straight into the caller's
+                // buffer. Only a read that fills it suggests a stream worth buffering.
+                let before = out.filled().len();
+                let wanted = out.remaining();
+                let result = std::pin::Pin::new(&mut this.tcp).poll_read(cx, out);
+                if matches!(result, Poll::Ready(Ok(()))) && out.filled().len() - before == wanted {
+                    this.buf.reserve_exact(READ_AHEAD);
+                }
+                return result;
             }
             if this.tcp.poll_read_ready(cx)?.is_pending() {
                 this.buf = Vec::new();
                 return Poll::Pending;
-            }
-            if this.buf.capacity() < READ_AHEAD {
-                this.buf.reserve_exact(READ_AHEAD);
             }
             match this.tcp.try_read_buf(&mut this.buf) {
                 // End of stream: nothing was added, and the caller sees no bytes.

@@ -195,6 +195,18 @@ impl ConsoleApp {
                     }
                 }
             },
+            Event::FingerprintProbed(result) => {
+                let i = self.settings.selected_profile;
+                match (result, self.settings.profiles.get_mut(i)) {
+                    (Ok(fp), Some(p)) => {
+                        p.fingerprint = fp;
+                        p.fingerprint_confirmed = false;
+                        self.connect.error = None;
+                    }
+                    (Err(e), _) => self.connect.error = Some(e),
+                    (Ok(_), None) => {}
+                }
+            }
             Event::FileWritten { path } => {
                 let text = format!("saved {}", path.display());
                 self.set_form_status(&path, false, text.clone());

@@ -281,6 +281,29 @@ fn form_ui(ui: &mut Ui, dialog: &mut ConnectDialog, p: &mut Profile, actions: &m
                         &mut p.fingerprint,
                         "AB:CD:… as `rac sp init` printed it",
                     );
+                    ui.label("");
+                    let first = match p.route {
+                        RouteKind::Direct => p.sp_address.trim().to_string(),
+                        RouteKind::Gateways => {
+                            p.gateways.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string()
+                        }
+                    };
+                    if ui
+                        .add_enabled(!first.is_empty(), egui::Button::new("Fetch from the SP"))
+                        .on_hover_text("Read the fingerprint the SP presents now, to compare with the one your provider gave you")
+                        .clicked()
+                    {
+                        let server_name = if p.server_name.trim().is_empty() {
+                            crate::tenant::config::host_of(&first).unwrap_or("localhost").to_string()
+                        } else {
+                            p.server_name.trim().to_string()
+                        };
+                        actions.push(Action::Engine(Command::ProbeFingerprint {
+                            address: first,
+                            server_name,
+                        }));
+                    }
+                    ui.end_row();
                     if before != p.fingerprint {
                         p.fingerprint_confirmed = false;
                     }

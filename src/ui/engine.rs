@@ -66,6 +66,11 @@ pub enum Command {
         tab: TabId,
         forward: u64,
     },
+    /// Fetch the fingerprint an SP presents, for the operator to confirm on first contact.
+    ProbeFingerprint {
+        address: String,
+        server_name: String,
+    },
     /// Ask the desktop for a path (no answer where no portal runs: the typed path stays).
     PickPath {
         purpose: PathPurpose,
@@ -165,9 +170,19 @@ pub enum Event {
     TenantChanged(TenantInfo),
     TenantRemoved(String),
     Session(TabId, SessionEvent),
-    PathPicked { purpose: PathPurpose, path: PathBuf },
-    FileWritten { path: PathBuf },
-    FileFailed { path: PathBuf, reason: String },
+    PathPicked {
+        purpose: PathPurpose,
+        path: PathBuf,
+    },
+    /// The fingerprint an SP presented (its CA's), or why it could not be read.
+    FingerprintProbed(Result<String, String>),
+    FileWritten {
+        path: PathBuf,
+    },
+    FileFailed {
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// Sends events to the window and wakes it.
@@ -481,6 +496,18 @@ impl Dispatcher {
                             path: file.path().to_path_buf(),
                         });
                     }
+                });
+            }
+            Command::ProbeFingerprint {
+                address,
+                server_name,
+            } => {
+                let sink = self.sink.clone();
+                tokio::spawn(async move {
+                    let result = crate::net::tls::probe_fingerprint(&address, &server_name)
+                        .await
+                        .map_err(|e| format!("{address}: {e}"));
+                    sink.send(Event::FingerprintProbed(result));
                 });
             }
             Command::WriteFile { path, contents } => {
