@@ -1,0 +1,483 @@
+//! Faults during live sessions: a tenant killed (SIGKILL), the SP process killed (SIGKILL) and
+//! started again, and a connection whose peer vanishes without a FIN. A killed gateway is in
+//! `tests/failover.rs` (`a_killed_gateway_moves_tenants_and_consoles_to_another`); a reconnect
+//! storm of a thousand tenants is in `tests/load.rs`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{PATIENCE, TestSp, TestTenant, echo_checked, pattern, quick_config, wait_status};
+use rac::net::console::{ConsoleClient, ConsoleConfig};
+use rac::net::dial::Route;
+use rac::net::protocol::{ErrorCode, TenantStatus};
+use rac::net::tenant_redirector::{AgentState, RedirectorConfig, ServiceTarget};
+use rac::net::tls::Trust;
+use rac::sp::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const RAC: &str = env!("CARGO_BIN_EXE_rac");
+
+/// A child process, killed with SIGKILL when dropped (or by `kill`).
+struct Proc(Child);
+
+impl Proc {
+    /// Starts `rac ARGS` and waits for a line containing `marker` on stderr. The rest of its
+    /// output is drained so the child never blocks on a full pipe.
+    fn start(args: &[&str], marker: &str) -> (Proc, String) {
+        let mut child = Command::new(RAC)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rac");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wanted = marker.to_string();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.contains(&wanted) {
+                    let _ = tx.send(line);
+                    sent = true;
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("rac {args:?} printed {marker:?}"));
+        (Proc(child), line)
+    }
+
+    /// SIGKILL: no chance to say goodbye, close TLS or write anything.
+    fn kill(&mut self) {
+        self.0.kill().expect("kill");
+        self.0.wait().expect("reap");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rac_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(RAC).args(args).output().expect("run rac");
+    assert!(
+        out.status.success(),
+        "rac {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// A TCP echo server standing in for a tenant's local service.
+async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Waits until the stream ends (EOF, reset or TLS error); returns how long that took.
+async fn ended_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Duration {
+    let started = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .expect("the stream ended in time");
+    started.elapsed()
+}
+
+/// The tenant redirector is killed with SIGKILL in the middle of a session: the console's
+/// stream ends at once (from the kernel's FIN, not a heartbeat timeout), the SP marks the
+/// tenant offline, the audit row is closed, and the next session is refused as
+/// `tenant_offline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tenant_ends_the_console_stream_promptly() {
+    // A long dead_after: a prompt end cannot come from the heartbeat.
+    let dead_after = Duration::from_secs(30);
+    let sp = TestSp::start(rac::sp::config::SpConfig {
+        dead_after_secs: dead_after.as_secs(),
+        ..quick_config()
+    })
+    .await;
+    let secret = sp.add_tenant("acme");
+    let service = tcp_echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tenant.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"acme\"\nsecret = \"{secret}\"\nca_cert = \"{}\"\nendpoints = [\"{}\"]\n\
+             server_name = \"localhost\"\n[services]\necho = \"{service}\"\n",
+            sp.ca.display(),
+            sp.addr
+        ),
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf8 path");
+    let (mut tenant, _) = Proc::start(&["tenant", "--config", config], "connected to the SP");
+
+    let console = sp.console().await;
+    wait_status(&console, "acme", TenantStatus::Online).await;
+    let mut session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session");
+    session.stream.write_all(b"before").await.expect("write");
+    let mut buf = [0u8; 6];
+    session.stream.read_exact(&mut buf).await.expect("echo");
+
+    tenant.kill();
+    let took = ended_within(&mut session.stream).await;
+    assert!(
+        took < dead_after / 3,
+        "the console's stream ended only after {took:?}"
+    );
+    wait_status(&console, "acme", TenantStatus::Offline).await;
+    assert_eq!(
+        console
+            .open_session("acme", "echo", |_, _| {})
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        Some(ErrorCode::TenantOffline)
+    );
+    drop(session);
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let entries = sp.registry.audit_entries(1).expect("audit");
+            if let Some(e) = entries.first().filter(|e| e.ended_at.is_some()) {
+                assert_eq!(e.bytes_to_tenant, 6);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the audit row is closed");
+}
+
+/// Every waiting delay a tenant redirector reports from now on.
+fn record_waits(tenant: &TestTenant) -> Arc<Mutex<Vec<Duration>>> {
+    let mut state: watch::Receiver<AgentState> = tenant.state.clone();
+    let waits = Arc::new(Mutex::new(Vec::new()));
+    let out = waits.clone();
+    tokio::spawn(async move {
+        while state.changed().await.is_ok() {
+            if let AgentState::Waiting { retry_in, .. } = &*state.borrow_and_update() {
+                waits.lock().expect("waits").push(*retry_in);
+            }
+        }
+    });
+    out
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// `rac sp run` is killed with SIGKILL while a session is live and started again on the same
+/// state dir: the console's stream ends, the tenants retry with growing, jittered delays and
+/// come back by themselves, the registry keeps every account and token, the audit log keeps
+/// every row, and the interrupted session is marked `interrupted` by the restarted SP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sp_process_loses_nothing_and_tenants_come_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("sp");
+    let state_s = state.to_str().expect("utf8");
+    let init = rac_json(&["sp", "init", "--state-dir", state_s, "--json"]);
+    let password = init["password"].as_str().expect("password").to_string();
+    let ca = PathBuf::from(init["ca_cert"].as_str().expect("ca"));
+    std::fs::write(
+        state.join("sp.toml"),
+        "heartbeat_secs = 1\ndead_after_secs = 4\nregistry_poll_millis = 100\n",
+    )
+    .expect("sp.toml");
+    let names = ["t0", "t1", "t2"];
+    let secrets: Vec<String> = names
+        .iter()
+        .map(|n| {
+            rac_json(&["sp", "tenant", "add", n, "--state-dir", state_s, "--json"])["secret"]
+                .as_str()
+                .expect("secret")
+                .to_string()
+        })
+        .collect();
+    let addr = free_port();
+    let addr_s = addr.to_string();
+    let run = ["sp", "run", "--state-dir", state_s, "--listen", &addr_s];
+    let (mut sp, _) = Proc::start(&run, "SP listening on");
+
+    let base = Duration::from_millis(100);
+    let max = Duration::from_secs(1);
+    let mut tenants: Vec<TestTenant> = names
+        .iter()
+        .zip(&secrets)
+        .map(|(name, secret)| TestTenant::start(redirector(name, secret, addr, &ca, base, max)))
+        .collect();
+    for t in &mut tenants {
+        t.online().await;
+    }
+    let console = ConsoleClient::new(ConsoleConfig {
+        route: Route::Direct(addr_s.clone()),
+        trust: Trust::CaFile(ca.clone()),
+        server_name: "localhost".into(),
+        user: "admin".into(),
+    })
+    .expect("client");
+    console.login(&password).await.expect("login");
+
+    // One session that ends cleanly, one left open.
+    let mut done = console
+        .open_session("t0", "echo", |_, _| {})
+        .await
+        .expect("session");
+    done.stream.write_all(b"abc").await.expect("write");
+    let mut buf = [0u8; 3];
+    done.stream.read_exact(&mut buf).await.expect("echo");
+    done.stream.shutdown().await.expect("half-close");
+    ended_within(&mut done.stream).await;
+    let registry = Registry::open(&state.join("registry.sqlite")).expect("registry");
+    tokio::time::timeout(PATIENCE, async {
+        while registry.audit_entries(1).expect("audit")[0]
+            .ended_at
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("first session closed");
+    let mut live = console
+        .open_session("t1", "echo", |_, _| {})
+        .await
+        .expect("session");
+    live.stream.write_all(b"live").await.expect("write");
+    let mut buf = [0u8; 4];
+    live.stream.read_exact(&mut buf).await.expect("echo");
+
+    let waits: Vec<_> = tenants.iter().map(record_waits).collect();
+    sp.kill();
+    ended_within(&mut live.stream).await;
+    for t in &mut tenants {
+        t.not_online().await;
+    }
+    // Down long enough for several retries each (ceilings 100, 200, 400, 800 ms...).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_sp, _) = Proc::start(&run, "SP listening on");
+    for t in &mut tenants {
+        t.online().await;
+    }
+    // Exponential backoff with jitter: every delay within [base/2, max], the delays grew past
+    // the base, and no two delays of any tenants are the same.
+    let waits: Vec<Vec<Duration>> = waits
+        .iter()
+        .map(|w| w.lock().expect("waits").clone())
+        .collect();
+    eprintln!("reconnect delays: {waits:?}");
+    let all: Vec<Duration> = waits.iter().flatten().copied().collect();
+    assert!(waits.iter().all(|w| w.len() >= 2), "{waits:?}");
+    assert!(all.iter().all(|d| *d >= base / 2 && *d <= max), "{all:?}");
+    assert!(all.iter().any(|d| *d > base), "{all:?}");
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "jitter: {all:?}");
+
+    // Nothing lost: the accounts, the token (no new login), both audit rows.
+    for name in names {
+        wait_status(&console, name, TenantStatus::Online).await;
+    }
+    let entries = registry.audit_entries(10).expect("audit");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let (interrupted, closed) = (&entries[0], &entries[1]);
+    assert_eq!(closed.tenant, "t0");
+    assert_eq!(closed.outcome, "closed");
+    assert_eq!((closed.bytes_to_tenant, closed.bytes_from_tenant), (3, 3));
+    assert_eq!(interrupted.tenant, "t1");
+    assert!(interrupted.ended_at.is_some());
+    assert!(
+        interrupted.outcome.starts_with("interrupted"),
+        "{}",
+        interrupted.outcome
+    );
+    let again = console
+        .open_session("t1", "echo", |_, _| {})
+        .await
+        .expect("a session after the restart");
+    echo_checked(again.stream, pattern(3, 1 << 20)).await;
+}
+
+fn redirector(
+    name: &str,
+    secret: &str,
+    sp: SocketAddr,
+    ca: &Path,
+    base: Duration,
+    max: Duration,
+) -> RedirectorConfig {
+    let mut services = BTreeMap::new();
+    services.insert(
+        "echo".to_string(),
+        ServiceTarget::Local(rac::lab::echo_service()),
+    );
+    RedirectorConfig {
+        tenant: name.into(),
+        secret: secret.into(),
+        endpoints: vec![sp.to_string()],
+        trust: Trust::CaFile(ca.to_path_buf()),
+        server_name: "localhost".into(),
+        services,
+        backoff_base: base,
+        backoff_max: max,
+        ..RedirectorConfig::defaults()
+    }
+}
+
+/// A TCP relay that can turn into a black hole: after `cut`, the connections it carries stay
+/// open but nothing more crosses them, both ways, and no FIN is ever sent (a peer that
+/// vanished, a NAT that forgot the flow). Connections made after the cut are relayed again.
+struct Blackhole {
+    addr: SocketAddr,
+    generation: watch::Sender<u64>,
+}
+
+impl Blackhole {
+    async fn start(backend: SocketAddr) -> Blackhole {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (generation, _) = watch::channel(0u64);
+        let cuts = generation.subscribe();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(backend).await else {
+                    continue;
+                };
+                let mut cut = cuts.clone();
+                let born = *cut.borrow_and_update();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let mut up = [0u8; 16 * 1024];
+                    let mut down = [0u8; 16 * 1024];
+                    let mut forwarding = true;
+                    loop {
+                        tokio::select! {
+                            n = cr.read(&mut up) => match n {
+                                Ok(0) | Err(_) if forwarding => return,
+                                Ok(n) if forwarding => { if sw.write_all(&up[..n]).await.is_err() { return; } }
+                                _ => {}
+                            },
+                            n = sr.read(&mut down) => match n {
+                                Ok(0) | Err(_) if forwarding => return,
+                                Ok(n) if forwarding => { if cw.write_all(&down[..n]).await.is_err() { return; } }
+                                _ => {}
+                            },
+                            changed = cut.changed(), if forwarding => {
+                                if changed.is_err() || *cut.borrow_and_update() > born {
+                                    forwarding = false;
+                                }
+                            }
+                        }
+                        if !forwarding {
+                            // Swallow whatever arrives, keep both sockets open, send nothing.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                });
+            }
+        });
+        Blackhole { addr, generation }
+    }
+
+    /// Stops forwarding on every connection open now.
+    fn cut(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// The path between tenant and SP goes silent without a FIN: both ends notice by heartbeat
+/// within `dead_after_secs` (not before the peer has been silent that long), the SP lists the
+/// tenant offline, and the tenant reconnects by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_connection_is_detected_by_heartbeats() {
+    let heartbeat = Duration::from_secs(1);
+    let dead_after = Duration::from_secs(3);
+    let sp = TestSp::start(rac::sp::config::SpConfig {
+        heartbeat_secs: heartbeat.as_secs(),
+        dead_after_secs: dead_after.as_secs(),
+        ..quick_config()
+    })
+    .await;
+    let secret = sp.add_tenant("acme");
+    let hole = Blackhole::start(sp.addr).await;
+    let mut config = sp.tenant_config("acme", &secret);
+    config.endpoints = vec![hole.addr.to_string()];
+    let mut tenant = TestTenant::start(config);
+    tenant.online().await;
+    let console = sp.console().await;
+    let mut session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session through the relay");
+    session.stream.write_all(b"ok").await.expect("write");
+    let mut buf = [0u8; 2];
+    session.stream.read_exact(&mut buf).await.expect("echo");
+
+    let cut_at = Instant::now();
+    hole.cut();
+    let state = tenant.not_online().await;
+    let tenant_noticed = cut_at.elapsed();
+    assert!(
+        format!("{state:?}").contains("no heartbeat"),
+        "the tenant noticed by heartbeat: {state:?}"
+    );
+    // Its last frame from the SP came at most one heartbeat before the cut.
+    assert!(
+        tenant_noticed + heartbeat >= dead_after,
+        "noticed after only {tenant_noticed:?}"
+    );
+    wait_status(&console, "acme", TenantStatus::Offline).await;
+    let sp_noticed = cut_at.elapsed();
+    assert!(
+        sp_noticed + heartbeat >= dead_after,
+        "SP noticed after {sp_noticed:?}"
+    );
+    eprintln!("half-open noticed: tenant after {tenant_noticed:?}, SP after {sp_noticed:?}");
+
+    // New connections through the relay work: the tenant is back by itself.
+    tenant.online().await;
+    wait_status(&console, "acme", TenantStatus::Online).await;
+    let again = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("a session after the tenant came back");
+    echo_checked(again.stream, pattern(5, 64 * 1024)).await;
+}
