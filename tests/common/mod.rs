@@ -326,7 +326,7 @@ pub async fn next_control<T>(
 
 /// Deterministic pseudo-random bytes (xorshift), so a receiver can check what it got.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed | 1;
+    let mut state = (seed << 1) | 1;
     (0..len)
         .map(|_| {
             state ^= state << 13;
