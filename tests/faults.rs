@@ -390,15 +390,13 @@ impl Blackhole {
                     let mut forwarding = true;
                     loop {
                         tokio::select! {
-                            n = cr.read(&mut up) => match n {
-                                Ok(0) | Err(_) if forwarding => return,
-                                Ok(n) if forwarding => { if sw.write_all(&up[..n]).await.is_err() { return; } }
-                                _ => {}
+                            n = cr.read(&mut up) => {
+                                let n = match n { Ok(n) if n > 0 => n, _ if forwarding => return, _ => 0 };
+                                if forwarding && sw.write_all(&up[..n]).await.is_err() { return; }
                             },
-                            n = sr.read(&mut down) => match n {
-                                Ok(0) | Err(_) if forwarding => return,
-                                Ok(n) if forwarding => { if cw.write_all(&down[..n]).await.is_err() { return; } }
-                                _ => {}
+                            n = sr.read(&mut down) => {
+                                let n = match n { Ok(n) if n > 0 => n, _ if forwarding => return, _ => 0 };
+                                if forwarding && cw.write_all(&down[..n]).await.is_err() { return; }
                             },
                             changed = cut.changed(), if forwarding => {
                                 if changed.is_err() || *cut.borrow_and_update() > born {
