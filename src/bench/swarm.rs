@@ -118,7 +118,7 @@ struct LeanTenant {
 /// Why a connection attempt ended.
 enum Failure {
     Refused,
-    Other,
+    Other(String),
 }
 
 impl LeanTenant {
@@ -140,10 +140,11 @@ impl LeanTenant {
                 Err(Failure::Refused) => {
                     self.stats.connect_refused.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(Failure::Other) if up => {
+                Err(Failure::Other(why)) if up => {
+                    tracing::debug!(tenant = %self.name, "refused while the SP listens: {why}");
                     self.stats.refused_while_up.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(Failure::Other) => {
+                Err(Failure::Other(_)) => {
                     self.stats.failed_while_down.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(()) => {}
@@ -163,21 +164,25 @@ impl LeanTenant {
         &self,
         ramp: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(), Failure> {
-        let socket = TcpSocket::new_v4().map_err(|_| Failure::Other)?;
+        let other = |what: &str| {
+            let what = what.to_string();
+            move |e: std::io::Error| Failure::Other(format!("{what}: {e}"))
+        };
+        let socket = TcpSocket::new_v4().map_err(other("socket"))?;
         socket
             .bind(SocketAddr::new(self.source, 0))
-            .map_err(|_| Failure::Other)?;
+            .map_err(other("bind"))?;
         let tcp = match socket.connect(self.sp).await {
             Ok(tcp) => tcp,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 return Err(Failure::Refused);
             }
-            Err(_) => return Err(Failure::Other),
+            Err(e) => return Err(other("connect")(e)),
         };
         let mut stream = tokio::time::timeout(Duration::from_secs(15), self.tls.handshake(tcp))
             .await
-            .map_err(|_| Failure::Other)?
-            .map_err(|_| Failure::Other)?;
+            .map_err(|_| Failure::Other("TLS handshake timed out".into()))?
+            .map_err(other("TLS handshake"))?;
         let hello = Hello::new(Role::TenantControl {
             tenant: self.name.clone(),
             secret: self.secret.clone(),
@@ -187,7 +192,7 @@ impl LeanTenant {
         });
         frame::write_frame(&mut stream, &hello)
             .await
-            .map_err(|_| Failure::Other)?;
+            .map_err(|e| Failure::Other(format!("hello: {e}")))?;
         let welcome = match tokio::time::timeout(
             Duration::from_secs(15),
             frame::read_frame::<HelloReply, _>(&mut stream, MAX_FRAME_LEN),
@@ -195,7 +200,7 @@ impl LeanTenant {
         .await
         {
             Ok(Ok(Some(HelloReply::Welcome(w)))) => w,
-            _ => return Err(Failure::Other),
+            other => return Err(Failure::Other(format!("no welcome: {other:?}"))),
         };
         drop(ramp);
         self.stats.welcomes.fetch_add(1, Ordering::Relaxed);
