@@ -306,9 +306,14 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
         let out = run_ok(&mut rac(&["sp", "audit", "--state-dir", state_s, "--json"]));
         let entries: serde_json::Value = serde_json::from_str(&out).expect("audit json");
         entries.as_array().is_some_and(|e| {
-            e.len() == 3
-                && e.iter()
-                    .all(|e| e["outcome"] == "closed" && e["bytes_from_tenant"].as_u64() > Some(26))
+            let web: Vec<_> = e.iter().filter(|e| e["service"] == "web").collect();
+            let backup = e.iter().filter(|e| e["service"] == "backup").count();
+            web.len() == 3
+                && backup == 5
+                && e.iter().all(|e| e["outcome"] == "closed")
+                && web
+                    .iter()
+                    .all(|e| e["bytes_from_tenant"].as_u64() > Some(26))
         })
     });
 
@@ -322,8 +327,8 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
         state_s,
     ]));
     wait_until(|| {
-        let tenants: serde_json::Value =
-            serde_json::from_slice(&list(&password).stdout).unwrap_or_default();
+        let out = list(&password);
+        let tenants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         tenants[0]["status"] == "disabled"
     });
     let listed = run_ok(&mut rac(&[
