@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::lab::{Lab, LabOptions};
@@ -457,7 +456,7 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
                             t.name,
                             if t.enabled { "yes" } else { "no" },
                             t.last_seen
-                                .map(format_time)
+                                .map(crate::tenant::backup::client::time_text)
                                 .unwrap_or_else(|| "never".into()),
                             t.description
                         );
@@ -533,7 +532,7 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
                 for e in entries {
                     println!(
                         "{} {:<12} {:<16} {:<8} {:>10} B out {:>10} B in  {} ({})",
-                        format_time(e.started_at),
+                        crate::tenant::backup::client::time_text(e.started_at),
                         e.operator,
                         e.tenant,
                         e.service,
@@ -549,9 +548,8 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
             let addr = crate::sp::config::parse_listen(&listen)?;
             let engine = crate::net::cloud_redirector::SpEngine::open(&StateDir::new(&state_dir))?;
             return runtime()?.block_on(async move {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("listening on {addr}"))?;
+                let listener =
+                    crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
                 eprintln!("SP listening on {}", listener.local_addr()?);
                 crate::net::cloud_redirector::run(engine, listener, shutdown_on_signal()).await?;
                 Ok(ExitCode::SUCCESS)
@@ -559,28 +557,6 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// UTC `YYYY-MM-DD HH:MM:SS` without a date library.
-pub fn format_time(unix_secs: u64) -> String {
-    let days = (unix_secs / 86_400) as i64;
-    let secs = unix_secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
 }
 
 async fn gateway(args: GatewayArgs) -> Result<ExitCode> {
@@ -595,9 +571,7 @@ async fn gateway(args: GatewayArgs) -> Result<ExitCode> {
     config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout_secs);
     config.validate()?;
     let addr = resolve(&args.listen).await?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
+    let listener = crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
     eprintln!("gateway listening on {}", listener.local_addr()?);
     crate::net::gateway::run(config, listener, shutdown_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -712,7 +686,7 @@ async fn tenants(args: TenantsArgs) -> Result<ExitCode> {
             t.name,
             status,
             t.connected_since
-                .map(format_time)
+                .map(crate::tenant::backup::client::time_text)
                 .unwrap_or_else(|| "-".into()),
             t.remote_addr.as_deref().unwrap_or("-"),
             t.heartbeat_rtt_ms
@@ -750,9 +724,7 @@ async fn connect(args: ConnectArgs) -> Result<ExitCode> {
     let client = args.client.login().await?;
     check_tenant(&client, &args.tenant, &args.service).await?;
     let addr = resolve(&args.listen).await?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
+    let listener = crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     crate::net::console::forward(
@@ -774,11 +746,5 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn time_formatting() {
-        assert_eq!(format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(format_time(1_795_000_000), "2026-11-18 11:06:40");
     }
 }

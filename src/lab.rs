@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -137,11 +136,12 @@ impl Lab {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
 
-        let sp_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let sp_listener = crate::net::listen(loopback)?;
         let sp_addr = sp_listener.local_addr()?;
         let mut gateway_listeners = Vec::new();
         for _ in 0..options.gateways {
-            gateway_listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+            gateway_listeners.push(crate::net::listen(loopback)?);
         }
         let gateways: Vec<SocketAddr> = gateway_listeners
             .iter()

@@ -15,15 +15,35 @@ use tokio_util::sync::CancellationToken;
 /// Buffer per direction. Large enough for a full TLS record (16 KiB) several times over.
 pub const SPLICE_BUF: usize = 64 * 1024;
 
-/// Counts the bytes read from the wrapped stream.
+/// Counts the bytes read from the wrapped stream (and, optionally, those written to it).
 pub struct Counted<S> {
     inner: S,
     read: Arc<AtomicU64>,
+    written: Option<Arc<AtomicU64>>,
 }
 
 impl<S> Counted<S> {
     pub fn new(inner: S, read: Arc<AtomicU64>) -> Self {
-        Counted { inner, read }
+        Counted {
+            inner,
+            read,
+            written: None,
+        }
+    }
+
+    /// Counts both ways: what the console reads and what it writes.
+    pub fn both(inner: S, read: Arc<AtomicU64>, written: Arc<AtomicU64>) -> Self {
+        Counted {
+            inner,
+            read,
+            written: Some(written),
+        }
+    }
+
+    fn count_written(&self, result: &Poll<io::Result<usize>>) {
+        if let (Some(written), Poll::Ready(Ok(n))) = (&self.written, result) {
+            written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -49,7 +69,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count_written(&result);
+        result
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -62,7 +84,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count_written(&result);
+        result
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -7,13 +7,11 @@ use eframe::egui;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -25,6 +23,7 @@ use crate::net::protocol::{ApiResponse, ErrorCode, TenantInfo};
 use crate::net::tls::TlsInfo;
 
 use super::backup_link;
+use crate::net::splice::Counted;
 
 /// Identifies a session tab across commands and events.
 pub type TabId = u64;
@@ -671,7 +670,7 @@ async fn run_session(
         }),
     );
     let meter = Meter::default();
-    let stream = Metered::new(session.stream, meter.clone());
+    let stream = Counted::both(session.stream, meter.read.clone(), meter.written.clone());
     let rtt = Arc::new(AtomicU64::new(u64::MAX));
     let sampler = sample_loop(tab, meter, rtt.clone(), sink.clone());
     let talk = async {
@@ -744,52 +743,6 @@ pub struct Meter {
     pub written: Arc<AtomicU64>,
 }
 
-/// A stream that counts what passes through it.
-pub struct Metered<S> {
-    inner: S,
-    meter: Meter,
-}
-
-impl<S> Metered<S> {
-    pub fn new(inner: S, meter: Meter) -> Self {
-        Metered { inner, meter }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let added = buf.filled().len() - before;
-        self.meter.read.fetch_add(added as u64, Ordering::Relaxed);
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &result {
-            self.meter.written.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        result
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,7 +751,7 @@ mod tests {
     async fn metered_counts_both_ways() {
         let (a, mut b) = tokio::io::duplex(64);
         let meter = Meter::default();
-        let mut a = Metered::new(a, meter.clone());
+        let mut a = Counted::both(a, meter.read.clone(), meter.written.clone());
         a.write_all(b"hello").await.expect("write");
         let mut buf = [0u8; 5];
         b.read_exact(&mut buf).await.expect("read");
