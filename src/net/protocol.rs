@@ -356,7 +356,6 @@ pub struct TenantInfo {
     pub open_sessions: u32,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,7 +202,8 @@ pub(super) async fn tenant_data(
         .await;
         return;
     };
-    if let Err(DataOutcome::Connected(mut stream)) = pending.tx.send(DataOutcome::Connected(Box::new(stream)))
+    if let Err(DataOutcome::Connected(mut stream)) =
+        pending.tx.send(DataOutcome::Connected(Box::new(stream)))
     {
         let refusal = Refusal::new(ErrorCode::TenantTimeout, "the console stopped waiting");
         let _ = send_error(&mut stream, &refusal).await;
