@@ -37,8 +37,16 @@ pub fn run_lab_window(options: LabOptions) -> Result<ExitCode> {
         Box::new(move |cc| Ok(Box::new(ConsoleApp::lab(cc, &handle, options)))),
     );
     runtime.shutdown_timeout(Duration::from_secs(5));
-    result.map_err(|e| anyhow!("the console window failed: {e}"))?;
+    result.map_err(window_error)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The window could not open: say so, and what works without a display.
+fn window_error(e: eframe::Error) -> anyhow::Error {
+    anyhow!(
+        "the console window failed: {e}\n(no display? `rac lab --headless` runs the lab without \
+         a window; `rac tenants`, `rac connect` and `rac inspect` work from a terminal)"
+    )
 }
 
 /// `rac console`: the window against a real SP.
@@ -51,7 +59,7 @@ pub fn run_console_window() -> Result<ExitCode> {
         Box::new(move |cc| Ok(Box::new(ConsoleApp::console(cc, &handle)))),
     );
     runtime.shutdown_timeout(Duration::from_secs(5));
-    result.map_err(|e| anyhow!("the console window failed: {e}"))?;
+    result.map_err(window_error)?;
     Ok(ExitCode::SUCCESS)
 }
 
