@@ -37,7 +37,7 @@ pub struct BenchArgs {
     /// on this machine's 20,000 open files per process) [default: 3000, quick: 100].
     #[arg(long)]
     pub tenants: Option<usize>,
-    /// `heartbeat_secs` written to the SP's `sp.toml` [default: 10 (the SP default), quick: 1].
+    /// `heartbeat_secs` written to the SP's `sp.toml` [default: 30 (the SP default), quick: 1].
     #[arg(long)]
     pub heartbeat_secs: Option<u64>,
     /// Seconds over which the idle tenants' heartbeat CPU is measured [default: 30, quick: 3].
@@ -102,7 +102,7 @@ impl Opts {
         let q = a.quick;
         Opts {
             tenants: a.tenants.unwrap_or(if q { 100 } else { 3000 }),
-            heartbeat_secs: a.heartbeat_secs.unwrap_or(if q { 1 } else { 10 }).max(1),
+            heartbeat_secs: a.heartbeat_secs.unwrap_or(if q { 1 } else { 30 }).max(1),
             idle_secs: a.idle_secs.unwrap_or(if q { 3 } else { 30 }).max(1),
             stream_bytes: a.stream_mib.unwrap_or(if q { 16 } else { 512 }).max(1) << 20,
             repeat: a.repeat.unwrap_or(if q { 1 } else { 3 }).max(1),
