@@ -26,9 +26,7 @@ fn refused_code(err: ConsoleError) -> ErrorCode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nine_steps_echo_and_audit() {
     let sp = TestSp::start(quick_config()).await;
-    let secret = sp.add_tenant("acme");
-    let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
-    tenant.online().await;
+    let _tenant = sp.online_tenant("acme").await;
 
     let console = sp.console().await;
     wait_status(&console, "acme", TenantStatus::Online).await;
@@ -380,9 +378,7 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_a_tenant_ends_its_sessions_and_keeps_it_out() {
     let sp = TestSp::start(quick_config()).await;
-    let secret = sp.add_tenant("acme");
-    let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
-    tenant.online().await;
+    let mut tenant = sp.online_tenant("acme").await;
     let console = sp.console().await;
     let mut session = console
         .open_session("acme", "echo", |_, _| {})
@@ -434,9 +430,7 @@ async fn disabling_a_tenant_ends_its_sessions_and_keeps_it_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_arrive_intact() {
     let sp = TestSp::start(quick_config()).await;
-    let secret = sp.add_tenant("acme");
-    let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
-    tenant.online().await;
+    let _tenant = sp.online_tenant("acme").await;
     let console = sp.console().await;
     let session = console
         .open_session("acme", "echo", |_, _| {})
@@ -481,9 +475,7 @@ async fn sixty_four_mib_arrive_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_sessions() {
     let sp = TestSp::start(quick_config()).await;
-    let secret = sp.add_tenant("acme");
-    let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
-    tenant.online().await;
+    let _tenant = sp.online_tenant("acme").await;
     let console = sp.console().await;
     let mut tasks = Vec::new();
     for i in 0..100u32 {
@@ -511,9 +503,7 @@ async fn a_hundred_concurrent_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_only_their_connection() {
     let sp = TestSp::start(quick_config()).await;
-    let secret = sp.add_tenant("acme");
-    let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
-    tenant.online().await;
+    let tenant = sp.online_tenant("acme").await;
 
     // Oversized length prefix after TLS.
     let mut raw = sp.raw().await;
@@ -567,9 +557,7 @@ async fn bad_frames_close_only_their_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_reconnects_after_sp_restart_and_nothing_is_lost() {
     let mut sp = TestSp::start(quick_config()).await;
-    let secret = sp.add_tenant("acme");
-    let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
-    tenant.online().await;
+    let mut tenant = sp.online_tenant("acme").await;
     let console = sp.console().await;
     let mut session = console
         .open_session("acme", "echo", |_, _| {})

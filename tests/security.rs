@@ -98,9 +98,7 @@ async fn stalled_connections_are_cut_at_the_handshake_timeout_while_tenants_carr
         ..quick_config()
     };
     let sp = Arc::new(TestSp::start(config).await);
-    let secret = sp.add_tenant("acme");
-    let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
-    tenant.online().await;
+    let tenant = sp.online_tenant("acme").await;
     let left_online = watch_online(&tenant);
     let console = sp.console().await;
     let session = console
@@ -611,9 +609,7 @@ async fn tokens_expire_and_can_be_revoked() {
         ..quick_config()
     })
     .await;
-    let secret = sp.add_tenant("acme");
-    let mut tenant = TestTenant::start(sp.tenant_config("acme", &secret));
-    tenant.online().await;
+    let _tenant = sp.online_tenant("acme").await;
 
     let short = ConsoleClient::new(sp.console_config()).expect("client");
     assert_eq!(short.login(&sp.password).await.expect("login"), 1);

@@ -85,6 +85,14 @@ impl TestSp {
         );
     }
 
+    /// Adds a tenant, starts its redirector (offering `echo`) and waits until it is online.
+    pub async fn online_tenant(&self, name: &str) -> TestTenant {
+        let secret = self.add_tenant(name);
+        let mut tenant = TestTenant::start(self.tenant_config(name, &secret));
+        tenant.online().await;
+        tenant
+    }
+
     pub fn add_tenant(&self, name: &str) -> String {
         self.registry
             .add_tenant(name, "test tenant")
