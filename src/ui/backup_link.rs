@@ -2,10 +2,11 @@
 //! [`BackupClient`] over the session stream; the window sends [`Request`]s and draws the
 //! [`Update`]s.
 //!
-//! The client reads events with a call that is not cancel-safe, so one task cannot wait on
-//! events and on the window's requests at once. Instead the link re-reads the inventory
-//! about once a second (and right after each action), which also measures the round trip
-//! the Connection view plots.
+//! The link subscribes to the service's events: job progress and log lines are applied to its
+//! copy of the inventory as they come; anything else (a session starting or ending, an action,
+//! a lag) re-reads the inventory. A small `info` request once a second measures the round trip
+//! the Connection view plots, and a full re-read every [`REREAD_EVERY`] catches the rest
+//! (schedules moving on).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +17,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use crate::tenant::backup::{Action, BackupClient, ClientError, Inventory};
+use crate::tenant::backup::model::MAX_LOG_LINES;
+use crate::tenant::backup::{Action, BackupClient, ClientError, Event, Inventory};
 
-/// How often the inventory is re-read while the tab is open.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How often the round trip is measured.
+pub const RTT_EVERY: Duration = Duration::from_secs(1);
+/// How often the whole inventory is re-read even without events.
+pub const REREAD_EVERY: Duration = Duration::from_secs(30);
 
 /// What the window asks the backup service.
 #[derive(Debug, Clone)]
@@ -62,27 +66,48 @@ where
         send(Update::Unavailable(e.to_string()));
         return Err(e).context("backup service hello");
     }
-    let mut tick = tokio::time::interval(REFRESH_EVERY);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    client
+        .subscribe()
+        .await
+        .context("subscribing to the backup service's events")?;
+    let mut inventory = client
+        .inventory()
+        .await
+        .context("reading the backup server's inventory")?;
+    send(Update::Inventory(Box::new(inventory.clone())));
+    let mut rtt_tick = tokio::time::interval(RTT_EVERY);
+    rtt_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reread_tick = tokio::time::interval(REREAD_EVERY);
+    reread_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    reread_tick.tick().await;
     loop {
-        let sent = Instant::now();
-        client.info().await.context("backup service info")?;
-        rtt_us.store(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let inventory = client
-            .inventory()
-            .await
-            .context("reading the backup server's inventory")?;
-        send(Update::Inventory(Box::new(inventory)));
-
+        // `next_event` is cancel-safe, so it may race the window's requests and the timers.
         let request = tokio::select! {
-            _ = tick.tick() => continue,
-            request = requests.recv() => request,
+            _ = rtt_tick.tick() => {
+                let sent = Instant::now();
+                client.info().await.context("backup service info")?;
+                rtt_us.store(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
+                continue;
+            }
+            _ = reread_tick.tick() => None,
+            event = client.next_event() => {
+                match event.context("reading the backup service's events")? {
+                    None => return Ok(()),
+                    Some(event) if apply(&mut inventory, &event) => {
+                        send(Update::Inventory(Box::new(inventory.clone())));
+                        continue;
+                    }
+                    Some(_) => None,
+                }
+            }
+            request = requests.recv() => match request {
+                Some(request) => Some(request),
+                None => return Ok(()),
+            },
         };
-        let Some(request) = request else {
-            return Ok(());
-        };
-        // Everything the window queued, in order; then a fresh inventory.
-        let mut next = Some(request);
+        // A request, or `None` for a change the events do not describe: either way the
+        // queued requests run in order, then the inventory is read again.
+        let mut next = request;
         while let Some(request) = next {
             if let Request::Action(action) = request {
                 match client.action(action.clone()).await {
@@ -102,5 +127,102 @@ where
             }
             next = requests.try_recv().ok();
         }
+        inventory = client
+            .inventory()
+            .await
+            .context("reading the backup server's inventory")?;
+        send(Update::Inventory(Box::new(inventory.clone())));
+    }
+}
+
+/// Applies a progress or log event to the inventory; `false` when the event needs a re-read.
+fn apply(inventory: &mut Inventory, event: &Event) -> bool {
+    match event {
+        Event::JobProgress {
+            session,
+            stage,
+            progress,
+            bytes_read,
+            bytes_transferred,
+            rate_bytes_per_sec,
+            ..
+        } => match inventory.sessions.iter_mut().find(|s| s.id == *session) {
+            Some(s) => {
+                s.stage = *stage;
+                s.progress = *progress;
+                s.bytes_read = *bytes_read;
+                s.bytes_transferred = *bytes_transferred;
+                s.rate_bytes_per_sec = *rate_bytes_per_sec;
+                true
+            }
+            None => false,
+        },
+        Event::LogLine { session, line, .. } => {
+            match inventory.sessions.iter_mut().find(|s| s.id == *session) {
+                Some(s) => {
+                    s.log.push(line.clone());
+                    if s.log.len() > MAX_LOG_LINES {
+                        s.log.remove(0);
+                    }
+                    true
+                }
+                None => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::backup::model::{LogLine, Severity};
+
+    #[test]
+    fn progress_and_log_events_update_the_inventory_and_others_ask_for_a_reread() {
+        let mut inv = crate::tenant::backup::generate(3, "acme", 1_795_000_000);
+        let session = inv
+            .sessions
+            .first()
+            .cloned()
+            .expect("generated servers have past job runs");
+        let progress = Event::JobProgress {
+            session: session.id.clone(),
+            job: session.job.clone(),
+            stage: session.stage,
+            progress: 0.42,
+            bytes_read: 7,
+            bytes_transferred: 5,
+            rate_bytes_per_sec: 3,
+        };
+        assert!(apply(&mut inv, &progress));
+        assert_eq!(inv.sessions[0].progress, 0.42);
+        assert_eq!(inv.sessions[0].bytes_transferred, 5);
+        let line = LogLine {
+            time_unix_secs: 1,
+            severity: Severity::Info,
+            text: "processing mailbox 12".into(),
+        };
+        let log = Event::LogLine {
+            session: session.id.clone(),
+            job: session.job.clone(),
+            line: line.clone(),
+        };
+        assert!(apply(&mut inv, &log));
+        assert_eq!(inv.sessions[0].log.last(), Some(&line));
+        assert!(!apply(&mut inv, &Event::Lagged { missed: 1 }));
+        let unknown = Event::JobProgress {
+            session: "nope".into(),
+            job: "nope".into(),
+            stage: session.stage,
+            progress: 0.0,
+            bytes_read: 0,
+            bytes_transferred: 0,
+            rate_bytes_per_sec: 0,
+        };
+        assert!(
+            !apply(&mut inv, &unknown),
+            "an unknown session asks for a re-read"
+        );
     }
 }

@@ -7,14 +7,14 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::model::*;
 use super::ops::{Action, ActionOutcome};
 use super::protocol::{
     Event, HelloReply, PROTOCOL_VERSION, Request, RequestBody, ServerFrame, WireError,
 };
-use crate::net::frame::{FrameError, MAX_FRAME_LEN, read_frame, write_frame};
+use crate::net::frame::{FrameError, MAX_FRAME_LEN, write_frame};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,8 @@ pub struct BackupClient<S> {
     stream: S,
     next_id: u64,
     events: VecDeque<Event>,
+    /// Bytes read but not yet a whole frame: kept here, so an interrupted read loses nothing.
+    incoming: Vec<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> BackupClient<S> {
@@ -72,6 +74,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> BackupClient<S> {
             stream,
             next_id: 1,
             events: VecDeque::new(),
+            incoming: Vec::new(),
         }
     }
 
@@ -85,9 +88,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> BackupClient<S> {
         self.next_id += 1;
         write_frame(&mut self.stream, &Request { id, body }).await?;
         loop {
-            let frame: ServerFrame = read_frame(&mut self.stream, MAX_FRAME_LEN)
-                .await?
-                .ok_or(ClientError::Closed)?;
+            let frame = self.read_server_frame().await?.ok_or(ClientError::Closed)?;
             match frame {
                 ServerFrame::Event { event } => self.events.push_back(event),
                 ServerFrame::Response {
@@ -159,15 +160,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> BackupClient<S> {
         Ok(())
     }
 
-    /// The next event; `Ok(None)` when the server closed the connection. Not cancel-safe
-    /// (a frame may be half read): call it from one task and do not race it in `select!`
-    /// against anything that then reuses the client.
+    /// Reads one frame from the server. Cancel-safe: a partly read frame stays in
+    /// `incoming` for the next call.
+    async fn read_server_frame(&mut self) -> Result<Option<ServerFrame>, ClientError> {
+        loop {
+            if self.incoming.len() >= 4 {
+                let mut prefix = [0u8; 4];
+                prefix.copy_from_slice(&self.incoming[..4]);
+                let len = u32::from_be_bytes(prefix) as usize;
+                if len > MAX_FRAME_LEN {
+                    return Err(FrameError::TooLarge {
+                        len,
+                        max: MAX_FRAME_LEN,
+                    }
+                    .into());
+                }
+                if self.incoming.len() >= 4 + len {
+                    let frame = serde_json::from_slice(&self.incoming[4..4 + len])
+                        .map_err(FrameError::Malformed)?;
+                    self.incoming.drain(..4 + len);
+                    return Ok(Some(frame));
+                }
+                self.incoming.reserve(4 + len - self.incoming.len());
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.incoming)
+                .await
+                .map_err(FrameError::Io)?;
+            if n == 0 {
+                return if self.incoming.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated.into())
+                };
+            }
+        }
+    }
+
+    /// The next event; `Ok(None)` when the server closed the connection. Cancel-safe: it
+    /// may race other work in `select!` and the client stays usable.
     pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
         if let Some(event) = self.events.pop_front() {
             return Ok(Some(event));
         }
         loop {
-            match read_frame::<ServerFrame, _>(&mut self.stream, MAX_FRAME_LEN).await? {
+            match self.read_server_frame().await? {
                 None => return Ok(None),
                 Some(ServerFrame::Event { event }) => return Ok(Some(event)),
                 Some(ServerFrame::Response { id, .. }) => {
