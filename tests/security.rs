@@ -632,12 +632,32 @@ async fn tokens_expire_and_can_be_revoked() {
         .expect("token");
     let revoked = ConsoleClient::new(sp.console_config()).expect("client");
     revoked.set_token(long.clone());
-    revoked
+    let mut open = revoked
         .open_session("acme", "echo", |_, _| {})
         .await
         .expect("valid token works");
     let other = rac::sp::registry::Registry::open(&sp.state.registry()).expect("open");
     assert!(other.revoke_operator_tokens("admin").expect("revoke") >= 1);
+    // The session opened with the revoked token ends too, and the audit log says why.
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, open.stream.read_to_end(&mut rest))
+        .await
+        .expect("the revoked token's session ends")
+        .ok();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let entries = sp.registry.audit_entries(20).expect("audit");
+            if entries
+                .iter()
+                .any(|e| e.outcome == "ended: operator token revoked")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("audit says the token was revoked");
     assert_eq!(
         refused_code(revoked.open_session("acme", "echo", |_, _| {}).await),
         ErrorCode::AuthFailed

@@ -247,9 +247,10 @@ impl Registry {
         let token = auth::random_hex_32();
         let now = now_secs();
         let conn = self.conn();
+        // Expired tokens stay a day, so a session opened with one is not taken for revoked.
         conn.execute(
             "DELETE FROM tokens WHERE expires_at < ?1",
-            params![now as i64],
+            params![now.saturating_sub(86_400) as i64],
         )?;
         conn.execute(
             "INSERT INTO tokens (token_hash, operator, expires_at) VALUES (?1, ?2, ?3)",

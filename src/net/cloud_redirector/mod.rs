@@ -73,7 +73,16 @@ struct Shared {
     pending: Mutex<HashMap<String, Pending>>,
     /// Cancelling a tenant's token ends all its sessions (tenant disabled or removed).
     tenant_sessions: Mutex<HashMap<String, CancellationToken>>,
+    /// Spliced sessions by number, with the token that opened each: a revoked token ends them.
+    live_sessions: Mutex<HashMap<u64, LiveSession>>,
+    next_session: std::sync::atomic::AtomicU64,
     handshakes_by_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A spliced session, as the registry watcher sees it.
+struct LiveSession {
+    token: String,
+    cancel: CancellationToken,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -149,6 +158,8 @@ pub async fn run(
         controls: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
         tenant_sessions: Mutex::new(HashMap::new()),
+        live_sessions: Mutex::new(HashMap::new()),
+        next_session: std::sync::atomic::AtomicU64::new(1),
         handshakes_by_source: Mutex::new(HashMap::new()),
     });
     let acceptor = engine.acceptor;
@@ -362,12 +373,31 @@ async fn watch_registry(shared: Arc<Shared>) {
             Ok(kicks) => kicks.iter().for_each(|k| shared.kick(k)),
             Err(e) => tracing::error!("reading the registry: {e:#}"),
         }
+        end_sessions_of_revoked_tokens(&shared);
         if let Some(gateways) = shared.sp.reload_gateways() {
             for handle in lock(&shared.controls).values() {
                 let _ = handle.tx.try_send(Box::new(ControlMsg::Gateways {
                     gateways: gateways.clone(),
                 }));
             }
+        }
+    }
+}
+
+/// Ends the sessions whose token no longer exists (revoked by logout or `rac sp operator
+/// revoke`). An expired but still stored token lets its open sessions run to their end.
+fn end_sessions_of_revoked_tokens(shared: &Shared) {
+    let open: Vec<(u64, String)> = lock(&shared.live_sessions)
+        .iter()
+        .map(|(id, s)| (*id, s.token.clone()))
+        .collect();
+    for (id, token) in open {
+        if matches!(
+            shared.sp.registry.check_token(&token),
+            Ok(crate::sp::registry::TokenCheck::Unknown)
+        ) && let Some(session) = lock(&shared.live_sessions).remove(&id)
+        {
+            session.cancel.cancel();
         }
     }
 }

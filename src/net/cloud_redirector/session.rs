@@ -79,24 +79,39 @@ pub(super) async fn console(
         frame::write_frame(&mut data, &ready)
     );
     let report = if let Err(e) = to_console.and(to_tenant) {
-        crate::net::splice::SpliceReport {
+        let report = crate::net::splice::SpliceReport {
             a_to_b: 0,
             b_to_a: 0,
             end: SpliceEnd::Failed(format!("sending ready: {e}")),
-        }
+        };
+        (report, false)
     } else {
         tracing::info!(operator = %operator.name, %tenant, %service, %session_id, "session spliced");
         shared.sp.presence.session_delta(&tenant, true);
-        let cancel = shared.sessions_token(&tenant);
+        let tenant_cancel = shared.sessions_token(&tenant);
+        let cancel = tenant_cancel.child_token();
+        let number = shared
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&shared.live_sessions).insert(
+            number,
+            super::LiveSession {
+                token: token.clone(),
+                cancel: cancel.clone(),
+            },
+        );
         let report = splice(stream, data, &Counters::default(), &cancel).await;
+        lock(&shared.live_sessions).remove(&number);
         shared.sp.presence.session_delta(&tenant, false);
-        report
+        (report, tenant_cancel.is_cancelled())
     };
+    let (report, tenant_ended) = report;
     let outcome = match &report.end {
         SpliceEnd::Closed => "closed".to_string(),
         SpliceEnd::Failed(e) => format!("failed: {e}"),
         SpliceEnd::Cancelled if shared.shutdown.is_cancelled() => "ended: SP shutting down".into(),
-        SpliceEnd::Cancelled => "ended: tenant disabled or removed".into(),
+        SpliceEnd::Cancelled if tenant_ended => "ended: tenant disabled or removed".into(),
+        SpliceEnd::Cancelled => "ended: operator token revoked".into(),
     };
     tracing::info!(%tenant, %session_id, to_tenant = report.a_to_b, from_tenant = report.b_to_a, %outcome, "session ended");
     if let Err(e) = shared
