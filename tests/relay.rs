@@ -268,20 +268,7 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
     let console = sp.console().await;
 
     // A hand-made tenant that authenticates and then only listens.
-    let mut control = sp.raw().await;
-    let hello = Hello::new(Role::TenantControl {
-        tenant: "alpha".into(),
-        secret: secret_a.clone(),
-        agent: "hand-made/1".into(),
-        services: vec!["echo".into()],
-        provider_access: true,
-    });
-    write_frame(&mut control, &hello).await.expect("hello");
-    let welcome: HelloReply = read_frame(&mut control, frame::MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("welcome");
-    assert!(matches!(welcome, HelloReply::Welcome(_)), "{welcome:?}");
+    let mut control = sp.raw_control("alpha", &secret_a).await;
     wait_status(&console, "alpha", TenantStatus::Online).await;
 
     let opening = tokio::spawn({

@@ -131,6 +131,7 @@ impl TlsClient {
                 .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
                     fingerprint: *fingerprint,
                     provider: provider(),
+                    seen: None,
                 }))
                 .with_no_client_auth(),
         };
@@ -248,9 +249,11 @@ pub async fn probe_fingerprint(address: &str, server_name: &str) -> std::io::Res
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(std::io::Error::other)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(RecordingVerifier {
-            seen: seen.clone(),
+        // A pin nothing matches: the handshake stops after the chain has been noted.
+        .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+            fingerprint: [0; 32],
             provider: provider(),
+            seen: Some(seen.clone()),
         }))
         .with_no_client_auth();
     let name = ServerName::try_from(server_name.to_string()).map_err(|_| {
@@ -274,58 +277,14 @@ pub async fn probe_fingerprint(address: &str, server_name: &str) -> std::io::Res
     })
 }
 
-/// Notes the fingerprint of the last certificate presented, then refuses the connection.
-#[derive(Debug)]
-struct RecordingVerifier {
-    seen: Arc<std::sync::Mutex<Option<[u8; 32]>>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let last = intermediates.last().unwrap_or(end_entity);
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint(last.as_ref()));
-        Err(rustls::Error::General("probe only".into()))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("probe only".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("probe only".into()))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Trusts exactly the chain that contains a certificate with the pinned fingerprint; the
 /// handshake signature is still checked against the end-entity key.
 #[derive(Debug)]
 struct PinnedVerifier {
     fingerprint: [u8; 32],
     provider: Arc<CryptoProvider>,
+    /// For `probe_fingerprint`: where to note the last certificate of the chain presented.
+    seen: Option<Arc<std::sync::Mutex<Option<[u8; 32]>>>>,
 }
 
 impl ServerCertVerifier for PinnedVerifier {
@@ -337,6 +296,10 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(seen) = &self.seen {
+            let last = intermediates.last().unwrap_or(end_entity);
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint(last.as_ref()));
+        }
         let pinned = std::iter::once(end_entity)
             .chain(intermediates)
             .any(|cert| fingerprint(cert.as_ref()) == self.fingerprint);
