@@ -2,7 +2,7 @@
 //! does it — a gateway pool, the SP's fingerprint fetched on first contact and confirmed, the
 //! password typed — over a real lab on loopback.
 
-use std::time::{Duration, Instant};
+mod ui_support;
 
 use eframe::egui;
 use egui::accesskit::Role;
@@ -11,25 +11,7 @@ use egui_kittest::kittest::Queryable;
 
 use rac::lab::{Lab, LabOptions};
 use rac::ui::ConsoleApp;
-
-const HANG_GUARD: Duration = Duration::from_secs(120);
-
-fn wait_until(
-    h: &mut Harness<'static, ConsoleApp>,
-    what: &str,
-    cond: impl Fn(&Harness<'static, ConsoleApp>) -> bool,
-) {
-    let deadline = Instant::now() + HANG_GUARD;
-    loop {
-        h.step();
-        if cond(h) {
-            h.step();
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use ui_support::wait_until;
 
 /// Replaces the text of the input labelled `label`.
 fn fill(h: &mut Harness<'static, ConsoleApp>, role: Role, label: &str, text: &str) {

@@ -2,7 +2,9 @@
 //! same engine, real sockets and TLS. Waits poll the harness until a condition holds; the
 //! long timeouts only guard against hangs.
 
-use std::time::{Duration, Instant};
+mod ui_support;
+
+use std::time::Duration;
 
 use eframe::egui;
 use egui::accesskit::Role;
@@ -12,8 +14,7 @@ use egui_kittest::kittest::Queryable;
 use rac::lab::{self, LabOptions};
 use rac::ui::ConsoleApp;
 use rac::ui::session_tab::TabState;
-
-const HANG_GUARD: Duration = Duration::from_secs(120);
+use ui_support::{HANG_GUARD, shown, wait_until};
 
 struct World {
     // Declared first so the app (and its lab) drops before the runtime.
@@ -43,30 +44,6 @@ fn small_lab(demo_faults: bool) -> LabOptions {
         demo_faults,
         ..LabOptions::default()
     }
-}
-
-/// Steps the app until `cond` holds.
-fn wait_until(
-    h: &mut Harness<'static, ConsoleApp>,
-    what: &str,
-    cond: impl Fn(&Harness<'static, ConsoleApp>) -> bool,
-) {
-    let deadline = Instant::now() + HANG_GUARD;
-    loop {
-        h.step();
-        if cond(h) {
-            // One more frame so the UI shows what the state says.
-            h.step();
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// True when some node's label contains `text`.
-fn shown(h: &Harness<'static, ConsoleApp>, text: &str) -> bool {
-    h.query_all_by_label_contains(text).next().is_some()
 }
 
 fn wait_for_tenants(h: &mut Harness<'static, ConsoleApp>, count: usize) {
