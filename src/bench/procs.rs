@@ -23,10 +23,16 @@ pub struct RacProcess {
 impl RacProcess {
     /// Starts `rac <args>`; waits for the line that starts with `marker` and parses the
     /// address after it. The rest of stderr goes to `log`.
-    pub fn spawn(args: &[String], marker: &str, log: &Path) -> Result<Self> {
+    pub fn spawn(
+        args: &[String],
+        env: &[(String, String)],
+        marker: &str,
+        log: &Path,
+    ) -> Result<Self> {
         let exe = executable()?;
         let mut child = Command::new(&exe)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -121,6 +127,21 @@ fn executable() -> Result<PathBuf> {
     std::fs::copy(&exe, &copy)
         .with_context(|| format!("copying {} to {}", exe.display(), copy.display()))?;
     Ok(COPY.get_or_init(|| copy).clone())
+}
+
+/// `KEY=VALUE` pairs (separated by spaces) from the environment variable `name`: extra
+/// environment for one kind of child, e.g. a heap profiler's preload library for the SP.
+pub fn extra_env(name: &str) -> Result<Vec<(String, String)>> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(Vec::new());
+    };
+    text.split_whitespace()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("{name}: {pair:?} is not KEY=VALUE"))
+        })
+        .collect()
 }
 
 /// Removes the copy made by [`executable`].

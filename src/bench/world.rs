@@ -202,6 +202,7 @@ impl World {
                 "--backend".into(),
                 backend.to_string(),
             ],
+            &[],
             "gateway listening on",
             &self.dir.path().join(format!("{name}.log")),
         )
@@ -224,6 +225,7 @@ fn spawn_sp(state: &StateDir, listen: &str, dir: &std::path::Path) -> Result<Rac
             "--listen".into(),
             listen.into(),
         ],
+        &super::procs::extra_env("RAC_BENCH_SP_ENV")?,
         "SP listening on",
         &dir.join("sp.log"),
     )

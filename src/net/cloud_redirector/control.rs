@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{ControlHandle, DataOutcome, ServerStream, Shared, lock, send_error};
 use crate::net::frame::{self, MAX_HELLO_LEN};
 use crate::net::protocol::{ControlMsg, ErrorCode, HelloReply, Welcome};
+use crate::net::tls;
 use crate::sp::Refusal;
 use crate::sp::presence::Live;
 
@@ -18,12 +20,75 @@ const RTT_EVERY_TICKS: u64 = 6;
 
 pub(super) async fn serve(
     shared: Arc<Shared>,
-    mut stream: ServerStream,
+    stream: ServerStream,
     tenant: String,
     secret: String,
     live: Live,
 ) {
-    let mut auth = shared.sp.authenticate_tenant(&tenant, &secret);
+    // Boxed: the admission's state (a whole rustls connection, the welcome) is freed once it
+    // is done, and the task keeps only the steady loop's state for as long as the tenant
+    // stays connected.
+    let Some(admitted) = Box::pin(admit(&shared, stream, &tenant, &secret, live)).await else {
+        return;
+    };
+    let conn_id = admitted.conn_id;
+    let ended = match admitted.io {
+        Ok((reader, writer)) => {
+            let channel = Channel {
+                reader,
+                writer,
+                commands: admitted.commands,
+                replaced: admitted.replaced,
+            };
+            steady(&shared, &tenant, conn_id, channel).await
+        }
+        Err(e) => format!("could not send welcome: {e}"),
+    };
+
+    {
+        let mut controls = lock(&shared.controls);
+        if controls.get(&tenant).is_some_and(|h| h.conn_id == conn_id) {
+            controls.remove(&tenant);
+        }
+    }
+    if shared.sp.presence.disconnect(&tenant, conn_id)
+        && let Err(e) = shared
+            .sp
+            .registry
+            .set_last_seen(&tenant, crate::sp::registry::now_secs())
+    {
+        tracing::warn!(%tenant, "could not store last seen: {e}");
+    }
+    tracing::info!(%tenant, "tenant control connection ended: {ended}");
+}
+
+/// A tenant that passed authentication and is marked online.
+struct Admitted {
+    conn_id: u64,
+    commands: mpsc::Receiver<Box<ControlMsg>>,
+    replaced: CancellationToken,
+    /// The connection after the welcome, or why the welcome could not be sent.
+    io: Result<(tls::RecordReader, tls::RecordWriter), frame::FrameError>,
+}
+
+/// What the steady loop works with.
+struct Channel {
+    reader: tls::RecordReader,
+    writer: tls::RecordWriter,
+    commands: mpsc::Receiver<Box<ControlMsg>>,
+    replaced: CancellationToken,
+}
+
+/// Authenticates the tenant, marks it online, sends the welcome and hands the connection
+/// over to the record layer. `None`: refused (and told why).
+async fn admit(
+    shared: &Shared,
+    mut stream: ServerStream,
+    tenant: &str,
+    secret: &str,
+    live: Live,
+) -> Option<Admitted> {
+    let mut auth = shared.sp.authenticate_tenant(tenant, secret);
     if auth.is_err() {
         // The account may have been added or re-keyed a moment ago by another process:
         // look at the registry now rather than at the next poll.
@@ -31,26 +96,26 @@ pub(super) async fn serve(
             Ok(kicks) => kicks.iter().for_each(|k| shared.kick(k)),
             Err(e) => tracing::error!("reading the registry: {e:#}"),
         }
-        auth = shared.sp.authenticate_tenant(&tenant, &secret);
+        auth = shared.sp.authenticate_tenant(tenant, secret);
     }
     if let Err(refusal) = auth {
         tracing::warn!(%tenant, addr = %live.remote_addr, "tenant refused: {}", refusal.message);
         let _ = send_error(&mut stream, &refusal).await;
-        return;
+        return None;
     }
-    let Some(conn_id) = shared.sp.presence.connect(&tenant, live) else {
+    let Some(conn_id) = shared.sp.presence.connect(tenant, live) else {
         let _ = send_error(
             &mut stream,
             &Refusal::new(ErrorCode::AuthFailed, "unknown tenant"),
         )
         .await;
-        return;
+        return None;
     };
     let config = &shared.sp.config;
-    let (tx, mut commands) = mpsc::channel(64);
+    let (tx, commands) = mpsc::channel(64);
     let replaced = shared.shutdown.child_token();
     if let Some(old) = lock(&shared.controls).insert(
-        tenant.clone(),
+        tenant.to_string(),
         ControlHandle {
             conn_id,
             tx,
@@ -70,103 +135,107 @@ pub(super) async fn serve(
         token: None,
         token_expires_in_secs: None,
     });
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let ended = match frame::write_frame(&mut writer, &welcome).await {
-        Err(e) => format!("could not send welcome: {e}"),
-        Ok(()) => {
-            // One task per control connection, no reader task and no channel between them:
-            // thousands of idle tenants each cost as little memory and as few wake-ups as
-            // possible. The read in progress is kept across the other branches, so a frame
-            // is never half read and dropped.
-            let mut tick = tokio::time::interval(config.heartbeat());
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            let mut last_heard = Instant::now();
-            let mut seq = 0u64;
-            let mut ticks = 0u64;
-            let mut ping_sent: Option<(u64, Instant)> = None;
-            'connection: loop {
-                let read = frame::read_frame::<ControlMsg, _>(&mut reader, MAX_HELLO_LEN);
-                tokio::pin!(read);
-                loop {
-                    let (outgoing, read_done) = tokio::select! {
-                        _ = replaced.cancelled() => {
-                            if shared.shutdown.is_cancelled() {
-                                (Some(ControlMsg::Goodbye { code: ErrorCode::ShuttingDown, reason: "SP shutting down".into() }), false)
-                            } else {
-                                // Either a newer connection took over, or a kick already
-                                // queued its goodbye; flush what is queued and end.
-                                while let Ok(msg) = commands.try_recv() {
-                                    let _ = frame::write_frame(&mut writer, &*msg).await;
-                                }
-                                break 'connection "replaced or dropped by the SP".to_string();
-                            }
+    // The welcome goes out through rustls; then the connection carries on with only its
+    // record keys (`tls::take_over`), so an idle tenant holds no TLS buffers at all. The
+    // tenant sends nothing between its hello and the welcome: nothing is in flight at the
+    // switch.
+    let io = match frame::write_frame(&mut stream, &welcome).await {
+        Ok(()) => tls::take_over(stream).map_err(frame::FrameError::Io),
+        Err(e) => Err(e),
+    };
+    Some(Admitted {
+        conn_id,
+        commands,
+        replaced,
+        io,
+    })
+}
+
+/// Heartbeats both ways, commands out, the tenant's messages in, until the connection ends;
+/// returns why it ended.
+///
+/// One task per control connection, no reader task and no channel between them: thousands
+/// of idle tenants each cost as little memory and as few wake-ups as possible. The read in
+/// progress is kept across the other branches, so a frame is never half read and dropped.
+async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -> String {
+    let Channel {
+        mut reader,
+        mut writer,
+        mut commands,
+        replaced,
+    } = channel;
+    let config = &shared.sp.config;
+    let mut tick = tokio::time::interval(config.heartbeat());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut last_heard = Instant::now();
+    let mut seq = 0u64;
+    let mut ticks = 0u64;
+    let mut ping_sent: Option<(u64, Instant)> = None;
+    loop {
+        let read = frame::read_frame::<ControlMsg, _>(&mut reader, MAX_HELLO_LEN);
+        tokio::pin!(read);
+        loop {
+            let (outgoing, read_done) = tokio::select! {
+                _ = replaced.cancelled() => {
+                    if shared.shutdown.is_cancelled() {
+                        (Some(ControlMsg::Goodbye { code: ErrorCode::ShuttingDown, reason: "SP shutting down".into() }), false)
+                    } else {
+                        // Either a newer connection took over, or a kick already queued
+                        // its goodbye; flush what is queued and end.
+                        while let Ok(msg) = commands.try_recv() {
+                            let _ = frame::write_frame(&mut writer, &*msg).await;
                         }
-                        cmd = commands.recv() => (cmd.map(|m| *m), false),
-                        msg = &mut read => {
-                            last_heard = Instant::now();
-                            match msg {
-                                Ok(None) => break 'connection "closed by the tenant".to_string(),
-                                Err(e) => break 'connection format!("bad frame from the tenant: {e}"),
-                                Ok(Some(msg)) => (handle_incoming(&shared, &tenant, conn_id, msg, &mut ping_sent), true),
-                            }
-                        }
-                        _ = tick.tick() => {
-                            if last_heard.elapsed() > config.dead_after() {
-                                break 'connection format!("no heartbeat for {} s", config.dead_after_secs);
-                            }
-                            ticks += 1;
-                            // The tenant's own pings prove it alive and our pongs prove us
-                            // alive to it: ping only a tenant that has been quiet for a whole
-                            // interval, and every RTT_EVERY_TICKS ticks to measure the round
-                            // trip. Halves the heartbeat frames of a large idle fleet.
-                            if last_heard.elapsed() < config.heartbeat() && ticks % RTT_EVERY_TICKS != 1 {
-                                (None, false)
-                            } else {
-                                seq += 1;
-                                ping_sent = Some((seq, Instant::now()));
-                                (Some(ControlMsg::Ping { seq }), false)
-                            }
-                        }
-                    };
-                    if let Some(msg) = outgoing {
-                        let goodbye = matches!(msg, ControlMsg::Goodbye { .. });
-                        match tokio::time::timeout(
-                            config.dead_after(),
-                            frame::write_frame(&mut writer, &msg),
-                        )
-                        .await
-                        {
-                            Ok(Ok(())) if goodbye => break 'connection "goodbye sent".to_string(),
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => break 'connection format!("write failed: {e}"),
-                            Err(_) => break 'connection "tenant stopped reading".to_string(),
-                        }
-                    }
-                    if read_done {
-                        // Start reading the next frame.
-                        continue 'connection;
+                        return "replaced or dropped by the SP".to_string();
                     }
                 }
+                cmd = commands.recv() => (cmd.map(|m| *m), false),
+                msg = &mut read => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Ok(None) => return "closed by the tenant".to_string(),
+                        Err(e) => return format!("bad frame from the tenant: {e}"),
+                        Ok(Some(msg)) => (handle_incoming(shared, tenant, conn_id, msg, &mut ping_sent), true),
+                    }
+                }
+                _ = tick.tick() => {
+                    if last_heard.elapsed() > config.dead_after() {
+                        return format!("no heartbeat for {} s", config.dead_after_secs);
+                    }
+                    ticks += 1;
+                    // The tenant's own pings prove it alive and our pongs prove us alive to
+                    // it: ping only a tenant that has been quiet for a whole interval, and
+                    // every RTT_EVERY_TICKS ticks to measure the round trip. Halves the
+                    // heartbeat frames of a large idle fleet.
+                    if last_heard.elapsed() < config.heartbeat() && ticks % RTT_EVERY_TICKS != 1 {
+                        (None, false)
+                    } else {
+                        seq += 1;
+                        ping_sent = Some((seq, Instant::now()));
+                        (Some(ControlMsg::Ping { seq }), false)
+                    }
+                }
+            };
+            if let Some(msg) = outgoing {
+                let goodbye = matches!(msg, ControlMsg::Goodbye { .. });
+                match tokio::time::timeout(
+                    config.dead_after(),
+                    frame::write_frame(&mut writer, &msg),
+                )
+                .await
+                {
+                    Ok(Ok(())) if goodbye => return "goodbye sent".to_string(),
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return format!("write failed: {e}"),
+                    Err(_) => return "tenant stopped reading".to_string(),
+                }
+            }
+            if read_done {
+                // Start reading the next frame.
+                break;
             }
         }
-    };
-
-    {
-        let mut controls = lock(&shared.controls);
-        if controls.get(&tenant).is_some_and(|h| h.conn_id == conn_id) {
-            controls.remove(&tenant);
-        }
     }
-    if shared.sp.presence.disconnect(&tenant, conn_id)
-        && let Err(e) = shared
-            .sp
-            .registry
-            .set_last_seen(&tenant, crate::sp::registry::now_secs())
-    {
-        tracing::warn!(%tenant, "could not store last seen: {e}");
-    }
-    tracing::info!(%tenant, "tenant control connection ended: {ended}");
 }
 
 /// Answers what the tenant sent; returns a message to send back, if any.

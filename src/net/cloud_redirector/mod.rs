@@ -207,6 +207,7 @@ pub async fn run(
         };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
+        let role_tracker = tracker.clone();
         tracker.spawn(async move {
             // Boxed: the handshake's state (a whole TLS connection in the making) is freed
             // when it ends instead of staying in the task for the connection's lifetime.
@@ -218,7 +219,9 @@ pub async fn run(
             drop(permit);
             drop(guard);
             match hello {
-                Ok(Ok((stream, client, hello))) => dispatch(shared, stream, client, hello).await,
+                Ok(Ok((stream, client, hello))) => {
+                    dispatch(&role_tracker, shared, stream, client, hello)
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, "connection refused during handshake: {e:#}"),
                 Err(_) => tracing::debug!(%peer, "handshake timed out"),
             }
@@ -293,9 +296,16 @@ pub fn parse_hello(body: &[u8]) -> Result<Hello, Refusal> {
         .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("malformed hello: {e}")))
 }
 
-/// Each role's handler is boxed, so a connection's task holds only the state of its own
-/// role (an idle tenant control connection does not carry room for a session's splice).
-async fn dispatch(shared: Arc<Shared>, stream: ServerStream, client: SocketAddr, hello: Hello) {
+/// Each role's handler runs as a task of its own, so a connection holds only the state of its
+/// own role: an idle tenant control connection carries no room for the handshake or for a
+/// session's splice.
+fn dispatch(
+    tracker: &TaskTracker,
+    shared: Arc<Shared>,
+    stream: ServerStream,
+    client: SocketAddr,
+    hello: Hello,
+) {
     tracing::debug!(%client, role = hello.role.name(), "hello");
     match hello.role {
         Role::TenantControl {
@@ -311,37 +321,34 @@ async fn dispatch(shared: Arc<Shared>, stream: ServerStream, client: SocketAddr,
                 services,
                 provider_access,
             };
-            Box::pin(control::serve(shared, stream, tenant, secret, live)).await
+            tracker.spawn(control::serve(shared, stream, tenant, secret, live));
         }
         Role::TenantData {
             tenant,
             session_id,
             nonce,
         } => {
-            Box::pin(session::tenant_data(
+            tracker.spawn(session::tenant_data(
                 shared, stream, tenant, session_id, nonce,
-            ))
-            .await
+            ));
         }
         Role::ConsoleSession {
             token,
             tenant,
             service,
         } => {
-            Box::pin(session::console(
+            tracker.spawn(session::console(
                 shared, stream, client, token, tenant, service,
-            ))
-            .await
+            ));
         }
         Role::Operator {
             user,
             password,
             token,
         } => {
-            Box::pin(operator::serve(
+            tracker.spawn(operator::serve(
                 shared, stream, client, user, password, token,
-            ))
-            .await
+            ));
         }
     }
 }

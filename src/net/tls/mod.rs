@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+mod records;
+pub use records::{RecordReader, RecordWriter, take_over};
+
 pub use tokio_rustls::TlsAcceptor;
 pub type ServerStream<S = ReadAhead> = tokio_rustls::server::TlsStream<S>;
 pub type ClientStream = tokio_rustls::client::TlsStream<ReadAhead>;
@@ -78,6 +81,8 @@ pub fn server_acceptor(chain_pem: &Path, key_pem: &Path) -> Result<TlsAcceptor, 
     // certificate signature, and the SP keeps no per-client session cache.
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     config.send_tls13_tickets = 1;
+    // Long-lived idle connections carry on without rustls' connection state (`records`).
+    config.enable_secret_extraction = true;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -377,6 +382,13 @@ impl ReadAhead {
     /// The socket underneath.
     pub fn get_ref(&self) -> &TcpStream {
         &self.tcp
+    }
+
+    /// The socket and the bytes read from it that nobody has taken yet.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        let mut rest = self.buf;
+        rest.drain(..self.pos);
+        (self.tcp, rest)
     }
 }
 
