@@ -8,6 +8,7 @@ const FIGURES: &[&str] = &[
     "stream8_session_gbps",
     "stream1_gateway_gbps",
     "stream8_gateway_gbps",
+    "stream1_session_tcp_service_gbps",
     "gateway_hop_stream1",
     "gateway_hop_stream8",
     "sp_cpu_secs_per_gb",

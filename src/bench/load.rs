@@ -60,14 +60,14 @@ async fn pull(mut stream: Box<dyn Stream>, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// `streams` parallel streams of `total / streams` bytes each from the source service; the
-/// streams are opened first, then timed from the first request to the last byte.
-/// Returns Gbit/s.
-pub async fn throughput(path: &Path, streams: usize, total: u64) -> Result<f64> {
+/// `streams` parallel streams of `total / streams` bytes each from a source service
+/// (`SOURCE` or `SOURCE_TCP`; a direct path always reaches the TCP one); the streams are
+/// opened first, then timed from the first request to the last byte. Returns Gbit/s.
+pub async fn throughput(path: &Path, service: &str, streams: usize, total: u64) -> Result<f64> {
     let per_stream = total / streams as u64;
     let mut opened = Vec::with_capacity(streams);
     for _ in 0..streams {
-        opened.push(path.open(SOURCE).await?);
+        opened.push(path.open(service).await?);
     }
     let started = Instant::now();
     let tasks: Vec<_> = opened

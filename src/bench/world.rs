@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +25,12 @@ use crate::sp::registry::Registry;
 
 /// The tenant whose full redirector serves the throughput and latency sessions.
 pub const BENCH_TENANT: &str = "bench";
-/// Service that sends as many bytes as asked for (a big u64 first), then closes.
+/// Service that sends as many bytes as asked for (a big u64 first), then closes; served
+/// inside the tenant redirector (as `rac tenant` serves its backup service), so a session's
+/// bytes cross exactly the relay's two TLS hops.
 pub const SOURCE: &str = "source";
+/// The same service on a TCP port of the tenant side: one more loopback hop per byte.
+pub const SOURCE_TCP: &str = "source-tcp";
 /// Service that echoes.
 pub const ECHO: &str = "echo";
 const OPERATOR: &str = "bench";
@@ -104,7 +108,20 @@ impl World {
         console.login(&init.password).await.context("logging in")?;
 
         let mut services = BTreeMap::new();
-        services.insert(SOURCE.into(), ServiceTarget::Tcp(source_addr.to_string()));
+        services.insert(
+            SOURCE.into(),
+            ServiceTarget::Local(Arc::new(|stream| {
+                Box::pin(async move {
+                    if let Err(e) = source_conn(stream).await {
+                        tracing::debug!("source service: {e}");
+                    }
+                })
+            })),
+        );
+        services.insert(
+            SOURCE_TCP.into(),
+            ServiceTarget::Tcp(source_addr.to_string()),
+        );
         services.insert(ECHO.into(), ServiceTarget::Tcp(echo_addr.to_string()));
         let config = RedirectorConfig {
             tenant: BENCH_TENANT.into(),
@@ -276,17 +293,17 @@ where
 /// Size of the buffers the services and load generators read and write with.
 pub const IO_BUF: usize = 256 * 1024;
 
-async fn source_conn(mut tcp: tokio::net::TcpStream) -> std::io::Result<()> {
-    let mut want = tcp.read_u64().await?;
+async fn source_conn<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> std::io::Result<()> {
+    let mut want = stream.read_u64().await?;
     let chunk = vec![0x5au8; IO_BUF];
     while want > 0 {
         let n = want.min(IO_BUF as u64) as usize;
-        tcp.write_all(&chunk[..n]).await?;
+        stream.write_all(&chunk[..n]).await?;
         want -= n as u64;
     }
-    tcp.shutdown().await?;
+    stream.shutdown().await?;
     let mut sink = [0u8; 64];
-    while tcp.read(&mut sink).await? > 0 {}
+    while stream.read(&mut sink).await? > 0 {}
     Ok(())
 }
 
