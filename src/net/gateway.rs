@@ -11,7 +11,8 @@
 //! 34 KiB of user space in all; the kernel's socket buffers come on top and are the OS's to
 //! tune. 16 KiB holds one full TLS record, so a record usually moves with one read and one
 //! write, at well under a tenth of the ~512 KB per connection a common commercial gateway
-//! budgets.
+//! budgets. A direction that streams (a read fills its buffer) moves to a
+//! [`BULK_BUFFER_SIZE`] buffer for the rest of the connection.
 
 use std::io;
 use std::net::SocketAddr;
@@ -32,6 +33,10 @@ use super::proxy_protocol;
 
 /// Size of each of the two copy buffers of a forwarded connection.
 pub const BUFFER_SIZE: usize = 16 * 1024;
+/// A direction whose read fills [`BUFFER_SIZE`] is streaming: it switches to a buffer this big,
+/// so bulk transfers take a quarter of the system calls and wake-ups per byte while idle and
+/// interactive connections keep the small one.
+pub const BULK_BUFFER_SIZE: usize = 128 * 1024;
 
 /// Longest pause of the accept loop after repeated accept errors (such as running out of file
 /// descriptors).
@@ -494,6 +499,9 @@ where
         writer.write_all(&buf[..n]).await.map_err(write_err)?;
         activity.touch();
         total += n as u64;
+        if n == buf.len() && n < BULK_BUFFER_SIZE {
+            buf = vec![0u8; BULK_BUFFER_SIZE];
+        }
     }
 }
 
