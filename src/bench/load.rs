@@ -132,8 +132,8 @@ pub async fn forwarded_connections(
     for _ in 0..conns {
         let mut tcp = TcpStream::connect(gateway).await?;
         tcp.set_nodelay(true)?;
-        tcp.write_all(&data).await?;
-        tcp.read_exact(&mut back).await?;
+        let (mut rx, mut tx) = tcp.split();
+        tokio::try_join!(tx.write_all(&data), rx.read_exact(&mut back))?;
         held.push(tcp);
     }
     Ok(held)

@@ -449,13 +449,26 @@ async fn gateway_section(world: &World, o: &Opts, report: &mut Report) -> Result
     let gateway = world.spawn_gateway(world.echo_addr, "gateway-memory")?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = gateway.rss_kib()?;
-    let held = load::forwarded_connections(gateway.addr, o.gateway_conns, 16 * 1024).await?;
+    // Interactive connections: one 4 KiB exchange each way (under a full read, so the small
+    // buffers stay), then held open.
+    let held = load::forwarded_connections(gateway.addr, o.gateway_conns, 4 << 10).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = gateway.rss_kib()?;
-    drop(held);
+    // Streaming ones: 1 MiB each way, measured while their bulk buffers are still held.
+    let streamers = (o.gateway_conns / 10).max(1);
+    let streamed = load::forwarded_connections(gateway.addr, streamers, 1 << 20).await?;
+    let after_streaming = gateway.rss_kib()?;
+    drop((held, streamed));
+    report.note(
+        "gateway_kib_per_streaming_conn",
+        format!(
+            "{:.1}",
+            after_streaming.saturating_sub(after) as f64 / streamers as f64
+        ),
+    );
     report.add(
         "gateway_kib_per_conn",
-        "gateway memory per forwarded connection",
+        "gateway memory per held connection (4 KiB each way)",
         "KiB",
         after.saturating_sub(before) as f64 / o.gateway_conns as f64,
         None,

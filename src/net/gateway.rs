@@ -12,7 +12,8 @@
 //! tune. 16 KiB holds one full TLS record, so a record usually moves with one read and one
 //! write, at well under a tenth of the ~512 KB per connection a common commercial gateway
 //! budgets. A direction that streams (a read fills its buffer) moves to a
-//! [`BULK_BUFFER_SIZE`] buffer for the rest of the connection.
+//! [`BULK_BUFFER_SIZE`] buffer, and back to the small one after [`BULK_IDLE`] without data:
+//! a connection holds up to 2 × 128 KiB only while it streams.
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,6 +38,8 @@ pub const BUFFER_SIZE: usize = 16 * 1024;
 /// so bulk transfers take a quarter of the system calls and wake-ups per byte while idle and
 /// interactive connections keep the small one.
 pub const BULK_BUFFER_SIZE: usize = 128 * 1024;
+/// A streaming direction that has read nothing for this long goes back to [`BUFFER_SIZE`].
+pub const BULK_IDLE: Duration = Duration::from_secs(1);
 
 /// Longest pause of the accept loop after repeated accept errors (such as running out of file
 /// descriptors).
@@ -490,7 +493,19 @@ where
     let mut buf = vec![0u8; BUFFER_SIZE];
     let mut total = 0u64;
     loop {
-        let n = reader.read(&mut buf).await.map_err(read_err)?;
+        let n = if buf.len() > BUFFER_SIZE {
+            // `read` is cancel-safe: a timed-out read has taken nothing from the socket.
+            match tokio::time::timeout(BULK_IDLE, reader.read(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    buf = vec![0u8; BUFFER_SIZE];
+                    continue;
+                }
+            }
+        } else {
+            reader.read(&mut buf).await
+        }
+        .map_err(read_err)?;
         activity.touch();
         if n == 0 {
             writer.shutdown().await.map_err(write_err)?;
