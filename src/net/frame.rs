@@ -24,8 +24,21 @@ pub enum FrameError {
     Malformed(#[from] serde_json::Error),
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    #[error("connection closed without TLS close_notify")]
+    ClosedAbruptly,
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl FrameError {
+    /// The connection broke (reset, cut mid-frame, closed without TLS close_notify), as
+    /// opposed to the peer sending something that is not a frame.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            FrameError::Truncated | FrameError::ClosedAbruptly | FrameError::Io(_)
+        )
+    }
 }
 
 /// Reads one frame's raw JSON body. Returns `Ok(None)` on a clean end of stream
@@ -37,7 +50,15 @@ pub async fn read_frame_bytes<R: AsyncRead + Unpin>(
     let mut len_buf = [0u8; 4];
     let mut filled = 0;
     while filled < 4 {
-        let n = reader.read(&mut len_buf[filled..]).await?;
+        // A TLS stream reports a peer that closed without close_notify as UnexpectedEof.
+        let n = reader
+            .read(&mut len_buf[filled..])
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof if filled == 0 => FrameError::ClosedAbruptly,
+                std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+                _ => FrameError::Io(e),
+            })?;
         if n == 0 {
             return if filled == 0 {
                 Ok(None)
@@ -124,6 +145,39 @@ mod tests {
         }
         let end: Option<Msg> = read_frame(&mut reader, 1024).await.expect("eof");
         assert!(end.is_none());
+    }
+
+    /// Fails every read the way a TLS stream reports a peer gone without close_notify.
+    struct NoCloseNotify;
+
+    impl AsyncRead for NoCloseNotify {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no close_notify");
+            std::task::Poll::Ready(Err(eof))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_gone_without_close_notify_is_a_lost_connection() {
+        let err = read_frame::<Msg, _>(&mut NoCloseNotify, 1024)
+            .await
+            .expect_err("an abrupt close is not a clean end");
+        assert!(matches!(err, FrameError::ClosedAbruptly), "{err:?}");
+        assert!(err.is_connection_lost());
+        // Two bytes of a length prefix, then gone: cut mid-frame.
+        let mut reader = tokio::io::AsyncReadExt::chain(&[0u8, 0][..], NoCloseNotify);
+        let err = read_frame::<Msg, _>(&mut reader, 1024)
+            .await
+            .expect_err("cut mid-frame");
+        assert!(matches!(err, FrameError::Truncated), "{err:?}");
+        let malformed = read_frame::<Msg, _>(&mut &[0u8, 0, 0, 1, b'x'][..], 1024)
+            .await
+            .expect_err("not JSON");
+        assert!(!malformed.is_connection_lost());
     }
 
     #[tokio::test]

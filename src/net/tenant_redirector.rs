@@ -250,6 +250,7 @@ async fn control_connection(
                 last_heard = Instant::now();
                 match item {
                     None | Some(Ok(None)) => return Err(anyhow!("{endpoint} closed the control connection")),
+                    Some(Err(e)) if e.is_connection_lost() => return Err(anyhow!("lost the control connection to {endpoint}: {e}")),
                     Some(Err(e)) => return Err(anyhow!("bad frame from {endpoint}: {e}")),
                     Some(Ok(Some(msg))) => match msg {
                         ControlMsg::Ping { seq } => Some(ControlMsg::Pong { seq }),

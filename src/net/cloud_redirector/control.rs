@@ -194,6 +194,7 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                     last_heard = Instant::now();
                     match msg {
                         Ok(None) => return "closed by the tenant".to_string(),
+                        Err(e) if e.is_connection_lost() => return format!("connection lost: {e}"),
                         Err(e) => return format!("bad frame from the tenant: {e}"),
                         Ok(Some(msg)) => (handle_incoming(shared, tenant, conn_id, msg, &mut ping_sent), true),
                     }
