@@ -93,6 +93,26 @@ fn lab_tenants_appear_and_search_narrows_the_list() {
 }
 
 #[test]
+fn clicking_a_tenant_name_selects_it_and_connect_opens_it() {
+    let mut w = world(small_lab(false));
+    let h = &mut w.harness;
+    wait_for_tenants(h, 6);
+    // On the text itself, where an operator clicks: the cell's label must not take the click.
+    h.get_by_label("acme").click();
+    h.run_steps(2);
+    assert_eq!(h.state().tenants.selected.as_deref(), Some("acme"));
+    h.get_by_label("globex").click();
+    h.run_steps(2);
+    assert_eq!(h.state().tenants.selected.as_deref(), Some("globex"));
+    assert!(h.state().tabs.is_empty(), "a click only selects");
+
+    h.get_by_label("Connect").click();
+    wait_until(h, "a session tab", |h| h.state().active.is_some());
+    let tab = h.state().active.expect("active tab");
+    assert_eq!(h.state().tab(tab).expect("tab").tenant, "globex");
+}
+
+#[test]
 fn opening_a_tenant_shows_the_stages_and_the_session() {
     let mut w = world(small_lab(false));
     let h = &mut w.harness;

@@ -559,7 +559,10 @@ fn table_ui(
                 });
             }
         })
-        .body(|body| {
+        .body(|mut body| {
+            // A click anywhere on a row, its text included, selects the row: labels that
+            // could be selected as text would take the click for themselves.
+            body.ui_mut().style_mut().interaction.selectable_labels = false;
             let view = &list.view;
             let rows = &list.rows;
             let selected = &mut list.selected;
