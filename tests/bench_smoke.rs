@@ -49,3 +49,35 @@ fn quick_bench_reports_every_figure_as_json() {
         assert!(json["settings"][key].is_number(), "setting {key} missing");
     }
 }
+
+#[test]
+fn more_tenants_than_the_open_files_limit_fail_at_once_with_the_fix() {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("open-files line");
+    let Ok(soft) = soft.parse::<u64>() else {
+        return; // unlimited: nothing to exceed
+    };
+    // The limit is inherited: the bench sees the same one as this test.
+    let out = Command::new(env!("CARGO_BIN_EXE_rac"))
+        .args([
+            "bench",
+            "--only",
+            "idle",
+            "--tenants",
+            &(soft + 1).to_string(),
+        ])
+        .output()
+        .expect("run rac bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must refuse: {stderr}");
+    assert!(stderr.contains("open files"), "{stderr}");
+    assert!(stderr.contains("ulimit -n"), "says how to fix it: {stderr}");
+    assert!(
+        !stderr.contains("setting up the SP"),
+        "refused before starting anything: {stderr}"
+    );
+}

@@ -33,8 +33,9 @@ pub struct BenchArgs {
     /// A short smoke run: few tenants, small transfers, short idle interval.
     #[arg(long)]
     pub quick: bool,
-    /// Idle tenants for the memory, heartbeat, storm and tenant-list figures (up to ~15000
-    /// on this machine's 20,000 open files per process) [default: 3000, quick: 100].
+    /// Idle tenants for the memory, heartbeat, storm and tenant-list figures; each is a socket
+    /// in this process and in the SP, so the open-files limit (`ulimit -n`) bounds it
+    /// [default: 3000 or what the limit allows, quick: 100].
     #[arg(long)]
     pub tenants: Option<usize>,
     /// `heartbeat_secs` written to the SP's `sp.toml` [default: 30 (the SP default), quick: 1].
@@ -52,7 +53,8 @@ pub struct BenchArgs {
     /// Fresh sessions opened per route for the latency figures [default: 500, quick: 20].
     #[arg(long)]
     pub opens: Option<usize>,
-    /// Connections held through a gateway for its memory figure [default: 1000, quick: 20].
+    /// Connections held through a gateway for its memory figure (two sockets each in the
+    /// gateway) [default: 1000 or what the open-files limit allows, quick: 20].
     #[arg(long)]
     pub gateway_conns: Option<usize>,
     /// Sessions whose console stops reading, for the slow-reader memory figure
@@ -97,17 +99,29 @@ struct Opts {
     sections: Vec<Section>,
 }
 
+/// Sockets the bench needs besides the idle tenants' and the gateway connections'.
+const SPARE_FILES: usize = 256;
+
 impl Opts {
-    fn from_args(a: &BenchArgs) -> Opts {
+    /// Defaults that would not fit under `open_files` are scaled down to fit; values given
+    /// on the command line are kept (and checked before anything starts).
+    fn from_args(a: &BenchArgs, open_files: u64) -> Opts {
         let q = a.quick;
+        let room = usize::try_from(open_files)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(SPARE_FILES)
+            .max(2);
         Opts {
-            tenants: a.tenants.unwrap_or(if q { 100 } else { 3000 }),
+            tenants: a.tenants.unwrap_or((if q { 100 } else { 3000 }).min(room)),
             heartbeat_secs: a.heartbeat_secs.unwrap_or(if q { 1 } else { 30 }).max(1),
             idle_secs: a.idle_secs.unwrap_or(if q { 3 } else { 30 }).max(1),
             stream_bytes: a.stream_mib.unwrap_or(if q { 16 } else { 512 }).max(1) << 20,
             repeat: a.repeat.unwrap_or(if q { 1 } else { 5 }).max(1),
             opens: a.opens.unwrap_or(if q { 20 } else { 500 }).max(2),
-            gateway_conns: a.gateway_conns.unwrap_or(if q { 20 } else { 1000 }).max(1),
+            gateway_conns: a
+                .gateway_conns
+                .unwrap_or((if q { 20 } else { 1000 }).min(room / 2))
+                .max(1),
             slow_sessions: a.slow_sessions.unwrap_or(if q { 2 } else { 16 }).max(1),
             sections: if a.only.is_empty() {
                 Section::value_variants().to_vec()
@@ -120,13 +134,48 @@ impl Opts {
     fn has(&self, s: Section) -> bool {
         self.sections.contains(&s)
     }
+
+    /// Whether a section that needs the idle tenants runs.
+    fn swarm_needed(&self) -> bool {
+        self.has(Section::Idle) || self.has(Section::List) || self.has(Section::Storm)
+    }
 }
 
 /// The idle-tenant targets are stated for this many tenants.
 const TARGET_TENANTS: usize = 15_000;
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    let opts = Opts::from_args(&args);
+    let open_files = procs::open_files_limit()?;
+    let opts = Opts::from_args(&args, open_files);
+    let scaled: Vec<String> = [
+        (
+            opts.swarm_needed(),
+            args.tenants,
+            opts.tenants,
+            3000,
+            "idle tenants",
+        ),
+        (
+            opts.has(Section::Gateway),
+            args.gateway_conns,
+            opts.gateway_conns,
+            1000,
+            "gateway connections",
+        ),
+    ]
+    .into_iter()
+    .filter(|&(runs, given, used, default, _)| {
+        runs && !args.quick && given.is_none() && used < default
+    })
+    .map(|(_, _, used, _, what)| format!("{used} {what}"))
+    .collect();
+    if !scaled.is_empty() {
+        eprintln!(
+            "bench: the open-files limit is {open_files}, so {} by default \
+             (`ulimit -n 20000` first for the full run)",
+            scaled.join(" and ")
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -160,8 +209,17 @@ async fn bench(o: Opts) -> Result<Report> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
 
-    let swarm_needed = o.has(Section::Idle) || o.has(Section::List) || o.has(Section::Storm);
+    let swarm_needed = o.swarm_needed();
     let idle = if swarm_needed { o.tenants } else { 0 };
+    // One socket per idle tenant here and in the SP; two per held connection in the gateway.
+    procs::check_open_files((idle + SPARE_FILES) as u64, &format!("{idle} idle tenants"))?;
+    if o.has(Section::Gateway) {
+        let conns = o.gateway_conns;
+        procs::check_open_files(
+            (2 * conns + SPARE_FILES) as u64,
+            &format!("{conns} gateway connections"),
+        )?;
+    }
     let progress = |what: &str| eprintln!("bench: {what}");
     progress(&format!(
         "setting up the SP with {} tenant accounts",

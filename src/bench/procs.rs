@@ -186,3 +186,55 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 pub fn own_cpu_secs() -> Result<f64> {
     cpu_secs(std::process::id())
 }
+
+/// This process's soft limit on open files (children inherit it), from `/proc/self/limits`.
+pub fn open_files_limit() -> Result<u64> {
+    let limits =
+        std::fs::read_to_string("/proc/self/limits").context("reading /proc/self/limits")?;
+    parse_open_files_limit(&limits)
+        .ok_or_else(|| anyhow!("no open-files line in /proc/self/limits"))
+}
+
+fn parse_open_files_limit(limits: &str) -> Option<u64> {
+    let rest = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?;
+    match rest.split_whitespace().next()? {
+        "unlimited" => Some(u64::MAX),
+        soft => soft.parse().ok(),
+    }
+}
+
+/// Fails at once, with the fix, when `needed` sockets would not fit under the open-files
+/// limit, rather than minutes later with tenants that never come online.
+pub fn check_open_files(needed: u64, what: &str) -> Result<()> {
+    let limit = open_files_limit()?;
+    if needed > limit {
+        bail!(
+            "{what} need about {needed} open files in one process, but the limit here is \
+             {limit}: raise it first (`ulimit -n 20000`) or ask for less"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_open_files_limit;
+
+    #[test]
+    fn the_soft_open_files_limit_is_read() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max cpu time              unlimited            unlimited            seconds\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(parse_open_files_limit(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_files_limit(unlimited), Some(u64::MAX));
+        assert_eq!(
+            parse_open_files_limit("Max processes 10 10 processes\n"),
+            None
+        );
+        assert!(super::open_files_limit().expect("this process's limit") > 0);
+    }
+}
