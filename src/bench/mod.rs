@@ -617,10 +617,12 @@ async fn swarm_section(
         stats.sp_up.store(true, Ordering::SeqCst);
         let listening = world.sp.listening_at.saturating_duration_since(killed);
         let mut polls = 0;
+        let mut reported = Instant::now();
         let back = loop {
             polls += 1;
+            let mut online = 0;
             if let Ok(list) = world.console.tenants().await {
-                let online = list
+                online = list
                     .iter()
                     .filter(|t| t.status == TenantStatus::Online && t.name.starts_with("idle-"))
                     .count();
@@ -629,12 +631,16 @@ async fn swarm_section(
                 }
             }
             if killed.elapsed() > Duration::from_secs(300) {
-                anyhow::bail!("the tenants did not come back within 300 s");
+                anyhow::bail!("only {online} of {n} tenants came back within 300 s");
+            }
+            if reported.elapsed() >= Duration::from_secs(5) {
+                progress(&format!("{online} of {n} tenants back"));
+                reported = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let lean_back = swarm.wait_online(n, Duration::from_secs(10)).await?;
-        let _ = lean_back;
+        // The SP's list is the figure; the tenants' own view must agree before going on.
+        swarm.wait_online(n, Duration::from_secs(10)).await?;
         report.add(
             "storm_secs",
             &format!("all {n} tenants online again after SP kill + restart"),

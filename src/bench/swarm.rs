@@ -84,19 +84,34 @@ impl Swarm {
         self.stats.online.load(Ordering::SeqCst)
     }
 
-    /// Waits until `n` tenants are online; returns how long it took.
+    /// Waits until `n` tenants are online; returns how long it took. Says how far it got
+    /// every 5 s, and gives up after `limit`, or after 30 s without one more tenant online.
     pub async fn wait_online(&self, n: usize, limit: Duration) -> Result<Duration> {
+        const REPORT_EVERY: Duration = Duration::from_secs(5);
+        const STALLED_AFTER: Duration = Duration::from_secs(30);
         let started = Instant::now();
-        while self.online() < n {
-            if started.elapsed() > limit {
+        let (mut reported, mut last_count, mut last_change) = (started, 0, started);
+        loop {
+            let online = self.online();
+            if online >= n {
+                return Ok(started.elapsed());
+            }
+            if online != last_count {
+                (last_count, last_change) = (online, Instant::now());
+            }
+            if started.elapsed() > limit || last_change.elapsed() > STALLED_AFTER {
                 bail!(
-                    "only {} of {n} tenants online after {limit:?}",
-                    self.online()
+                    "only {online} of {n} tenants online after {:.0} s (RAC_BENCH_KEEP=1 \
+                     keeps the SP's log)",
+                    started.elapsed().as_secs_f64()
                 );
+            }
+            if reported.elapsed() >= REPORT_EVERY {
+                eprintln!("bench: {online} of {n} tenants online");
+                reported = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(started.elapsed())
     }
 
     pub async fn stop(self) {
