@@ -101,6 +101,9 @@ struct Opts {
 
 /// Sockets the bench needs besides the idle tenants' and the gateway connections'.
 const SPARE_FILES: usize = 256;
+/// Default idle tenants and gateway connections, where the open-files limit allows.
+const TENANTS: usize = 3000;
+const GATEWAY_CONNS: usize = 1000;
 
 impl Opts {
     /// Defaults that would not fit under `open_files` are scaled down to fit; values given
@@ -112,7 +115,9 @@ impl Opts {
             .saturating_sub(SPARE_FILES)
             .max(2);
         Opts {
-            tenants: a.tenants.unwrap_or((if q { 100 } else { 3000 }).min(room)),
+            tenants: a
+                .tenants
+                .unwrap_or((if q { 100 } else { TENANTS }).min(room)),
             heartbeat_secs: a.heartbeat_secs.unwrap_or(if q { 1 } else { 30 }).max(1),
             idle_secs: a.idle_secs.unwrap_or(if q { 3 } else { 30 }).max(1),
             stream_bytes: a.stream_mib.unwrap_or(if q { 16 } else { 512 }).max(1) << 20,
@@ -120,7 +125,7 @@ impl Opts {
             opens: a.opens.unwrap_or(if q { 20 } else { 500 }).max(2),
             gateway_conns: a
                 .gateway_conns
-                .unwrap_or((if q { 20 } else { 1000 }).min(room / 2))
+                .unwrap_or((if q { 20 } else { GATEWAY_CONNS }).min(room / 2))
                 .max(1),
             slow_sessions: a.slow_sessions.unwrap_or(if q { 2 } else { 16 }).max(1),
             sections: if a.only.is_empty() {
@@ -147,28 +152,18 @@ const TARGET_TENANTS: usize = 15_000;
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let open_files = procs::open_files_limit()?;
     let opts = Opts::from_args(&args, open_files);
-    let scaled: Vec<String> = [
-        (
-            opts.swarm_needed(),
-            args.tenants,
-            opts.tenants,
-            3000,
-            "idle tenants",
-        ),
-        (
-            opts.has(Section::Gateway),
-            args.gateway_conns,
-            opts.gateway_conns,
-            1000,
-            "gateway connections",
-        ),
-    ]
-    .into_iter()
-    .filter(|&(runs, given, used, default, _)| {
-        runs && !args.quick && given.is_none() && used < default
-    })
-    .map(|(_, _, used, _, what)| format!("{used} {what}"))
-    .collect();
+    // Say so when a default was scaled down to fit the open-files limit.
+    let mut scaled = Vec::new();
+    if !args.quick && opts.swarm_needed() && args.tenants.is_none() && opts.tenants < TENANTS {
+        scaled.push(format!("{} idle tenants", opts.tenants));
+    }
+    if !args.quick
+        && opts.has(Section::Gateway)
+        && args.gateway_conns.is_none()
+        && opts.gateway_conns < GATEWAY_CONNS
+    {
+        scaled.push(format!("{} gateway connections", opts.gateway_conns));
+    }
     if !scaled.is_empty() {
         eprintln!(
             "bench: the open-files limit is {open_files}, so {} by default \
