@@ -339,8 +339,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Cancelled on SIGINT or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
+/// Cancelled on SIGINT or SIGTERM. Must be called inside the runtime.
+pub(crate) fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {

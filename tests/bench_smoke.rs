@@ -81,3 +81,63 @@ fn more_tenants_than_the_open_files_limit_fail_at_once_with_the_fix() {
         "refused before starting anything: {stderr}"
     );
 }
+
+/// Processes whose executable is the bench's private copy, `/tmp/rac-bench-<pid>/rac`.
+fn children_of_bench(bench_pid: u32) -> Vec<String> {
+    let marker = format!("rac-bench-{bench_pid}/rac");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|cmd| String::from_utf8_lossy(&cmd).replace('\0', " "))
+        .filter(|cmd| cmd.contains(&marker))
+        .collect()
+}
+
+#[test]
+fn a_stopped_bench_stops_the_processes_it_started() {
+    use std::io::{BufRead, BufReader};
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_rac"))
+        .args([
+            "bench",
+            "--only",
+            "idle",
+            "--tenants",
+            "20",
+            "--idle-secs",
+            "600",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rac bench");
+    let pid = bench.id();
+    // Once the idle tenants connect, the SP has been started (and restarted) by the bench.
+    let stderr = bench.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        if line
+            .expect("stderr line")
+            .contains("measuring heartbeat CPU")
+        {
+            break;
+        }
+    }
+    assert!(
+        !children_of_bench(pid).is_empty(),
+        "the SP runs from the bench's copy"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = bench.wait().expect("wait for the bench");
+    assert!(!status.success(), "an interrupted bench is a failure");
+    assert!(
+        rest.iter().any(|l| l.contains("interrupted")),
+        "says it was interrupted: {rest:?}"
+    );
+    let left = children_of_bench(pid);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}

@@ -14,7 +14,7 @@ mod world;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use clap::{Args, ValueEnum};
 
 use crate::net::dial::Route;
@@ -175,7 +175,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(bench(opts));
+    let report = runtime.block_on(async {
+        let stop = crate::cli::shutdown_on_signal();
+        tokio::select! {
+            report = bench(opts) => report,
+            // Dropping the bench stops the SP and gateways it started (see `RacProcess`).
+            () = stop.cancelled() => Err(anyhow!("interrupted; the SP and gateways it started are stopped")),
+        }
+    });
     procs::remove_executable_copy();
     let report = report?;
     if args.json {
