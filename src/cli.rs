@@ -304,6 +304,10 @@ pub fn init_tracing(cli: &Cli) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Where nobody reads stderr any more (a closed pipe), a log line is lost, not the
+        // process: the default reports the failed write with `eprintln!`, which panics there
+        // and took down whatever task was logging (the signal watcher, for one).
+        .log_internal_errors(false)
         .init();
 }
 
@@ -364,8 +368,8 @@ pub(crate) fn shutdown_on_signal() -> CancellationToken {
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
-        tracing::info!("shutting down");
         t.cancel();
+        tracing::info!("shutting down");
     });
     token
 }

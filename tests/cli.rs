@@ -399,3 +399,43 @@ fn headless_lab_prints_one_json_line_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn an_sp_whose_log_reader_is_gone_still_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("sp");
+    let state_s = state.to_str().expect("utf8 path");
+    run_ok(&mut rac(&["sp", "init", "--state-dir", state_s, "--json"]));
+    let mut sp = rac(&[
+        "sp",
+        "run",
+        "--state-dir",
+        state_s,
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn the SP");
+    let sp_pid = sp.id();
+    // Read up to the ready line, then close the pipe: every later log line hits a dead reader
+    // (as when whatever started the SP and read its log has died).
+    let mut log = BufReader::new(sp.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("SP listening on") {
+        line.clear();
+        assert!(
+            log.read_line(&mut line).expect("read the log") > 0,
+            "no ready line"
+        );
+    }
+    drop(log);
+    let mut sp = Proc(sp);
+    let killed = Command::new("kill")
+        .args(["-TERM", &sp_pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_until(|| sp.0.try_wait().expect("try_wait").is_some());
+}
