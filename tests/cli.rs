@@ -26,6 +26,18 @@ fn rac(args: &[&str]) -> Command {
     cmd
 }
 
+/// `rac sp run` on the state dir, on a free loopback port.
+fn sp_run(state_dir: &str) -> Command {
+    rac(&[
+        "sp",
+        "run",
+        "--state-dir",
+        state_dir,
+        "--listen",
+        "127.0.0.1:0",
+    ])
+}
+
 fn run_ok(cmd: &mut Command) -> String {
     let out: Output = cmd.output().expect("run rac");
     assert!(
@@ -108,18 +120,7 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
     assert_eq!(added["tenant"], "acme");
     let secret = added["secret"].as_str().expect("secret").to_string();
 
-    let (_sp, line) = spawn_until(
-        &mut rac(&[
-            "sp",
-            "run",
-            "--state-dir",
-            state_s,
-            "--listen",
-            "127.0.0.1:0",
-        ]),
-        "SP listening on",
-        true,
-    );
+    let (_sp, line) = spawn_until(&mut sp_run(state_s), "SP listening on", true);
     let sp_addr = last_word(&line);
 
     // The third-party server, on the tenant's side.
@@ -406,18 +407,11 @@ fn an_sp_whose_log_reader_is_gone_still_stops_on_sigterm() {
     let state = dir.path().join("sp");
     let state_s = state.to_str().expect("utf8 path");
     run_ok(&mut rac(&["sp", "init", "--state-dir", state_s, "--json"]));
-    let mut sp = rac(&[
-        "sp",
-        "run",
-        "--state-dir",
-        state_s,
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn the SP");
+    let mut sp = sp_run(state_s)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the SP");
     let sp_pid = sp.id();
     // Read up to the ready line, then close the pipe: every later log line hits a dead reader
     // (as when whatever started the SP and read its log has died).

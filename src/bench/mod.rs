@@ -7,6 +7,8 @@
 
 mod load;
 mod procs;
+
+pub use procs::open_files_limit;
 mod report;
 mod swarm;
 mod world;
@@ -152,6 +154,17 @@ const TARGET_TENANTS: usize = 15_000;
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let open_files = procs::open_files_limit()?;
     let opts = Opts::from_args(&args, open_files);
+    // One socket per idle tenant here and in the SP; two per held connection in the gateway.
+    if opts.swarm_needed() {
+        let n = opts.tenants;
+        let needed = (n + SPARE_FILES) as u64;
+        procs::check_open_files(needed, open_files, &format!("{n} idle tenants"))?;
+    }
+    if opts.has(Section::Gateway) {
+        let n = opts.gateway_conns;
+        let needed = (2 * n + SPARE_FILES) as u64;
+        procs::check_open_files(needed, open_files, &format!("{n} gateway connections"))?;
+    }
     // Say so when a default was scaled down to fit the open-files limit.
     let mut scaled = Vec::new();
     if !args.quick && opts.swarm_needed() && args.tenants.is_none() && opts.tenants < TENANTS {
@@ -213,15 +226,6 @@ async fn bench(o: Opts) -> Result<Report> {
 
     let swarm_needed = o.swarm_needed();
     let idle = if swarm_needed { o.tenants } else { 0 };
-    // One socket per idle tenant here and in the SP; two per held connection in the gateway.
-    procs::check_open_files((idle + SPARE_FILES) as u64, &format!("{idle} idle tenants"))?;
-    if o.has(Section::Gateway) {
-        let conns = o.gateway_conns;
-        procs::check_open_files(
-            (2 * conns + SPARE_FILES) as u64,
-            &format!("{conns} gateway connections"),
-        )?;
-    }
     let progress = |what: &str| eprintln!("bench: {what}");
     progress(&format!(
         "setting up the SP with {} tenant accounts",

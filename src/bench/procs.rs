@@ -206,9 +206,8 @@ fn parse_open_files_limit(limits: &str) -> Option<u64> {
 }
 
 /// Fails at once, with the fix, when `needed` sockets would not fit under the open-files
-/// limit, rather than minutes later with tenants that never come online.
-pub fn check_open_files(needed: u64, what: &str) -> Result<()> {
-    let limit = open_files_limit()?;
+/// `limit`, rather than minutes later with tenants that never come online.
+pub fn check_open_files(needed: u64, limit: u64, what: &str) -> Result<()> {
     if needed > limit {
         bail!(
             "{what} need about {needed} open files in one process, but the limit here is \
