@@ -178,8 +178,57 @@ pub enum SpOperatorCommand {
         json: bool,
     },
     /// Revoke every session token of an operator.
+    #[command(
+        long_about = "Revoke every session token of an operator (a stolen laptop). A running SP \
+ends the sessions and tenant feeds opened with them within one registry poll; the password still \
+works. Written to the audit log."
+    )]
     Revoke {
         name: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// Set a new password for an operator; ends all their tokens, sessions and feeds.
+    #[command(
+        long_about = "Set a new password for an operator (a leaked password). The new \
+password comes from the RAC_PASSWORD environment variable, else is asked twice on the terminal \
+(no echo; an empty answer generates one), else (no terminal) is generated and printed once. A \
+password you choose must be at least 12 characters.\n\nThe old password stops working at once. \
+Every session token of the operator is revoked in the same transaction, and a running SP ends \
+the sessions and tenant feeds opened with them within one registry poll. Written to the audit \
+log."
+    )]
+    Passwd {
+        name: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an operator account; ends all their tokens, sessions and feeds.
+    #[command(
+        long_about = "Remove an operator account. Its password stops working and every \
+session token of the operator is deleted in the same transaction; a running SP ends the sessions \
+and tenant feeds opened with them within one registry poll. Their past sessions stay in the \
+audit log, and the removal is written there too."
+    )]
+    Remove {
+        name: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// Change which tenants an operator may open; ends all their tokens, sessions and feeds.
+    #[command(
+        long_about = "Change which tenants an operator may open: TENANTS is `*` (every \
+tenant), a comma-separated list of tenant names, or \"\" (none), as `operator add --tenants` \
+takes it.\n\nEvery session token of the operator is revoked in the same transaction, so the new \
+scope applies from their next login: a running SP ends the sessions and tenant feeds opened \
+under the old scope within one registry poll. Written to the audit log."
+    )]
+    SetTenants {
+        name: String,
+        /// `*`, a comma-separated list of tenant names, or "" for none.
+        tenants: String,
         #[arg(long)]
         state_dir: PathBuf,
     },
@@ -520,8 +569,54 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
                 }
             }
             SpOperatorCommand::Revoke { name, state_dir } => {
-                let n = registry(&state_dir)?.revoke_operator_tokens(&name)?;
-                println!("revoked {n} token(s) of {name}");
+                let n = registry(&state_dir)?.revoke_operator_tokens_audited(&name)?;
+                println!(
+                    "revoked {n} token(s) of {name} (a running SP ends their sessions and feeds)"
+                );
+            }
+            SpOperatorCommand::Passwd {
+                name,
+                state_dir,
+                json,
+            } => {
+                let registry = registry(&state_dir)?;
+                let (password, generated) = new_operator_password(&name)?;
+                let n = registry.set_operator_password(&name, &password)?;
+                match (json, generated) {
+                    (true, true) => print_json(&serde_json::json!({
+                        "operator": name, "password": password, "tokens_revoked": n,
+                    }))?,
+                    (true, false) => print_json(&serde_json::json!({
+                        "operator": name, "tokens_revoked": n,
+                    }))?,
+                    (false, true) => println!(
+                        "new password for {name}: {password}   (shown once)\nrevoked {n} token(s) (a running SP ends their sessions and feeds)"
+                    ),
+                    (false, false) => println!(
+                        "password of {name} changed; revoked {n} token(s) (a running SP ends their sessions and feeds)"
+                    ),
+                }
+            }
+            SpOperatorCommand::Remove { name, state_dir } => {
+                let n = registry(&state_dir)?.remove_operator(&name)?;
+                println!(
+                    "operator {name} removed; revoked {n} token(s) (a running SP ends their sessions and feeds)"
+                );
+            }
+            SpOperatorCommand::SetTenants {
+                name,
+                tenants,
+                state_dir,
+            } => {
+                let n = registry(&state_dir)?.set_operator_tenants(&name, &tenants)?;
+                println!(
+                    "operator {name} may now open: {}; revoked {n} token(s) (a running SP ends their sessions and feeds)",
+                    if tenants.trim().is_empty() {
+                        "no tenant"
+                    } else {
+                        tenants.trim()
+                    }
+                );
             }
         },
         SpCommand::Audit {
@@ -657,6 +752,43 @@ impl ClientArgs {
             .with_context(|| format!("logging in as {}", self.user))?;
         Ok(client)
     }
+}
+
+/// The shortest operator password `rac sp operator passwd` takes from a person.
+const MIN_CHOSEN_PASSWORD_LEN: usize = 12;
+
+/// A new operator password: from RAC_PASSWORD, else asked twice on the terminal (empty:
+/// generate), else generated. `true` with a generated one, which the caller prints once.
+fn new_operator_password(name: &str) -> Result<(String, bool)> {
+    let chosen = if let Ok(pw) = std::env::var("RAC_PASSWORD") {
+        if pw.is_empty() {
+            bail!("RAC_PASSWORD is empty; unset it to have a password generated");
+        }
+        pw
+    } else if std::io::stdin().is_terminal() {
+        let pw =
+            rpassword::prompt_password(format!("new password for {name} (empty: generate one): "))
+                .context("reading the password")?;
+        if !pw.is_empty() {
+            let again = rpassword::prompt_password("the same password again: ")
+                .context("reading the password")?;
+            if again != pw {
+                bail!("the two passwords differ; nothing changed");
+            }
+        }
+        pw
+    } else {
+        String::new()
+    };
+    if chosen.is_empty() {
+        return Ok((crate::sp::auth::random_hex_16(), true));
+    }
+    if chosen.chars().count() < MIN_CHOSEN_PASSWORD_LEN {
+        bail!(
+            "the new password is too short: use at least {MIN_CHOSEN_PASSWORD_LEN} characters; nothing changed"
+        );
+    }
+    Ok((chosen, false))
 }
 
 fn password() -> Result<String> {

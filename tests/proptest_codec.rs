@@ -39,6 +39,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         ErrorCode::TenantRejected,
         ErrorCode::BadNonce,
         ErrorCode::AlreadyConnected,
+        ErrorCode::Busy,
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,

@@ -176,6 +176,8 @@ pub enum ErrorCode {
     TenantRejected,
     BadNonce,
     AlreadyConnected,
+    /// Every password-check slot of the SP is taken: try the login again in a moment.
+    Busy,
     Overloaded,
     ShuttingDown,
     Internal,
@@ -201,6 +203,7 @@ impl ErrorCode {
             ErrorCode::TenantRejected => "tenant refused the session",
             ErrorCode::BadNonce => "unknown, expired or already used nonce",
             ErrorCode::AlreadyConnected => "tenant is already connected from elsewhere",
+            ErrorCode::Busy => "the SP is busy checking other logins; try again in a moment",
             ErrorCode::Overloaded => "server busy; try again",
             ErrorCode::ShuttingDown => "server is shutting down",
             ErrorCode::Internal => "internal server error",

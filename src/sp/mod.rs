@@ -46,6 +46,8 @@ pub struct SpService {
     pub registry: Registry,
     pub presence: Presence,
     limiter: auth::LoginLimiter,
+    /// Password checks running at once (Argon2id is slow and takes 19 MiB each).
+    checker: Arc<auth::PasswordChecker>,
     seen_data_version: AtomicI64,
     /// `sp.toml`, re-read while running for its gateway pool.
     config_path: Option<std::path::PathBuf>,
@@ -138,6 +140,7 @@ impl SpService {
                 config.login_max_failures,
                 Duration::from_secs(config.login_window_secs),
             ),
+            checker: auth::PasswordChecker::new(auth::default_concurrent_checks()),
             gateways: std::sync::RwLock::new(config.gateways.clone()),
             config,
             registry,
@@ -202,16 +205,15 @@ impl SpService {
         Ok(())
     }
 
-    /// Operator login with a password. Slow (argon2): call from a blocking thread.
-    /// Returns the new token and its lifetime.
-    pub fn login(
-        &self,
-        user: &str,
-        password: &str,
-        source: IpAddr,
-    ) -> Result<(String, u64), Refusal> {
-        if let Err(wait) = self.limiter.check(source) {
-            tracing::warn!(%source, user, "login refused: too many failures from this address");
+    /// Admits a password login from `source`, quickly (call it from async code): counts the
+    /// attempt against the source's limit, then takes one of the few password-check slots
+    /// (a source that logged in successfully lately has one lane more). Refuses with
+    /// `rate_limited` when the source used up its attempts, and with `busy` when every slot
+    /// is taken (that refusal does not count against the source). The slow part is
+    /// [`LoginAttempt::finish`].
+    pub fn begin_login(self: &Arc<Self>, source: IpAddr) -> Result<LoginAttempt, Refusal> {
+        if let Err(wait) = self.limiter.begin(source) {
+            tracing::warn!(%source, "login refused: too many failures from this address");
             return Err(Refusal::new(
                 ErrorCode::RateLimited,
                 format!(
@@ -220,28 +222,27 @@ impl SpService {
                 ),
             ));
         }
-        match self.registry.verify_operator(user, password) {
-            Ok(Some(_)) => {
-                // A success does not clear the address's failures: otherwise an attacker with
-                // one valid account could reset the count between guesses at another's.
-                let ttl = self.config.token_ttl_secs;
-                let token = self
-                    .registry
-                    .create_token(user, Duration::from_secs(ttl))
-                    .map_err(internal)?;
-                tracing::info!(%source, user, "operator logged in");
-                Ok((token, ttl))
-            }
-            Ok(None) => {
-                self.limiter.record_failure(source);
-                tracing::warn!(%source, user, "failed login");
-                Err(Refusal::new(
-                    ErrorCode::AuthFailed,
-                    "login failed: wrong user name or password",
-                ))
-            }
-            Err(e) => Err(internal(e)),
-        }
+        let Some(permit) = self.checker.try_acquire(self.limiter.is_known(source)) else {
+            self.limiter.forgive(source);
+            tracing::debug!(%source, "login refused: every password check slot is busy");
+            return Err(Refusal::plain(ErrorCode::Busy));
+        };
+        Ok(LoginAttempt {
+            sp: self.clone(),
+            source,
+            permit,
+        })
+    }
+
+    /// Operator login with a password, both halves at once ([`begin_login`](Self::begin_login)
+    /// then [`LoginAttempt::finish`]). Slow: call from a blocking thread.
+    pub fn login(
+        self: &Arc<Self>,
+        user: &str,
+        password: &str,
+        source: IpAddr,
+    ) -> Result<(String, u64), Refusal> {
+        self.begin_login(source)?.finish(user, password)
     }
 
     /// Resolves a session token to its operator.
@@ -314,6 +315,70 @@ impl SpService {
             return Ok(Vec::new());
         }
         Ok(self.presence.sync_accounts(self.registry.tenants()?))
+    }
+}
+
+/// A password login admitted by [`SpService::begin_login`]: it holds a password-check slot
+/// and has been counted against its source. Dropped unfinished, it stays counted.
+pub struct LoginAttempt {
+    sp: Arc<SpService>,
+    source: IpAddr,
+    permit: auth::CheckPermit,
+}
+
+impl LoginAttempt {
+    /// Checks the password (Argon2id: slow, call from a blocking thread) and issues a token.
+    /// Returns the new token and its lifetime.
+    pub fn finish(mut self, user: &str, password: &str) -> Result<(String, u64), Refusal> {
+        let sp = &self.sp;
+        let source = self.source;
+        let account = match sp.registry.operator_password_hash(user) {
+            Ok(account) => account,
+            Err(e) => {
+                sp.limiter.forgive(source);
+                return Err(internal(e));
+            }
+        };
+        let checked = match &account {
+            Some(hash) => self.permit.verify(password, hash),
+            None => {
+                // An unknown user costs the same time as a wrong password.
+                self.permit.burn(password);
+                false
+            }
+        };
+        drop(self.permit);
+        let (Some(hash), true) = (account, checked) else {
+            tracing::warn!(%source, user, "failed login");
+            return Err(Refusal::new(
+                ErrorCode::AuthFailed,
+                "login failed: wrong user name or password",
+            ));
+        };
+        // A success takes back its own attempt but does not clear the address's failures:
+        // otherwise an attacker with one valid account could reset the count between
+        // guesses at another's.
+        sp.limiter.succeeded(source);
+        let ttl = sp.config.token_ttl_secs;
+        // Issued only if the password is still the one just checked: a `rac sp operator
+        // passwd` (or `remove`) while the check ran leaves the old password without a token.
+        match sp
+            .registry
+            .create_token_for_password(user, &hash, Duration::from_secs(ttl))
+        {
+            Ok(Some(token)) => {
+                tracing::info!(%source, user, "operator logged in");
+                Ok((token, ttl))
+            }
+            Ok(None) => {
+                tracing::warn!(%source, user, "login raced a password change; refused");
+                Err(Refusal::new(
+                    ErrorCode::AuthFailed,
+                    "login failed: the password changed meanwhile",
+                ))
+            }
+            Err(e) => Err(internal(e)),
+        }
     }
 }
 

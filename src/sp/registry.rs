@@ -115,6 +115,38 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+/// An operator's tenant scope in its stored form: `*` (every tenant), empty (none), or tenant
+/// names separated by commas, each a valid name.
+pub fn tenant_scope(list: &str) -> Result<String> {
+    let list = list.trim();
+    if list == "*" || list.is_empty() {
+        return Ok(list.to_string());
+    }
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    for name in &names {
+        validate_name(name)?;
+    }
+    Ok(names.join(","))
+}
+
+/// An account change made from the SP's own command line, as a row of the audit log:
+/// operator, `-` for the tenant, `account` for the service, where the change came from, and
+/// what it did as the outcome.
+fn audit_admin(conn: &Connection, operator: &str, action: &str, outcome: &str) -> Result<()> {
+    let now = now_secs() as i64;
+    conn.execute(
+        "INSERT INTO audit (operator, tenant, service, console_addr, started_at, ended_at, outcome)
+         VALUES (?1, '-', 'account', ?2, ?3, ?3, ?4)",
+        params![
+            operator,
+            format!("local: rac sp operator {action}"),
+            now,
+            outcome
+        ],
+    )?;
+    Ok(())
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS operators (
     name TEXT PRIMARY KEY,
@@ -180,6 +212,7 @@ impl Registry {
     /// Adds an operator; `tenants` is `*` or a comma-separated allow list.
     pub fn add_operator(&self, name: &str, password: &str, tenants: &str) -> Result<()> {
         validate_name(name)?;
+        let tenants = tenant_scope(tenants)?;
         let hash = auth::hash_password(password).map_err(RegistryError::Hash)?;
         let inserted = self.conn().execute(
             "INSERT OR IGNORE INTO operators (name, password_hash, tenants, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -191,17 +224,92 @@ impl Registry {
         Ok(())
     }
 
-    /// Replaces an operator's password.
-    pub fn set_operator_password(&self, name: &str, password: &str) -> Result<()> {
+    /// Replaces an operator's password and revokes every token of theirs, in one transaction
+    /// (audited). A running SP then ends their sessions and tenant feeds within one registry
+    /// poll. Returns how many tokens were revoked.
+    pub fn set_operator_password(&self, name: &str, password: &str) -> Result<usize> {
+        // The slow hash runs before the lock is taken.
         let hash = auth::hash_password(password).map_err(RegistryError::Hash)?;
-        let n = self.conn().execute(
-            "UPDATE operators SET password_hash = ?2 WHERE name = ?1",
-            params![name, hash],
-        )?;
-        if n == 0 {
+        self.change_operator(name, "passwd", |tx| {
+            tx.execute(
+                "UPDATE operators SET password_hash = ?2 WHERE name = ?1",
+                params![name, hash],
+            )?;
+            Ok("password changed".to_string())
+        })
+    }
+
+    /// Removes an operator and every token of theirs, in one transaction (audited). Returns
+    /// how many tokens were revoked.
+    pub fn remove_operator(&self, name: &str) -> Result<usize> {
+        self.change_operator(name, "remove", |tx| {
+            tx.execute("DELETE FROM operators WHERE name = ?1", params![name])?;
+            Ok("operator removed".to_string())
+        })
+    }
+
+    /// Replaces an operator's tenant scope (`*` or a comma-separated list) and revokes every
+    /// token of theirs, in one transaction (audited): the new scope applies from their next
+    /// login. Returns how many tokens were revoked.
+    pub fn set_operator_tenants(&self, name: &str, tenants: &str) -> Result<usize> {
+        let tenants = tenant_scope(tenants)?;
+        self.change_operator(name, "set-tenants", |tx| {
+            let old: String = tx.query_row(
+                "SELECT tenants FROM operators WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )?;
+            tx.execute(
+                "UPDATE operators SET tenants = ?2 WHERE name = ?1",
+                params![name, tenants],
+            )?;
+            Ok(format!("tenant scope set to {tenants:?} (was {old:?})"))
+        })
+    }
+
+    /// One audited change to an existing operator, with all their tokens revoked, as one
+    /// transaction: either all of it is on disk or none.
+    fn change_operator(
+        &self,
+        name: &str,
+        action: &str,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<String>,
+    ) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM operators WHERE name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !exists {
             return Err(RegistryError::UnknownOperator(name.to_string()));
         }
-        Ok(())
+        let what = change(&tx)?;
+        let revoked = tx.execute("DELETE FROM tokens WHERE operator = ?1", params![name])?;
+        audit_admin(
+            &tx,
+            name,
+            action,
+            &format!("{what}; {revoked} token(s) revoked"),
+        )?;
+        tx.commit()?;
+        Ok(revoked)
+    }
+
+    /// The stored password hash of an operator, if there is such an operator.
+    pub fn operator_password_hash(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT password_hash FROM operators WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()?)
     }
 
     /// Checks a password. Slow by design (argon2): call from a blocking thread.
@@ -263,6 +371,48 @@ impl Registry {
         Ok(token)
     }
 
+    /// Issues a token as [`create_token`](Self::create_token) does, but only while the
+    /// operator's stored password hash is still `password_hash` (the one a login just checked):
+    /// `None` if the password changed or the operator was removed meanwhile.
+    pub fn create_token_for_password(
+        &self,
+        operator: &str,
+        password_hash: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>> {
+        let token = auth::random_hex_32();
+        let now = now_secs();
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM tokens WHERE expires_at < ?1",
+            params![now.saturating_sub(86_400) as i64],
+        )?;
+        let inserted = conn.execute(
+            "INSERT INTO tokens (token_hash, operator, expires_at)
+             SELECT ?1, name, ?3 FROM operators WHERE name = ?2 AND password_hash = ?4",
+            params![
+                auth::sha256_hex(&token),
+                operator,
+                (now + ttl.as_secs()) as i64,
+                password_hash
+            ],
+        )?;
+        Ok((inserted == 1).then_some(token))
+    }
+
+    /// When a stored token expires (seconds since the Unix epoch), if it is stored.
+    pub fn token_expires_at(&self, token: &str) -> Result<Option<u64>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT expires_at FROM tokens WHERE token_hash = ?1",
+                params![auth::sha256_hex(token)],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|at| at.max(0) as u64))
+    }
+
     pub fn check_token(&self, token: &str) -> Result<TokenCheck> {
         let row: Option<(i64, String, Option<String>)> = self
             .conn()
@@ -293,6 +443,12 @@ impl Registry {
         Ok(self
             .conn()
             .execute("DELETE FROM tokens WHERE operator = ?1", params![operator])?)
+    }
+
+    /// [`revoke_operator_tokens`](Self::revoke_operator_tokens) for an existing operator, as
+    /// `rac sp operator revoke` does it: one transaction, written to the audit log.
+    pub fn revoke_operator_tokens_audited(&self, operator: &str) -> Result<usize> {
+        self.change_operator(operator, "revoke", |_| Ok("tokens revoked".to_string()))
     }
 
     // ---- tenants ----
@@ -524,6 +680,90 @@ mod tests {
             reg.check_token(&expired).expect("check"),
             TokenCheck::Expired
         );
+    }
+
+    #[test]
+    fn operator_changes_revoke_tokens_and_are_audited() {
+        let (_dir, reg) = registry();
+        reg.add_operator("alice", "first password", "acme")
+            .expect("add");
+        let ttl = Duration::from_secs(60);
+        let old_hash = reg
+            .operator_password_hash("alice")
+            .expect("hash")
+            .expect("stored");
+        let token = reg.create_token("alice", ttl).expect("token");
+        assert_eq!(
+            reg.set_operator_password("alice", "second password")
+                .expect("passwd"),
+            1
+        );
+        assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Unknown);
+        assert!(
+            reg.verify_operator("alice", "first password")
+                .expect("v")
+                .is_none()
+        );
+        assert!(
+            reg.verify_operator("alice", "second password")
+                .expect("v")
+                .is_some()
+        );
+        // A login that checked the old password while it changed gets no token.
+        assert_eq!(
+            reg.create_token_for_password("alice", &old_hash, ttl)
+                .expect("create"),
+            None
+        );
+        let new_hash = reg
+            .operator_password_hash("alice")
+            .expect("hash")
+            .expect("stored");
+        let token = reg
+            .create_token_for_password("alice", &new_hash, ttl)
+            .expect("create")
+            .expect("current password");
+        assert!(reg.token_expires_at(&token).expect("expiry").is_some());
+
+        assert_eq!(
+            reg.set_operator_tenants("alice", " globex , initech ")
+                .expect("scope"),
+            1
+        );
+        assert_eq!(reg.operators().expect("list")[0].tenants, "globex,initech");
+        assert!(matches!(
+            reg.set_operator_tenants("alice", "ok,../etc"),
+            Err(RegistryError::InvalidName(_))
+        ));
+        let token = reg.create_token("alice", ttl).expect("token");
+        assert_eq!(reg.remove_operator("alice").expect("remove"), 1);
+        assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Unknown);
+        assert!(reg.token_expires_at(&token).expect("expiry").is_none());
+        assert!(matches!(
+            reg.remove_operator("alice"),
+            Err(RegistryError::UnknownOperator(_))
+        ));
+        assert!(matches!(
+            reg.set_operator_password("alice", "x"),
+            Err(RegistryError::UnknownOperator(_))
+        ));
+
+        let audit = reg.audit_entries(10).expect("audit");
+        let outcomes: Vec<_> = audit.iter().map(|e| e.outcome.as_str()).collect();
+        assert_eq!(
+            outcomes,
+            [
+                "operator removed; 1 token(s) revoked",
+                "tenant scope set to \"globex,initech\" (was \"acme\"); 1 token(s) revoked",
+                "password changed; 1 token(s) revoked",
+            ]
+        );
+        assert!(
+            audit
+                .iter()
+                .all(|e| e.operator == "alice" && e.service == "account")
+        );
+        assert_eq!(audit[2].console_addr, "local: rac sp operator passwd");
     }
 
     #[test]

@@ -73,13 +73,14 @@ struct Shared {
     pending: Mutex<HashMap<String, Pending>>,
     /// Cancelling a tenant's token ends all its sessions (tenant disabled or removed).
     tenant_sessions: Mutex<HashMap<String, CancellationToken>>,
-    /// Spliced sessions by number, with the token that opened each: a revoked token ends them.
+    /// Spliced sessions and operator connections (the tenant feed) by number, with the token
+    /// that opened each: a revoked token ends them.
     live_sessions: Mutex<HashMap<u64, LiveSession>>,
     next_session: std::sync::atomic::AtomicU64,
     handshakes_by_source: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// A spliced session, as the registry watcher sees it.
+/// A spliced session or an operator connection, as the registry watcher sees it.
 struct LiveSession {
     token: String,
     cancel: CancellationToken,
@@ -391,8 +392,10 @@ async fn watch_registry(shared: Arc<Shared>) {
     }
 }
 
-/// Ends the sessions whose token no longer exists (revoked by logout or `rac sp operator
-/// revoke`). An expired but still stored token lets its open sessions run to their end.
+/// Ends the sessions and operator connections whose token no longer exists (revoked by
+/// logout, `rac sp operator revoke`, `passwd`, `set-tenants` or `remove`). An expired but
+/// still stored token lets its open sessions run to their end; an operator connection ends at
+/// its token's expiry by its own timer (`operator.rs`).
 fn end_sessions_of_revoked_tokens(shared: &Shared) {
     let open: Vec<(u64, String)> = lock(&shared.live_sessions)
         .iter()

@@ -1,13 +1,21 @@
 //! The operator API at the SP (step 4): login, then the tenant list as one snapshot followed
 //! by live changes. An operator sees only the tenants their account may open.
+//!
+//! A password login first passes [`SpService::begin_login`](crate::sp::SpService::begin_login)
+//! (the per-source limit and the cap on password checks running at once) before its Argon2id
+//! check gets a blocking thread. An open connection is tracked with the live sessions, by its
+//! token: it ends, with an error frame saying why, when the token is revoked (logout, or a
+//! `rac sp operator` command) or expires.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use super::{ServerStream, Shared, send_error};
+use super::{LiveSession, ServerStream, Shared, lock, send_error};
 use crate::net::AbortOnDrop;
 use crate::net::frame::{self, FrameError, MAX_HELLO_LEN};
 use crate::net::protocol::{ApiRequest, ApiResponse, ErrorCode, HelloReply, TenantInfo, Welcome};
@@ -24,14 +32,19 @@ pub(super) async fn serve(
     token: Option<String>,
 ) {
     let login = match (password, token) {
-        (Some(password), _) => {
-            let sp = shared.sp.clone();
-            let user = user.clone();
-            tokio::task::spawn_blocking(move || sp.login(&user, &password, client.ip()))
-                .await
-                .unwrap_or_else(|_| Err(Refusal::new(ErrorCode::Internal, "login check failed")))
-                .and_then(|(token, ttl)| Ok((shared.sp.check_token(&token)?, token, Some(ttl))))
-        }
+        // Admitted (or refused: rate_limited, busy) before any thread or memory is spent.
+        (Some(password), _) => match shared.sp.begin_login(client.ip()) {
+            Ok(attempt) => {
+                let user = user.clone();
+                tokio::task::spawn_blocking(move || attempt.finish(&user, &password))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Refusal::new(ErrorCode::Internal, "login check failed"))
+                    })
+                    .and_then(|(token, ttl)| Ok((shared.sp.check_token(&token)?, token, Some(ttl))))
+            }
+            Err(refusal) => Err(refusal),
+        },
         (None, Some(token)) => shared.sp.check_token(&token).and_then(|op| {
             if op.name == user {
                 Ok((op, token, None))
@@ -54,6 +67,22 @@ pub(super) async fn serve(
             return;
         }
     };
+    // Tracked from here on, so a revocation after this point ends the connection; one just
+    // before it shows as a token no longer stored.
+    let tracked = Tracked::new(&shared, &token);
+    let expires_at = match shared.sp.registry.token_expires_at(&token) {
+        Ok(Some(at)) => at,
+        Ok(None) => {
+            let _ = send_error(&mut stream, &revoked(&shared, &operator.name)).await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!("registry error: {e}");
+            let refusal = Refusal::new(ErrorCode::Internal, ErrorCode::Internal.describe());
+            let _ = send_error(&mut stream, &refusal).await;
+            return;
+        }
+    };
     let welcome = HelloReply::Welcome(Welcome {
         server: crate::VERSION.to_string(),
         heartbeat_secs: 0,
@@ -65,9 +94,72 @@ pub(super) async fn serve(
     if frame::write_frame(&mut stream, &welcome).await.is_err() {
         return;
     }
-    if let Err(e) = requests(&shared, stream, &operator, &token).await {
+    let ended = requests(
+        &shared,
+        stream,
+        &operator,
+        &token,
+        &tracked.cancel,
+        expires_at,
+    );
+    if let Err(e) = ended.await {
         tracing::debug!(%client, operator = %operator.name, "operator connection ended: {e}");
     }
+}
+
+/// An operator connection in `Shared::live_sessions`, under its token, while it lives.
+struct Tracked<'a> {
+    shared: &'a Shared,
+    number: u64,
+    /// Cancelled by the registry watcher when the token is revoked.
+    cancel: CancellationToken,
+}
+
+impl<'a> Tracked<'a> {
+    fn new(shared: &'a Shared, token: &str) -> Self {
+        let number = shared
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        lock(&shared.live_sessions).insert(
+            number,
+            LiveSession {
+                token: token.to_string(),
+                cancel: cancel.clone(),
+            },
+        );
+        Tracked {
+            shared,
+            number,
+            cancel,
+        }
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.live_sessions).remove(&self.number);
+    }
+}
+
+/// Why a token stopped working, in the words the console shows.
+fn revoked(shared: &Shared, operator: &str) -> Refusal {
+    let message = match shared.sp.registry.operator_password_hash(operator) {
+        Ok(None) => format!("the SP ended this connection: operator {operator} was removed"),
+        _ => "the SP ended this connection: the session token was revoked (a logout, or the \
+              SP's administrator changed this operator's password, tenants or tokens); \
+              log in again"
+            .to_string(),
+    };
+    Refusal::new(ErrorCode::AuthFailed, message)
+}
+
+/// How long until `expires_at` (seconds since the Unix epoch).
+fn until(expires_at: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(expires_at).saturating_sub(now)
 }
 
 async fn requests(
@@ -75,6 +167,8 @@ async fn requests(
     stream: ServerStream,
     operator: &Operator,
     token: &str,
+    revoked_token: &CancellationToken,
+    expires_at: u64,
 ) -> Result<(), FrameError> {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut incoming) = mpsc::channel(8);
@@ -89,6 +183,8 @@ async fn requests(
     }));
     let allowed = |info: &TenantInfo| operator.may_open(&info.name);
     let mut events = None;
+    let expiry = tokio::time::sleep(until(expires_at));
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             request = incoming.recv() => match request {
@@ -128,6 +224,20 @@ async fn requests(
                     Err(RecvError::Closed) => return Ok(()),
                 };
                 frame::write_frame(&mut writer, &response).await?;
+            }
+            _ = revoked_token.cancelled() => {
+                tracing::info!(operator = %operator.name, "token revoked: ending its operator connection");
+                let _ = send_error(&mut writer, &revoked(shared, &operator.name)).await;
+                return Ok(());
+            }
+            _ = &mut expiry => {
+                tracing::info!(operator = %operator.name, "token expired: ending its operator connection");
+                let refusal = Refusal::new(
+                    ErrorCode::TokenExpired,
+                    "the SP ended this connection: the session token expired; log in again",
+                );
+                let _ = send_error(&mut writer, &refusal).await;
+                return Ok(());
             }
             _ = shared.shutdown.cancelled() => return Ok(()),
         }
