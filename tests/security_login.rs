@@ -65,8 +65,12 @@ async fn concurrent_wrong_logins_from_one_address_are_checked_at_most_five_times
                         .await
                         .expect("read")
                         .expect("reply");
-                    if reply_code(&reply) != Some(ErrorCode::Busy) {
-                        return reply;
+                    match &reply {
+                        HelloReply::Error(e) if e.code == ErrorCode::Busy => assert_eq!(
+                            e.message,
+                            "the SP is busy checking other logins; try again in a moment"
+                        ),
+                        _ => return reply,
                     }
                     busy.fetch_add(1, Ordering::Relaxed);
                     stream = sp.raw_from(attacker).await;
@@ -219,6 +223,9 @@ async fn login_once(
 /// Tallies flood outcomes by answer.
 type Tally = std::collections::BTreeMap<String, usize>;
 
+/// One flood slot: the answer to each login it sent.
+type Slot = tokio::task::JoinHandle<Vec<Result<Option<ErrorCode>, String>>>;
+
 /// `slots` logins at once from 127.0.0.2 to 127.0.0.251 (wrong passwords and unknown users).
 /// With `until`, each slot sends its login again as soon as it is answered, until then.
 fn flood(
@@ -226,7 +233,7 @@ fn flood(
     addr: SocketAddr,
     slots: usize,
     until: Option<Instant>,
-) -> Vec<tokio::task::JoinHandle<Vec<Result<Option<ErrorCode>, String>>>> {
+) -> Vec<Slot> {
     (0..slots)
         .map(|i| {
             let tls = tls.clone();
@@ -247,10 +254,7 @@ fn flood(
         .collect()
 }
 
-async fn tally(
-    flood: Vec<tokio::task::JoinHandle<Vec<Result<Option<ErrorCode>, String>>>>,
-    codes: &mut Tally,
-) {
+async fn tally(flood: Vec<Slot>, codes: &mut Tally) {
     for slot in flood {
         let outcomes = tokio::time::timeout(PATIENCE, slot)
             .await

@@ -374,12 +374,16 @@ mod tests {
     fn the_checker_verifies_like_argon2_and_caps_concurrent_checks() {
         let hash = hash_password("pw").expect("hash");
         let checker = PasswordChecker::new(2);
-        let mut one = checker.try_acquire().expect("first slot");
-        let two = checker.try_acquire().expect("second slot");
+        let mut one = checker.try_acquire(false).expect("first slot");
+        let two = checker.try_acquire(false).expect("second slot");
         assert!(
-            checker.try_acquire().is_none(),
+            checker.try_acquire(false).is_none(),
             "a third check waits for none"
         );
+        // A known source has one lane more, and only one.
+        let known = checker.try_acquire(true).expect("the known sources' lane");
+        assert!(checker.try_acquire(true).is_none());
+        drop(known);
         assert!(one.verify("pw", &hash));
         assert!(!one.verify("pW", &hash));
         assert!(!one.verify("pw", "not a hash"));
