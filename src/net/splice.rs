@@ -93,14 +93,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
+/// Which of the two streams given to [`splice`]: the caller knows what each one is (the
+/// console or the tenant, the data channel or the local service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
 /// How a splice ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpliceEnd {
-    /// Both sides finished.
+    /// Both sides finished cleanly.
     Closed,
-    /// One side failed (reset, timeout): the message says which.
-    Failed(String),
-    /// Stopped from outside (tenant disabled, shutdown).
+    /// Both sides finished, but `side` ended its stream with a bare TCP FIN and no TLS
+    /// close_notify (many TLS stacks do). What it sent was delivered, and the other direction
+    /// carried on until it finished too.
+    ClosedWithoutNotify { side: Side },
+    /// A read from or a write to `side` failed (reset, TLS error).
+    Failed { side: Side, error: String },
+    /// Stopped from outside (tenant disabled, token revoked, shutdown).
     Cancelled,
 }
 
@@ -130,13 +142,22 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut a = Counted::new(a, counters.a_to_b.clone());
-    let mut b = Counted::new(b, counters.b_to_a.clone());
+    let mut a = SideStream::new(Counted::new(a, counters.a_to_b.clone()), Side::A);
+    let mut b = SideStream::new(Counted::new(b, counters.b_to_a.clone()), Side::B);
     let end = tokio::select! {
         result = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, SPLICE_BUF, SPLICE_BUF) => {
             match result {
+                Ok(_) if a.no_close_notify => SpliceEnd::ClosedWithoutNotify { side: Side::A },
+                Ok(_) if b.no_close_notify => SpliceEnd::ClosedWithoutNotify { side: Side::B },
                 Ok(_) => SpliceEnd::Closed,
-                Err(e) => SpliceEnd::Failed(e.to_string()),
+                Err(e) => {
+                    let (side, error) = match e.get_ref().and_then(|i| i.downcast_ref::<SideError>()) {
+                        Some(tagged) => (tagged.side, tagged.source.to_string()),
+                        // Every error passes through a SideStream; this is only a fallback.
+                        None => (Side::A, e.to_string()),
+                    };
+                    SpliceEnd::Failed { side, error }
+                }
             }
         }
         _ = cancel.cancelled() => SpliceEnd::Cancelled,
@@ -145,6 +166,92 @@ where
         a_to_b: counters.a_to_b.load(Ordering::Relaxed),
         b_to_a: counters.b_to_a.load(Ordering::Relaxed),
         end,
+    }
+}
+
+/// An I/O error and the side it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+struct SideError {
+    side: Side,
+    source: io::Error,
+}
+
+/// One side of a splice: its errors carry the side's name, and a TLS stream that ends without
+/// close_notify (rustls reports `UnexpectedEof`) counts as that side's end of stream, so the
+/// other direction is not cut short while it still carries data.
+struct SideStream<S> {
+    inner: S,
+    side: Side,
+    no_close_notify: bool,
+}
+
+impl<S> SideStream<S> {
+    fn new(inner: S, side: Side) -> Self {
+        SideStream {
+            inner,
+            side,
+            no_close_notify: false,
+        }
+    }
+
+    fn tag<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match result {
+            Poll::Ready(Err(source)) => Poll::Ready(Err(io::Error::new(
+                source.kind(),
+                SideError {
+                    side: self.side,
+                    source,
+                },
+            ))),
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SideStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.no_close_notify = true;
+                Poll::Ready(Ok(()))
+            }
+            other => self.tag(other),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SideStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.tag(result)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.tag(result)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.tag(result)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.tag(result)
     }
 }
 
@@ -178,6 +285,98 @@ mod tests {
         assert_eq!(report.a_to_b, 12);
         assert_eq!(report.b_to_a, 14);
         assert_eq!(report.end, SpliceEnd::Closed);
+    }
+
+    /// A stream whose end of input is reported as the error `kind` (as rustls reports a
+    /// missing close_notify, or a socket a reset).
+    struct EndsWith<S> {
+        inner: S,
+        kind: std::io::ErrorKind,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for EndsWith<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            match Pin::new(&mut self.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                    Poll::Ready(Err(io::Error::new(self.kind, "stream ended badly")))
+                }
+                other => other,
+            }
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for EndsWith<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_close_notify_ends_one_direction_and_the_other_carries_on() {
+        let (mut client, a) = tokio::io::duplex(256 * 1024);
+        let (b, mut server) = tokio::io::duplex(256 * 1024);
+        let a = EndsWith {
+            inner: a,
+            kind: std::io::ErrorKind::UnexpectedEof,
+        };
+        let counters = Counters::default();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let counters = counters.clone();
+            async move { splice(a, b, &counters, &cancel).await }
+        });
+        client.write_all(b"last words").await.expect("write");
+        client.shutdown().await.expect("bare FIN");
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.expect("read to eof");
+        assert_eq!(got, b"last words");
+        // The tenant still has plenty to say after the console's abrupt end.
+        let reply = vec![7u8; 100_000];
+        server.write_all(&reply).await.expect("write");
+        server.shutdown().await.expect("close");
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.expect("read");
+        assert_eq!(back, reply);
+        let report = task.await.expect("join");
+        assert_eq!(report.end, SpliceEnd::ClosedWithoutNotify { side: Side::A });
+        assert_eq!(report.b_to_a, 100_000);
+    }
+
+    #[tokio::test]
+    async fn a_failure_names_the_side_it_happened_on() {
+        let (client, a) = tokio::io::duplex(1024);
+        let (b, mut server) = tokio::io::duplex(1024);
+        let b = EndsWith {
+            inner: b,
+            kind: std::io::ErrorKind::ConnectionReset,
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(async move { splice(a, b, &Counters::default(), &cancel).await });
+        server.shutdown().await.expect("close");
+        let report = task.await.expect("join");
+        drop(client);
+        match report.end {
+            SpliceEnd::Failed { side, error } => {
+                assert_eq!(side, Side::B);
+                assert!(error.contains("stream ended badly"), "{error}");
+            }
+            other => panic!("expected a failure on side B, got {other:?}"),
+        }
     }
 
     #[tokio::test]

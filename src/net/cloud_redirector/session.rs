@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::{DataOutcome, Pending, ServerStream, Shared, lock, send_error};
 use crate::net::frame;
 use crate::net::protocol::{ControlMsg, ErrorCode, SessionMsg, Stage};
-use crate::net::splice::{Counters, SpliceEnd, splice};
+use crate::net::splice::{Counters, Side, SpliceEnd, splice};
 use crate::sp::{Refusal, auth};
 
 /// Removes a pending request however the console's wait ends.
@@ -78,11 +78,19 @@ pub(super) async fn console(
         frame::write_frame(&mut stream, &ready),
         frame::write_frame(&mut data, &ready)
     );
-    let report = if let Err(e) = to_console.and(to_tenant) {
+    let ready_failed = match (to_console, to_tenant) {
+        (Err(e), _) => Some((Side::A, e)),
+        (_, Err(e)) => Some((Side::B, e)),
+        _ => None,
+    };
+    let report = if let Some((side, e)) = ready_failed {
         let report = crate::net::splice::SpliceReport {
             a_to_b: 0,
             b_to_a: 0,
-            end: SpliceEnd::Failed(format!("sending ready: {e}")),
+            end: SpliceEnd::Failed {
+                side,
+                error: format!("sending ready: {e}"),
+            },
         };
         (report, false)
     } else {
@@ -106,9 +114,17 @@ pub(super) async fn console(
         (report, tenant_cancel.is_cancelled())
     };
     let (report, tenant_ended) = report;
+    // The splice's side A is the console, side B the tenant's data channel.
+    let who = |side: &Side| match side {
+        Side::A => "console",
+        Side::B => "tenant",
+    };
     let outcome = match &report.end {
         SpliceEnd::Closed => "closed".to_string(),
-        SpliceEnd::Failed(e) => format!("failed: {e}"),
+        SpliceEnd::ClosedWithoutNotify { side } => {
+            format!("closed (no close_notify from the {})", who(side))
+        }
+        SpliceEnd::Failed { side, error } => format!("failed: {} side: {error}", who(side)),
         SpliceEnd::Cancelled if shared.shutdown.is_cancelled() => "ended: SP shutting down".into(),
         SpliceEnd::Cancelled if tenant_ended => "ended: tenant disabled or removed".into(),
         SpliceEnd::Cancelled => "ended: operator token revoked".into(),

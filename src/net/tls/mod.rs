@@ -91,7 +91,8 @@ pub fn server_acceptor(chain_pem: &Path, key_pem: &Path) -> Result<TlsAcceptor, 
 pub enum Trust {
     /// The SP's CA certificate (PEM file).
     CaFile(std::path::PathBuf),
-    /// The SHA-256 of a certificate in the SP's chain (its CA or its server certificate).
+    /// The SHA-256 of the SP's CA certificate (then the chain and name are verified against
+    /// that CA alone) or of its server certificate (then exactly that certificate is accepted).
     Pinned([u8; 32]),
 }
 
@@ -133,11 +134,7 @@ impl TlsClient {
             }
             Trust::Pinned(fingerprint) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                    fingerprint: *fingerprint,
-                    provider: provider(),
-                    seen: None,
-                }))
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier::new(*fingerprint)))
                 .with_no_client_auth(),
         };
         let server_name = ServerName::try_from(server_name.to_string()).map_err(|_| {
@@ -256,9 +253,8 @@ pub async fn probe_fingerprint(address: &str, server_name: &str) -> std::io::Res
         .dangerous()
         // A pin nothing matches: the handshake stops after the chain has been noted.
         .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-            fingerprint: [0; 32],
-            provider: provider(),
             seen: Some(seen.clone()),
+            ..PinnedVerifier::new([0; 32])
         }))
         .with_no_client_auth();
     let name = ServerName::try_from(server_name.to_string()).map_err(|_| {
@@ -282,14 +278,57 @@ pub async fn probe_fingerprint(address: &str, server_name: &str) -> std::io::Res
     })
 }
 
-/// Trusts exactly the chain that contains a certificate with the pinned fingerprint; the
-/// handshake signature is still checked against the end-entity key.
+/// Trusts the SP by a pinned SHA-256 fingerprint.
+///
+/// A pin names one certificate, and that certificate must be the one that vouches for the key
+/// the handshake is signed with:
+/// - a pin equal to the end-entity certificate accepts exactly that certificate;
+/// - a pin equal to a CA certificate in the chain makes that CA the *only* trust root, and the
+///   chain, its validity dates and the server name are verified against it by rustls' WebPKI
+///   verifier, as for a CA file.
+///
+/// Finding the pinned certificate anywhere in the chain is not enough: the SP's CA certificate
+/// is public (every handshake sends it), so a man in the middle could present its own leaf with
+/// the real CA beside it.
 #[derive(Debug)]
 struct PinnedVerifier {
     fingerprint: [u8; 32],
     provider: Arc<CryptoProvider>,
+    /// The WebPKI verifier rooted at the pinned CA, made the first time a handshake shows that
+    /// certificate (the pin is only its hash).
+    anchored: std::sync::OnceLock<Arc<rustls::client::WebPkiServerVerifier>>,
     /// For `probe_fingerprint`: where to note the last certificate of the chain presented.
     seen: Option<Arc<std::sync::Mutex<Option<[u8; 32]>>>>,
+}
+
+impl PinnedVerifier {
+    fn new(fingerprint: [u8; 32]) -> Self {
+        PinnedVerifier {
+            fingerprint,
+            provider: provider(),
+            anchored: std::sync::OnceLock::new(),
+            seen: None,
+        }
+    }
+
+    /// The verifier whose only root is `ca` (a certificate whose hash is the pin).
+    fn anchored_at(
+        &self,
+        ca: &CertificateDer<'_>,
+    ) -> Result<Arc<rustls::client::WebPkiServerVerifier>, rustls::Error> {
+        if let Some(verifier) = self.anchored.get() {
+            return Ok(verifier.clone());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(format!("pinned CA: {e}")))?;
+        Ok(self.anchored.get_or_init(|| verifier).clone())
+    }
 }
 
 impl ServerCertVerifier for PinnedVerifier {
@@ -297,24 +336,32 @@ impl ServerCertVerifier for PinnedVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         if let Some(seen) = &self.seen {
             let last = intermediates.last().unwrap_or(end_entity);
             *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint(last.as_ref()));
         }
-        let pinned = std::iter::once(end_entity)
-            .chain(intermediates)
-            .any(|cert| fingerprint(cert.as_ref()) == self.fingerprint);
-        if pinned {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
+        if fingerprint(end_entity.as_ref()) == self.fingerprint {
+            return Ok(ServerCertVerified::assertion());
         }
+        let Some(ca) = intermediates
+            .iter()
+            .find(|cert| fingerprint(cert.as_ref()) == self.fingerprint)
+        else {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        };
+        self.anchored_at(ca)?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
     }
 
     fn verify_tls12_signature(
@@ -483,6 +530,51 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("certificate PEM")
+    }
+
+    fn verify(
+        pin: &CertificateDer<'_>,
+        chain: &[CertificateDer<'_>],
+        name: &str,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = ServerName::try_from(name.to_string()).expect("name");
+        PinnedVerifier::new(fingerprint(pin.as_ref())).verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &name,
+            &[],
+            UnixTime::now(),
+        )
+    }
+
+    #[test]
+    fn a_pinned_ca_is_the_only_root_and_the_name_is_checked() {
+        let sp = crate::sp::pki::generate(&[]).expect("sp certificates");
+        let attacker = crate::sp::pki::generate(&[]).expect("attacker certificates");
+        let (ca, leaf) = (der(&sp.ca_cert_pem), der(&sp.server_cert_pem));
+        let forged = der(&attacker.server_cert_pem);
+
+        assert!(verify(&ca, &[leaf.clone(), ca.clone()], "localhost").is_ok());
+        // The real CA beside a leaf it never signed is no pin match.
+        assert!(verify(&ca, &[forged.clone(), ca.clone()], "localhost").is_err());
+        // A leaf the CA signed, but for another name.
+        assert!(verify(&ca, &[leaf.clone(), ca.clone()], "sp.example.net").is_err());
+    }
+
+    #[test]
+    fn a_pinned_leaf_accepts_exactly_that_leaf() {
+        let sp = crate::sp::pki::generate(&[]).expect("sp certificates");
+        let attacker = crate::sp::pki::generate(&[]).expect("attacker certificates");
+        let (ca, leaf) = (der(&sp.ca_cert_pem), der(&sp.server_cert_pem));
+        let forged = der(&attacker.server_cert_pem);
+
+        assert!(verify(&leaf, &[leaf.clone(), ca.clone()], "localhost").is_ok());
+        // The pinned leaf tucked in as an "intermediate" vouches for nothing.
+        assert!(verify(&leaf, &[forged, leaf.clone(), ca], "localhost").is_err());
+    }
 
     #[test]
     fn fingerprints_parse_in_every_common_form() {
