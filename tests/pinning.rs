@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 
 use common::{PATIENCE, TestSp, quick_config};
 use rac::ui::ConsoleApp;
+use ui_support::fill;
 
 const RAC: &str = env!("CARGO_BIN_EXE_rac");
 
@@ -206,16 +207,6 @@ async fn the_tenant_redirector_sends_no_secret_to_a_fake_sp_showing_the_real_ca(
         "the redirector never reached the fake SP"
     );
     fake.assert_learned_nothing(&secret);
-}
-
-/// Replaces the text of the input labelled `label`.
-fn fill(h: &mut Harness<'static, ConsoleApp>, role: Role, label: &str, text: &str) {
-    h.get_by_role_and_label(role, label).focus();
-    h.run_steps(1);
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-    h.run_steps(1);
-    h.get_by_role_and_label(role, label).type_text(text);
-    h.run_steps(2);
 }
 
 #[test]

@@ -11,17 +11,7 @@ use egui_kittest::kittest::Queryable;
 
 use rac::lab::{Lab, LabOptions};
 use rac::ui::ConsoleApp;
-use ui_support::wait_until;
-
-/// Replaces the text of the input labelled `label`.
-fn fill(h: &mut Harness<'static, ConsoleApp>, role: Role, label: &str, text: &str) {
-    h.get_by_role_and_label(role, label).focus();
-    h.run_steps(1);
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-    h.run_steps(1);
-    h.get_by_role_and_label(role, label).type_text(text);
-    h.run_steps(2);
-}
+use ui_support::{fill, wait_until};
 
 #[test]
 fn an_operator_connects_through_gateways_with_a_confirmed_fingerprint() {

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use eframe::egui;
+use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use rac::ui::ConsoleApp;
@@ -31,4 +33,14 @@ pub fn wait_until(
 /// True when some node's label contains `text`.
 pub fn shown(h: &Harness<'static, ConsoleApp>, text: &str) -> bool {
     h.query_all_by_label_contains(text).next().is_some()
+}
+
+/// Replaces the text of the input labelled `label`.
+pub fn fill(h: &mut Harness<'static, ConsoleApp>, role: Role, label: &str, text: &str) {
+    h.get_by_role_and_label(role, label).focus();
+    h.run_steps(1);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.run_steps(1);
+    h.get_by_role_and_label(role, label).type_text(text);
+    h.run_steps(2);
 }
