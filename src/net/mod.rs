@@ -1,5 +1,6 @@
 //! Everything that touches a socket: frames, TLS, the redirectors, the gateway and the dialers.
 
+pub mod admission;
 pub mod backoff;
 pub mod cloud_redirector;
 pub mod console;

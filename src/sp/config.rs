@@ -23,9 +23,14 @@ pub struct SpConfig {
     pub session_open_timeout_secs: u64,
     /// TLS handshake plus first frame, per connection.
     pub handshake_timeout_secs: u64,
-    /// Connections still in their handshake, over all sources (further accepts wait).
+    /// A connection that sends nothing for this long after connecting is closed.
+    pub first_byte_timeout_secs: u64,
+    /// Connections still in their handshake, over all sources. Past it the oldest silent
+    /// one is given up (`net::admission`); the accept loop never waits.
     pub max_pending_handshakes: usize,
-    /// Connections still in their handshake from one source address (further ones are closed).
+    /// Connections that have sent nothing yet, from one source (an IPv4 address, an IPv6 /64;
+    /// behind a trusted gateway, the client the PROXY header names). Past it a new one
+    /// displaces the source's oldest silent one; connections that talk are not counted.
     pub max_pending_per_source: usize,
     /// Lifetime of an operator's session token.
     pub token_ttl_secs: u64,
@@ -49,8 +54,11 @@ impl Default for SpConfig {
             dead_after_secs: 95,
             session_open_timeout_secs: 10,
             handshake_timeout_secs: 10,
+            first_byte_timeout_secs: 3,
             max_pending_handshakes: 4096,
-            max_pending_per_source: 1024,
+            // An honest peer is silent for a round trip; 64 idle sockets from one address
+            // is already a flood, and keeps it to 1/64 of the table.
+            max_pending_per_source: 64,
             token_ttl_secs: 12 * 3600,
             login_max_failures: 5,
             login_window_secs: 60,
@@ -90,6 +98,7 @@ impl SpConfig {
         for (name, value) in [
             ("session_open_timeout_secs", self.session_open_timeout_secs),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("first_byte_timeout_secs", self.first_byte_timeout_secs),
             ("token_ttl_secs", self.token_ttl_secs),
             ("login_window_secs", self.login_window_secs),
             ("max_pending_handshakes", self.max_pending_handshakes as u64),
@@ -119,6 +128,9 @@ impl SpConfig {
     }
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+    pub fn first_byte_timeout(&self) -> Duration {
+        Duration::from_secs(self.first_byte_timeout_secs)
     }
 }
 

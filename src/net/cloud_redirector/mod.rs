@@ -1,24 +1,26 @@
 //! The cloud redirector: the SP port. One TLS port takes every role; the first frame
-//! (`Hello`) says which. The accept loop only accepts; the PROXY header, the TLS handshake and
-//! the hello run in the connection's own task under one timeout, and at most
-//! `max_pending_handshakes` of them (and `max_pending_per_source` per address) run at once.
+//! (`Hello`) says which. The accept loop only accepts, and never waits: the first byte (under
+//! a short deadline), the PROXY header, the TLS handshake and the hello run in the
+//! connection's own task under one timeout, and `net::admission` decides which of them to give
+//! up when too many are in flight.
 
 mod control;
 mod operator;
 mod session;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admission::{self, Admission, Shed, Ticket};
 use super::frame::{self, MAX_HELLO_LEN};
 use super::protocol::{ControlMsg, ErrorCode, Hello, PROTOCOL_VERSION, Role};
 use super::proxy_protocol;
@@ -77,7 +79,7 @@ struct Shared {
     /// that opened each: a revoked token ends them.
     live_sessions: Mutex<HashMap<u64, LiveSession>>,
     next_session: std::sync::atomic::AtomicU64,
-    handshakes_by_source: Mutex<HashMap<IpAddr, usize>>,
+    admission: Arc<Admission>,
 }
 
 /// A spliced session or an operator connection, as the registry watcher sees it.
@@ -128,24 +130,6 @@ impl Shared {
     }
 }
 
-/// Counts a source's connections still in their handshake; the count drops with the guard.
-struct SourceGuard {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for SourceGuard {
-    fn drop(&mut self) {
-        let mut map = lock(&self.shared.handshakes_by_source);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Serves the SP port until `shutdown` fires, then ends every connection and returns.
 pub async fn run(
     engine: SpEngine,
@@ -161,22 +145,23 @@ pub async fn run(
         tenant_sessions: Mutex::new(HashMap::new()),
         live_sessions: Mutex::new(HashMap::new()),
         next_session: std::sync::atomic::AtomicU64::new(1),
-        handshakes_by_source: Mutex::new(HashMap::new()),
+        admission: Admission::new(admission::Limits {
+            total: config.max_pending_handshakes,
+            per_source: config.max_pending_per_source,
+            // A third of the first-byte deadline: a peer's first bytes are long there by then.
+            grace: config.first_byte_timeout() / 3,
+        }),
     });
     let acceptor = engine.acceptor;
     let tracker = TaskTracker::new();
     tracker.spawn(watch_registry(shared.clone()));
-    let handshake_permits = Arc::new(Semaphore::new(config.max_pending_handshakes));
+    tracker.spawn(summarise_admission(shared.clone()));
     let mut accept_backoff = Duration::from_millis(10);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "SP listening");
     }
 
     loop {
-        let permit = tokio::select! {
-            permit = handshake_permits.clone().acquire_owned() => permit.context("permit semaphore closed")?,
-            _ = shutdown.cancelled() => break,
-        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => { accept_backoff = Duration::from_millis(10); pair }
@@ -193,18 +178,10 @@ pub async fn run(
             },
             _ = shutdown.cancelled() => break,
         };
-        let guard = {
-            let mut map = lock(&shared.handshakes_by_source);
-            let n = map.entry(peer.ip()).or_insert(0);
-            if *n >= config.max_pending_per_source {
-                tracing::warn!(%peer, "too many connections in handshake from this address; closing");
-                continue;
-            }
-            *n += 1;
-            SourceGuard {
-                shared: shared.clone(),
-                ip: peer.ip(),
-            }
+        let gateway = config.trusted_proxies.contains(&peer.ip());
+        let Some(ticket) = shared.admission.admit(peer.ip(), gateway) else {
+            // Refused: dropping the socket closes it; the summary counts it.
+            continue;
         };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
@@ -212,13 +189,17 @@ pub async fn run(
         tracker.spawn(async move {
             // Boxed: the handshake's state (a whole TLS connection in the making) is freed
             // when it ends instead of staying in the task for the connection's lifetime.
-            let hello = Box::pin(tokio::time::timeout(
-                shared.sp.config.handshake_timeout(),
-                handshake(&shared, &acceptor, tcp, peer),
-            ))
-            .await;
-            drop(permit);
-            drop(guard);
+            let hello = tokio::select! {
+                hello = Box::pin(tokio::time::timeout(
+                    shared.sp.config.handshake_timeout(),
+                    handshake(&shared, &acceptor, tcp, peer, &ticket),
+                )) => hello,
+                _ = ticket.evicted() => {
+                    tracing::debug!(%peer, "displaced by newer connections while silent");
+                    return;
+                }
+            };
+            drop(ticket);
             match hello {
                 Ok(Ok((stream, client, hello))) => {
                     dispatch(&role_tracker, shared, stream, client, hello)
@@ -242,24 +223,31 @@ pub async fn run(
     Ok(())
 }
 
-/// PROXY header (from trusted gateways only), TLS, and the first frame.
+/// The first byte, the PROXY header (from trusted gateways only), TLS, and the first frame.
 async fn handshake(
     shared: &Shared,
     acceptor: &TlsAcceptor,
     mut tcp: TcpStream,
     peer: SocketAddr,
+    ticket: &Ticket,
 ) -> Result<(ServerStream, SocketAddr, Hello)> {
     tcp.set_nodelay(true)?;
+    first_byte(shared, &tcp, peer).await?;
     let header = proxy_protocol::read_proxy_header(&mut tcp, shared.sp.config.handshake_timeout())
         .await
         .context("reading a PROXY header")?;
     let client = match header {
         None => peer,
         Some(h) if shared.sp.config.trusted_proxies.contains(&peer.ip()) => {
-            h.source.unwrap_or(peer)
+            let client = h.source.unwrap_or(peer);
+            ticket.rekey(client.ip());
+            // The gateway spoke for its client; the client itself must speak in time too.
+            first_byte(shared, &tcp, client).await?;
+            client
         }
         Some(_) => anyhow::bail!("PROXY header from {peer}, which is not a trusted gateway"),
     };
+    ticket.talking();
     let mut stream = acceptor
         .accept(tls::ReadAhead::new(tcp))
         .await
@@ -272,6 +260,41 @@ async fn handshake(
         Err(refusal) => {
             let _ = send_error(&mut stream, &refusal).await;
             Err(anyhow::anyhow!("{}", refusal.message))
+        }
+    }
+}
+
+/// Waits for a connection's first byte, under `first_byte_timeout_secs`: a socket that says
+/// nothing is closed long before the handshake timeout.
+async fn first_byte(shared: &Shared, tcp: &TcpStream, from: SocketAddr) -> Result<()> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(shared.sp.config.first_byte_timeout(), tcp.peek(&mut byte)).await {
+        Ok(Ok(0)) => anyhow::bail!("closed before sending anything"),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e).context("waiting for the first byte"),
+        Err(_) => {
+            shared.admission.count_shed(from.ip(), Shed::Silent);
+            anyhow::bail!("sent nothing within the first-byte deadline")
+        }
+    }
+}
+
+/// Logs what admission gave up, one line per interval, so a flood of sockets cannot flood the
+/// log too.
+async fn summarise_admission(shared: Arc<Shared>) {
+    const EVERY: Duration = Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        let summary = shared.admission.take_summary();
+        if !summary.is_empty() {
+            tracing::warn!(
+                pending = shared.admission.pending(),
+                "connections in handshake given up in the last {}s: {summary}",
+                EVERY.as_secs()
+            );
         }
     }
 }

@@ -1,0 +1,494 @@
+//! Admission: which connections still in their handshake the SP keeps when it has too many.
+//!
+//! The accept loop never waits: every connection is accepted and registered here until its
+//! hello is read. A source (an IPv4 address, an IPv6 /64) may keep `per_source` *silent*
+//! connections (no byte received yet, for longer than `grace`); past that each new one
+//! displaces the source's oldest silent one, so a flood of idle sockets only ever displaces
+//! itself. Connections that talk are not held to the per-source cap: a NAT full of tenants
+//! reconnecting at once, or a console opening 200 sessions, is not an attack. All sources
+//! together hold at most `total`; at that cap the oldest silent connection of anyone gives way,
+//! and if none is silent, the oldest of the source holding the most (unless that is the
+//! newcomer's own: then the newcomer is refused).
+//!
+//! Behind a trusted gateway the first admission is of the gateway's address, with the global
+//! cap as its only limit; once the PROXY header names the client, the connection is moved to
+//! the client's address and that address's cap applies ([`Ticket::rekey`]).
+//!
+//! Every shed connection is counted; [`Admission::take_summary`] hands the counts to a caller
+//! that logs one line per interval instead of one per connection.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+/// The unit a per-source cap counts: one IPv4 address, or one IPv6 /64 (an attacker gets a
+/// whole /64 from any hosting provider). IPv4-mapped IPv6 addresses count as IPv4.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+        },
+    }
+}
+
+/// The caps, as `sp.toml` sets them.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections in their handshake, over all sources.
+    pub total: usize,
+    /// Silent connections from one source.
+    pub per_source: usize,
+    /// How long a new connection may be silent before it counts as silent: its first bytes
+    /// are on the way, and its task may not have looked yet.
+    pub grace: Duration,
+}
+
+/// Why a connection was given up, for the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// Displaced: a newer connection needed its place (it had sent nothing).
+    Displaced,
+    /// Refused at once: the table was full and the newcomer's source held the most.
+    Refused,
+    /// Closed by the caller for sending nothing within the first-byte deadline.
+    Silent,
+}
+
+/// Counts of shed connections since the last summary.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub displaced: u64,
+    pub refused: u64,
+    pub silent: u64,
+    /// The sources that lost the most, most first (at most three).
+    pub top_sources: Vec<(IpAddr, u64)>,
+}
+
+impl Summary {
+    pub fn is_empty(&self) -> bool {
+        self.displaced + self.refused + self.silent == 0
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} displaced, {} refused, {} silent past the first-byte deadline",
+            self.displaced, self.refused, self.silent
+        )?;
+        if !self.top_sources.is_empty() {
+            let top: Vec<String> = self
+                .top_sources
+                .iter()
+                .map(|(ip, n)| format!("{ip} ({n})"))
+                .collect();
+            write!(f, "; most from {}", top.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+struct Entry {
+    source: IpAddr,
+    silent: bool,
+    since: Instant,
+    evict: CancellationToken,
+}
+
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    /// Ids grow with time, so the smallest id in a set is its oldest connection.
+    entries: HashMap<u64, Entry>,
+    silent: BTreeSet<u64>,
+    by_source: HashMap<IpAddr, SourceEntries>,
+    shed: ShedCounts,
+}
+
+#[derive(Default)]
+struct SourceEntries {
+    all: BTreeSet<u64>,
+    silent: BTreeSet<u64>,
+}
+
+#[derive(Default)]
+struct ShedCounts {
+    displaced: u64,
+    refused: u64,
+    silent: u64,
+    by_source: HashMap<IpAddr, u64>,
+}
+
+impl Table {
+    fn count(&self, source: IpAddr) -> usize {
+        self.by_source.get(&source).map_or(0, |s| s.all.len())
+    }
+
+    fn insert(
+        &mut self,
+        source: IpAddr,
+        silent: bool,
+        since: Instant,
+        evict: CancellationToken,
+    ) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let at = self.by_source.entry(source).or_default();
+        at.all.insert(id);
+        if silent {
+            at.silent.insert(id);
+            self.silent.insert(id);
+        }
+        self.entries.insert(
+            id,
+            Entry {
+                source,
+                silent,
+                since,
+                evict,
+            },
+        );
+        id
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&id)?;
+        self.silent.remove(&id);
+        if let Some(at) = self.by_source.get_mut(&entry.source) {
+            at.all.remove(&id);
+            at.silent.remove(&id);
+            if at.all.is_empty() {
+                self.by_source.remove(&entry.source);
+            }
+        }
+        Some(entry)
+    }
+
+    fn mark_talking(&mut self, id: u64) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.silent = false;
+            self.silent.remove(&id);
+            if let Some(at) = self.by_source.get_mut(&entry.source) {
+                at.silent.remove(&id);
+            }
+        }
+    }
+
+    /// Gives up connection `id`: its task sees the eviction and closes it.
+    fn evict(&mut self, id: u64) {
+        if let Some(entry) = self.remove(id) {
+            entry.evict.cancel();
+            self.count_shed(entry.source, Shed::Displaced);
+        }
+    }
+
+    fn count_shed(&mut self, source: IpAddr, why: Shed) {
+        match why {
+            Shed::Displaced => self.shed.displaced += 1,
+            Shed::Refused => self.shed.refused += 1,
+            Shed::Silent => self.shed.silent += 1,
+        }
+        // Bounded: a summary drains the map every interval, and only sources that lost a
+        // connection are in it.
+        *self.shed.by_source.entry(source).or_insert(0) += 1;
+    }
+
+    /// Keeps `source` at no more than `limits.per_source` silent connections: past it, its
+    /// oldest one that has been silent longer than the grace gives way.
+    fn trim_source(&mut self, source: IpAddr, limits: &Limits, now: Instant) {
+        let Some(at) = self.by_source.get(&source) else {
+            return;
+        };
+        if at.silent.len() < limits.per_source {
+            return;
+        }
+        let oldest = at.silent.first().copied();
+        if let Some(id) = oldest
+            && self
+                .entries
+                .get(&id)
+                .is_some_and(|e| now.duration_since(e.since) >= limits.grace)
+        {
+            self.evict(id);
+        }
+    }
+
+    /// Makes room for one more connection under the global cap; false if there is none.
+    fn make_room_overall(&mut self, source: IpAddr, total: usize) -> bool {
+        if self.entries.len() < total {
+            return true;
+        }
+        if let Some(&id) = self.silent.first() {
+            self.evict(id);
+            return true;
+        }
+        // Everyone is talking: the source holding the most gives up its oldest, unless that
+        // is the newcomer's own source.
+        let largest = self
+            .by_source
+            .iter()
+            .max_by_key(|(_, at)| at.all.len())
+            .map(|(ip, at)| (*ip, at.all.len(), at.all.first().copied()));
+        match largest {
+            Some((ip, n, Some(id))) if ip != source && n > self.count(source) + 1 => {
+                self.evict(id);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The table of connections in their handshake, shared by the accept loop and the
+/// connections' tasks.
+pub struct Admission {
+    limits: Limits,
+    table: Mutex<Table>,
+}
+
+impl Admission {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Admission {
+            limits,
+            table: Mutex::new(Table::default()),
+        })
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // Each critical section leaves the table consistent before it can panic.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection just accepted from `peer`. `gateway` is true for a trusted
+    /// gateway, whose address holds the connections of many clients: only the global cap
+    /// applies to it until [`Ticket::rekey`] names the client. `None`: refused, close it.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, gateway: bool) -> Option<Ticket> {
+        let source = source_key(peer);
+        let now = Instant::now();
+        let mut table = self.table();
+        if !gateway {
+            table.trim_source(source, &self.limits, now);
+        }
+        if !table.make_room_overall(source, self.limits.total) {
+            table.count_shed(source, Shed::Refused);
+            return None;
+        }
+        let evict = CancellationToken::new();
+        let id = table.insert(source, true, now, evict.clone());
+        Some(Ticket {
+            admission: self.clone(),
+            id: AtomicU64::new(id),
+            evict,
+        })
+    }
+
+    /// Counts a connection its caller closed (e.g. silent past the first-byte deadline).
+    pub fn count_shed(&self, peer: IpAddr, why: Shed) {
+        self.table().count_shed(source_key(peer), why);
+    }
+
+    /// Connections in their handshake now.
+    pub fn pending(&self) -> usize {
+        self.table().entries.len()
+    }
+
+    /// The counts since the last call, and resets them.
+    pub fn take_summary(&self) -> Summary {
+        let shed = std::mem::take(&mut self.table().shed);
+        let mut top: Vec<(IpAddr, u64)> = shed.by_source.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        top.truncate(3);
+        Summary {
+            displaced: shed.displaced,
+            refused: shed.refused,
+            silent: shed.silent,
+            top_sources: top,
+        }
+    }
+}
+
+/// One admitted connection's place in the table; dropping it frees the place.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    /// Changes when [`Ticket::rekey`] moves the connection to its client's address.
+    id: AtomicU64,
+    evict: CancellationToken,
+}
+
+impl Ticket {
+    /// Resolves when the connection has been displaced by a newer one: close it.
+    pub fn evicted(&self) -> WaitForCancellationFuture<'_> {
+        self.evict.cancelled()
+    }
+
+    /// The connection sent its first byte: from now on it is not displaced for being silent.
+    pub fn talking(&self) {
+        self.admission
+            .table()
+            .mark_talking(self.id.load(Ordering::Relaxed));
+    }
+
+    /// Moves the connection from the gateway's address to the client's, which the gateway's
+    /// PROXY header named, under that client's cap.
+    pub fn rekey(&self, client: IpAddr) {
+        let source = source_key(client);
+        let mut table = self.admission.table();
+        // The id changes under the table's lock, so no other caller sees it half moved.
+        let Some(old) = table.remove(self.id.load(Ordering::Relaxed)) else {
+            // Already displaced; the caller sees `evicted` and closes.
+            return;
+        };
+        table.trim_source(source, &self.admission.limits, Instant::now());
+        let id = table.insert(source, old.silent, old.since, old.evict);
+        self.id.store(id, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut table = self.admission.table();
+        table.remove(self.id.load(Ordering::Relaxed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, n))
+    }
+
+    fn admission(total: usize, per_source: usize, grace: Duration) -> Arc<Admission> {
+        Admission::new(Limits {
+            total,
+            per_source,
+            grace,
+        })
+    }
+
+    #[test]
+    fn ipv6_sources_are_grouped_by_64_and_mapped_v4_is_v4() {
+        let a: Ipv6Addr = "2001:db8:1:2:aaaa::1".parse().expect("address");
+        let b: Ipv6Addr = "2001:db8:1:2:ffff::9".parse().expect("address");
+        let c: Ipv6Addr = "2001:db8:1:3::1".parse().expect("address");
+        assert_eq!(source_key(a.into()), source_key(b.into()));
+        assert_ne!(source_key(a.into()), source_key(c.into()));
+        let mapped: Ipv6Addr = "::ffff:10.0.0.1".parse().expect("address");
+        assert_eq!(source_key(mapped.into()), ip(1));
+    }
+
+    #[test]
+    fn a_source_past_its_silent_cap_displaces_its_own_oldest_silent_connection() {
+        let adm = admission(100, 2, Duration::ZERO);
+        let first = adm.admit(ip(1), false).expect("room");
+        let _second = adm.admit(ip(1), false).expect("room");
+        let third = adm
+            .admit(ip(1), false)
+            .expect("the oldest silent one makes room");
+        assert!(first.evict.is_cancelled(), "the oldest was displaced");
+        assert!(!third.evict.is_cancelled());
+        assert_eq!(adm.pending(), 2);
+        let summary = adm.take_summary();
+        assert_eq!(summary.displaced, 1);
+        assert_eq!(summary.top_sources, vec![(ip(1), 1)]);
+        assert!(
+            adm.take_summary().is_empty(),
+            "taking the summary resets it"
+        );
+    }
+
+    #[test]
+    fn connections_within_the_grace_or_talking_are_not_held_to_the_source_cap() {
+        let adm = admission(100, 2, Duration::from_secs(3600));
+        let young: Vec<Ticket> = (0..5)
+            .map(|_| adm.admit(ip(1), false).expect("room"))
+            .collect();
+        assert!(
+            young.iter().all(|t| !t.evict.is_cancelled()),
+            "a burst is not a flood"
+        );
+        let adm = admission(100, 2, Duration::ZERO);
+        let talking: Vec<Ticket> = (0..10)
+            .map(|_| {
+                let ticket = adm.admit(ip(1), false).expect("room");
+                ticket.talking();
+                ticket
+            })
+            .collect();
+        assert!(
+            talking.iter().all(|t| !t.evict.is_cancelled()),
+            "talking connections are never displaced by their own source"
+        );
+        assert_eq!(adm.pending(), 10);
+    }
+
+    #[test]
+    fn at_the_global_cap_the_oldest_silent_connection_of_anyone_makes_room() {
+        let adm = admission(3, 10, Duration::ZERO);
+        let flood: Vec<Ticket> = (0..3)
+            .map(|_| adm.admit(ip(1), false).expect("room"))
+            .collect();
+        let honest = adm.admit(ip(2), false).expect("room made");
+        assert!(flood[0].evict.is_cancelled());
+        assert!(!honest.evict.is_cancelled());
+        assert_eq!(adm.pending(), 3);
+    }
+
+    #[test]
+    fn at_the_global_cap_with_everyone_talking_the_largest_source_gives_way() {
+        let adm = admission(3, 10, Duration::ZERO);
+        let flood: Vec<Ticket> = (0..3)
+            .map(|_| adm.admit(ip(1), false).expect("room"))
+            .collect();
+        flood.iter().for_each(Ticket::talking);
+        let honest = adm
+            .admit(ip(2), false)
+            .expect("the largest source gave way");
+        honest.talking();
+        assert!(flood[0].evict.is_cancelled());
+        // Two from ip(1), one from ip(2): ip(1) gives way once more for a third source...
+        let other = adm.admit(ip(3), false).expect("ip(1) still holds the most");
+        other.talking();
+        assert!(flood[1].evict.is_cancelled());
+        // ...but with one each, a newcomer is refused rather than take anyone's only place.
+        assert!(adm.admit(ip(2), false).is_none());
+        assert_eq!(adm.take_summary().refused, 1);
+    }
+
+    #[test]
+    fn a_gateway_is_capped_only_globally_and_rekey_applies_the_client_cap() {
+        let adm = admission(100, 2, Duration::ZERO);
+        let through: Vec<Ticket> = (0..5)
+            .map(|_| adm.admit(ip(9), true).expect("room"))
+            .collect();
+        assert_eq!(
+            adm.pending(),
+            5,
+            "the gateway is not held to the per-source cap"
+        );
+        through[0].rekey(ip(1));
+        through[1].rekey(ip(1));
+        through[2].rekey(ip(1));
+        assert!(
+            through[0].evict.is_cancelled(),
+            "the client's oldest silent one gave way"
+        );
+        through[3].rekey(ip(2));
+        assert!(!through[3].evict.is_cancelled());
+        drop(through);
+        assert_eq!(adm.pending(), 0, "every place is freed on drop");
+    }
+}
