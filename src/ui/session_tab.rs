@@ -16,9 +16,10 @@ use crate::tenant::backup::model::{
     JobResult, ProxyState, Schedule, SessionState, Severity, WorkerState,
 };
 
-use super::app::Action;
-use super::backup_link::{Request, Update};
-use super::engine::{Command, PathPurpose, Sample, SessionEvent, SessionFacts, TabId};
+use super::action::Action;
+use super::engine::{
+    BackupRequest, BackupUpdate, Command, PathPurpose, Sample, SessionEvent, SessionFacts, TabId,
+};
 use super::export::{ExportForm, export_form_ui};
 use super::format;
 
@@ -216,9 +217,9 @@ impl SessionTab {
         }
     }
 
-    fn apply_backup(&mut self, update: Update) {
+    fn apply_backup(&mut self, update: BackupUpdate) {
         match update {
-            Update::Inventory(inventory) => {
+            BackupUpdate::Inventory(inventory) => {
                 if self.inventory.is_none() {
                     let at = self.started.elapsed();
                     self.stages
@@ -228,13 +229,18 @@ impl SessionTab {
                 self.inventory = Some(*inventory);
                 self.backup_note = None;
             }
-            Update::ActionDone { action, summary } => {
+            BackupUpdate::Run(change) => {
+                if let Some(inventory) = &mut self.inventory {
+                    change.apply(inventory);
+                }
+            }
+            BackupUpdate::ActionDone { action, summary } => {
                 self.note(format!("{}: {summary}", describe_action(&action)))
             }
-            Update::ActionRefused { action, reason } => {
+            BackupUpdate::ActionRefused { action, reason } => {
                 self.note(format!("{} refused: {reason}", describe_action(&action)))
             }
-            Update::Unavailable(reason) => {
+            BackupUpdate::Unavailable(reason) => {
                 self.note(format!("backup service unavailable: {reason}"));
                 self.backup_note = Some(reason);
             }
@@ -723,7 +729,7 @@ fn jobs_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec<Action>) {
     let mut send = |request: BackupAction| {
         actions.push(Action::Engine(Command::Backup {
             tab: id,
-            request: Request::Action(request),
+            request: BackupRequest::Action(request),
         }))
     };
     egui::Grid::new("jobs").num_columns(6).striped(true).show(ui, |ui| {
@@ -813,7 +819,7 @@ fn confirm_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec<Action>) {
             if ui.button("Stop the job").clicked() {
                 actions.push(Action::Engine(Command::Backup {
                     tab: tab.id,
-                    request: Request::Action(confirm.action.clone()),
+                    request: BackupRequest::Action(confirm.action.clone()),
                 }));
                 tab.confirm = None;
             }

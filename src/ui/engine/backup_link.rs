@@ -1,13 +1,16 @@
 //! The session's conversation with the tenant backup service: the engine side runs a
-//! [`BackupClient`] over the session stream; the window sends [`Request`]s and draws the
-//! [`Update`]s.
+//! [`BackupClient`] over the session stream, serves the window's [`BackupRequest`]s and sends
+//! it [`BackupUpdate`]s.
 //!
-//! The link subscribes to the service's events: job progress and log lines are applied to its
-//! copy of the inventory as they come; anything else (a session starting or ending, an action,
-//! a lag) re-reads the inventory. A small `info` request once a second measures the round trip
-//! the Connection view plots, and a full re-read every [`REREAD_EVERY`] catches the rest
-//! (schedules moving on).
+//! The link subscribes to the service's events. Job progress and log lines of a run the window
+//! knows go to it as [`RunChange`]s, which it applies to its own inventory; anything else (a run
+//! starting or ending, an action, a lag) re-reads the inventory and sends it whole. The link
+//! keeps only the run ids of the last inventory it sent, which is all it needs to tell the two
+//! apart: the window's copy is that inventory with the same changes applied in the same order.
+//! A small `info` request once a second measures the round trip the Connection view plots, and
+//! a full re-read every [`REREAD_EVERY`] catches the rest (schedules moving on).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,43 +20,23 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use crate::tenant::backup::model::MAX_LOG_LINES;
-use crate::tenant::backup::{Action, BackupClient, ClientError, Event, Inventory};
+use crate::tenant::backup::Event as BackupEvent;
+use crate::tenant::backup::{BackupClient, ClientError};
+
+use super::messages::{BackupRequest, BackupUpdate, RunChange};
 
 /// How often the round trip is measured.
 pub const RTT_EVERY: Duration = Duration::from_secs(1);
 /// How often the whole inventory is re-read even without events.
 pub const REREAD_EVERY: Duration = Duration::from_secs(30);
 
-/// What the window asks the backup service.
-#[derive(Debug, Clone)]
-pub enum Request {
-    /// Read the whole inventory again now.
-    Refresh,
-    /// An operator action (start, stop, enable, disable a job, ...).
-    Action(Action),
-}
-
-/// What the backup service answered.
-#[derive(Debug, Clone)]
-pub enum Update {
-    /// A fresh inventory.
-    Inventory(Box<Inventory>),
-    /// An action was accepted.
-    ActionDone { action: Action, summary: String },
-    /// An action was refused, with the server's reason.
-    ActionRefused { action: Action, reason: String },
-    /// The backup service cannot be used over this session (and why).
-    Unavailable(String),
-}
-
 /// Serves the window's requests over `stream` until the stream or the request channel ends.
 /// `rtt_us` receives the round trip of a small request, in microseconds.
 pub async fn run<S>(
     stream: S,
-    mut requests: mpsc::UnboundedReceiver<Request>,
+    mut requests: mpsc::UnboundedReceiver<BackupRequest>,
     rtt_us: Arc<AtomicU64>,
-    send: impl Fn(Update) + Send + Sync + 'static,
+    send: impl Fn(BackupUpdate) + Send + Sync + 'static,
 ) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -63,18 +46,14 @@ where
         .hello(&format!("rac-console/{}", crate::VERSION))
         .await
     {
-        send(Update::Unavailable(e.to_string()));
+        send(BackupUpdate::Unavailable(e.to_string()));
         return Err(e).context("backup service hello");
     }
     client
         .subscribe()
         .await
         .context("subscribing to the backup service's events")?;
-    let mut inventory = client
-        .inventory()
-        .await
-        .context("reading the backup server's inventory")?;
-    send(Update::Inventory(Box::new(inventory.clone())));
+    let mut known_runs = send_inventory(&mut client, &send).await?;
     let mut rtt_tick = tokio::time::interval(RTT_EVERY);
     rtt_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut reread_tick = tokio::time::interval(REREAD_EVERY);
@@ -91,13 +70,15 @@ where
             }
             _ = reread_tick.tick() => None,
             event = client.next_event() => {
-                match event.context("reading the backup service's events")? {
-                    None => return Ok(()),
-                    Some(event) if apply(&mut inventory, &event) => {
-                        send(Update::Inventory(Box::new(inventory.clone())));
+                let Some(event) = event.context("reading the backup service's events")? else {
+                    return Ok(());
+                };
+                match run_change(&event) {
+                    Some(change) if known_runs.contains(change.run()) => {
+                        send(BackupUpdate::Run(change));
                         continue;
                     }
-                    Some(_) => None,
+                    _ => None,
                 }
             }
             request = requests.recv() => match request {
@@ -109,16 +90,16 @@ where
         // queued requests run in order, then the inventory is read again.
         let mut next = request;
         while let Some(request) = next {
-            if let Request::Action(action) = request {
+            if let BackupRequest::Action(action) = request {
                 match client.action(action.clone()).await {
-                    Ok(outcome) => send(Update::ActionDone {
+                    Ok(outcome) => send(BackupUpdate::ActionDone {
                         summary: match outcome.session {
                             Some(session) => format!("done, run {session}"),
                             None => "done".into(),
                         },
                         action,
                     }),
-                    Err(ClientError::Server { message, .. }) => send(Update::ActionRefused {
+                    Err(ClientError::Server { message, .. }) => send(BackupUpdate::ActionRefused {
                         action,
                         reason: message,
                     }),
@@ -127,18 +108,31 @@ where
             }
             next = requests.try_recv().ok();
         }
-        inventory = client
-            .inventory()
-            .await
-            .context("reading the backup server's inventory")?;
-        send(Update::Inventory(Box::new(inventory.clone())));
+        known_runs = send_inventory(&mut client, &send).await?;
     }
 }
 
-/// Applies a progress or log event to the inventory; `false` when the event needs a re-read.
-fn apply(inventory: &mut Inventory, event: &Event) -> bool {
+/// Reads the inventory and hands it to the window; returns the ids of its job runs.
+async fn send_inventory<S>(
+    client: &mut BackupClient<S>,
+    send: &impl Fn(BackupUpdate),
+) -> anyhow::Result<HashSet<String>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let inventory = client
+        .inventory()
+        .await
+        .context("reading the backup server's inventory")?;
+    let runs = inventory.sessions.iter().map(|s| s.id.clone()).collect();
+    send(BackupUpdate::Inventory(Box::new(inventory)));
+    Ok(runs)
+}
+
+/// The run change a progress or log event describes; `None` for events that need a re-read.
+fn run_change(event: &BackupEvent) -> Option<RunChange> {
     match event {
-        Event::JobProgress {
+        BackupEvent::JobProgress {
             session,
             stage,
             progress,
@@ -146,30 +140,19 @@ fn apply(inventory: &mut Inventory, event: &Event) -> bool {
             bytes_transferred,
             rate_bytes_per_sec,
             ..
-        } => match inventory.sessions.iter_mut().find(|s| s.id == *session) {
-            Some(s) => {
-                s.stage = *stage;
-                s.progress = *progress;
-                s.bytes_read = *bytes_read;
-                s.bytes_transferred = *bytes_transferred;
-                s.rate_bytes_per_sec = *rate_bytes_per_sec;
-                true
-            }
-            None => false,
-        },
-        Event::LogLine { session, line, .. } => {
-            match inventory.sessions.iter_mut().find(|s| s.id == *session) {
-                Some(s) => {
-                    s.log.push(line.clone());
-                    if s.log.len() > MAX_LOG_LINES {
-                        s.log.remove(0);
-                    }
-                    true
-                }
-                None => false,
-            }
-        }
-        _ => false,
+        } => Some(RunChange::Progress {
+            run: session.clone(),
+            stage: *stage,
+            progress: *progress,
+            bytes_read: *bytes_read,
+            bytes_transferred: *bytes_transferred,
+            rate_bytes_per_sec: *rate_bytes_per_sec,
+        }),
+        BackupEvent::LogLine { session, line, .. } => Some(RunChange::Log {
+            run: session.clone(),
+            line: line.clone(),
+        }),
+        _ => None,
     }
 }
 
@@ -177,6 +160,12 @@ fn apply(inventory: &mut Inventory, event: &Event) -> bool {
 mod tests {
     use super::*;
     use crate::tenant::backup::model::{LogLine, Severity};
+
+    /// What the link and the window do with one event, together: `true` when it became a
+    /// change the window applied, `false` when it asks for a re-read.
+    fn apply(inv: &mut crate::tenant::backup::Inventory, event: &BackupEvent) -> bool {
+        run_change(event).is_some_and(|change| change.apply(inv))
+    }
 
     #[test]
     fn progress_and_log_events_update_the_inventory_and_others_ask_for_a_reread() {
@@ -186,7 +175,7 @@ mod tests {
             .first()
             .cloned()
             .expect("generated servers have past job runs");
-        let progress = Event::JobProgress {
+        let progress = BackupEvent::JobProgress {
             session: session.id.clone(),
             job: session.job.clone(),
             stage: session.stage,
@@ -203,15 +192,15 @@ mod tests {
             severity: Severity::Info,
             text: "processing mailbox 12".into(),
         };
-        let log = Event::LogLine {
+        let log = BackupEvent::LogLine {
             session: session.id.clone(),
             job: session.job.clone(),
             line: line.clone(),
         };
         assert!(apply(&mut inv, &log));
         assert_eq!(inv.sessions[0].log.last(), Some(&line));
-        assert!(!apply(&mut inv, &Event::Lagged { missed: 1 }));
-        let unknown = Event::JobProgress {
+        assert!(!apply(&mut inv, &BackupEvent::Lagged { missed: 1 }));
+        let unknown = BackupEvent::JobProgress {
             session: "nope".into(),
             job: "nope".into(),
             stage: session.stage,
