@@ -24,7 +24,6 @@ pub mod widgets;
 
 pub use app::ConsoleApp;
 
-/// The window's icon (PNG).
 pub const ICON_PNG: &[u8] = include_bytes!("../../assets/icon.png");
 
 /// `rac` / `rac lab`: the window on an embedded lab.

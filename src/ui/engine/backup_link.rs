@@ -214,4 +214,94 @@ mod tests {
             "an unknown session asks for a re-read"
         );
     }
+
+    /// A running job over a real backup service: its progress reaches the window as run
+    /// changes the window can apply, not as whole inventories.
+    #[tokio::test]
+    async fn a_running_job_reaches_the_window_as_run_changes() {
+        use crate::tenant::backup::model::Schedule;
+        use crate::tenant::backup::{
+            Action as BackupAction, BackupService, ServiceConfig, Shape, Store,
+            generate_with_shape, serve_connection, simulate,
+        };
+        use tokio_util::sync::CancellationToken;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = ServiceConfig {
+            tick_interval: Duration::from_millis(20),
+            ..ServiceConfig::default()
+        };
+        let service =
+            BackupService::open(Store::new(dir.path().join("state.json")), config, || {
+                let mut inv = generate_with_shape(
+                    7,
+                    Shape::Small,
+                    "acme",
+                    crate::ui::format::now_unix_secs(),
+                );
+                for job in &mut inv.jobs {
+                    job.schedule = Schedule::Manual;
+                    job.next_run_unix_secs = None;
+                    job.enabled = true;
+                }
+                inv
+            })
+            .expect("open the service");
+        let stop = CancellationToken::new();
+        tokio::spawn(simulate(service.clone(), stop.clone()));
+        let (console_end, service_end) = tokio::io::duplex(1 << 20);
+        tokio::spawn(serve_connection(service, service_end));
+        let (updates_tx, mut updates) = mpsc::unbounded_channel();
+        let (requests_tx, requests) = mpsc::unbounded_channel();
+        let rtt = Arc::new(AtomicU64::new(u64::MAX));
+        tokio::spawn(run(console_end, requests, rtt, move |u| {
+            let _ = updates_tx.send(u);
+        }));
+
+        let collect = async {
+            let Some(BackupUpdate::Inventory(first)) = updates.recv().await else {
+                panic!("the link starts with the whole inventory");
+            };
+            let mut window = *first;
+            let job = window.jobs[0].id.clone();
+            requests_tx
+                .send(BackupRequest::Action(BackupAction::StartJob {
+                    job: job.clone(),
+                }))
+                .expect("link running");
+            let mut progress_changes = 0;
+            while progress_changes < 3 {
+                match updates.recv().await.expect("the link keeps running") {
+                    BackupUpdate::Inventory(inv) => window = *inv,
+                    BackupUpdate::Run(change) => {
+                        assert!(
+                            change.apply(&mut window),
+                            "a change for a run the window knows"
+                        );
+                        let run = window.running_session(&job).map(|r| r.id.as_str());
+                        if matches!(&change, RunChange::Progress { .. })
+                            && run == Some(change.run())
+                        {
+                            progress_changes += 1;
+                        }
+                    }
+                    BackupUpdate::ActionRefused { reason, .. } => panic!("start refused: {reason}"),
+                    BackupUpdate::ActionDone { .. } => {}
+                    BackupUpdate::Unavailable(why) => panic!("backup service unavailable: {why}"),
+                }
+            }
+            window
+        };
+        let window = tokio::time::timeout(Duration::from_secs(60), collect)
+            .await
+            .expect("three progress changes in time (only a guard against hangs)");
+        stop.cancel();
+        let job = &window.jobs[0].id;
+        assert!(
+            window
+                .running_session(job)
+                .is_some_and(|r| r.progress > 0.0),
+            "the window's copy shows the run's progress"
+        );
+    }
 }
