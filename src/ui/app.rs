@@ -1,5 +1,5 @@
 //! The eframe app: plain state the panels draw, the engine's events drained each frame under
-//! a small time budget, and the panels' [`Action`]s applied after drawing.
+//! a small time budget, and the panels' [`Action`](super::action::Action)s applied after drawing.
 
 use eframe::egui;
 use std::collections::HashMap;
@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use egui::{Key, Modifiers, RichText, Ui};
 use serde::{Deserialize, Serialize};
-use tokio::runtime::Handle;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::lab::LabOptions;
-use crate::net::protocol::TenantStatus;
 
+use super::action::Action;
 use super::connect_dialog::{ConnectDialog, Profile, connect_dialog_ui};
-use super::engine::{self, Command, ConnState, EngineHandle, Event, LabFacts, PathPurpose, TabId};
+use super::engine::{
+    self, Command, ConnState, EngineHandle, Event, LabFacts, PathPurpose, Runtime, TabId,
+};
 use super::export::{ExportClick, ExportForm, export_form_ui};
 use super::session_tab::{SessionTab, TabState, session_tab_ui};
 use super::status_bar::{StatusFacts, status_bar_ui};
@@ -23,24 +23,6 @@ use super::tenant_list::{ListSettings, TenantList, tenant_list_ui};
 
 /// How long one frame may spend applying engine events.
 const EVENT_BUDGET: Duration = Duration::from_millis(6);
-
-/// What a panel asks for; applied after the frame is drawn.
-#[derive(Debug)]
-pub enum Action {
-    OpenTenant(String),
-    CloseTab(TabId),
-    Retry(TabId),
-    ExportTenants,
-    Export { form: ExportClick, contents: String },
-    Engine(Command),
-}
-
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Commands may carry a password: never print their fields.
-        f.write_str("Command")
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Theme {
@@ -72,7 +54,6 @@ pub struct ConsoleApp {
     pub settings: Settings,
     pub mode: Mode,
     engine: EngineHandle,
-    events: UnboundedReceiver<Event>,
     pub conn: ConnState,
     pub lab: Option<LabFacts>,
     lab_options: Option<LabOptions>,
@@ -95,7 +76,7 @@ pub struct ConsoleApp {
 impl ConsoleApp {
     fn new(
         cc: &eframe::CreationContext<'_>,
-        runtime: &Handle,
+        runtime: &Runtime,
         mode: Mode,
         lab_options: Option<LabOptions>,
     ) -> Self {
@@ -103,12 +84,11 @@ impl ConsoleApp {
             .storage
             .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
             .unwrap_or_default();
-        let (engine, events) = engine::start(runtime, cc.egui_ctx.clone());
+        let engine = engine::start(runtime, cc.egui_ctx.clone());
         let mut app = ConsoleApp {
             settings,
             mode,
             engine,
-            events,
             conn: ConnState::Idle,
             lab: None,
             lab_options: lab_options.clone(),
@@ -131,12 +111,12 @@ impl ConsoleApp {
     }
 
     /// The window on an embedded lab: it starts the lab and logs in by itself.
-    pub fn lab(cc: &eframe::CreationContext<'_>, runtime: &Handle, options: LabOptions) -> Self {
+    pub fn lab(cc: &eframe::CreationContext<'_>, runtime: &Runtime, options: LabOptions) -> Self {
         Self::new(cc, runtime, Mode::Lab, Some(options))
     }
 
     /// The window against a real SP: profiles and a login form first.
-    pub fn console(cc: &eframe::CreationContext<'_>, runtime: &Handle) -> Self {
+    pub fn console(cc: &eframe::CreationContext<'_>, runtime: &Runtime) -> Self {
         Self::new(cc, runtime, Mode::Console, None)
     }
 
@@ -154,7 +134,7 @@ impl ConsoleApp {
             return;
         }
         let started = Instant::now();
-        while let Ok(event) = self.events.try_recv() {
+        while let Some(event) = self.engine.try_next_event() {
             self.on_event(event);
             if started.elapsed() > EVENT_BUDGET {
                 // The rest next frame.
@@ -542,12 +522,7 @@ impl eframe::App for ConsoleApp {
 
         egui::Panel::top("top-bar").show(ui, |ui| self.top_bar_ui(ui, &mut actions));
         egui::Panel::bottom("status-bar").show(ui, |ui| {
-            let online = self
-                .tenants
-                .all()
-                .iter()
-                .filter(|t| t.status == TenantStatus::Online)
-                .count();
+            let online = self.tenants.online();
             let sessions_open = self
                 .tabs
                 .iter()

@@ -12,7 +12,7 @@ use crate::net::console::ConsoleConfig;
 use crate::net::dial::Route;
 use crate::net::tls::{self, Trust};
 
-use super::app::Action;
+use super::action::Action;
 use super::engine::{Command, PathPurpose};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -1,8 +1,10 @@
-//! Small text helpers the panels share: durations, ages, byte counts.
+//! Small text helpers the panels share: durations, ages, byte counts, round trips. Every
+//! number the window shows as text goes through here, so the same quantity reads the same
+//! in the tenant list, a tab and an export.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Unix seconds now.
+/// `0` if the clock reads before 1970: a wrong age on screen is better than a panic.
 pub fn now_unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -50,6 +52,12 @@ pub fn millis(d: Duration) -> String {
     }
 }
 
+/// A round trip in milliseconds: `0.4 ms`, or `—` when none was measured.
+pub fn round_trip(ms: Option<f64>) -> String {
+    ms.map(|r| format!("{r:.1} ms"))
+        .unwrap_or_else(|| "—".into())
+}
+
 /// `HH:MM:SS` UTC of a Unix time (the log and session lists).
 pub fn clock(unix_secs: u64) -> String {
     let s = unix_secs % 86_400;
@@ -69,5 +77,7 @@ mod tests {
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(clock(3661), "01:01:01");
         assert_eq!(millis(Duration::from_millis(12)), "12 ms");
+        assert_eq!(round_trip(Some(0.44)), "0.4 ms");
+        assert_eq!(round_trip(None), "—");
     }
 }

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 
 use crate::lab::LabOptions;
 
+pub mod action;
 pub mod app;
-pub mod backup_link;
 pub mod connect_dialog;
 pub mod engine;
 pub mod export;
@@ -24,12 +24,11 @@ pub mod widgets;
 
 pub use app::ConsoleApp;
 
-/// The window's icon (PNG).
 pub const ICON_PNG: &[u8] = include_bytes!("../../assets/icon.png");
 
 /// `rac` / `rac lab`: the window on an embedded lab.
 pub fn run_lab_window(options: LabOptions) -> Result<ExitCode> {
-    let runtime = build_runtime()?;
+    let runtime = engine::build_runtime()?;
     let handle = runtime.handle().clone();
     let result = eframe::run_native(
         "rac",
@@ -51,7 +50,7 @@ fn window_error(e: eframe::Error) -> anyhow::Error {
 
 /// `rac console`: the window against a real SP.
 pub fn run_console_window() -> Result<ExitCode> {
-    let runtime = build_runtime()?;
+    let runtime = engine::build_runtime()?;
     let handle = runtime.handle().clone();
     let result = eframe::run_native(
         "rac",
@@ -61,14 +60,6 @@ pub fn run_console_window() -> Result<ExitCode> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     result.map_err(window_error)?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn build_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("rac-console")
-        .build()
-        .context("starting the console's tokio runtime")
 }
 
 /// Window options: size, icon, and settings stored in the platform config directory.

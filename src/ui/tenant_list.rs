@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::protocol::{TenantInfo, TenantStatus};
 
-use super::app::Action;
+use super::action::Action;
 use super::format;
 
 /// The columns, in order; each one sorts.

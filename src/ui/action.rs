@@ -1,0 +1,19 @@
+//! What a panel asks the app to do. Panels push [`Action`]s while they draw; the app applies
+//! them after the frame, so no panel needs the app and the app needs no panel's internals.
+
+use super::engine::{Command, TabId};
+use super::export::ExportClick;
+
+#[derive(Debug)]
+pub enum Action {
+    OpenTenant(String),
+    CloseTab(TabId),
+    Retry(TabId),
+    ExportTenants,
+    Export {
+        form: ExportClick,
+        contents: String,
+    },
+    /// A command the app passes on to the engine unchanged.
+    Engine(Command),
+}
