@@ -25,21 +25,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-/// The unit a per-source cap counts: one IPv4 address, or one IPv6 /64 (an attacker gets a
-/// whole /64 from any hosting provider). IPv4-mapped IPv6 addresses count as IPv4.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                IpAddr::V6(octets.into())
-            }
-        },
-    }
-}
+/// The unit a per-source cap counts: one IPv4 address, or one IPv6 /64 (the login limiter's
+/// rule, in one place).
+pub use crate::sp::auth::source_key;
 
 /// The caps, as `sp.toml` sets them.
 #[derive(Debug, Clone, Copy)]
