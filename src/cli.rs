@@ -43,6 +43,17 @@ pub enum Command {
     #[command(subcommand)]
     Sp(SpCommand),
     /// Run a cloud gateway: forward TCP to the SP port (TLS passes through).
+    ///
+    /// Each client connection is forwarded to the healthy backend with the fewest open
+    /// connections. A client must send its first bytes within --first-data-timeout-secs, and
+    /// one source address (an IPv6 /64 counts as one) may hold at most
+    /// --max-silent-per-source connections that have sent nothing yet; a newer one closes that
+    /// source's oldest.
+    ///
+    /// Only the gateway may put a PROXY protocol header in front of a stream: a client
+    /// connection that begins with one (the v2 signature or v1 "PROXY ") is closed, so a
+    /// client cannot forge the source address the SP sees. List this gateway in the SP's
+    /// trusted_proxies only if it runs with --proxy-protocol.
     Gateway(GatewayArgs),
     /// Run the tenant redirector from its config file.
     Tenant(TenantArgs),
@@ -248,9 +259,16 @@ pub struct GatewayArgs {
     /// Most connections forwarded at once.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
-    /// Close a connection idle this many seconds.
-    #[arg(long, default_value_t = 600)]
+    /// Close a connection idle this many seconds (keep it above the SP's dead-peer limit).
+    #[arg(long, default_value_t = crate::net::gateway::DEFAULT_IDLE_TIMEOUT_SECS)]
     pub idle_timeout_secs: u64,
+    /// Close a client that has sent nothing this many seconds after connecting.
+    #[arg(long, default_value_t = crate::net::gateway::DEFAULT_FIRST_DATA_TIMEOUT_SECS)]
+    pub first_data_timeout_secs: u64,
+    /// Most connections one source (IPv4 address or IPv6 /64) may hold without having sent
+    /// data; one more closes that source's oldest silent connection.
+    #[arg(long, default_value_t = crate::net::gateway::DEFAULT_MAX_SILENT_PER_SOURCE)]
+    pub max_silent_per_source: usize,
     /// On SIGTERM, let open connections finish for this many seconds.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_secs: u64,
@@ -353,6 +371,9 @@ pub fn init_tracing(cli: &Cli) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: in a file or a journal they are
+        // noise, and a reader could not tell them from escapes smuggled in by a peer.
+        .with_ansi(std::io::stderr().is_terminal())
         // Where nobody reads stderr any more (a closed pipe), a log line is lost, not the
         // process: the default reports the failed write with `eprintln!`, which panics there
         // and took down whatever task was logging (the signal watcher, for one).
@@ -667,6 +688,8 @@ async fn gateway(args: GatewayArgs) -> Result<ExitCode> {
     config.proxy_protocol = args.proxy_protocol;
     config.max_connections = args.max_connections;
     config.idle_timeout = std::time::Duration::from_secs(args.idle_timeout_secs);
+    config.first_data_timeout = std::time::Duration::from_secs(args.first_data_timeout_secs);
+    config.max_silent_per_source = args.max_silent_per_source;
     config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout_secs);
     config.validate()?;
     let addr = resolve(&args.listen).await?;

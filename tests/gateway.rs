@@ -81,12 +81,14 @@ impl Drop for TestGateway {
     }
 }
 
-/// Test settings: fast health checks, no idle or drain limit getting in the way.
+/// Test settings: fast health checks, no idle, first-data or drain limit getting in the way
+/// (several tests here let the backend speak first).
 fn config(backends: Vec<SocketAddr>) -> GatewayConfig {
     GatewayConfig {
         health_interval: Duration::from_millis(50),
         connect_timeout: Duration::from_secs(5),
         idle_timeout: GUARD * 4,
+        first_data_timeout: GUARD * 4,
         drain_timeout: GUARD * 4,
         ..GatewayConfig::new(backends)
     }
@@ -270,6 +272,12 @@ async fn backend_half_close_reaches_client_and_requests_still_flow() {
     let backend = spawn_backend(bind().await, move |mut stream| {
         let tx = got_tx.clone();
         async move {
+            // The client speaks first (as every client of the SP does): a backend that ends
+            // before the client said anything has both sides closed by the gateway.
+            let mut hello = [0u8; 5];
+            if stream.read_exact(&mut hello).await.is_err() {
+                return;
+            }
             let _ = stream.write_all(b"greeting").await;
             let _ = stream.shutdown().await;
             let mut request = Vec::new();
@@ -282,6 +290,7 @@ async fn backend_half_close_reaches_client_and_requests_still_flow() {
     let gw = TestGateway::start(config(vec![backend.addr])).await;
 
     let mut client = TcpStream::connect(gw.addr).await.expect("connect");
+    client.write_all(b"hello").await.expect("write hello");
     let mut greeting = Vec::new();
     guard("EOF from backend", client.read_to_end(&mut greeting))
         .await

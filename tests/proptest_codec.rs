@@ -21,6 +21,16 @@ fn text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A name by the SP's rule (tenant, service, session id): what a valid hello carries.
+fn name() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}"
+}
+
+/// A valid agent string: up to 64 printable ASCII characters.
+fn agent() -> impl Strategy<Value = String> {
+    "[ -~]{0,64}"
+}
+
 fn error_code() -> impl Strategy<Value = ErrorCode> {
     prop::sample::select(vec![
         ErrorCode::VersionMismatch,
@@ -49,10 +59,10 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 fn role() -> impl Strategy<Value = Role> {
     prop_oneof![
         (
+            name(),
             text(),
-            text(),
-            text(),
-            prop::collection::vec(text(), 0..4),
+            agent(),
+            prop::collection::vec(name(), 0..4),
             any::<bool>()
         )
             .prop_map(|(tenant, secret, agent, services, provider_access)| {
@@ -64,12 +74,12 @@ fn role() -> impl Strategy<Value = Role> {
                     provider_access,
                 }
             }),
-        (text(), text(), text()).prop_map(|(tenant, session_id, nonce)| Role::TenantData {
+        (name(), name(), text()).prop_map(|(tenant, session_id, nonce)| Role::TenantData {
             tenant,
             session_id,
             nonce
         }),
-        (text(), text(), text()).prop_map(|(token, tenant, service)| Role::ConsoleSession {
+        (text(), name(), name()).prop_map(|(token, tenant, service)| Role::ConsoleSession {
             token,
             tenant,
             service
@@ -240,6 +250,33 @@ proptest! {
         prop_assert_eq!(&through_frame(&hello), &hello);
         let body = serde_json::to_vec(&hello).expect("encode");
         prop_assert_eq!(&parse_hello(&body).expect("the SP accepts it"), &hello);
+    }
+
+    #[test]
+    fn a_hello_with_any_tenant_string_is_accepted_only_by_the_name_rule(
+        tenant in text(),
+        service in text(),
+    ) {
+        let hello = Hello::new(Role::ConsoleSession {
+            token: "t".into(),
+            tenant: tenant.clone(),
+            service: service.clone(),
+        });
+        let body = serde_json::to_vec(&hello).expect("encode");
+        let valid = |s: &str| rac::sp::registry::validate_name(s).is_ok();
+        match parse_hello(&body) {
+            Ok(parsed) => {
+                prop_assert!(valid(&tenant) && valid(&service));
+                prop_assert_eq!(parsed, hello);
+            }
+            Err(refusal) => {
+                prop_assert!(!valid(&tenant) || !valid(&service));
+                prop_assert_eq!(refusal.code, ErrorCode::BadRequest);
+                let field = if valid(&tenant) { "service:" } else { "tenant:" };
+                prop_assert!(refusal.message.contains(field), "{}", refusal.message);
+                prop_assert!(!refusal.message.chars().any(char::is_control), "{}", refusal.message);
+            }
+        }
     }
 
     #[test]

@@ -316,11 +316,11 @@ pub async fn forward(
         tracker.spawn(async move {
             match client.open_session(&tenant, &service, |_, _| {}).await {
                 Ok(session) => {
-                    tracing::info!(%peer, %tenant, %service, via = %session.endpoint, "forwarding");
+                    tracing::info!(%peer, ?tenant, ?service, via = %session.endpoint, "forwarding");
                     let report = splice(local, session.stream, &Counters::default(), &shutdown).await;
                     tracing::info!(%peer, sent = report.a_to_b, received = report.b_to_a, "connection closed");
                 }
-                Err(e) => tracing::warn!(%peer, %tenant, %service, "session failed: {e}"),
+                Err(e) => tracing::warn!(%peer, ?tenant, ?service, "session failed: {e}"),
             }
         });
     }

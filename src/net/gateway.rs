@@ -14,11 +14,24 @@
 //! budgets. A direction that streams (a read fills its buffer) moves to a
 //! [`BULK_BUFFER_SIZE`] buffer, and back to the small one after [`BULK_IDLE`] without data:
 //! a connection holds up to 2 × 128 KiB only while it streams.
+//!
+//! Silent connections (a client that has not sent a byte yet) are what an outsider can open
+//! for free, so they are kept on a short leash: each must send its first bytes within
+//! [`GatewayConfig::first_data_timeout`] (a real client sends its TLS ClientHello at once),
+//! and one source (an IPv4 address, or an IPv6 /64) holds at most
+//! [`GatewayConfig::max_silent_per_source`] of them: a new one closes that source's oldest,
+//! so a flood from one place costs others nothing. When the SP ends a connection before the
+//! client has said anything, both sides close at once rather than wait for the client.
+//!
+//! The gateway forwards bytes, and it alone may add a PROXY protocol header: a client stream
+//! that itself begins with a PROXY header (the v2 signature or v1 `PROXY `) is closed, so a
+//! client can never forge the source address the SP believes.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -41,6 +54,19 @@ pub const BULK_BUFFER_SIZE: usize = 128 * 1024;
 /// A streaming direction that has read nothing for this long goes back to [`BUFFER_SIZE`].
 pub const BULK_IDLE: Duration = Duration::from_secs(1);
 
+/// Default of [`GatewayConfig::max_silent_per_source`].
+pub const DEFAULT_MAX_SILENT_PER_SOURCE: usize = 32;
+/// Default of [`GatewayConfig::first_data_timeout`], in seconds.
+pub const DEFAULT_FIRST_DATA_TIMEOUT_SECS: u64 = 3;
+/// Default of [`GatewayConfig::idle_timeout`], in seconds: well above the SP's tenant
+/// heartbeat (30 s) and dead-peer limit (95 s), so the SP notices a dead peer first and a
+/// healthy control connection never idles out here.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
+/// The refusals that can come in floods are logged as one WARN summary per this interval.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// PROXY protocol v1 (text) starts with this.
+const PROXY_V1_PREFIX: &[u8] = b"PROXY ";
+
 /// Longest pause of the accept loop after repeated accept errors (such as running out of file
 /// descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -54,6 +80,11 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// A connection with no bytes in either direction for this long is closed.
     pub idle_timeout: Duration,
+    /// A client that has sent nothing this long after connecting is closed.
+    pub first_data_timeout: Duration,
+    /// Most connections one source (IPv4 address or IPv6 /64) may hold open without having
+    /// sent data; one more closes that source's oldest silent connection.
+    pub max_silent_per_source: usize,
     /// Pause between two rounds of backend health checks.
     pub health_interval: Duration,
     /// Limit for a TCP connect to a backend, by a health check or for a client.
@@ -70,7 +101,9 @@ impl GatewayConfig {
         Self {
             backends,
             max_connections: 4096,
-            idle_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            first_data_timeout: Duration::from_secs(DEFAULT_FIRST_DATA_TIMEOUT_SECS),
+            max_silent_per_source: DEFAULT_MAX_SILENT_PER_SOURCE,
             health_interval: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(30),
@@ -94,8 +127,12 @@ impl GatewayConfig {
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
         }
+        if self.max_silent_per_source == 0 {
+            bail!("max_silent_per_source must be at least 1");
+        }
         for (name, value) in [
             ("idle_timeout", self.idle_timeout),
+            ("first_data_timeout", self.first_data_timeout),
             ("health_interval", self.health_interval),
             ("connect_timeout", self.connect_timeout),
         ] {
@@ -113,6 +150,10 @@ pub struct GatewayStats {
     accepted: AtomicU64,
     refused_over_cap: AtomicU64,
     no_backend: AtomicU64,
+    silent_evicted: AtomicU64,
+    first_data_timeouts: AtomicU64,
+    proxy_header_refused: AtomicU64,
+    backend_ended_first: AtomicU64,
     active: AtomicUsize,
 }
 
@@ -130,6 +171,27 @@ impl GatewayStats {
     /// Connections closed because no backend could be reached.
     pub fn no_backend(&self) -> u64 {
         self.no_backend.load(Ordering::Relaxed)
+    }
+
+    /// Silent connections closed because their source opened more than
+    /// `max_silent_per_source`.
+    pub fn silent_evicted(&self) -> u64 {
+        self.silent_evicted.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because the client sent nothing within `first_data_timeout`.
+    pub fn first_data_timeouts(&self) -> u64 {
+        self.first_data_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because the client's stream began with a PROXY header.
+    pub fn proxy_header_refused(&self) -> u64 {
+        self.proxy_header_refused.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed on both sides because the backend ended before the client sent data.
+    pub fn backend_ended_first(&self) -> u64 {
+        self.backend_ended_first.load(Ordering::Relaxed)
     }
 
     /// Connections open now (being connected or forwarded).
@@ -175,7 +237,11 @@ pub async fn run_with_stats(
         stats,
         connect_timeout: config.connect_timeout,
         idle_timeout: config.idle_timeout,
+        first_data_timeout: config.first_data_timeout,
         proxy_protocol: config.proxy_protocol,
+        silent: SilentTable::new(config.max_silent_per_source),
+        evictions_log: WarnSummary::default(),
+        proxy_log: WarnSummary::default(),
     });
     // Over the cap we accept and close at once rather than stop accepting: a client left in the
     // kernel's backlog sees a completed connect and then silence until its handshake times out,
@@ -252,7 +318,136 @@ struct Shared {
     stats: Arc<GatewayStats>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    first_data_timeout: Duration,
     proxy_protocol: bool,
+    silent: SilentTable,
+    /// Silent connections closed over the per-source cap.
+    evictions_log: WarnSummary,
+    /// Client streams that began with a PROXY header.
+    proxy_log: WarnSummary,
+}
+
+/// The connections that have not sent data yet, by source ([`crate::sp::auth::source_key`]:
+/// IPv4 address or IPv6 /64), oldest first. Each holds a token that closes it.
+struct SilentTable {
+    cap: usize,
+    next_id: AtomicU64,
+    by_source: Mutex<HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>>,
+}
+
+impl SilentTable {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            next_id: AtomicU64::new(0),
+            by_source: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>> {
+        // Each critical section is one map update that cannot leave the map inconsistent.
+        self.by_source.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a new silent connection from `peer`. Over the cap, the source's oldest silent
+    /// connection is told to close; the second value says whether that happened.
+    fn register(&self, peer: IpAddr) -> (Silent<'_>, bool) {
+        let key = crate::sp::auth::source_key(peer);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let closes = CancellationToken::new();
+        let mut map = self.lock();
+        let queue = map.entry(key).or_default();
+        let mut evicted = false;
+        while queue.len() >= self.cap {
+            if let Some((_, oldest)) = queue.pop_front() {
+                oldest.cancel();
+                evicted = true;
+            }
+        }
+        queue.push_back((id, closes.clone()));
+        drop(map);
+        let silent = Silent {
+            table: self,
+            key,
+            id,
+            closes,
+            counted: true,
+        };
+        (silent, evicted)
+    }
+
+    fn remove(&self, key: IpAddr, id: u64) {
+        let mut map = self.lock();
+        if let Some(queue) = map.get_mut(&key) {
+            queue.retain(|(other, _)| *other != id);
+            if queue.is_empty() {
+                map.remove(&key);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn count(&self, peer: IpAddr) -> usize {
+        self.lock()
+            .get(&crate::sp::auth::source_key(peer))
+            .map_or(0, VecDeque::len)
+    }
+}
+
+/// One connection's place in the [`SilentTable`], until its client sends data or it ends.
+struct Silent<'a> {
+    table: &'a SilentTable,
+    key: IpAddr,
+    id: u64,
+    /// Cancelled when a newer silent connection of the same source pushes this one out.
+    closes: CancellationToken,
+    counted: bool,
+}
+
+impl Silent<'_> {
+    /// The client sent data (or its EOF): it no longer counts as silent.
+    fn spoke(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.table.remove(self.key, self.id);
+        }
+    }
+}
+
+impl Drop for Silent<'_> {
+    fn drop(&mut self) {
+        self.spoke();
+    }
+}
+
+/// A WARN line for an event that can come in floods: the first one is logged at once, later
+/// ones are counted and reported in one line at most every [`WARN_INTERVAL`].
+#[derive(Default)]
+struct WarnSummary {
+    state: Mutex<WarnState>,
+}
+
+#[derive(Default)]
+struct WarnState {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl WarnSummary {
+    /// Counts one event at `now`; returns how many to report if a line is due.
+    fn record(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.unlogged += 1;
+        if state
+            .last_logged
+            .is_some_and(|last| now.duration_since(last) < WARN_INTERVAL)
+        {
+            return None;
+        }
+        state.last_logged = Some(now);
+        Some(std::mem::take(&mut state.unlogged))
+    }
 }
 
 /// One SP backend and what the gateway knows about it.
@@ -408,15 +603,44 @@ async fn serve(
 ) {
     shared.stats.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&shared.stats);
-    let Some((backend, lease)) = shared.pool.connect(shared.connect_timeout).await else {
+    let first_data_deadline = Instant::now() + shared.first_data_timeout;
+    let (mut silent, evicted) = shared.silent.register(peer.ip());
+    if evicted {
+        shared.stats.silent_evicted.fetch_add(1, Ordering::Relaxed);
+        if let Some(closed) = shared.evictions_log.record(Instant::now()) {
+            warn!(
+                %peer,
+                closed,
+                cap = shared.silent.cap,
+                "closed the oldest silent connections of sources over the per-source cap \
+                 (this source and others, since the last such line)"
+            );
+        }
+    }
+    let connected = tokio::select! {
+        connected = shared.pool.connect(shared.connect_timeout) => connected,
+        () = silent.closes.cancelled() => {
+            debug!(%peer, "silent connection closed: its source opened newer ones");
+            return;
+        }
+    };
+    let Some((backend, lease)) = connected else {
         shared.stats.no_backend.fetch_add(1, Ordering::Relaxed);
         warn!(%peer, "no healthy backend; closing client connection");
         return;
     };
     let backend_addr = lease.backend.addr;
-    match forward(client, peer, backend, &shared).await {
-        Ok(Ended::Closed) => debug!(%peer, backend = %backend_addr, "connection closed"),
-        Ok(Ended::Idle) => debug!(%peer, backend = %backend_addr, "idle connection closed"),
+    let client = Client {
+        stream: client,
+        peer,
+        first_data_deadline,
+        silent: &mut silent,
+    };
+    match forward(client, backend, &shared).await {
+        Ok(ended) => {
+            ended.count(&shared.stats);
+            debug!(%peer, backend = %backend_addr, "connection ended: {}", ended.describe());
+        }
         Err(e) => {
             debug!(%peer, backend = %backend_addr, error = %e, "connection ended with an error")
         }
@@ -431,17 +655,125 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
+/// How a forwarded connection ended, short of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
+    /// Both directions reached EOF.
     Closed,
+    /// Nothing moved for `idle_timeout`.
     Idle,
+    /// The client sent nothing within `first_data_timeout`.
+    NoFirstData,
+    /// A newer silent connection from the same source pushed this one out.
+    Evicted,
+    /// The client's stream began with a PROXY protocol header.
+    ProxyHeader,
+    /// The backend ended before the client sent anything: both sides closed at once.
+    BackendEndedFirst,
+}
+
+impl Ended {
+    fn describe(self) -> &'static str {
+        match self {
+            Ended::Closed => "closed",
+            Ended::Idle => "idle timeout",
+            Ended::NoFirstData => "the client sent nothing in time",
+            Ended::Evicted => "silent, and its source opened newer silent connections",
+            Ended::ProxyHeader => "the client sent a PROXY header of its own",
+            Ended::BackendEndedFirst => "the backend ended before the client sent anything",
+        }
+    }
+
+    /// Counts the ends the stats keep. An eviction is counted where it is decided (it may
+    /// close a connection that is still connecting to its backend).
+    fn count(self, stats: &GatewayStats) {
+        let counter = match self {
+            Ended::Closed | Ended::Idle | Ended::Evicted => return,
+            Ended::NoFirstData => &stats.first_data_timeouts,
+            Ended::ProxyHeader => &stats.proxy_header_refused,
+            Ended::BackendEndedFirst => &stats.backend_ended_first,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The client side of a connection being forwarded, and what is known about its first data.
+struct Client<'a, 's> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    first_data_deadline: Instant,
+    silent: &'a mut Silent<'s>,
+}
+
+/// What the client's first bytes were.
+enum FirstData {
+    /// Bytes to forward (empty: the client closed its side without sending any).
+    Bytes(Vec<u8>),
+    /// A PROXY protocol header: refused.
+    ProxyHeader,
+    /// Nothing came before the deadline.
+    TimedOut,
+}
+
+/// Whether `buf` starts a PROXY protocol header (v2 binary signature or v1 `PROXY `).
+#[derive(Debug, PartialEq, Eq)]
+enum ProxyPrefix {
+    /// It is one: refuse.
+    Yes,
+    /// Too short to tell: read more.
+    Maybe,
+    /// It is not one.
+    No,
+}
+
+fn proxy_prefix(buf: &[u8]) -> ProxyPrefix {
+    let signatures: [&[u8]; 2] = [&proxy_protocol::SIGNATURE, PROXY_V1_PREFIX];
+    if signatures.iter().any(|sig| buf.starts_with(sig)) {
+        ProxyPrefix::Yes
+    } else if signatures.iter().any(|sig| sig.starts_with(buf)) {
+        ProxyPrefix::Maybe
+    } else {
+        ProxyPrefix::No
+    }
+}
+
+/// Reads the client's first bytes, until they cannot be the start of a PROXY header, EOF, or
+/// the deadline.
+async fn first_data<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    deadline: Instant,
+) -> io::Result<FirstData> {
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let mut len = 0;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, reader.read(&mut buf[len..])).await {
+            Ok(read) => read?,
+            Err(_) => return Ok(FirstData::TimedOut),
+        };
+        len += n;
+        match proxy_prefix(&buf[..len]) {
+            ProxyPrefix::Yes => return Ok(FirstData::ProxyHeader),
+            // At EOF the few bytes read go on, and the pump reads the EOF again.
+            ProxyPrefix::Maybe if n > 0 => continue,
+            ProxyPrefix::Maybe | ProxyPrefix::No => {
+                buf.truncate(len);
+                return Ok(FirstData::Bytes(buf));
+            }
+        }
+    }
 }
 
 async fn forward(
-    mut client: TcpStream,
-    peer: SocketAddr,
+    client: Client<'_, '_>,
     mut backend: TcpStream,
     shared: &Shared,
 ) -> Result<Ended, ForwardError> {
+    let Client {
+        stream: mut client,
+        peer,
+        first_data_deadline,
+        silent,
+    } = client;
     // Interactive sessions go through here: do not hold small writes back.
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
@@ -455,15 +787,45 @@ async fn forward(
     }
 
     let activity = Activity::new();
+    let client_spoke = AtomicBool::new(false);
     let (mut client_read, mut client_write) = client.split();
     let (mut backend_read, mut backend_write) = backend.split();
-    let upstream = pump(
-        &mut client_read,
-        &mut backend_write,
-        &activity,
-        ForwardError::Client,
-        ForwardError::Backend,
-    );
+    // Client to backend: first the client's first bytes, checked; then a plain copy.
+    // `Some(ended)` ends the whole connection.
+    let upstream = async {
+        let first = tokio::select! {
+            first = first_data(&mut client_read, first_data_deadline) => first.map_err(ForwardError::Client)?,
+            () = silent.closes.cancelled() => return Ok(Some(Ended::Evicted)),
+        };
+        let first = match first {
+            FirstData::Bytes(bytes) => bytes,
+            FirstData::ProxyHeader => {
+                if let Some(refused) = shared.proxy_log.record(Instant::now()) {
+                    warn!(%peer, refused, "closed client connections that sent a PROXY header of their own \
+                        (this client and others, since the last such line)");
+                }
+                return Ok(Some(Ended::ProxyHeader));
+            }
+            FirstData::TimedOut => return Ok(Some(Ended::NoFirstData)),
+        };
+        client_spoke.store(true, Ordering::Relaxed);
+        silent.spoke();
+        activity.touch();
+        backend_write
+            .write_all(&first)
+            .await
+            .map_err(ForwardError::Backend)?;
+        drop(first);
+        pump(
+            &mut client_read,
+            &mut backend_write,
+            &activity,
+            ForwardError::Client,
+            ForwardError::Backend,
+        )
+        .await
+        .map(|_| None)
+    };
     let downstream = pump(
         &mut backend_read,
         &mut client_write,
@@ -471,9 +833,29 @@ async fn forward(
         ForwardError::Backend,
         ForwardError::Client,
     );
-    tokio::select! {
-        both = async { tokio::try_join!(upstream, downstream) } => both.map(|_| Ended::Closed),
-        () = activity.idle(shared.idle_timeout) => Ok(Ended::Idle),
+    tokio::pin!(upstream, downstream);
+    let (mut upstream_done, mut downstream_done) = (false, false);
+    loop {
+        tokio::select! {
+            up = &mut upstream, if !upstream_done => match up? {
+                Some(ended) => return Ok(ended),
+                None => upstream_done = true,
+            },
+            down = &mut downstream, if !downstream_done => {
+                down?;
+                downstream_done = true;
+                // The backend is done and the client has not said a word: nothing more can
+                // happen here, so close both rather than hold the backend's socket (in
+                // CLOSE-WAIT) until the client speaks.
+                if !client_spoke.load(Ordering::Relaxed) {
+                    return Ok(Ended::BackendEndedFirst);
+                }
+            },
+            () = activity.idle(shared.idle_timeout) => return Ok(Ended::Idle),
+        }
+        if upstream_done && downstream_done {
+            return Ok(Ended::Closed);
+        }
     }
 }
 
@@ -645,5 +1027,76 @@ mod tests {
         // `touch` keeps whole milliseconds, so the deadline may come up to 1 ms early.
         assert!(touched.elapsed() >= Duration::from_millis(99));
         assert!(activity.start.elapsed() >= Duration::from_millis(159));
+    }
+
+    #[test]
+    fn validate_names_the_new_limits() {
+        let base = GatewayConfig::new(addrs(1));
+        let zero_silent = GatewayConfig {
+            max_silent_per_source: 0,
+            ..base.clone()
+        };
+        let zero_first = GatewayConfig {
+            first_data_timeout: Duration::ZERO,
+            ..base
+        };
+        for (config, needle) in [
+            (zero_silent, "max_silent_per_source"),
+            (zero_first, "first_data_timeout"),
+        ] {
+            let err = config.validate().expect_err("invalid config");
+            assert!(err.to_string().contains(needle), "{err:#} lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn proxy_prefix_spots_both_versions_whole_or_begun() {
+        let v2 = proxy_protocol::SIGNATURE;
+        assert_eq!(proxy_prefix(&v2), ProxyPrefix::Yes);
+        assert_eq!(proxy_prefix(b"PROXY TCP4 1.2.3.4"), ProxyPrefix::Yes);
+        assert_eq!(proxy_prefix(&v2[..5]), ProxyPrefix::Maybe);
+        assert_eq!(proxy_prefix(b"PROX"), ProxyPrefix::Maybe);
+        assert_eq!(proxy_prefix(b""), ProxyPrefix::Maybe);
+        assert_eq!(proxy_prefix(b"\x16\x03\x01"), ProxyPrefix::No);
+        assert_eq!(proxy_prefix(b"\r\n\r\nGET"), ProxyPrefix::No);
+        assert_eq!(proxy_prefix(b"PROXYish"), ProxyPrefix::No);
+    }
+
+    #[test]
+    fn silent_table_closes_the_oldest_of_the_same_source_and_groups_ipv6_by_64() {
+        let table = SilentTable::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        let (first, evicted) = table.register(ip("2001:db8::1"));
+        assert!(!evicted);
+        let (second, _) = table.register(ip("2001:db8::ffff:2"));
+        // Another /64, and IPv4: counted apart.
+        let (other, _) = table.register(ip("2001:db8:0:1::1"));
+        let (v4, _) = table.register(ip("192.0.2.1"));
+        assert_eq!(table.count(ip("2001:db8::9")), 2);
+        let (third, evicted) = table.register(ip("2001:db8::3"));
+        assert!(evicted);
+        assert!(first.closes.is_cancelled(), "the oldest is closed");
+        assert!(!second.closes.is_cancelled() && !third.closes.is_cancelled());
+        assert!(!other.closes.is_cancelled() && !v4.closes.is_cancelled());
+        assert_eq!(table.count(ip("2001:db8::1")), 2);
+
+        // Speaking or ending leaves the table; an empty source leaves no entry.
+        let mut second = second;
+        second.spoke();
+        assert_eq!(table.count(ip("2001:db8::1")), 1);
+        drop((first, second, third, other, v4));
+        assert!(table.lock().is_empty());
+    }
+
+    #[test]
+    fn warn_summary_logs_at_most_once_per_interval_and_counts_the_rest() {
+        let summary = WarnSummary::default();
+        let t0 = Instant::now();
+        assert_eq!(summary.record(t0), Some(1));
+        for s in 1..10 {
+            assert_eq!(summary.record(t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(summary.record(t0 + WARN_INTERVAL), Some(10));
+        assert_eq!(summary.record(t0 + WARN_INTERVAL), None);
     }
 }

@@ -17,7 +17,12 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The first frame on every connection to the SP port.
+///
+/// Parsing checks the strings a peer chooses before anyone logs or stores them (see
+/// [`Hello::validate`]): a hello that breaks a rule does not parse, and the SP answers
+/// `bad_request` with the rule it broke.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "HelloWire")]
 pub struct Hello {
     pub version: u32,
     #[serde(flatten)]
@@ -31,6 +36,124 @@ impl Hello {
             role,
         }
     }
+}
+
+/// [`Hello`] as it is on the wire, before [`Hello::validate`].
+#[derive(Deserialize)]
+struct HelloWire {
+    version: u32,
+    #[serde(flatten)]
+    role: Role,
+}
+
+impl TryFrom<HelloWire> for Hello {
+    type Error = String;
+
+    fn try_from(wire: HelloWire) -> Result<Self, String> {
+        let hello = Hello {
+            version: wire.version,
+            role: wire.role,
+        };
+        hello.validate()?;
+        Ok(hello)
+    }
+}
+
+/// Most services a tenant may offer, in its hello or a `status` frame.
+pub const MAX_SERVICES: usize = 32;
+/// Longest agent string a tenant may send.
+pub const MAX_AGENT_LEN: usize = 64;
+
+impl Hello {
+    /// Checks the names and strings a peer chose, naming the field that breaks a rule.
+    ///
+    /// Tenant and service names follow the registry's name rule
+    /// ([`crate::sp::registry::validate_name`]: 1 to 64 ASCII letters, digits, `.`, `_`, `-`,
+    /// starting with a letter or digit), so a name can carry no terminal escape, newline or
+    /// formula into a log line, the tenant list or a CSV export. Secrets, nonces and tokens
+    /// are compared, never shown, and are not checked here.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.role {
+            Role::TenantControl {
+                tenant,
+                agent,
+                services,
+                ..
+            } => {
+                check_name("tenant", tenant)?;
+                check_agent(agent)?;
+                validate_services(services)
+            }
+            Role::TenantData {
+                tenant, session_id, ..
+            } => {
+                check_name("tenant", tenant)?;
+                check_name("session_id", session_id)
+            }
+            Role::ConsoleSession {
+                tenant, service, ..
+            } => {
+                check_name("tenant", tenant)?;
+                check_name("service", service)
+            }
+            Role::Operator { .. } => Ok(()),
+        }
+    }
+}
+
+/// Checks a tenant's list of offered services (hello and `status`): at most
+/// [`MAX_SERVICES`] names, each by the name rule.
+pub fn validate_services(services: &[String]) -> Result<(), String> {
+    if services.len() > MAX_SERVICES {
+        return Err(format!(
+            "services: {} entries, at most {MAX_SERVICES} allowed",
+            services.len()
+        ));
+    }
+    services
+        .iter()
+        .try_for_each(|service| check_name("services", service))
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), String> {
+    crate::sp::registry::validate_name(value).map_err(|_| {
+        format!(
+            "{field}: \"{}\" is not a valid name (1 to 64 ASCII letters, digits, '.', '_' or '-', \
+             starting with a letter or digit)",
+            escape_untrusted(value, 80)
+        )
+    })
+}
+
+fn check_agent(agent: &str) -> Result<(), String> {
+    let printable = agent.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if agent.len() > MAX_AGENT_LEN || !printable {
+        return Err(format!(
+            "agent: \"{}\" is not valid (at most {MAX_AGENT_LEN} printable ASCII characters)",
+            escape_untrusted(agent, 80)
+        ));
+    }
+    Ok(())
+}
+
+/// A peer's string made safe to show to an operator or write to a log: everything but
+/// printable ASCII is escaped (`\n`, `\u{1b}`, `\u{202e}`; a backslash as `\\`), and the
+/// text is cut after `max_chars` characters with `...`. The result is one line of plain ASCII:
+/// no terminal escape, no line break, no look-alike or right-to-left character.
+pub fn escape_untrusted(value: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(value.len().min(max_chars));
+    for (i, c) in value.chars().enumerate() {
+        if i == max_chars {
+            out.push_str("...");
+            break;
+        }
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            _ => out.extend(c.escape_default()),
+        }
+    }
+    out
 }
 
 impl fmt::Debug for Hello {
@@ -242,9 +365,13 @@ pub enum ControlMsg {
         nonce: String,
         service: String,
     },
-    /// Tenant → SP: the tenant will not open that session (step 7).
+    /// Tenant → SP: the tenant will not open that session (step 7). The SP passes on only
+    /// the codes of [`TENANT_REJECT_CODES`]; a code this build does not know parses as
+    /// [`ErrorCode::TenantRejected`], so the frame (and the control connection) survives and
+    /// the console hears at once.
     Reject {
         session_id: String,
+        #[serde(deserialize_with = "reject_code")]
         code: ErrorCode,
         reason: String,
     },
@@ -262,6 +389,24 @@ pub enum ControlMsg {
         code: ErrorCode,
         reason: String,
     },
+}
+
+/// The codes a tenant may give in `reject`, each about the tenant's own side. Any other code
+/// (`token_expired`, `auth_failed`, an unknown word) would let a tenant put words in the SP's
+/// mouth; the SP replaces it with [`ErrorCode::TenantRejected`].
+pub const TENANT_REJECT_CODES: [ErrorCode; 5] = [
+    ErrorCode::ServiceUnavailable,
+    ErrorCode::ServiceNotOffered,
+    ErrorCode::ProviderAccessDisabled,
+    ErrorCode::Busy,
+    ErrorCode::Overloaded,
+];
+
+/// Reads a `reject` code leniently: any JSON value that is not a known code is
+/// [`ErrorCode::TenantRejected`].
+fn reject_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).unwrap_or(ErrorCode::TenantRejected))
 }
 
 /// What a console session or tenant data connection hears before the splice.
@@ -414,5 +559,78 @@ mod tests {
         );
         let back: HelloReply = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, HelloReply::Error(err));
+    }
+
+    fn tenant_control(tenant: &str, agent: &str, services: &[&str]) -> Hello {
+        Hello::new(Role::TenantControl {
+            tenant: tenant.into(),
+            secret: "s".into(),
+            agent: agent.into(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+            provider_access: true,
+        })
+    }
+
+    #[test]
+    fn parsing_a_hello_checks_names_and_names_the_field() {
+        let parse = |hello: &Hello| {
+            let text = serde_json::to_string(hello).expect("serialize");
+            serde_json::from_str::<Hello>(&text).map_err(|e| e.to_string())
+        };
+        let too_many: Vec<String> = (0..=MAX_SERVICES).map(|i| format!("s{i}")).collect();
+        let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        let long_service = "s".repeat(65);
+        let cases = [
+            (tenant_control("acme\u{1b}[31m", "a", &[]), "tenant:"),
+            (tenant_control("", "a", &[]), "tenant:"),
+            (tenant_control("-acme", "a", &[]), "tenant:"),
+            (tenant_control("acme", "a\n", &[]), "agent:"),
+            (tenant_control("acme", "é", &[]), "agent:"),
+            (tenant_control("acme", &"a".repeat(65), &[]), "agent:"),
+            (tenant_control("acme", "a", &["ok", "no way"]), "services:"),
+            (tenant_control("acme", "a", &[&long_service]), "services:"),
+            (tenant_control("acme", "a", &too_many), "services:"),
+        ];
+        for (hello, field) in cases {
+            let err = parse(&hello).expect_err("invalid hello");
+            assert!(err.starts_with(field), "{err} does not start with {field}");
+            assert!(!err.contains('\u{1b}') && !err.contains('\n'), "{err:?}");
+        }
+        let ok = tenant_control("acme.eu-1", &"~".repeat(MAX_AGENT_LEN), &["backup", "rdp"]);
+        assert_eq!(parse(&ok).expect("valid"), ok);
+    }
+
+    #[test]
+    fn escape_untrusted_leaves_one_line_of_plain_ascii() {
+        assert_eq!(escape_untrusted("plain text: ok", 80), "plain text: ok");
+        assert_eq!(
+            escape_untrusted("a\u{1b}[31mred\nnext\r\\\u{202e}", 80),
+            "a\\u{1b}[31mred\\nnext\\r\\\\\\u{202e}"
+        );
+        assert_eq!(escape_untrusted("abcdef", 3), "abc...");
+        let nasty: String = (0u8..=255).map(char::from).collect();
+        let escaped = escape_untrusted(&nasty, 1000);
+        assert!(
+            escaped.bytes().all(|b| (0x20..=0x7e).contains(&b)),
+            "{escaped}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_reject_code_parses_as_tenant_rejected() {
+        for code in [r#""no_such_code""#, "42", "null", r#""token_expired""#] {
+            let text =
+                format!(r#"{{"type":"reject","session_id":"s","code":{code},"reason":"r"}}"#);
+            let msg: ControlMsg = serde_json::from_str(&text).expect("parses");
+            let ControlMsg::Reject { code: got, .. } = msg else {
+                panic!("{msg:?}");
+            };
+            let expected = if code.contains("token_expired") {
+                ErrorCode::TokenExpired
+            } else {
+                ErrorCode::TenantRejected
+            };
+            assert_eq!(got, expected, "{code}");
+        }
     }
 }

@@ -349,7 +349,7 @@ impl LoginAttempt {
         };
         drop(self.permit);
         let (Some(hash), true) = (account, checked) else {
-            tracing::warn!(%source, user, "failed login");
+            tracing::warn!(%source, ?user, "failed login");
             return Err(Refusal::new(
                 ErrorCode::AuthFailed,
                 "login failed: wrong user name or password",
@@ -367,11 +367,11 @@ impl LoginAttempt {
             .create_token_for_password(user, &hash, Duration::from_secs(ttl))
         {
             Ok(Some(token)) => {
-                tracing::info!(%source, user, "operator logged in");
+                tracing::info!(%source, ?user, "operator logged in");
                 Ok((token, ttl))
             }
             Ok(None) => {
-                tracing::warn!(%source, user, "login raced a password change; refused");
+                tracing::warn!(%source, ?user, "login raced a password change; refused");
                 Err(Refusal::new(
                     ErrorCode::AuthFailed,
                     "login failed: the password changed meanwhile",

@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ControlHandle, DataOutcome, ServerStream, Shared, lock, send_error};
 use crate::net::frame::{self, MAX_HELLO_LEN};
-use crate::net::protocol::{ControlMsg, ErrorCode, HelloReply, Welcome};
+use crate::net::protocol::{
+    ControlMsg, ErrorCode, HelloReply, TENANT_REJECT_CODES, Welcome, escape_untrusted,
+    validate_services,
+};
 use crate::net::tls;
 use crate::sp::Refusal;
 use crate::sp::presence::Live;
@@ -17,6 +20,13 @@ use crate::sp::presence::Live;
 /// A tenant that keeps pinging is pinged back only every this many heartbeat ticks (for the
 /// round trip shown in the tenant list).
 const RTT_EVERY_TICKS: u64 = 6;
+
+/// A tenant's `status` frames reach the presence table (and every operator's feed) at most
+/// once per this window; the latest one wins.
+pub(super) const STATUS_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Longest `reject` reason passed on to a console, in characters.
+const MAX_REASON_CHARS: usize = 200;
 
 pub(super) async fn serve(
     shared: Arc<Shared>,
@@ -57,9 +67,10 @@ pub(super) async fn serve(
             .registry
             .set_last_seen(&tenant, crate::sp::registry::now_secs())
     {
-        tracing::warn!(%tenant, "could not store last seen: {e}");
+        tracing::warn!(?tenant, "could not store last seen: {e}");
     }
-    tracing::info!(%tenant, "tenant control connection ended: {ended}");
+    // `ended` may quote the tenant's bytes (a parse error names what it read): escaped.
+    tracing::info!(?tenant, ?ended, "tenant control connection ended");
 }
 
 /// A tenant that passed authentication and is marked online.
@@ -99,7 +110,7 @@ async fn admit(
         auth = shared.sp.authenticate_tenant(tenant, secret);
     }
     if let Err(refusal) = auth {
-        tracing::warn!(%tenant, addr = %live.remote_addr, "tenant refused: {}", refusal.message);
+        tracing::warn!(?tenant, addr = %live.remote_addr, reason = ?refusal.message, "tenant refused");
         let _ = send_error(&mut stream, &refusal).await;
         return None;
     }
@@ -122,10 +133,10 @@ async fn admit(
             replaced: replaced.clone(),
         },
     ) {
-        tracing::info!(%tenant, "a newer control connection replaces the older one");
+        tracing::info!(?tenant, "a newer control connection replaces the older one");
         old.replaced.cancel();
     }
-    tracing::info!(%tenant, "tenant online");
+    tracing::info!(?tenant, "tenant online");
 
     let welcome = HelloReply::Welcome(Welcome {
         server: crate::VERSION.to_string(),
@@ -172,6 +183,7 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
     let mut seq = 0u64;
     let mut ticks = 0u64;
     let mut ping_sent: Option<(u64, Instant)> = None;
+    let mut status = StatusThrottle::default();
     loop {
         let read = frame::read_frame::<ControlMsg, _>(&mut reader, MAX_HELLO_LEN);
         tokio::pin!(read);
@@ -196,8 +208,18 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                         Ok(None) => return "closed by the tenant".to_string(),
                         Err(e) if e.is_connection_lost() => return format!("connection lost: {e}"),
                         Err(e) => return format!("bad frame from the tenant: {e}"),
-                        Ok(Some(msg)) => (handle_incoming(shared, tenant, conn_id, msg, &mut ping_sent), true),
+                        Ok(Some(msg)) => {
+                            let incoming = Incoming { shared, tenant, conn_id };
+                            (incoming.handle(msg, &mut ping_sent, &mut status), true)
+                        }
                     }
+                }
+                // The window of a coalesced status ended: apply the latest one.
+                () = status.window_end(), if status.pending.is_some() => {
+                    if let Some((services, access)) = status.take_pending(tokio::time::Instant::now()) {
+                        shared.sp.presence.update_status(tenant, conn_id, services, access);
+                    }
+                    (None, false)
                 }
                 _ = tick.tick() => {
                     if last_heard.elapsed() > config.dead_after() {
@@ -239,55 +261,204 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
     }
 }
 
-/// Answers what the tenant sent; returns a message to send back, if any.
-fn handle_incoming(
-    shared: &Shared,
-    tenant: &str,
+/// A tenant's offered services and consent, as a `status` frame gives them.
+type Status = (Vec<String>, bool);
+
+/// Coalesces a tenant's `status` frames: the first one after a quiet [`STATUS_WINDOW`] is
+/// applied at once and opens a window; the frames inside it only replace the pending one,
+/// which is applied when the window ends (and opens the next). A tenant that floods `status`
+/// costs each operator's feed at most one change per window, and the list still ends on the
+/// tenant's latest word.
+#[derive(Default)]
+struct StatusThrottle {
+    /// When the current window ends; `None` before the first status.
+    window_end: Option<tokio::time::Instant>,
+    /// The latest status received inside the window, not applied yet.
+    pending: Option<Status>,
+}
+
+impl StatusThrottle {
+    /// Takes a new status: `Some` if it is to be applied now, else it waits for the window.
+    fn offer(&mut self, status: Status, now: tokio::time::Instant) -> Option<Status> {
+        if self.window_end.is_some_and(|end| now < end) {
+            self.pending = Some(status);
+            None
+        } else {
+            // Newer than anything still pending, which it replaces.
+            self.pending = None;
+            self.window_end = Some(now + STATUS_WINDOW);
+            Some(status)
+        }
+    }
+
+    /// Completes when the current window ends (never, before the first status).
+    async fn window_end(&self) {
+        match self.window_end {
+            Some(end) => tokio::time::sleep_until(end).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The pending status, opening the next window (from `now`) for what comes after it.
+    fn take_pending(&mut self, now: tokio::time::Instant) -> Option<Status> {
+        let status = self.pending.take()?;
+        self.window_end = Some(now + STATUS_WINDOW);
+        Some(status)
+    }
+}
+
+/// One control connection's view, for handling what its tenant sent.
+struct Incoming<'a> {
+    shared: &'a Shared,
+    tenant: &'a str,
     conn_id: u64,
-    msg: ControlMsg,
-    ping_sent: &mut Option<(u64, Instant)>,
-) -> Option<ControlMsg> {
-    match msg {
-        ControlMsg::Ping { seq } => Some(ControlMsg::Pong { seq }),
-        ControlMsg::Pong { seq } => {
-            if let Some((sent_seq, at)) = *ping_sent
-                && sent_seq == seq
-            {
-                shared
-                    .sp
-                    .presence
-                    .set_rtt(tenant, conn_id, at.elapsed().as_secs_f64() * 1000.0);
-                *ping_sent = None;
+}
+
+impl Incoming<'_> {
+    /// Answers what the tenant sent; returns a message to send back, if any (a `goodbye`
+    /// ends the connection once it is sent).
+    fn handle(
+        &self,
+        msg: ControlMsg,
+        ping_sent: &mut Option<(u64, Instant)>,
+        status: &mut StatusThrottle,
+    ) -> Option<ControlMsg> {
+        let Incoming {
+            shared,
+            tenant,
+            conn_id,
+        } = *self;
+        match msg {
+            ControlMsg::Ping { seq } => Some(ControlMsg::Pong { seq }),
+            ControlMsg::Pong { seq } => {
+                if let Some((sent_seq, at)) = *ping_sent
+                    && sent_seq == seq
+                {
+                    shared.sp.presence.set_rtt(
+                        tenant,
+                        conn_id,
+                        at.elapsed().as_secs_f64() * 1000.0,
+                    );
+                    *ping_sent = None;
+                }
+                None
             }
-            None
-        }
-        ControlMsg::Reject {
-            session_id,
-            code,
-            reason,
-        } => {
-            let mut pending = lock(&shared.pending);
-            // Only the tenant the request went to may reject it.
-            if pending.get(&session_id).is_some_and(|p| p.tenant == tenant)
-                && let Some(p) = pending.remove(&session_id)
-            {
-                let _ = p.tx.send(DataOutcome::Rejected(Refusal::new(code, reason)));
+            ControlMsg::Reject {
+                session_id,
+                code,
+                reason,
+            } => {
+                let mut pending = lock(&shared.pending);
+                // Only the tenant the request went to may reject it.
+                if pending.get(&session_id).is_some_and(|p| p.tenant == tenant)
+                    && let Some(p) = pending.remove(&session_id)
+                {
+                    let refusal = tenant_refusal(tenant, code, &reason);
+                    let _ = p.tx.send(DataOutcome::Rejected(refusal));
+                }
+                None
             }
-            None
+            ControlMsg::Status {
+                services,
+                provider_access,
+            } => {
+                if let Err(problem) = validate_services(&services) {
+                    tracing::warn!(?tenant, ?problem, "invalid status from the tenant");
+                    return Some(ControlMsg::Goodbye {
+                        code: ErrorCode::BadRequest,
+                        reason: format!("invalid status: {problem}"),
+                    });
+                }
+                let now = tokio::time::Instant::now();
+                if let Some((services, access)) = status.offer((services, provider_access), now) {
+                    shared
+                        .sp
+                        .presence
+                        .update_status(tenant, conn_id, services, access);
+                }
+                None
+            }
+            other => {
+                tracing::debug!(?tenant, "ignoring unexpected control message {other:?}");
+                None
+            }
         }
-        ControlMsg::Status {
-            services,
-            provider_access,
-        } => {
-            shared
-                .sp
-                .presence
-                .update_status(tenant, conn_id, services, provider_access);
-            None
+    }
+}
+
+/// What the console hears when its tenant rejects a session. The tenant's code is passed on
+/// only if it is one of [`TENANT_REJECT_CODES`]; any other (an SP code such as
+/// `token_expired`, or one this build does not know) becomes `tenant_rejected`, so a tenant
+/// cannot make a console believe the SP refused it. The reason is escaped and capped either
+/// way: it is the tenant's text on the operator's screen.
+fn tenant_refusal(tenant: &str, code: ErrorCode, reason: &str) -> Refusal {
+    let reason = escape_untrusted(reason, MAX_REASON_CHARS);
+    if TENANT_REJECT_CODES.contains(&code) {
+        return Refusal::new(code, reason);
+    }
+    tracing::warn!(
+        ?tenant,
+        ?code,
+        "the tenant rejected a session with a code a tenant may not use; passed on as tenant_rejected"
+    );
+    Refusal::new(
+        ErrorCode::TenantRejected,
+        format!("tenant {tenant} refused the session: {reason}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str) -> Status {
+        (vec![name.to_string()], true)
+    }
+
+    #[test]
+    fn status_throttle_applies_the_first_at_once_and_the_latest_at_the_window_end() {
+        let mut throttle = StatusThrottle::default();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(throttle.offer(status("a"), t0), Some(status("a")));
+        assert_eq!(throttle.window_end, Some(t0 + STATUS_WINDOW));
+        for name in ["b", "c", "d"] {
+            assert_eq!(throttle.offer(status(name), t0 + STATUS_WINDOW / 2), None);
         }
-        other => {
-            tracing::debug!(%tenant, "ignoring unexpected control message {other:?}");
-            None
+        // At the window's end (the steady loop's timer), the latest is applied.
+        let now = t0 + STATUS_WINDOW;
+        assert_eq!(throttle.take_pending(now), Some(status("d")));
+        assert_eq!(throttle.take_pending(now), None);
+        // The pending one opened a new window: the next waits again.
+        assert_eq!(throttle.offer(status("e"), now), None);
+        // After a quiet window, the next is applied at once.
+        let later = now + STATUS_WINDOW * 2;
+        assert_eq!(throttle.offer(status("f"), later), Some(status("f")));
+        // ... and it supersedes one still pending (its timer had not run yet).
+        assert_eq!(throttle.take_pending(later), None);
+    }
+
+    #[test]
+    fn reject_codes_outside_the_whitelist_become_tenant_rejected() {
+        for code in TENANT_REJECT_CODES {
+            assert_eq!(tenant_refusal("acme", code, "r").code, code);
         }
+        for code in [
+            ErrorCode::TokenExpired,
+            ErrorCode::AuthFailed,
+            ErrorCode::AccessDenied,
+            ErrorCode::TenantOffline,
+            ErrorCode::Internal,
+        ] {
+            let refusal = tenant_refusal("acme", code, "\u{1b}[2Jlog in again\n");
+            assert_eq!(refusal.code, ErrorCode::TenantRejected, "{code:?}");
+            assert!(
+                refusal.message.ends_with("\\u{1b}[2Jlog in again\\n"),
+                "{}",
+                refusal.message
+            );
+        }
+        let long = "x".repeat(1000);
+        let refusal = tenant_refusal("acme", ErrorCode::Busy, &long);
+        assert_eq!(refusal.message.len(), MAX_REASON_CHARS + 3);
     }
 }

@@ -103,7 +103,8 @@ pub(super) async fn serve(
         expires_at,
     );
     if let Err(e) = ended.await {
-        tracing::debug!(%client, operator = %operator.name, "operator connection ended: {e}");
+        // The error may quote what the peer sent: escaped.
+        tracing::debug!(%client, operator = ?operator.name, error = ?e.to_string(), "operator connection ended");
     }
 }
 
@@ -226,12 +227,12 @@ async fn requests(
                 frame::write_frame(&mut writer, &response).await?;
             }
             _ = revoked_token.cancelled() => {
-                tracing::info!(operator = %operator.name, "token revoked: ending its operator connection");
+                tracing::info!(operator = ?operator.name, "token revoked: ending its operator connection");
                 let _ = send_error(&mut writer, &revoked(shared, &operator.name)).await;
                 return Ok(());
             }
             _ = &mut expiry => {
-                tracing::info!(operator = %operator.name, "token expired: ending its operator connection");
+                tracing::info!(operator = ?operator.name, "token expired: ending its operator connection");
                 let refusal = Refusal::new(
                     ErrorCode::TokenExpired,
                     "the SP ended this connection: the session token expired; log in again",

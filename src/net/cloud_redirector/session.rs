@@ -37,7 +37,7 @@ pub(super) async fn console(
     let operator = match shared.sp.authorize_session(&token, &tenant, &service) {
         Ok(op) => op,
         Err(refusal) => {
-            tracing::info!(%client, %tenant, %service, "session refused: {}", refusal.message);
+            tracing::info!(%client, ?tenant, ?service, reason = ?refusal.message, "session refused");
             let _ = send_error(&mut stream, &refusal).await;
             return;
         }
@@ -45,7 +45,7 @@ pub(super) async fn console(
     let data = match request_data_connection(&shared, &mut stream, &tenant, &service).await {
         Ok(data) => data,
         Err(refusal) => {
-            tracing::info!(%client, %tenant, %service, "session failed: {}", refusal.message);
+            tracing::info!(%client, ?tenant, ?service, reason = ?refusal.message, "session failed");
             let _ = send_error(&mut stream, &refusal).await;
             return;
         }
@@ -94,7 +94,7 @@ pub(super) async fn console(
         };
         (report, false)
     } else {
-        tracing::info!(operator = %operator.name, %tenant, %service, %session_id, "session spliced");
+        tracing::info!(operator = ?operator.name, ?tenant, ?service, ?session_id, "session spliced");
         shared.sp.presence.session_delta(&tenant, true);
         let tenant_cancel = shared.sessions_token(&tenant);
         let cancel = tenant_cancel.child_token();
@@ -129,7 +129,14 @@ pub(super) async fn console(
         SpliceEnd::Cancelled if tenant_ended => "ended: tenant disabled or removed".into(),
         SpliceEnd::Cancelled => "ended: operator token revoked".into(),
     };
-    tracing::info!(%tenant, %session_id, to_tenant = report.a_to_b, from_tenant = report.b_to_a, %outcome, "session ended");
+    tracing::info!(
+        ?tenant,
+        ?session_id,
+        to_tenant = report.a_to_b,
+        from_tenant = report.b_to_a,
+        ?outcome,
+        "session ended"
+    );
     if let Err(e) = shared
         .sp
         .registry
@@ -225,7 +232,11 @@ pub(super) async fn tenant_data(
         if valid { map.remove(&session_id) } else { None }
     };
     let Some(pending) = pending else {
-        tracing::warn!(%tenant, %session_id, "data connection refused: unknown, expired, used or foreign nonce");
+        tracing::warn!(
+            ?tenant,
+            ?session_id,
+            "data connection refused: unknown, expired, used or foreign nonce"
+        );
         let _ = send_error(
             &mut stream,
             &Refusal::new(ErrorCode::BadNonce, ErrorCode::BadNonce.describe()),
