@@ -124,7 +124,9 @@ fn executable() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("finding the rac executable")?;
     let dir = tempfile::Builder::new()
-        .prefix("rac-bench-")
+        // The pid keeps the dir findable (tests/bench_smoke.rs finds the children by it);
+        // the random suffix makes it unpredictable.
+        .prefix(&format!("rac-bench-{}-", std::process::id()))
         .tempdir()
         .context("making a private temp dir for the rac copy")?;
     let path = dir.path().join("rac");
