@@ -77,9 +77,10 @@ fn more_tenants_than_the_open_files_limit_fail_at_once_with_the_fix() {
     );
 }
 
-/// Processes whose executable is the bench's private copy, `/tmp/rac-bench-<pid>/rac`.
+/// Processes whose executable is the bench's private copy,
+/// `/tmp/rac-bench-<pid>-<random>/rac`.
 fn children_of_bench(bench_pid: u32) -> Vec<String> {
-    let marker = format!("rac-bench-{bench_pid}/rac");
+    let marker = format!("rac-bench-{bench_pid}-");
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())

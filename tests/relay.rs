@@ -462,7 +462,13 @@ async fn sixty_four_mib_arrive_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_sessions() {
     let sp = TestSp::start(quick_config()).await;
-    let _tenant = sp.online_tenant("acme").await;
+    // A hundred at once through one tenant: over the tenant redirector's default cap (64),
+    // which `security_tenant` tests on its own.
+    let secret = sp.add_tenant("acme");
+    let mut config = sp.tenant_config("acme", &secret);
+    config.max_sessions = 128;
+    let mut tenant = TestTenant::start(config);
+    tenant.online().await;
     let console = sp.console().await;
     let mut tasks = Vec::new();
     for i in 0..100u32 {

@@ -114,20 +114,30 @@ impl Drop for RacProcess {
 
 /// The `rac` binary the children run: a copy of this one made at the first spawn, so that a
 /// rebuild of the target dir during a run cannot pull it away (or change it) between the SP's
-/// first start and its restart.
+/// first start and its restart. The copy lives in a fresh temp dir with an unpredictable name,
+/// created exclusively and private to this user (0700): a fixed `/tmp/rac-bench-<pid>` could
+/// be made in advance by another local user, who could then swap the binary we execute.
 fn executable() -> Result<PathBuf> {
-    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    if let Some(path) = COPY.get() {
+    let mut copy = COPY.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, path)) = copy.as_ref() {
         return Ok(path.clone());
     }
     let exe = std::env::current_exe().context("finding the rac executable")?;
-    let dir = std::env::temp_dir().join(format!("rac-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let copy = dir.join("rac");
-    std::fs::copy(&exe, &copy)
-        .with_context(|| format!("copying {} to {}", exe.display(), copy.display()))?;
-    Ok(COPY.get_or_init(|| copy).clone())
+    let dir = tempfile::Builder::new()
+        // The pid keeps the dir findable (tests/bench_smoke.rs finds the children by it);
+        // the random suffix makes it unpredictable.
+        .prefix(&format!("rac-bench-{}-", std::process::id()))
+        .tempdir()
+        .context("making a private temp dir for the rac copy")?;
+    let path = dir.path().join("rac");
+    std::fs::copy(&exe, &path)
+        .with_context(|| format!("copying {} to {}", exe.display(), path.display()))?;
+    *copy = Some((dir, path.clone()));
+    Ok(path)
 }
+
+/// The temp dir holding the copy made by [`executable`], and the copy's path.
+static COPY: std::sync::Mutex<Option<(tempfile::TempDir, PathBuf)>> = std::sync::Mutex::new(None);
 
 /// `KEY=VALUE` pairs (separated by spaces) from the environment variable `name`: extra
 /// environment for one kind of child, e.g. a heap profiler's preload library for the SP.
@@ -144,10 +154,10 @@ pub fn extra_env(name: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// Removes the copy made by [`executable`].
+/// Removes the copy made by [`executable`] and its temp dir.
 pub fn remove_executable_copy() {
-    let dir = std::env::temp_dir().join(format!("rac-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(dir);
+    // Dropping the TempDir removes it.
+    drop(COPY.lock().unwrap_or_else(|p| p.into_inner()).take());
 }
 
 /// User plus system CPU seconds of a process, all its threads, dead ones included.

@@ -1,6 +1,12 @@
 //! The tenant redirector: keeps one control connection to the SP open (steps 2 and 3), and
 //! for each `OpenData` checks the request against its allow-list and consent, opens a data
-//! connection and splices it to the local service (steps 7 and 9).
+//! connection, and connects it to the local service once the SP says `ready` (steps 7 and 9).
+//!
+//! What the SP can make a tenant do is bounded here: at most `max_sessions` sessions at once
+//! (further requests are rejected with `busy`), a local service is dialled only for a data
+//! channel the SP has matched and made `ready`, a pushed gateway pool is used only if it is a
+//! short list of plain `host:port` entries, and the tenant's consent can be withdrawn while it
+//! runs ([`run_with_consent`]), which ends the sessions already open.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,7 +27,7 @@ use super::frame::{self, MAX_FRAME_LEN};
 use super::protocol::{ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg};
 use super::splice::{Counters, splice};
 use super::tls::{Stream, TlsClient, Trust};
-use crate::tenant::config::TenantConfig;
+use crate::tenant::config::{DEFAULT_MAX_SESSIONS, TenantConfig, check_gateway_pool};
 
 /// A service served inside this process (the lab's simulated tenants, `[backup_service]`).
 pub type LocalHandler =
@@ -53,8 +59,11 @@ pub struct RedirectorConfig {
     pub endpoints: Vec<String>,
     pub trust: Trust,
     pub server_name: String,
+    /// The consent the redirector starts with ([`run_with_consent`] can change it later).
     pub allow_provider_access: bool,
     pub services: BTreeMap<String, ServiceTarget>,
+    /// Sessions open at once; the SP's further requests get `reject` with `busy`.
+    pub max_sessions: usize,
     /// Where the SP's gateway pool is remembered between runs.
     pub pool_file: Option<PathBuf>,
     pub backoff_base: Duration,
@@ -96,6 +105,7 @@ impl RedirectorConfig {
                 .map(|(name, addr)| (name.clone(), ServiceTarget::Tcp(addr.clone())))
                 .collect(),
             pool_file: Some(PathBuf::from(pool_file)),
+            max_sessions: config.max_sessions,
             ..RedirectorConfig::defaults()
         })
     }
@@ -110,6 +120,7 @@ impl RedirectorConfig {
             server_name: "localhost".into(),
             allow_provider_access: true,
             services: BTreeMap::new(),
+            max_sessions: DEFAULT_MAX_SESSIONS,
             pool_file: None,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
@@ -144,13 +155,38 @@ pub async fn run_with_state(
     shutdown: CancellationToken,
     state: watch::Sender<AgentState>,
 ) -> Result<()> {
+    let (_consent, consent_rx) = watch::channel(config.allow_provider_access);
+    run_with_consent(config, shutdown, state, consent_rx).await
+}
+
+/// [`run_with_state`], with the tenant's consent to provider sessions following `consent`
+/// (`rac tenant` re-reads its config file on SIGHUP and sends the new value). A change is
+/// reported to the SP in a `status` frame at once; a withdrawal also ends every session
+/// open now, and refuses new ones with `provider_access_disabled`.
+pub async fn run_with_consent(
+    config: RedirectorConfig,
+    shutdown: CancellationToken,
+    state: watch::Sender<AgentState>,
+    consent: watch::Receiver<bool>,
+) -> Result<()> {
     let tls = TlsClient::new(&config.trust, &config.server_name).context("setting up TLS")?;
     let dialer = Dialer::new(&Route::Gateways(config.endpoints.clone()), tls);
     if let Some(pool) = config.pool_file.as_ref().and_then(|p| load_pool(p)) {
         dialer.add_endpoints(&pool);
     }
+    let sessions = Sessions {
+        tracker: TaskTracker::new(),
+        slots: Arc::new(Semaphore::new(config.max_sessions.max(1))),
+        consent: consent.clone(),
+        // Not tied to `shutdown`: at shutdown, open sessions run to their end as before.
+        withdrawn: Arc::new(std::sync::Mutex::new(CancellationToken::new())),
+    };
     let config = Arc::new(config);
-    let sessions = TaskTracker::new();
+    let _watcher = super::AbortOnDrop(tokio::spawn(end_sessions_on_withdrawal(
+        config.tenant.clone(),
+        consent,
+        sessions.withdrawn.clone(),
+    )));
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
     while !shutdown.is_cancelled() {
         state.send_replace(AgentState::Connecting);
@@ -177,10 +213,56 @@ pub async fn run_with_state(
             _ = shutdown.cancelled() => break,
         }
     }
-    sessions.close();
-    sessions.wait().await;
+    sessions.tracker.close();
+    sessions.tracker.wait().await;
     state.send_replace(AgentState::Stopped);
     Ok(())
+}
+
+/// The sessions of one redirector, across its control connections.
+struct Sessions {
+    tracker: TaskTracker,
+    /// One permit per session open at once (`max_sessions`).
+    slots: Arc<Semaphore>,
+    /// The tenant's consent now.
+    consent: watch::Receiver<bool>,
+    /// Cancelled (and replaced by a fresh token) when consent is withdrawn: every session
+    /// holds the token that was current when it started.
+    withdrawn: Arc<std::sync::Mutex<CancellationToken>>,
+}
+
+impl Sessions {
+    /// The token a starting session ends on. Taken *before* the session looks at the
+    /// consent, so a withdrawal between the two is never missed: either the session sees
+    /// the withdrawn consent, or its token is the one the withdrawal cancels.
+    fn withdrawal_token(&self) -> CancellationToken {
+        self.withdrawn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Ends the open sessions each time consent goes from given to withdrawn, whether or not a
+/// control connection is up at that moment.
+async fn end_sessions_on_withdrawal(
+    tenant: String,
+    mut consent: watch::Receiver<bool>,
+    withdrawn: Arc<std::sync::Mutex<CancellationToken>>,
+) {
+    let mut allowed = *consent.borrow_and_update();
+    while consent.changed().await.is_ok() {
+        let now = *consent.borrow_and_update();
+        if allowed && !now {
+            let mut current = withdrawn.lock().unwrap_or_else(|p| p.into_inner());
+            current.cancel();
+            *current = CancellationToken::new();
+            tracing::info!(%tenant, "provider access withdrawn: open sessions ended");
+        } else if !allowed && now {
+            tracing::info!(%tenant, "provider access granted again");
+        }
+        allowed = now;
+    }
 }
 
 /// One control connection, from dial to its end.
@@ -189,17 +271,18 @@ async fn control_connection(
     dialer: &Arc<Dialer>,
     shutdown: &CancellationToken,
     state: &watch::Sender<AgentState>,
-    sessions: &TaskTracker,
+    sessions: &Sessions,
 ) -> Result<()> {
     let dialed = dialer.dial().await?;
     let endpoint = dialed.endpoint.clone();
     let mut stream = dialed.stream;
+    let mut consent = sessions.consent.clone();
     let hello = Hello::new(Role::TenantControl {
         tenant: config.tenant.clone(),
         secret: config.secret.clone(),
         agent: format!("rac-tenant/{}", crate::VERSION),
         services: config.services.keys().cloned().collect(),
-        provider_access: config.allow_provider_access,
+        provider_access: *consent.borrow_and_update(),
     });
     frame::write_frame(&mut stream, &hello).await?;
     let reply = tokio::time::timeout(
@@ -246,6 +329,14 @@ async fn control_connection(
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             msg = outgoing.recv() => msg,
+            Ok(()) = consent.changed() => {
+                let provider_access = *consent.borrow_and_update();
+                tracing::info!(tenant = %config.tenant, provider_access, "reporting the new consent to the SP");
+                Some(ControlMsg::Status {
+                    services: config.services.keys().cloned().collect(),
+                    provider_access,
+                })
+            }
             item = incoming.recv() => {
                 last_heard = Instant::now();
                 match item {
@@ -256,9 +347,7 @@ async fn control_connection(
                         ControlMsg::Ping { seq } => Some(ControlMsg::Pong { seq }),
                         ControlMsg::Pong { .. } => None,
                         ControlMsg::OpenData { session_id, nonce, service } => {
-                            let task = open_session(config.clone(), dialer.clone(), session_id, nonce, service, outgoing_tx.clone());
-                            sessions.spawn(task);
-                            None
+                            start_session(config, dialer, sessions, session_id, nonce, service, &outgoing_tx)
                         }
                         ControlMsg::Gateways { gateways } => {
                             remember_pool(config, dialer, &gateways);
@@ -290,17 +379,72 @@ async fn control_connection(
     }
 }
 
-/// Steps 7 and 9 for one session.
-async fn open_session(
-    config: Arc<RedirectorConfig>,
-    dialer: Arc<Dialer>,
+/// Starts one session's task, or answers `busy` at once when `max_sessions` are open.
+fn start_session(
+    config: &Arc<RedirectorConfig>,
+    dialer: &Arc<Dialer>,
+    sessions: &Sessions,
     session_id: String,
     nonce: String,
     service: String,
+    control: &mpsc::Sender<ControlMsg>,
+) -> Option<ControlMsg> {
+    let Ok(slot) = sessions.slots.clone().try_acquire_owned() else {
+        tracing::warn!(tenant = %config.tenant, service = ?service, max_sessions = config.max_sessions, "session refused: at the session cap");
+        return Some(ControlMsg::Reject {
+            session_id,
+            code: ErrorCode::Busy,
+            reason: format!(
+                "the tenant redirector of {} is at its session cap ({} sessions open); try again later",
+                config.tenant, config.max_sessions
+            ),
+        });
+    };
+    let withdrawn = sessions.withdrawal_token();
+    let consent = *sessions.consent.borrow();
+    let request = SessionRequest {
+        session_id,
+        nonce,
+        service,
+        consent,
+        withdrawn,
+    };
+    let task = open_session(config.clone(), dialer.clone(), request, control.clone());
+    sessions.tracker.spawn(async move {
+        task.await;
+        drop(slot);
+    });
+    None
+}
+
+/// One `open_data` request, with the consent seen when it arrived.
+struct SessionRequest {
+    session_id: String,
+    nonce: String,
+    service: String,
+    consent: bool,
+    /// Cancelled when consent is withdrawn while the session runs.
+    withdrawn: CancellationToken,
+}
+
+/// Steps 7 and 9 for one session: the checks, the data channel, `ready`, and only then the
+/// local service. A local service that cannot be reached by then ends the session (the SP
+/// has already spliced it, so a `reject` would come too late).
+async fn open_session(
+    config: Arc<RedirectorConfig>,
+    dialer: Arc<Dialer>,
+    request: SessionRequest,
     control: mpsc::Sender<ControlMsg>,
 ) {
+    let SessionRequest {
+        session_id,
+        nonce,
+        service,
+        consent,
+        withdrawn,
+    } = request;
     let reject = |code: ErrorCode, reason: String| {
-        tracing::info!(tenant = %config.tenant, %service, "session refused: {reason}");
+        tracing::info!(tenant = %config.tenant, service = ?service, "session refused: {reason}");
         let control = control.clone();
         let session_id = session_id.clone();
         async move {
@@ -313,7 +457,7 @@ async fn open_session(
                 .await;
         }
     };
-    if !config.allow_provider_access {
+    if !consent || withdrawn.is_cancelled() {
         return reject(
             ErrorCode::ProviderAccessDisabled,
             format!("tenant {} does not allow provider access", config.tenant),
@@ -326,20 +470,6 @@ async fn open_session(
             format!("tenant {} does not offer {service:?}", config.tenant),
         )
         .await;
-    };
-    // The local service and the data connection are set up at the same time.
-    let local = async {
-        match &target {
-            ServiceTarget::Tcp(addr) => {
-                let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| format!("{addr} did not answer"))?
-                    .map_err(|e| format!("{addr}: {e}"))?;
-                let _ = tcp.set_nodelay(true);
-                Ok::<_, String>(Some(tcp))
-            }
-            ServiceTarget::Local(_) => Ok(None),
-        }
     };
     let data = async {
         let dialed = dialer.dial().await.map_err(|e| e.to_string())?;
@@ -354,33 +484,27 @@ async fn open_session(
             .map_err(|e| e.to_string())?;
         Ok::<_, String>(stream)
     };
-    let (local, data) = tokio::join!(local, data);
-    let local = match local {
-        Ok(local) => local,
-        Err(reason) => {
-            return reject(
-                ErrorCode::ServiceUnavailable,
-                format!("local service {service} unreachable: {reason}"),
-            )
-            .await;
-        }
+    let mut data = tokio::select! {
+        data = data => match data {
+            Ok(data) => data,
+            Err(reason) => {
+                tracing::warn!(tenant = %config.tenant, "data connection failed: {reason}");
+                return;
+            }
+        },
+        _ = withdrawn.cancelled() => return,
     };
-    let mut data = match data {
-        Ok(data) => data,
-        Err(reason) => {
-            tracing::warn!(tenant = %config.tenant, "data connection failed: {reason}");
-            return;
-        }
+    let ready = tokio::select! {
+        ready = tokio::time::timeout(
+            Duration::from_secs(15),
+            frame::read_frame::<SessionMsg, _>(&mut data, MAX_FRAME_LEN),
+        ) => ready,
+        _ = withdrawn.cancelled() => return,
     };
-    match tokio::time::timeout(
-        Duration::from_secs(15),
-        frame::read_frame::<SessionMsg, _>(&mut data, MAX_FRAME_LEN),
-    )
-    .await
-    {
+    match ready {
         Ok(Ok(Some(SessionMsg::Ready { .. }))) => {}
         Ok(Ok(Some(SessionMsg::Error { message, .. }))) => {
-            tracing::warn!(tenant = %config.tenant, "SP refused the data connection: {message}");
+            tracing::warn!(tenant = %config.tenant, "SP refused the data connection: {message:?}");
             return;
         }
         other => {
@@ -388,19 +512,44 @@ async fn open_session(
             return;
         }
     }
-    tracing::debug!(tenant = %config.tenant, %service, %session_id, "session spliced");
-    let never = CancellationToken::new();
-    match (local, target) {
-        (Some(tcp), _) => {
-            splice(data, tcp, &Counters::default(), &never).await;
+    tracing::debug!(tenant = %config.tenant, service = ?service, session_id = ?session_id, "session spliced");
+    match target {
+        ServiceTarget::Tcp(addr) => {
+            let tcp = tokio::select! {
+                tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr)) => tcp,
+                _ = withdrawn.cancelled() => return,
+            };
+            let tcp = match tcp {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    tracing::warn!(tenant = %config.tenant, service = ?service, "local service {addr} unreachable: {e}; ending the session");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(tenant = %config.tenant, service = ?service, "local service {addr} did not answer; ending the session");
+                    return;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            splice(data, tcp, &Counters::default(), &withdrawn).await;
         }
-        (None, ServiceTarget::Local(handler)) => handler(Box::new(data)).await,
-        (None, ServiceTarget::Tcp(_)) => {}
+        ServiceTarget::Local(handler) => {
+            tokio::select! {
+                _ = handler(Box::new(data)) => {}
+                _ = withdrawn.cancelled() => {}
+            }
+        }
     }
 }
 
+/// Takes the gateway pool the SP pushed into the failover list and remembers it in the
+/// pool file, if it passes [`check_gateway_pool`]; a bad pool is logged and ignored whole.
 fn remember_pool(config: &RedirectorConfig, dialer: &Dialer, gateways: &[String]) {
     if gateways.is_empty() {
+        return;
+    }
+    if let Err(why) = check_gateway_pool(gateways) {
+        tracing::warn!(tenant = %config.tenant, pool = ?gateways, "ignoring the gateway pool the SP sent: {why}");
         return;
     }
     dialer.add_endpoints(gateways);
@@ -416,7 +565,15 @@ fn remember_pool(config: &RedirectorConfig, dialer: &Dialer, gateways: &[String]
     }
 }
 
+/// The remembered gateway pool, if the file holds a valid one.
 fn load_pool(path: &std::path::Path) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(path).ok()?;
-    serde_json::from_str(&text).ok()
+    let pool: Vec<String> = serde_json::from_str(&text).ok()?;
+    match check_gateway_pool(&pool) {
+        Ok(()) => Some(pool),
+        Err(why) => {
+            tracing::warn!("ignoring the gateway pool in {}: {why}", path.display());
+            None
+        }
+    }
 }

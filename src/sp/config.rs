@@ -165,7 +165,8 @@ impl StateDir {
         self.root.join("sp.toml")
     }
 
-    /// Fails with a hint when `rac sp init` has not been run here.
+    /// Fails with a hint when `rac sp init` has not been run here. Also makes the dir
+    /// private (0700) if it is not, with a warning: it holds the CA key and the registry.
     pub fn ensure_initialized(&self) -> Result<()> {
         if !self.registry().exists() || !self.server_chain().exists() {
             bail!(
@@ -174,6 +175,24 @@ impl StateDir {
                 self.root.display()
             );
         }
+        super::registry::tighten(&self.root, 0o700)?;
+        Ok(())
+    }
+
+    /// Creates the state dir (and missing parents) with mode 0700, or tightens an existing
+    /// one to it.
+    pub fn create_private(&self) -> Result<()> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder
+            .create(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        super::registry::tighten(&self.root, 0o700)?;
         Ok(())
     }
 }

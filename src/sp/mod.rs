@@ -80,8 +80,7 @@ pub fn init_state_dir(
             }
         );
     }
-    std::fs::create_dir_all(&state.root)
-        .with_context(|| format!("creating {}", state.root.display()))?;
+    state.create_private()?;
     registry::validate_name(operator)?;
     let certs = pki::generate(extra_sans)?;
     std::fs::write(state.ca_cert(), &certs.ca_cert_pem)
@@ -189,20 +188,22 @@ impl SpService {
 
     /// Checks a tenant's control-connection credentials.
     pub fn authenticate_tenant(&self, tenant: &str, secret: &str) -> Result<(), Refusal> {
-        let account = self
-            .presence
-            .account(tenant)
-            .ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, "unknown tenant or wrong secret"))?;
-        if !auth::constant_time_eq(&auth::sha256_hex(secret), &account.secret_hash) {
-            return Err(Refusal::new(
-                ErrorCode::AuthFailed,
-                "unknown tenant or wrong secret",
-            ));
-        }
-        if !account.enabled {
-            return Err(Refusal::plain(ErrorCode::TenantDisabled));
-        }
-        Ok(())
+        check_tenant(self.presence.account(tenant).as_ref(), secret)
+    }
+
+    /// Admits a tenant's control connection: checks its secret and enabled flag again,
+    /// against the account as it is at this moment, and marks it online in the same step
+    /// ([`Presence::connect_checked`]), so a `rotate-secret` or `disable` that lands after
+    /// [`authenticate_tenant`](Self::authenticate_tenant) is never missed. Refuses with the
+    /// same codes as `authenticate_tenant`. Returns the connection's id.
+    pub fn admit_tenant(
+        &self,
+        tenant: &str,
+        secret: &str,
+        live: presence::Live,
+    ) -> Result<u64, Refusal> {
+        self.presence
+            .connect_checked(tenant, live, |account| check_tenant(account, secret))
     }
 
     /// Admits a password login from `source`, quickly (call it from async code): counts the
@@ -382,7 +383,84 @@ impl LoginAttempt {
     }
 }
 
+/// A tenant's secret and enabled flag against its stored account (`None`: unknown tenant).
+/// The secret is checked first, so only its holder learns that a tenant is disabled.
+fn check_tenant(account: Option<&registry::TenantAccount>, secret: &str) -> Result<(), Refusal> {
+    let wrong = || Refusal::new(ErrorCode::AuthFailed, "unknown tenant or wrong secret");
+    let account = account.ok_or_else(wrong)?;
+    if !auth::constant_time_eq(&auth::sha256_hex(secret), &account.secret_hash) {
+        return Err(wrong());
+    }
+    if !account.enabled {
+        return Err(Refusal::plain(ErrorCode::TenantDisabled));
+    }
+    Ok(())
+}
+
 fn internal(err: impl std::fmt::Display) -> Refusal {
     tracing::error!("registry error: {err}");
     Refusal::plain(ErrorCode::Internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live() -> presence::Live {
+        presence::Live {
+            remote_addr: "127.0.0.1:1".into(),
+            agent_version: "test".into(),
+            services: vec!["echo".into()],
+            provider_access: true,
+        }
+    }
+
+    /// The SP's own registry connection and a second one, as `rac sp tenant ...` in another
+    /// process has (SQLite's `data_version` only moves for other connections' commits).
+    fn sp_and_admin() -> (tempfile::TempDir, Arc<SpService>, Registry) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("registry.sqlite");
+        let sp =
+            SpService::with_registry(SpConfig::default(), Registry::open(&path).expect("open"))
+                .expect("service");
+        let admin = Registry::open(&path).expect("second connection");
+        (dir, sp, admin)
+    }
+
+    #[test]
+    fn a_disable_between_authentication_and_admission_is_not_missed() {
+        let (_dir, sp, admin) = sp_and_admin();
+        let secret = admin.add_tenant("acme", "").expect("add");
+        sp.refresh_accounts().expect("refresh");
+        sp.authenticate_tenant("acme", &secret)
+            .expect("authenticated");
+        // The registry poll applies the disable now: no connection is there to kick yet.
+        admin.set_enabled("acme", false).expect("disable");
+        assert_eq!(sp.refresh_accounts().expect("refresh").len(), 1);
+        let refused = sp
+            .admit_tenant("acme", &secret, live())
+            .expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::TenantDisabled);
+        assert_eq!(sp.presence.online_count(), 0);
+    }
+
+    #[test]
+    fn a_rotation_between_authentication_and_admission_is_not_missed() {
+        let (_dir, sp, admin) = sp_and_admin();
+        let old = admin.add_tenant("acme", "").expect("add");
+        sp.refresh_accounts().expect("refresh");
+        sp.authenticate_tenant("acme", &old).expect("authenticated");
+        let new = admin.rotate_secret("acme").expect("rotate");
+        sp.refresh_accounts().expect("refresh");
+        let refused = sp.admit_tenant("acme", &old, live()).expect_err("refused");
+        assert_eq!(refused.code, ErrorCode::AuthFailed);
+        assert_eq!(sp.presence.online_count(), 0);
+        // The new secret is admitted; an unknown tenant keeps its code.
+        sp.admit_tenant("acme", &new, live()).expect("admitted");
+        assert_eq!(sp.presence.online_count(), 1);
+        let unknown = sp
+            .admit_tenant("nobody", &new, live())
+            .expect_err("unknown");
+        assert_eq!(unknown.code, ErrorCode::AuthFailed);
+    }
 }

@@ -207,6 +207,34 @@ impl Presence {
         kicks
     }
 
+    /// Marks a tenant online if `admit` accepts its account as it is *now*, in one step under
+    /// the table's lock: an account change applied by [`sync_accounts`](Self::sync_accounts)
+    /// (a disable, a rotated secret) lands either before the check, which then refuses, or
+    /// after the tenant is online, where its kick finds the connection. `admit` sees `None`
+    /// for an unknown tenant. Returns the id of this connection.
+    pub fn connect_checked<E>(
+        &self,
+        name: &str,
+        live: Live,
+        admit: impl FnOnce(Option<&TenantAccount>) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let mut inner = self.lock();
+        admit(inner.tenants.get(name).map(|e| &e.account))?;
+        let conn_id = inner.next_conn_id;
+        inner.next_conn_id += 1;
+        if let Some(entry) = inner.tenants.get_mut(name) {
+            entry.live = Some(LiveEntry {
+                conn_id,
+                since: now_secs(),
+                live,
+                rtt_ms: None,
+            });
+            let info = entry.info();
+            self.publish(TenantEvent::Changed(info));
+        }
+        Ok(conn_id)
+    }
+
     /// Marks a tenant online; returns the id of this connection. A newer connection of the
     /// same tenant replaces the older one (the older one may be half-open).
     pub fn connect(&self, name: &str, live: Live) -> Option<u64> {

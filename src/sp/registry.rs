@@ -31,6 +31,11 @@ pub enum RegistryError {
     Db(#[from] rusqlite::Error),
     #[error("password hashing failed: {0}")]
     Hash(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -147,6 +152,71 @@ fn audit_admin(conn: &Connection, operator: &str, action: &str, outcome: &str) -
     Ok(())
 }
 
+/// The registry file and the companions SQLite keeps beside it in WAL mode.
+pub fn registry_files(path: &Path) -> [std::path::PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    [path.to_path_buf(), with("-wal"), with("-shm")]
+}
+
+/// Creates an empty registry file with mode 0600 unless one exists (SQLite would create it
+/// with the umask's default, usually world-readable).
+fn create_private(path: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(RegistryError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Makes `path` (if it exists) accessible to its owner only (`mode`, 0600 or 0700), warning
+/// when it was looser.
+pub fn tighten(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(RegistryError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                });
+            }
+        };
+        let now = meta.permissions().mode() & 0o777;
+        if now & 0o077 != 0 {
+            tracing::warn!(
+                "{} was readable by others (mode {now:o}); setting it to {mode:o}",
+                path.display()
+            );
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+                RegistryError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
+            })?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS operators (
     name TEXT PRIMARY KEY,
@@ -182,13 +252,24 @@ CREATE TABLE IF NOT EXISTS audit (
 ";
 
 impl Registry {
-    /// Opens (creating if needed) the registry at `path`.
+    /// Opens (creating if needed) the registry at `path`. The file and its `-wal` and `-shm`
+    /// companions are made readable by their owner only (0600; an existing looser file is
+    /// tightened, with a warning): they hold the password and secret hashes and the audit
+    /// log. Every commit is synced to disk (`synchronous=FULL`): writes are rare (account
+    /// changes, logins, session start and end), and an acknowledged change must survive a
+    /// power loss, not only a crash.
     pub fn open(path: &Path) -> Result<Self> {
+        create_private(path)?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        // SQLite creates `-wal` and `-shm` with the database file's mode; tighten ones left
+        // by an older version or another tool.
+        for file in registry_files(path) {
+            tighten(&file, 0o600)?;
+        }
         Ok(Registry {
             conn: Mutex::new(conn),
         })
@@ -622,6 +703,37 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let reg = Registry::open(&dir.path().join("registry.sqlite")).expect("open");
         (dir, reg)
+    }
+
+    #[test]
+    fn every_commit_is_synced_to_disk() {
+        let (_dir, reg) = registry();
+        let level: i64 = reg
+            .conn()
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .expect("pragma");
+        assert_eq!(level, 2, "synchronous=FULL (2), not NORMAL (1)");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_registry_and_its_wal_and_shm_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, reg) = registry();
+        reg.add_tenant("acme", "")
+            .expect("a write, so the -wal exists");
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p).expect("exists").permissions().mode() & 0o777
+        };
+        for file in registry_files(&dir.path().join("registry.sqlite")) {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        // An existing world-readable registry is tightened when opened.
+        drop(reg);
+        let path = dir.path().join("registry.sqlite");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let _reg = Registry::open(&path).expect("reopen");
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]

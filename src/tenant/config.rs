@@ -35,6 +35,18 @@ pub struct TenantConfig {
     /// Run the tenant backup service in this process and offer it as `backup`.
     #[serde(default)]
     pub backup_service: Option<BackupServiceConfig>,
+    /// Sessions open at once through this redirector; the SP's requests beyond it are
+    /// answered `reject` with `busy`, so an SP cannot make the tenant open unbounded
+    /// connections to its own services.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+}
+
+/// Default of [`TenantConfig::max_sessions`].
+pub const DEFAULT_MAX_SESSIONS: usize = 64;
+
+fn default_max_sessions() -> usize {
+    DEFAULT_MAX_SESSIONS
 }
 
 /// `[backup_service]`: the tenant backup service run by `rac tenant` itself.
@@ -61,6 +73,7 @@ impl fmt::Debug for TenantConfig {
             .field("endpoints", &self.endpoints)
             .field("allow_provider_access", &self.allow_provider_access)
             .field("services", &self.services)
+            .field("max_sessions", &self.max_sessions)
             .finish()
     }
 }
@@ -117,6 +130,9 @@ impl TenantConfig {
                 bail!("service {name} = {addr:?} must be host:port");
             }
         }
+        if self.max_sessions == 0 {
+            bail!("max_sessions must be at least 1 (it caps the sessions open at once)");
+        }
         if self.backup_service.is_some() && self.services.contains_key("backup") {
             bail!(
                 "[backup_service] offers the service `backup` itself; remove backup from [services]"
@@ -143,6 +159,66 @@ pub fn host_of(addr: &str) -> Option<&str> {
     port.parse::<u16>().ok()?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     (!host.is_empty()).then_some(host)
+}
+
+/// Most entries a gateway pool pushed by the SP may have.
+pub const MAX_GATEWAY_POOL: usize = 16;
+/// Longest `host:port` entry of a pushed gateway pool.
+pub const MAX_GATEWAY_LEN: usize = 255;
+
+/// Checks a gateway pool the SP pushed (in its welcome or a `gateways` frame) before the
+/// tenant dials or remembers any of it: at most [`MAX_GATEWAY_POOL`] entries, each a plain
+/// `host:port` (a DNS name, an IPv4 address or a bracketed IPv6 address; port 1-65535; at
+/// most [`MAX_GATEWAY_LEN`] bytes; no path, user, space or control character). The SP is
+/// trusted to route the tenant, not to make it dial URLs or an unbounded list. Says what is
+/// wrong with the first bad entry.
+pub fn check_gateway_pool(pool: &[String]) -> Result<(), String> {
+    if pool.len() > MAX_GATEWAY_POOL {
+        return Err(format!(
+            "{} entries, more than the {MAX_GATEWAY_POOL} allowed",
+            pool.len()
+        ));
+    }
+    for entry in pool {
+        check_gateway(entry).map_err(|why| format!("entry {entry:?}: {why}"))?;
+    }
+    Ok(())
+}
+
+fn check_gateway(entry: &str) -> Result<(), &'static str> {
+    if entry.len() > MAX_GATEWAY_LEN {
+        return Err("longer than 255 bytes");
+    }
+    let (host, port) = entry.rsplit_once(':').ok_or("not host:port")?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("the port is not a number");
+    }
+    match port.parse::<u16>() {
+        Ok(1..) => {}
+        _ => return Err("the port is not in 1-65535"),
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let v6 = inner.strip_suffix(']').ok_or("unbalanced [")?;
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| "not an IPv6 address inside [ ]");
+    }
+    let name_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if name_ok {
+        Ok(())
+    } else {
+        Err("the host is not a DNS name or an IP address")
+    }
 }
 
 #[cfg(test)]
@@ -211,5 +287,64 @@ endpoints = ["sp:6180"]"#,
         )
         .expect("parse");
         assert!(!format!("{config:?}").contains("abab"));
+    }
+
+    #[test]
+    fn gateway_pools_hold_only_host_port_entries() {
+        let good: Vec<String> = [
+            "gw1.example.net:6180",
+            "127.0.0.1:443",
+            "[::1]:6180",
+            "[2001:db8::7]:1",
+            "localhost:65535",
+        ]
+        .map(String::from)
+        .to_vec();
+        check_gateway_pool(&good).expect("plain host:port entries pass");
+        check_gateway_pool(&[]).expect("an empty pool passes");
+        for bad in [
+            "gw.example.net",
+            "gw.example.net:0",
+            "gw.example.net:65536",
+            "gw.example.net:+80",
+            "https://gw.example.net:443",
+            "gw.example.net/path:443",
+            "user@gw.example.net:443",
+            "gw example.net:443",
+            "gw.example.net :443",
+            "gw.example.net:443\n",
+            "gw\u{1b}[31m.net:443",
+            ":443",
+            "[::1:443",
+            "[not-v6]:443",
+            "-gw.example.net:443",
+            "a..b:443",
+        ] {
+            let err = check_gateway_pool(&[bad.to_string()]).expect_err(bad);
+            assert!(err.contains("entry"), "{bad}: {err}");
+        }
+        let long = format!("{}.net:443", "a.".repeat(130));
+        assert!(long.len() > MAX_GATEWAY_LEN);
+        assert!(check_gateway_pool(&[long]).is_err());
+        let at_limit: Vec<String> = (0..16).map(|i| format!("gw{i}.example.net:6180")).collect();
+        check_gateway_pool(&at_limit).expect("16 entries pass");
+        let over: Vec<String> = (0..17).map(|i| format!("gw{i}.example.net:6180")).collect();
+        let err = check_gateway_pool(&over).expect_err("17 entries");
+        assert!(err.contains("17 entries"), "{err}");
+    }
+
+    #[test]
+    fn max_sessions_defaults_to_64_and_must_be_positive() {
+        let good = r#"name = "acme"
+secret = "0000000000000000000000000000000000000000000000000000000000000000"
+ca_cert = "/ca.pem"
+endpoints = ["sp:6180"]
+"#;
+        let config: TenantConfig = toml::from_str(good).expect("parse");
+        assert_eq!(config.max_sessions, 64);
+        let zero: TenantConfig =
+            toml::from_str(&format!("{good}max_sessions = 0\n")).expect("parse");
+        let err = zero.validate().expect_err("zero refused");
+        assert!(err.to_string().contains("max_sessions"), "{err}");
     }
 }

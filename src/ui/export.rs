@@ -1,5 +1,6 @@
 //! Saving a file: a typed path field with a "Browse…" button beside it. Desktops without a
-//! file-dialog portal get no dialog at all, so the typed path always works on its own.
+//! file-dialog portal get no dialog at all, so the typed path always works on its own. Also the
+//! one CSV cell encoder of every export.
 
 use eframe::egui;
 use std::path::PathBuf;
@@ -57,6 +58,24 @@ impl ExportForm {
     }
 }
 
+/// One CSV cell, safe to open in a spreadsheet. Text that starts with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return gets a leading `'`, so a spreadsheet shows it as text instead of
+/// running it as a formula: tenant descriptions, agent strings and services come from tenants
+/// and operators, not from whoever opens the file. Then the cell is quoted if it holds a comma,
+/// a quote or a line break (RFC 4180).
+pub fn csv_cell(text: &str) -> String {
+    let neutral = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    if neutral.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", neutral.replace('"', "\"\""))
+    } else {
+        neutral
+    }
+}
+
 /// Draws the path field, Browse and Save; returns the click, if any.
 pub fn export_form_ui(ui: &mut Ui, form: &mut ExportForm) -> Option<ExportClick> {
     let mut click = None;
@@ -95,4 +114,33 @@ pub fn export_form_ui(ui: &mut Ui, form: &mut ExportForm) -> Option<ExportClick>
         ui.colored_label(color, text);
     }
     click
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_cell;
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        assert_eq!(
+            csv_cell("=HYPERLINK(\"http://x\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        assert_eq!(csv_cell("+1+1"), "'+1+1");
+        assert_eq!(csv_cell("-2+3"), "'-2+3");
+        assert_eq!(csv_cell("@SUM(A1:A9)"), "'@SUM(A1:A9)");
+        assert_eq!(csv_cell("\tcmd"), "'\tcmd");
+        assert_eq!(csv_cell("\rcmd"), "\"'\rcmd\"");
+        assert_eq!(csv_cell("=1,2"), "\"'=1,2\"");
+    }
+
+    #[test]
+    fn plain_cells_are_unchanged_or_only_quoted() {
+        assert_eq!(csv_cell("acme"), "acme");
+        assert_eq!(csv_cell(""), "");
+        assert_eq!(csv_cell("12.5"), "12.5");
+        assert_eq!(csv_cell("a=b"), "a=b");
+        assert_eq!(csv_cell("north, \"big\""), "\"north, \"\"big\"\"\"");
+        assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");
+    }
 }

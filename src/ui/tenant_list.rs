@@ -274,19 +274,11 @@ impl TenantList {
                 t.open_sessions.to_string(),
                 t.description.clone(),
             ];
-            let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+            let line: Vec<String> = fields.iter().map(|f| super::export::csv_cell(f)).collect();
             out.push_str(&line.join(","));
             out.push('\n');
         }
         out
-    }
-}
-
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
     }
 }
 
@@ -693,5 +685,27 @@ mod tests {
         let csv = list.to_csv();
         assert!(csv.contains("acme,provider access off,"), "{csv}");
         assert!(csv.ends_with("\"north, \"\"big\"\"\"\n"), "{csv}");
+    }
+
+    #[test]
+    fn csv_export_neutralises_formula_cells() {
+        let mut list = TenantList::default();
+        let mut t = tenant("acme", TenantStatus::Online, 1);
+        t.description = "=HYPERLINK(\"http://evil\",\"click\")".into();
+        t.agent_version = Some("@SUM(1+1)".into());
+        t.services = vec!["-cmd".into()];
+        list.set_all(vec![t]);
+        list.refresh_view(&ListSettings::default());
+        let csv = list.to_csv();
+        let row = csv.lines().nth(1).expect("one row");
+        assert!(row.contains(",'@SUM(1+1),"), "{row}");
+        assert!(row.contains(",'-cmd,"), "{row}");
+        assert!(
+            row.ends_with("\"'=HYPERLINK(\"\"http://evil\"\",\"\"click\"\")\""),
+            "{row}"
+        );
+        for cell in row.split(',') {
+            assert!(!cell.starts_with(['=', '+', '-', '@']), "{cell} in {row}");
+        }
     }
 }

@@ -28,6 +28,10 @@ pub(super) const STATUS_WINDOW: std::time::Duration = std::time::Duration::from_
 /// Longest `reject` reason passed on to a console, in characters.
 const MAX_REASON_CHARS: usize = 200;
 
+/// How long a control connection may take to say goodbye once the SP shuts down (or to flush
+/// a kick's goodbye), however slowly the tenant reads.
+const GOODBYE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(super) async fn serve(
     shared: Arc<Shared>,
     stream: ServerStream,
@@ -109,33 +113,43 @@ async fn admit(
         }
         auth = shared.sp.authenticate_tenant(tenant, secret);
     }
+    let addr = live.remote_addr.clone();
     if let Err(refusal) = auth {
-        tracing::warn!(?tenant, addr = %live.remote_addr, reason = ?refusal.message, "tenant refused");
+        tracing::warn!(?tenant, %addr, reason = ?refusal.message, "tenant refused");
         let _ = send_error(&mut stream, &refusal).await;
         return None;
     }
-    let Some(conn_id) = shared.sp.presence.connect(tenant, live) else {
-        let _ = send_error(
-            &mut stream,
-            &Refusal::new(ErrorCode::AuthFailed, "unknown tenant"),
-        )
-        .await;
-        return None;
-    };
-    let config = &shared.sp.config;
     let (tx, commands) = mpsc::channel(64);
     let replaced = shared.shutdown.child_token();
-    if let Some(old) = lock(&shared.controls).insert(
-        tenant.to_string(),
-        ControlHandle {
-            conn_id,
-            tx,
-            replaced: replaced.clone(),
-        },
-    ) {
-        tracing::info!(?tenant, "a newer control connection replaces the older one");
-        old.replaced.cancel();
-    }
+    // The secret and enabled flag are checked again, atomically with going online, and the
+    // control slot is taken under the same `controls` lock a kick takes: a rotation or a
+    // disable after the check above is either seen here, or kicks this very connection.
+    let admitted = {
+        let mut controls = lock(&shared.controls);
+        shared.sp.admit_tenant(tenant, secret, live).map(|conn_id| {
+            let handle = ControlHandle {
+                conn_id,
+                tx,
+                replaced: replaced.clone(),
+            };
+            (conn_id, controls.insert(tenant.to_string(), handle))
+        })
+    };
+    let conn_id = match admitted {
+        Ok((conn_id, old)) => {
+            if let Some(old) = old {
+                tracing::info!(?tenant, "a newer control connection replaces the older one");
+                old.replaced.cancel();
+            }
+            conn_id
+        }
+        Err(refusal) => {
+            tracing::warn!(?tenant, %addr, reason = ?refusal.message, "tenant refused at admission (account changed meanwhile)");
+            let _ = send_error(&mut stream, &refusal).await;
+            return None;
+        }
+    };
+    let config = &shared.sp.config;
     tracing::info!(?tenant, "tenant online");
 
     let welcome = HelloReply::Welcome(Welcome {
@@ -194,10 +208,14 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                         (Some(ControlMsg::Goodbye { code: ErrorCode::ShuttingDown, reason: "SP shutting down".into() }), false)
                     } else {
                         // Either a newer connection took over, or a kick already queued
-                        // its goodbye; flush what is queued and end.
-                        while let Ok(msg) = commands.try_recv() {
-                            let _ = frame::write_frame(&mut writer, &*msg).await;
-                        }
+                        // its goodbye; flush what is queued (within the goodbye deadline:
+                        // a tenant that stopped reading must not hold this task) and end.
+                        let flush = async {
+                            while let Ok(msg) = commands.try_recv() {
+                                let _ = frame::write_frame(&mut writer, &*msg).await;
+                            }
+                        };
+                        let _ = tokio::time::timeout(GOODBYE_DEADLINE, flush).await;
                         return "replaced or dropped by the SP".to_string();
                     }
                 }
@@ -241,12 +259,22 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
             };
             if let Some(msg) = outgoing {
                 let goodbye = matches!(msg, ControlMsg::Goodbye { .. });
-                match tokio::time::timeout(
+                // A write may wait `dead_after` for a slow tenant, but once the SP shuts down
+                // only GOODBYE_DEADLINE more: a tenant that stopped reading cannot hold the
+                // shutdown (the goodbye itself, or a write already stuck, ends by then).
+                let write = tokio::time::timeout(
                     config.dead_after(),
                     frame::write_frame(&mut writer, &msg),
-                )
-                .await
-                {
+                );
+                let cut = async {
+                    shared.shutdown.cancelled().await;
+                    tokio::time::sleep(GOODBYE_DEADLINE).await;
+                };
+                let written = tokio::select! {
+                    written = write => written,
+                    _ = cut => return format!("tenant stopped reading; gave up {GOODBYE_DEADLINE:?} after shutdown"),
+                };
+                match written {
                     Ok(Ok(())) if goodbye => return "goodbye sent".to_string(),
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return format!("write failed: {e}"),

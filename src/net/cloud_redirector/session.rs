@@ -137,12 +137,74 @@ pub(super) async fn console(
         ?outcome,
         "session ended"
     );
-    if let Err(e) = shared
-        .sp
-        .registry
-        .audit_end(audit_id, report.a_to_b, report.b_to_a, &outcome)
-    {
-        tracing::error!("audit log write failed: {e}");
+    let end = AuditEnd {
+        id: audit_id,
+        bytes_to_tenant: report.a_to_b,
+        bytes_from_tenant: report.b_to_a,
+        outcome,
+    };
+    close_audit_row(&end, AUDIT_END_BACKOFF, |e| {
+        shared
+            .sp
+            .registry
+            .audit_end(e.id, e.bytes_to_tenant, e.bytes_from_tenant, &e.outcome)
+    })
+    .await;
+}
+
+/// The delays between attempts to close a session's audit row: a locked or busy registry
+/// (another process's long transaction, a full disk being cleared) gets a few chances.
+const AUDIT_END_BACKOFF: [std::time::Duration; 4] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(300),
+    std::time::Duration::from_millis(1000),
+    std::time::Duration::from_millis(3000),
+];
+
+/// What closes one audit row.
+struct AuditEnd {
+    id: i64,
+    bytes_to_tenant: u64,
+    bytes_from_tenant: u64,
+    outcome: String,
+}
+
+/// Closes a session's audit row, trying again after each delay of `backoff` when the write
+/// fails, and logs at error level if it still fails (the row then stays open and is marked
+/// `interrupted: SP stopped` at the next start). Returns whether it was written.
+async fn close_audit_row<E: std::fmt::Display>(
+    end: &AuditEnd,
+    backoff: impl IntoIterator<Item = std::time::Duration>,
+    mut write: impl FnMut(&AuditEnd) -> Result<(), E>,
+) -> bool {
+    let mut delays = backoff.into_iter();
+    let mut attempt = 1;
+    loop {
+        match write(end) {
+            Ok(()) => return true,
+            Err(e) => match delays.next() {
+                Some(delay) => {
+                    tracing::warn!(
+                        audit_id = end.id,
+                        attempt,
+                        "closing the audit row failed, retrying in {delay:?}: {e}"
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                None => {
+                    tracing::error!(
+                        audit_id = end.id,
+                        attempt,
+                        outcome = ?end.outcome,
+                        to_tenant = end.bytes_to_tenant,
+                        from_tenant = end.bytes_from_tenant,
+                        "audit log write failed for good; the session's row stays open: {e}"
+                    );
+                    return false;
+                }
+            },
+        }
     }
 }
 
@@ -249,5 +311,56 @@ pub(super) async fn tenant_data(
     {
         let refusal = Refusal::new(ErrorCode::TenantTimeout, "the console stopped waiting");
         let _ = send_error(&mut stream, &refusal).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn end() -> AuditEnd {
+        AuditEnd {
+            id: 7,
+            bytes_to_tenant: 1,
+            bytes_from_tenant: 2,
+            outcome: "closed".into(),
+        }
+    }
+
+    /// The real delays' count, a millisecond each (the test checks attempts, not time).
+    fn quick() -> Vec<Duration> {
+        vec![Duration::from_millis(1); AUDIT_END_BACKOFF.len()]
+    }
+
+    #[tokio::test]
+    async fn a_failed_audit_end_is_retried_until_it_succeeds() {
+        let mut calls = 0;
+        let written = close_audit_row(&end(), quick(), |_| {
+            calls += 1;
+            if calls < 3 {
+                Err("database is locked")
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(written);
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test]
+    async fn an_audit_end_that_keeps_failing_gives_up_after_the_backoff() {
+        let mut calls = 0;
+        let written = close_audit_row(&end(), quick(), |_| {
+            calls += 1;
+            Err::<(), _>("disk I/O error")
+        })
+        .await;
+        assert!(!written);
+        assert_eq!(calls, AUDIT_END_BACKOFF.len() + 1);
+        // A few seconds in all: a session's end is not held for long.
+        let total: Duration = AUDIT_END_BACKOFF.iter().sum();
+        assert!(total <= Duration::from_secs(5), "{total:?}");
     }
 }

@@ -17,7 +17,7 @@ pub use model::Inventory;
 pub use ops::{Action, ActionError, ActionOutcome, JobSpec, PoolSpec, ProxySpec, RepositorySpec};
 pub use protocol::{Event, PROTOCOL_VERSION};
 pub use service::{BackupService, ServiceConfig, ServiceError, run, serve_connection, simulate};
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, Written};
 
 /// The name under which the tenant redirector offers this service.
 pub const SERVICE_NAME: &str = "backup";

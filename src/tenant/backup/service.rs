@@ -18,7 +18,7 @@ use super::protocol::{
     Event, HelloReply, PROTOCOL_VERSION, Request, RequestBody, ServerFrame, WireError,
 };
 use super::sim::{Simulator, recover_interrupted};
-use super::store::{Store, StoreError};
+use super::store::{Store, StoreError, Written};
 use crate::net::frame::{FrameError, read_frame_bytes, write_frame};
 
 /// Largest request frame a console may send (requests are small; responses may be larger).
@@ -119,7 +119,7 @@ impl BackupService {
             );
         }
         inv.server.started_at_unix_secs = now;
-        store.save(&inv)?;
+        store.save(&inv)?.log(store.path());
         let (events, _) = broadcast::channel(1024);
         Ok(Arc::new(BackupService {
             state: Mutex::new(State {
@@ -164,17 +164,20 @@ impl BackupService {
     }
 
     /// Validates and applies an action, and saves it before returning: an `Ok` answer means
-    /// the change is on disk. On any error nothing changed.
+    /// the change is in the state file (and durable, unless syncing the folder after the
+    /// rename failed: then it is applied, logged as not yet durable, and still `Ok`). On any
+    /// error nothing changed.
     pub async fn act(&self, action: &Action) -> Result<ActionOutcome, ServiceError> {
         let _commit = self.commit.lock().await;
         let (next, bytes, outcome, changes) = {
             let state = self.lock();
             let mut next = state.inv.clone();
             let (outcome, changes) = ops::apply(&mut next, action, now_unix_secs(), true)?;
-            let bytes = Store::encode(&next);
+            let bytes = Store::encode(&next)?;
             (next, bytes, outcome, changes)
         };
-        self.write(bytes).await?;
+        // Past the rename the change is applied, durable or not.
+        self.write(bytes).await?.log(self.store.path());
         {
             let mut state = self.lock();
             state.inv = next;
@@ -220,7 +223,8 @@ impl BackupService {
             (out.events, bytes)
         };
         let saved = match bytes {
-            Some(bytes) => self.write(bytes).await,
+            Some(Ok(bytes)) => self.write(bytes).await.map(|w| w.log(self.store.path())),
+            Some(Err(e)) => Err(e),
             None => Ok(()),
         };
         for event in events {
@@ -232,11 +236,12 @@ impl BackupService {
     /// Saves the current state now (e.g. at shutdown, to keep simulated progress).
     pub async fn persist(&self) -> Result<(), StoreError> {
         let _commit = self.commit.lock().await;
-        let bytes = Store::encode(&self.lock().inv);
-        self.write(bytes).await
+        let bytes = Store::encode(&self.lock().inv)?;
+        self.write(bytes).await?.log(self.store.path());
+        Ok(())
     }
 
-    async fn write(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+    async fn write(&self, bytes: Vec<u8>) -> Result<Written, StoreError> {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.write(&bytes)).await {
             Ok(result) => result,
@@ -522,11 +527,34 @@ mod tests {
     use crate::tenant::backup::generator::{Shape, generate_with_shape};
 
     fn service(dir: &tempfile::TempDir) -> Arc<BackupService> {
-        let store = Store::new(dir.path().join("state.json"));
+        service_on(Store::new(dir.path().join("state.json")))
+    }
+
+    fn service_on(store: Store) -> Arc<BackupService> {
         BackupService::open(store, ServiceConfig::default(), || {
             generate_with_shape(1, Shape::Small, "t", now_unix_secs())
         })
         .expect("open")
+    }
+
+    #[tokio::test]
+    async fn an_action_whose_folder_sync_fails_is_applied_and_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let svc = service_on(Store::new(&path).with_failing_dir_sync());
+        let job = svc.inventory().jobs[0].id.clone();
+        let was = svc.inventory().job(&job).expect("job").enabled;
+        let action = if was {
+            Action::DisableJob { job: job.clone() }
+        } else {
+            Action::EnableJob { job: job.clone() }
+        };
+        svc.act(&action)
+            .await
+            .expect("applied though not yet durable: not a failure");
+        assert_eq!(svc.inventory().job(&job).expect("job").enabled, !was);
+        let on_disk = Store::new(&path).load().expect("load").expect("state");
+        assert_eq!(on_disk.job(&job).expect("job").enabled, !was);
     }
 
     async fn roundtrip(stream: &mut tokio::io::DuplexStream, raw: &[u8]) -> serde_json::Value {

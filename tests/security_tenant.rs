@@ -1,0 +1,580 @@
+//! Issue 14, the tenant side and the state files: what an SP can make a tenant redirector do
+//! (a session cap, the local service only after `ready`, a checked gateway pool, consent
+//! withdrawn while running), the SP's state dir permissions, and a shutdown that a tenant
+//! which stopped reading cannot hold.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{PATIENCE, TestSp, quick_config};
+use rac::net::console::ConsoleError;
+use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use rac::net::protocol::{
+    ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, TenantStatus, Welcome,
+};
+use rac::net::tenant_redirector::{RedirectorConfig, ServiceTarget};
+use rac::net::tls::{ReadAhead, TlsClient, Trust};
+use rac::sp::config::{SpConfig, StateDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const RAC: &str = env!("CARGO_BIN_EXE_rac");
+
+/// A child process killed when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn refused(err: ConsoleError) -> (ErrorCode, String) {
+    match err {
+        ConsoleError::Refused { code, message } => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A TCP echo server on 127.0.0.1 port 0 (a tenant's local service).
+async fn echo_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `data` on a session and reads it back.
+async fn echo_once<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    data: &[u8],
+) {
+    s.write_all(data).await.expect("write");
+    s.flush().await.expect("flush");
+    let mut back = vec![0; data.len()];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(back, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_past_the_tenant_redirectors_cap_are_refused_busy() {
+    let sp = TestSp::start(quick_config()).await;
+    let secret = sp.add_tenant("capped");
+    let mut config = sp.tenant_config("capped", &secret);
+    config.max_sessions = 2;
+    let mut tenant = common::TestTenant::start(config);
+    tenant.online().await;
+    let console = sp.console().await;
+
+    let mut first = console
+        .open_session("capped", "echo", |_, _| {})
+        .await
+        .expect("first");
+    let mut second = console
+        .open_session("capped", "echo", |_, _| {})
+        .await
+        .expect("second");
+    echo_once(&mut first.stream, b"one").await;
+    echo_once(&mut second.stream, b"two").await;
+    let (code, message) = refused(
+        console
+            .open_session("capped", "echo", |_, _| {})
+            .await
+            .err()
+            .expect("the third is over the cap"),
+    );
+    assert_eq!(code, ErrorCode::Busy, "{message}");
+    assert!(message.contains("session cap"), "{message}");
+    echo_once(&mut first.stream, b"the open ones carry on").await;
+
+    // A session that ends gives its slot back.
+    drop(first);
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match console.open_session("capped", "echo", |_, _| {}).await {
+                Ok(mut s) => return echo_once(&mut s.stream, b"three").await,
+                Err(e) => assert_eq!(refused(e).0, ErrorCode::Busy),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a slot frees up");
+}
+
+/// A hand-made SP: real TLS with a real SP certificate, but the test writes every frame.
+struct FakeSp {
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+type FakeStream = tokio_rustls::server::TlsStream<ReadAhead>;
+
+impl FakeSp {
+    async fn start() -> FakeSp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path().join("sp"));
+        let init = rac::sp::init_state_dir(&state, "admin", &[]).expect("init");
+        let acceptor = rac::net::tls::server_acceptor(&state.server_chain(), &state.server_key())
+            .expect("acceptor");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        FakeSp {
+            listener,
+            acceptor,
+            ca: init.ca_cert,
+            _dir: dir,
+        }
+    }
+
+    async fn accept(&self) -> (FakeStream, Hello) {
+        let (tcp, _) = tokio::time::timeout(PATIENCE, self.listener.accept())
+            .await
+            .expect("a connection in time")
+            .expect("accept");
+        let mut tls = self
+            .acceptor
+            .accept(ReadAhead::new(tcp))
+            .await
+            .expect("TLS");
+        let hello: Hello = read_frame(&mut tls, MAX_FRAME_LEN)
+            .await
+            .expect("read hello")
+            .expect("hello");
+        (tls, hello)
+    }
+
+    /// Accepts the tenant's control connection and welcomes it with `gateways`.
+    async fn control(&self, gateways: Vec<String>) -> FakeStream {
+        let (mut control, hello) = self.accept().await;
+        assert!(
+            matches!(hello.role, Role::TenantControl { .. }),
+            "{hello:?}"
+        );
+        let welcome = HelloReply::Welcome(Welcome {
+            server: "fake".into(),
+            heartbeat_secs: 30,
+            dead_after_secs: 95,
+            gateways,
+            token: None,
+            token_expires_in_secs: None,
+        });
+        write_frame(&mut control, &welcome).await.expect("welcome");
+        control
+    }
+
+    fn tenant_config(&self, services: BTreeMap<String, ServiceTarget>) -> RedirectorConfig {
+        RedirectorConfig {
+            tenant: "acme".into(),
+            secret: "00".repeat(32),
+            endpoints: vec![self.listener.local_addr().expect("addr").to_string()],
+            trust: Trust::CaFile(self.ca.clone()),
+            server_name: "localhost".into(),
+            services,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            ..RedirectorConfig::defaults()
+        }
+    }
+}
+
+/// Sends a ping and waits for its pong: every frame sent before it has been handled.
+async fn round_trip(control: &mut FakeStream, seq: u64) {
+    write_frame(control, &ControlMsg::Ping { seq })
+        .await
+        .expect("ping");
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let msg: ControlMsg = read_frame(control, MAX_FRAME_LEN)
+                .await
+                .expect("read")
+                .expect("open");
+            if msg == (ControlMsg::Pong { seq }) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("pong in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_service_is_connected_only_after_the_sps_ready() {
+    let fake = FakeSp::start().await;
+    let local = std::net::TcpListener::bind("127.0.0.1:0").expect("bind local service");
+    local.set_nonblocking(true).expect("nonblocking");
+    let local_addr = local.local_addr().expect("addr");
+    let mut services = BTreeMap::new();
+    services.insert(
+        "svc".to_string(),
+        ServiceTarget::Tcp(local_addr.to_string()),
+    );
+    let tenant = common::TestTenant::start(fake.tenant_config(services));
+    let mut control = fake.control(Vec::new()).await;
+    write_frame(
+        &mut control,
+        &ControlMsg::OpenData {
+            session_id: "s1".into(),
+            nonce: "n1".into(),
+            service: "svc".into(),
+        },
+    )
+    .await
+    .expect("open_data");
+    let (mut data, hello) = fake.accept().await;
+    assert!(matches!(hello.role, Role::TenantData { .. }), "{hello:?}");
+    // The data channel is open and has said hello, but no `ready` yet: the local service
+    // has not been dialled. (Before the fix it was dialled together with the data channel,
+    // and a loopback connect lands in the accept queue well before a TLS handshake ends.)
+    match local.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, from)) => panic!("the local service was connected from {from} before ready"),
+        Err(e) => panic!("accept: {e}"),
+    }
+    write_frame(
+        &mut data,
+        &SessionMsg::Ready {
+            session_id: "s1".into(),
+        },
+    )
+    .await
+    .expect("ready");
+    let local = TcpListener::from_std(local).expect("tokio listener");
+    let (mut tcp, _) = tokio::time::timeout(PATIENCE, local.accept())
+        .await
+        .expect("the local service is dialled after ready")
+        .expect("accept");
+    data.write_all(b"after ready").await.expect("write");
+    data.flush().await.expect("flush");
+    let mut got = [0u8; 11];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut got))
+        .await
+        .expect("bytes in time")
+        .expect("read");
+    assert_eq!(&got, b"after ready");
+    drop(tenant);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_gateway_pool_from_the_sp_is_ignored_whole() {
+    let fake = FakeSp::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool_file = dir.path().join("tenant.toml.gateways.json");
+    let mut config = fake.tenant_config(BTreeMap::new());
+    config.pool_file = Some(pool_file.clone());
+    let _tenant = common::TestTenant::start(config);
+    let good = vec![
+        "127.0.0.1:7001".to_string(),
+        "gw.example.net:6180".to_string(),
+    ];
+    let mut control = fake.control(good.clone()).await;
+    round_trip(&mut control, 1).await;
+    let remembered = |path: &Path| -> Vec<String> {
+        serde_json::from_str(&std::fs::read_to_string(path).expect("pool file")).expect("json")
+    };
+    assert_eq!(remembered(&pool_file), good);
+
+    let too_many: Vec<String> = (0..17).map(|i| format!("10.0.0.{i}:6180")).collect();
+    let bad_pools = [
+        too_many,
+        vec!["127.0.0.1:7002".into(), "https://evil.example/x:443".into()],
+        vec!["evil.example/path:443".into()],
+        vec!["evil example:443".into()],
+        vec!["evil.example:0".into()],
+        vec!["evil.example:70000".into()],
+        vec![format!("{}:443", "a".repeat(300))],
+    ];
+    for (i, pool) in bad_pools.into_iter().enumerate() {
+        write_frame(
+            &mut control,
+            &ControlMsg::Gateways {
+                gateways: pool.clone(),
+            },
+        )
+        .await
+        .expect("gateways");
+        round_trip(&mut control, 10 + i as u64).await;
+        assert_eq!(remembered(&pool_file), good, "after {pool:?}");
+    }
+    // A good pool is still taken.
+    let next = vec!["127.0.0.1:7003".to_string()];
+    write_frame(
+        &mut control,
+        &ControlMsg::Gateways {
+            gateways: next.clone(),
+        },
+    )
+    .await
+    .expect("gateways");
+    round_trip(&mut control, 99).await;
+    assert_eq!(remembered(&pool_file), next);
+}
+
+fn kill_hup(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// Reads the tenant's row from the SP until `pick` holds.
+async fn wait_row(
+    console: &rac::net::console::ConsoleClient,
+    name: &str,
+    pick: impl Fn(&rac::net::protocol::TenantInfo) -> bool,
+) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let tenants = console.tenants().await.expect("list");
+            if tenants.iter().any(|t| t.name == name && pick(t)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the tenant's row in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawing_consent_with_sighup_ends_running_sessions_and_tells_the_sp() {
+    let sp = TestSp::start(quick_config()).await;
+    let secret = sp.add_tenant("acme");
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("tenant.toml");
+    let write_config = |allow: bool| {
+        std::fs::write(
+            &config_path,
+            format!(
+                "name = \"acme\"\nsecret = \"{secret}\"\nca_cert = \"{}\"\nendpoints = [\"{}\"]\n\
+                 server_name = \"localhost\"\nallow_provider_access = {allow}\n[services]\necho = \"{echo}\"\n",
+                sp.ca.display(),
+                sp.addr
+            ),
+        )
+        .expect("write config");
+    };
+    write_config(true);
+    let child = Command::new(RAC)
+        .args(["tenant", "--config", config_path.to_str().expect("utf8")])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn rac tenant");
+    let tenant = Proc(child);
+    let console = sp.console().await;
+    wait_row(&console, "acme", |t| {
+        t.status == TenantStatus::Online && t.provider_access
+    })
+    .await;
+    let mut session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("open");
+    echo_once(&mut session.stream, b"before").await;
+
+    write_config(false);
+    kill_hup(&tenant.0);
+    // The running session ends ...
+    let mut buf = [0u8; 16];
+    let ended = tokio::time::timeout(PATIENCE, session.stream.read(&mut buf))
+        .await
+        .expect("the session ends in time");
+    assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
+    // ... the SP hears the new consent from a tenant that stays online ...
+    wait_row(&console, "acme", |t| {
+        t.status == TenantStatus::Online && !t.provider_access
+    })
+    .await;
+    // ... and new sessions are refused.
+    let (code, message) = refused(
+        console
+            .open_session("acme", "echo", |_, _| {})
+            .await
+            .err()
+            .expect("refused"),
+    );
+    assert_eq!(code, ErrorCode::ProviderAccessDisabled, "{message}");
+
+    // Given again, sessions work again.
+    write_config(true);
+    kill_hup(&tenant.0);
+    wait_row(&console, "acme", |t| t.provider_access).await;
+    let mut again = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("open again");
+    echo_once(&mut again.stream, b"after").await;
+}
+
+#[test]
+fn rac_tenant_help_says_what_an_sp_can_make_it_do() {
+    let out = Command::new(RAC)
+        .args(["tenant", "--help"])
+        .output()
+        .expect("run rac tenant --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for words in [
+        "max_sessions",
+        "busy",
+        "ready",
+        "16 entries",
+        "SIGHUP",
+        "allow_provider_access",
+    ] {
+        assert!(help.contains(words), "{words:?} missing from:\n{help}");
+    }
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("exists")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sp_state_dir_is_private_and_loose_permissions_are_fixed_on_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let sp = TestSp::start(quick_config()).await;
+    sp.add_tenant("acme");
+    let registry = sp.state.registry();
+    // The SP and the test both hold the registry open: -wal and -shm exist.
+    let [db, wal, shm] = rac::sp::registry::registry_files(&registry);
+    assert_eq!(mode(&sp.state.root), 0o700, "state dir");
+    for file in [&db, &wal, &shm] {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    assert_eq!(mode(&sp.state.ca_key()), 0o600);
+
+    // An existing state dir with loose permissions is fixed, with a warning, when a command
+    // opens it.
+    std::fs::set_permissions(&sp.state.root, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = Command::new(RAC)
+        .args(["sp", "tenant", "list", "--state-dir"])
+        .arg(&sp.state.root)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run rac sp tenant list");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("readable by others"), "{stderr}");
+    assert_eq!(mode(&sp.state.root), 0o700);
+    assert_eq!(mode(&db), 0o600);
+}
+
+/// A tenant control connection whose socket reads almost nothing: its receive buffer is a
+/// few KiB, so the SP's writes to it stall as soon as the test stops reading.
+async fn stingy_control(sp: &TestSp, tenant: &str, secret: &str) -> rac::net::tls::ClientStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp: TcpStream = socket.connect(sp.addr).await.expect("connect");
+    let tls = TlsClient::new(&Trust::CaFile(sp.ca.clone()), "localhost").expect("tls");
+    let mut control = tls.handshake(tcp).await.expect("handshake");
+    let hello = Hello::new(Role::TenantControl {
+        tenant: tenant.into(),
+        secret: secret.into(),
+        agent: "stingy/1".into(),
+        services: vec![],
+        provider_access: true,
+    });
+    write_frame(&mut control, &hello).await.expect("hello");
+    let welcome: HelloReply = read_frame(&mut control, MAX_FRAME_LEN)
+        .await
+        .expect("read")
+        .expect("welcome");
+    assert!(matches!(welcome, HelloReply::Welcome(_)), "{welcome:?}");
+    control
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_that_stopped_reading_cannot_hold_the_sps_shutdown() {
+    // Long heartbeats: before the fix, a write stuck on this tenant waited dead_after_secs
+    // (120 s) and the goodbye after it as long again.
+    let sp = TestSp::start(SpConfig {
+        heartbeat_secs: 60,
+        dead_after_secs: 120,
+        ..quick_config()
+    })
+    .await;
+    let secret = sp.add_tenant("stingy");
+    let mut control = stingy_control(&sp, "stingy", &secret).await;
+    // Pings the SP must answer, never reading the pongs: the SP's socket fills and its
+    // pong write blocks; then it stops reading and our own writes stall.
+    let batch: Vec<u8> = {
+        let mut frames = Vec::new();
+        for seq in 0..500u64 {
+            let body = serde_json::to_vec(&ControlMsg::Ping { seq }).expect("json");
+            frames.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            frames.extend_from_slice(&body);
+        }
+        frames
+    };
+    let mut stalled = false;
+    for _ in 0..20_000 {
+        let write = async {
+            control.write_all(&batch).await?;
+            control.flush().await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the SP closed early: {e}"),
+            Err(_) => {
+                stalled = true;
+                break;
+            }
+        }
+    }
+    assert!(stalled, "the SP kept reading; its writes never stalled");
+
+    let shut = Instant::now();
+    sp.shutdown.cancel();
+    // The control task ends (and stores the tenant's last seen) within the goodbye
+    // deadline (5 s), with a generous margin for a loaded machine.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let row = sp.registry.tenants().expect("tenants");
+            if row
+                .iter()
+                .any(|t| t.name == "stingy" && t.last_seen.is_some())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stalled control connection still held its task {:?} after shutdown",
+        shut.elapsed()
+    );
+    drop(control);
+}
