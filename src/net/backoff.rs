@@ -1,5 +1,6 @@
-//! Reconnect delays: exponential, with full jitter so a thousand tenants that lost the SP at
-//! the same moment do not all come back at the same moment; reset after a healthy period.
+//! Reconnect delays: exponential, with equal jitter (between half the ceiling and the
+//! ceiling) so a thousand tenants that lost the SP at the same moment do not all come back at
+//! the same moment; reset after a healthy period.
 
 use std::time::Duration;
 

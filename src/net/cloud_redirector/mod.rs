@@ -204,7 +204,8 @@ pub async fn run(
                 Ok(Ok((stream, client, hello))) => {
                     dispatch(&role_tracker, shared, stream, client, hello)
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, "connection refused during handshake: {e:#}"),
+                // Debug-escaped: the error may quote bytes the peer sent.
+                Ok(Err(e)) => tracing::debug!(%peer, error = ?format!("{e:#}"), "connection refused during handshake"),
                 Err(_) => tracing::debug!(%peer, "handshake timed out"),
             }
         });
