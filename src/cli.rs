@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use crate::lab::{Lab, LabOptions};
 use crate::net::console::{ConsoleClient, ConsoleConfig};
@@ -435,39 +434,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Cancelled on SIGINT or SIGTERM. Must be called inside the runtime.
-pub(crate) fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!("cannot watch SIGTERM: {e}");
-                        let _ = ctrl_c.await;
-                        t.cancel();
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        t.cancel();
-        tracing::info!("shutting down");
-    });
-    token
-}
-
 async fn lab_headless(args: LabArgs) -> Result<ExitCode> {
-    let shutdown = shutdown_on_signal();
+    let shutdown = crate::signal::shutdown_on_signal();
     let lab = Lab::start(LabOptions {
         tenants: args.tenants,
         ..LabOptions::default()
@@ -693,7 +661,12 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
                 let listener =
                     crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
                 eprintln!("SP listening on {}", listener.local_addr()?);
-                crate::net::cloud_redirector::run(engine, listener, shutdown_on_signal()).await?;
+                crate::net::cloud_redirector::run(
+                    engine,
+                    listener,
+                    crate::signal::shutdown_on_signal(),
+                )
+                .await?;
                 Ok(ExitCode::SUCCESS)
             });
         }
@@ -717,7 +690,7 @@ async fn gateway(args: GatewayArgs) -> Result<ExitCode> {
     let addr = resolve(&args.listen).await?;
     let listener = crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
     eprintln!("gateway listening on {}", listener.local_addr()?);
-    crate::net::gateway::run(config, listener, shutdown_on_signal()).await?;
+    crate::net::gateway::run(config, listener, crate::signal::shutdown_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -733,7 +706,7 @@ async fn tenant(args: TenantArgs) -> Result<ExitCode> {
     let file = crate::tenant::config::TenantConfig::load(&args.config)?;
     let mut config =
         crate::net::tenant_redirector::RedirectorConfig::from_file(&file, &args.config)?;
-    let shutdown = shutdown_on_signal();
+    let shutdown = crate::signal::shutdown_on_signal();
     let tracker = tokio_util::task::TaskTracker::new();
     if let Some(backup) = &file.backup_service {
         let handler = crate::tenant_cli::backup_handler(backup, &file.name, &shutdown, &tracker)?;
@@ -972,7 +945,7 @@ async fn connect(args: ConnectArgs) -> Result<ExitCode> {
         args.tenant,
         args.service,
         listener,
-        shutdown_on_signal(),
+        crate::signal::shutdown_on_signal(),
     )
     .await?;
     Ok(ExitCode::SUCCESS)

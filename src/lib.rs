@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod lab;
 pub mod net;
+pub mod signal;
 pub mod sp;
 pub mod tenant;
 pub mod tenant_cli;

@@ -189,7 +189,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let report = runtime.block_on(async {
-        let stop = crate::cli::shutdown_on_signal();
+        let stop = crate::signal::shutdown_on_signal();
         tokio::select! {
             report = bench(opts) => report,
             // Dropping the bench stops the SP and gateways it started (see `RacProcess`).
