@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use egui_kittest::Harness;
 
-use rac::net::protocol::{TenantInfo, TenantStatus};
 use rac::ui::ConsoleApp;
 use rac::ui::engine::ConnState;
 use rac::ui::tenant_list::SortKey;
+use rac::wire::protocol::{TenantInfo, TenantStatus};
 
 const TENANTS: usize = 10_000;
 const FRAMES: usize = 600;
@@ -67,7 +67,7 @@ fn main() {
         .with_size(egui::vec2(1600.0, 1000.0))
         .with_accessibility_check(false)
         .build_eframe(move |cc| ConsoleApp::console(cc, &handle));
-    let now = rac::ui::format::now_unix_secs();
+    let now = rac::util::now_unix_secs();
     let rows = tenants(now);
     {
         let app = harness.state_mut();

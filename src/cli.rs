@@ -287,13 +287,17 @@ Limits on what the SP can make it do:
   - a local service is connected only after the SP has answered `ready` on the data connection;
   - a gateway pool the SP pushes is used only if it has at most 16 entries, each a plain
     host:port (port 1-65535, at most 255 bytes, no path or space); otherwise it is logged and
-    ignored as a whole.
+    ignored as a whole. A pushed gateway that fails every dial for a day is forgotten; with
+    follow_gateway_pool = false the tenant dials only its own endpoints.
 
 Withdrawing consent: set allow_provider_access = false in the config file and send the process
 SIGHUP (kill -HUP PID). It re-reads the file, ends the sessions open now, refuses new ones
 with provider_access_disabled, and reports the new consent to the SP in a status frame.
 Setting it back to true and sending SIGHUP again allows sessions again. Other keys take
-effect at the next start; a file that no longer loads is reported and ignored.";
+effect at the next start; a file that no longer loads is reported and ignored.
+
+Stopping: on SIGTERM or Ctrl-C it closes the control connection at once and lets the sessions
+open then run for up to 30 seconds; those still open after that are cut.";
 
 #[derive(Debug, Args)]
 pub struct TenantArgs {
@@ -520,7 +524,7 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
                             t.name,
                             if t.enabled { "yes" } else { "no" },
                             t.last_seen
-                                .map(crate::tenant::backup::client::time_text)
+                                .map(crate::util::format::date_time)
                                 .unwrap_or_else(|| "never".into()),
                             t.description
                         );
@@ -642,7 +646,7 @@ fn sp_command(cmd: SpCommand) -> Result<ExitCode> {
                 for e in entries {
                     println!(
                         "{} {:<12} {:<16} {:<8} {:>10} B out {:>10} B in  {} ({})",
-                        crate::tenant::backup::client::time_text(e.started_at),
+                        crate::util::format::date_time(e.started_at),
                         e.operator,
                         e.tenant,
                         e.service,
@@ -709,7 +713,8 @@ async fn tenant(args: TenantArgs) -> Result<ExitCode> {
     let shutdown = crate::signal::shutdown_on_signal();
     let tracker = tokio_util::task::TaskTracker::new();
     if let Some(backup) = &file.backup_service {
-        let handler = crate::tenant_cli::backup_handler(backup, &file.name, &shutdown, &tracker)?;
+        let handler =
+            crate::net::backup_host::backup_handler(backup, &file.name, &shutdown, &tracker)?;
         config.services.insert(
             crate::tenant::backup::SERVICE_NAME.to_string(),
             crate::net::tenant_redirector::ServiceTarget::Local(handler),
@@ -802,7 +807,7 @@ impl ClientArgs {
         };
         let trust = match (&self.ca, &self.fingerprint) {
             (Some(ca), _) => Trust::CaFile(ca.clone()),
-            (None, Some(fp)) => Trust::Pinned(crate::net::tls::parse_fingerprint(fp)?),
+            (None, Some(fp)) => Trust::Pinned(crate::wire::parse_fingerprint(fp)?),
             (None, None) => bail!("say which SP to trust: --ca FILE or --fingerprint SHA256"),
         };
         let first = route.endpoints().first().cloned().unwrap_or_default();
@@ -899,7 +904,7 @@ async fn tenants(args: TenantsArgs) -> Result<ExitCode> {
             t.name,
             status,
             t.connected_since
-                .map(crate::tenant::backup::client::time_text)
+                .map(crate::util::format::date_time)
                 .unwrap_or_else(|| "-".into()),
             t.remote_addr.as_deref().unwrap_or("-"),
             t.heartbeat_rtt_ms
@@ -918,19 +923,8 @@ pub async fn check_tenant(client: &ConsoleClient, tenant: &str, service: &str) -
     let Some(info) = tenants.iter().find(|t| t.name == tenant) else {
         bail!("unknown tenant {tenant:?} (or not one this operator may open)");
     };
-    use crate::net::protocol::TenantStatus;
-    match info.status {
-        TenantStatus::Disabled => bail!("tenant {tenant} is disabled"),
-        TenantStatus::Offline => bail!("tenant {tenant} is offline"),
-        TenantStatus::Online if !info.provider_access => {
-            bail!("tenant {tenant} has disabled remote access by the provider")
-        }
-        TenantStatus::Online if !info.services.iter().any(|s| s == service) => bail!(
-            "tenant {tenant} does not offer {service:?} (it offers: {})",
-            info.services.join(", ")
-        ),
-        TenantStatus::Online => Ok(()),
-    }
+    info.check_open(service)
+        .map_err(|e| anyhow::anyhow!(e.message))
 }
 
 async fn connect(args: ConnectArgs) -> Result<ExitCode> {

@@ -22,8 +22,9 @@ use crate::net::tenant_redirector::{
 };
 use crate::net::tls::Trust;
 use crate::sp::config::{SpConfig, StateDir};
-use crate::sp::registry::{Registry, now_secs};
+use crate::sp::registry::Registry;
 use crate::tenant::backup::{SERVICE_NAME, ServiceConfig, Store, generate_for_index};
+use crate::util::now_unix_secs;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -200,7 +201,7 @@ impl Lab {
         for (index, (name, secret, provider_access)) in secrets.into_iter().enumerate() {
             let backup = {
                 let name = name.clone();
-                crate::tenant_cli::host_backup_service(
+                crate::net::backup_host::host_backup_service(
                     Store::new(backup_dir.join(format!("{name}.json"))),
                     ServiceConfig {
                         // Lab job runs finish in a minute or two instead of an hour.
@@ -208,7 +209,7 @@ impl Lab {
                         sim_seed: index as u64,
                         ..ServiceConfig::default()
                     },
-                    move || generate_for_index(index, &name, now_secs()),
+                    move || generate_for_index(index, &name, now_unix_secs()),
                     &shutdown,
                     &tracker,
                 )?

@@ -10,6 +10,8 @@ pub mod sp;
 pub mod tenant;
 pub mod tenant_cli;
 pub mod ui;
+pub mod util;
+pub mod wire;
 
 /// This build's version, sent in hellos and welcomes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,20 +1,12 @@
 //! Commands that talk to a tenant's backup service through a session (`rac inspect`,
-//! `rac job`), and hosting that service inside `rac tenant` (`[backup_service]`) or the lab.
+//! `rac job`). Hosting the service is `net::backup_host`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::cli::{ClientArgs, InspectArgs, JobArgs, JobCommand, check_tenant};
-use crate::net::tenant_redirector::LocalHandler;
-use crate::sp::registry::now_secs;
-use crate::tenant::backup::{
-    self, Action, BackupClient, BackupService, Inventory, SERVICE_NAME, ServiceConfig, Store,
-};
-use crate::tenant::config::BackupServiceConfig;
+use crate::tenant::backup::{self, BackupAction, BackupClient, Inventory, SERVICE_NAME};
 
 /// Opens a session to the tenant's `backup` service and says hello.
 async fn backup_session(
@@ -81,9 +73,9 @@ pub async fn job(cmd: JobCommand) -> Result<ExitCode> {
         }
     };
     let action = if start {
-        Action::StartJob { job: id.clone() }
+        BackupAction::StartJob { job: id.clone() }
     } else {
-        Action::StopJob { job: id.clone() }
+        BackupAction::StopJob { job: id.clone() }
     };
     let outcome = backup.action(action).await;
     close(backup).await;
@@ -128,56 +120,5 @@ fn resolve_job(inventory: &Inventory, job: &str) -> Result<String> {
         } else {
             ""
         }
-    )
-}
-
-/// Opens a backup service on its state file, starts its simulation on `tracker`, and returns
-/// the handler the tenant redirector calls for each session.
-pub fn host_backup_service(
-    store: Store,
-    config: ServiceConfig,
-    fresh: impl FnOnce() -> Inventory,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<LocalHandler> {
-    let path = store.path().display().to_string();
-    let service = BackupService::open(store, config, fresh)
-        .with_context(|| format!("opening the backup service state {path}"))?;
-    tracker.spawn(backup::service::simulate(service.clone(), shutdown.clone()));
-    Ok(handler(service))
-}
-
-/// Serves each session's stream with `service`.
-pub fn handler(service: Arc<BackupService>) -> LocalHandler {
-    Arc::new(move |mut stream| {
-        let service = service.clone();
-        Box::pin(async move {
-            if let Err(e) = backup::serve_connection(service, &mut stream).await {
-                tracing::debug!("backup session ended: {e:#}");
-            }
-            // Close our side cleanly so the SP records a clean end.
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-        })
-    })
-}
-
-/// `[backup_service]` of `rac tenant`.
-pub fn backup_handler(
-    config: &BackupServiceConfig,
-    tenant: &str,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> Result<LocalHandler> {
-    let name = tenant.to_string();
-    let seed = config.demo_seed;
-    host_backup_service(
-        Store::new(&config.state_file),
-        ServiceConfig::default(),
-        move || match seed {
-            Some(seed) => backup::generate(seed, &name, now_secs()),
-            None => Inventory::empty(&name, now_secs()),
-        },
-        shutdown,
-        tracker,
     )
 }

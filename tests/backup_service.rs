@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rac::net::backup_host::run;
 use rac::tenant::backup::model::{
-    JobKind, JobSource, Notifications, ProxyKind, ProxyState, RepositoryKind, Schedule,
-    SessionState,
+    JobKind, JobSource, Notifications, ProxyKind, ProxyState, RepositoryKind, RunState, Schedule,
 };
-use rac::tenant::backup::protocol::Event;
+use rac::tenant::backup::protocol::BackupEvent;
 use rac::tenant::backup::{
-    Action, BackupClient, BackupService, Inventory, JobSpec, PoolSpec, ProxySpec, RepositorySpec,
-    ServiceConfig, Shape, Store, generate_with_shape, run,
+    BackupAction, BackupClient, BackupService, Inventory, JobSpec, PoolSpec, ProxySpec,
+    RepositorySpec, ServiceConfig, Shape, Store, generate_with_shape,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -165,28 +165,28 @@ async fn every_action_and_refusals_over_tcp() {
     let refusal = |r: Result<_, rac::tenant::backup::ClientError>| {
         let e = r.expect_err("must be refused");
         assert!(!e.to_string().is_empty());
-        e.code().expect("a server refusal").to_owned()
+        e.code().expect("a server refusal").as_str().to_owned()
     };
 
     // Proxies.
-    let err = guard(c.action(Action::AddProxy {
+    let err = guard(c.action(BackupAction::AddProxy {
         proxy: proxy("wg01", ProxyKind::Workgroup, None),
     }))
     .await;
     assert_eq!(refusal(err), "certificate_required");
-    let wg = guard(c.action(Action::AddProxy {
+    let wg = guard(c.action(BackupAction::AddProxy {
         proxy: proxy("wg01", ProxyKind::Workgroup, Some(THUMBPRINT)),
     }))
     .await
     .expect("add workgroup proxy")
     .target;
-    let px = guard(c.action(Action::AddProxy {
+    let px = guard(c.action(BackupAction::AddProxy {
         proxy: proxy("px01", ProxyKind::Domain, None),
     }))
     .await
     .expect("add domain proxy")
     .target;
-    guard(c.action(Action::EditProxy {
+    guard(c.action(BackupAction::EditProxy {
         id: px.clone(),
         proxy: ProxySpec {
             max_concurrent_tasks: 32,
@@ -195,19 +195,19 @@ async fn every_action_and_refusals_over_tcp() {
     }))
     .await
     .expect("edit proxy");
-    guard(c.action(Action::SetProxyMaintenance {
+    guard(c.action(BackupAction::SetProxyMaintenance {
         id: wg.clone(),
         maintenance: true,
     }))
     .await
     .expect("maintenance on");
-    guard(c.action(Action::SetProxyMaintenance {
+    guard(c.action(BackupAction::SetProxyMaintenance {
         id: wg.clone(),
         maintenance: false,
     }))
     .await
     .expect("maintenance off");
-    let err = guard(c.action(Action::SetProxyMaintenance {
+    let err = guard(c.action(BackupAction::SetProxyMaintenance {
         id: "proxy-99".into(),
         maintenance: true,
     }))
@@ -215,7 +215,7 @@ async fn every_action_and_refusals_over_tcp() {
     assert_eq!(refusal(err), "not_found");
 
     // Pools.
-    let pool = guard(c.action(Action::AddPool {
+    let pool = guard(c.action(BackupAction::AddPool {
         pool: PoolSpec {
             name: "Pool A".into(),
             members: vec![px.clone()],
@@ -224,7 +224,7 @@ async fn every_action_and_refusals_over_tcp() {
     .await
     .expect("add pool")
     .target;
-    guard(c.action(Action::EditPool {
+    guard(c.action(BackupAction::EditPool {
         id: pool.clone(),
         pool: PoolSpec {
             name: "Pool A".into(),
@@ -233,17 +233,17 @@ async fn every_action_and_refusals_over_tcp() {
     }))
     .await
     .expect("edit pool");
-    let err = guard(c.action(Action::RemoveProxy { id: px.clone() })).await;
+    let err = guard(c.action(BackupAction::RemoveProxy { id: px.clone() })).await;
     assert_eq!(refusal(err), "in_use");
 
     // Repositories.
-    let repo = guard(c.action(Action::AddRepository {
+    let repo = guard(c.action(BackupAction::AddRepository {
         repository: repository("Cloud"),
     }))
     .await
     .expect("add repository")
     .target;
-    guard(c.action(Action::EditRepository {
+    guard(c.action(BackupAction::EditRepository {
         id: repo.clone(),
         repository: RepositorySpec {
             retention_days: 90,
@@ -254,13 +254,13 @@ async fn every_action_and_refusals_over_tcp() {
     .expect("edit repository");
 
     // Jobs.
-    let new_job = guard(c.action(Action::AddJob {
+    let new_job = guard(c.action(BackupAction::AddJob {
         job: m365_job("Pool job", &org, &pool, &repo),
     }))
     .await
     .expect("add job")
     .target;
-    guard(c.action(Action::EditJob {
+    guard(c.action(BackupAction::EditJob {
         id: new_job.clone(),
         job: JobSpec {
             schedule: Schedule::Daily {
@@ -272,40 +272,40 @@ async fn every_action_and_refusals_over_tcp() {
     }))
     .await
     .expect("edit job");
-    let err = guard(c.action(Action::RemoveRepository { id: repo.clone() })).await;
+    let err = guard(c.action(BackupAction::RemoveRepository { id: repo.clone() })).await;
     assert_eq!(refusal(err), "in_use");
-    let err = guard(c.action(Action::RemovePool { id: pool.clone() })).await;
+    let err = guard(c.action(BackupAction::RemovePool { id: pool.clone() })).await;
     assert_eq!(refusal(err), "in_use");
 
-    guard(c.action(Action::DisableJob { job: job.clone() }))
+    guard(c.action(BackupAction::DisableJob { job: job.clone() }))
         .await
         .expect("disable");
-    let err = guard(c.action(Action::StartJob { job: job.clone() })).await;
+    let err = guard(c.action(BackupAction::StartJob { job: job.clone() })).await;
     assert_eq!(refusal(err), "job_disabled");
-    guard(c.action(Action::EnableJob { job: job.clone() }))
+    guard(c.action(BackupAction::EnableJob { job: job.clone() }))
         .await
         .expect("enable");
-    let started = guard(c.action(Action::StartJob { job: job.clone() }))
+    let started = guard(c.action(BackupAction::StartJob { job: job.clone() }))
         .await
         .expect("start");
     assert!(started.session.is_some());
-    let err = guard(c.action(Action::StartJob { job: job.clone() })).await;
+    let err = guard(c.action(BackupAction::StartJob { job: job.clone() })).await;
     assert_eq!(refusal(err), "job_running");
-    let err = guard(c.action(Action::RemoveJob { id: job.clone() })).await;
+    let err = guard(c.action(BackupAction::RemoveJob { id: job.clone() })).await;
     assert_eq!(refusal(err), "job_running");
-    guard(c.action(Action::StopJob { job: job.clone() }))
+    guard(c.action(BackupAction::StopJob { job: job.clone() }))
         .await
         .expect("stop");
-    let err = guard(c.action(Action::StopJob { job: job.clone() })).await;
+    let err = guard(c.action(BackupAction::StopJob { job: job.clone() })).await;
     assert_eq!(refusal(err), "job_not_running");
-    let err = guard(c.action(Action::StartJob {
+    let err = guard(c.action(BackupAction::StartJob {
         job: "job-999".into(),
     }))
     .await;
     assert_eq!(refusal(err), "not_found");
 
     // Notifications.
-    guard(c.action(Action::SetNotifications {
+    guard(c.action(BackupAction::SetNotifications {
         notifications: Notifications {
             enabled: true,
             smtp_server: "smtp.acme.example".into(),
@@ -322,18 +322,18 @@ async fn every_action_and_refusals_over_tcp() {
     .expect("notifications");
 
     // Tear down in dependency order.
-    guard(c.action(Action::RemoveJob {
+    guard(c.action(BackupAction::RemoveJob {
         id: new_job.clone(),
     }))
     .await
     .expect("remove job");
-    guard(c.action(Action::RemovePool { id: pool.clone() }))
+    guard(c.action(BackupAction::RemovePool { id: pool.clone() }))
         .await
         .expect("remove pool");
-    guard(c.action(Action::RemoveRepository { id: repo.clone() }))
+    guard(c.action(BackupAction::RemoveRepository { id: repo.clone() }))
         .await
         .expect("remove repository");
-    guard(c.action(Action::RemoveProxy { id: wg.clone() }))
+    guard(c.action(BackupAction::RemoveProxy { id: wg.clone() }))
         .await
         .expect("remove proxy");
 
@@ -351,7 +351,7 @@ async fn every_action_and_refusals_over_tcp() {
         .iter()
         .find(|s| Some(&s.id) == started.session.as_ref())
         .expect("the session");
-    assert_eq!(session.state, SessionState::Stopped);
+    assert_eq!(session.state, RunState::Stopped);
     service.stop().await;
 }
 
@@ -369,7 +369,7 @@ async fn events_arrive_while_a_job_runs() {
     let mut operator = connect(service.addr).await;
     let inv = guard(operator.inventory()).await.expect("inventory");
     let job = inv.jobs[0].id.clone();
-    let session = guard(operator.action(Action::StartJob { job: job.clone() }))
+    let session = guard(operator.action(BackupAction::StartJob { job: job.clone() }))
         .await
         .expect("start")
         .session
@@ -382,16 +382,16 @@ async fn events_arrive_while_a_job_runs() {
             .expect("event")
             .expect("connection open");
         match event {
-            Event::SessionState {
+            BackupEvent::SessionState {
                 session: s, state, ..
             } if s == session => {
-                if state == SessionState::Running {
+                if state == RunState::Running {
                     started = true;
                 } else {
                     break state;
                 }
             }
-            Event::JobProgress {
+            BackupEvent::JobProgress {
                 session: s,
                 progress: p,
                 ..
@@ -399,7 +399,7 @@ async fn events_arrive_while_a_job_runs() {
                 assert!((0.0..=1.0).contains(&p));
                 progress += 1;
             }
-            Event::LogLine { session: s, .. } if s == session => logs += 1,
+            BackupEvent::LogLine { session: s, .. } if s == session => logs += 1,
             _ => {}
         }
     };
@@ -408,7 +408,7 @@ async fn events_arrive_while_a_job_runs() {
         progress > 0 && logs > 0,
         "{progress} progress, {logs} log events"
     );
-    assert_ne!(end, SessionState::Stopped);
+    assert_ne!(end, RunState::Stopped);
     let inv = guard(operator.inventory()).await.expect("inventory");
     let s = inv
         .sessions
@@ -429,10 +429,10 @@ async fn acknowledged_changes_survive_a_restart() {
     let mut c = connect(first.addr).await;
     let inv = guard(c.inventory()).await.expect("inventory");
     let job = inv.jobs[0].id.clone();
-    guard(c.action(Action::DisableJob { job: job.clone() }))
+    guard(c.action(BackupAction::DisableJob { job: job.clone() }))
         .await
         .expect("disable");
-    let repo = guard(c.action(Action::AddRepository {
+    let repo = guard(c.action(BackupAction::AddRepository {
         repository: repository("Kept"),
     }))
     .await
@@ -440,7 +440,7 @@ async fn acknowledged_changes_survive_a_restart() {
     .target;
     let other = inv.jobs.get(1).map(|j| j.id.clone());
     if let Some(other) = &other {
-        guard(c.action(Action::StartJob { job: other.clone() }))
+        guard(c.action(BackupAction::StartJob { job: other.clone() }))
             .await
             .expect("start");
     }
@@ -495,7 +495,7 @@ async fn garbage_on_one_connection_does_not_harm_another() {
         .await
         .expect("write");
     raw.write_all(body).await.expect("write");
-    let answer: serde_json::Value = guard(rac::net::frame::read_frame(&mut raw, 1 << 20))
+    let answer: serde_json::Value = guard(rac::wire::frame::read_frame(&mut raw, 1 << 20))
         .await
         .expect("read")
         .expect("a frame");
@@ -522,7 +522,7 @@ async fn child_writer_for_kill_test() {
         .expect("open");
     for i in 0..100_000u32 {
         service
-            .act(&Action::AddRepository {
+            .act(&BackupAction::AddRepository {
                 repository: repository(&format!("r{i}")),
             })
             .await

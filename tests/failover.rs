@@ -7,11 +7,11 @@ use std::time::Duration;
 use common::{PATIENCE, TestSp, TestTenant, quick_config, wait_status};
 use rac::net::console::ConsoleClient;
 use rac::net::dial::Route;
-use rac::net::frame::{self, read_frame, write_frame};
 use rac::net::gateway::{self, GatewayConfig};
-use rac::net::protocol::{Hello, HelloReply, Role, TenantStatus};
 use rac::net::tenant_redirector::AgentState;
 use rac::net::tls::{TlsClient, Trust};
+use rac::wire::frame::{self, read_frame, write_frame};
+use rac::wire::protocol::{Hello, HelloReply, Role, TenantStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -169,9 +169,8 @@ async fn the_sp_hands_out_its_gateway_pool_and_updates_it_live() {
     let mut tenant = TestTenant::start(tenant_config);
     tenant.online().await;
     let read_pool = || -> Vec<String> {
-        std::fs::read_to_string(&pool_file)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
+        rac::net::pushed_pool::PushedPool::load(&pool_file)
+            .map(|pool| pool.gateways)
             .unwrap_or_default()
     };
     assert_eq!(read_pool(), vec!["gw-a.example.net:6180".to_string()]);

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use common::{PATIENCE, TestSp, TestTenant, echo_checked, pattern, quick_config, wait_status};
 use rac::net::console::{ConsoleClient, ConsoleConfig};
 use rac::net::dial::Route;
-use rac::net::protocol::{ErrorCode, TenantStatus};
 use rac::net::tenant_redirector::{AgentState, RedirectorConfig, ServiceTarget};
 use rac::net::tls::Trust;
 use rac::sp::registry::Registry;
+use rac::wire::protocol::{ErrorCode, TenantStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -478,4 +478,70 @@ async fn a_half_open_connection_is_detected_by_heartbeats() {
         .await
         .expect("a session after the tenant came back");
     echo_checked(again.stream, pattern(5, 64 * 1024)).await;
+}
+
+/// A tenant redirector told to stop (SIGTERM, here its shutdown token) drains: the sessions
+/// open then keep working for up to `drain_timeout` and are cut after it; when they end by
+/// themselves sooner, it stops at once instead of waiting out the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_tenant_drains_its_sessions_then_cuts_them() {
+    let sp = TestSp::start(quick_config()).await;
+    let secret = sp.add_tenant("acme");
+    let echo = tcp_echo().await;
+    let drain = Duration::from_secs(2);
+    let mut config = sp.tenant_config("acme", &secret);
+    config
+        .services
+        .insert("tcp-echo".into(), ServiceTarget::Tcp(echo.to_string()));
+    config.drain_timeout = drain;
+    let mut tenant = TestTenant::start(config.clone());
+    tenant.online().await;
+    let console = sp.console().await;
+    let mut session = console
+        .open_session("acme", "tcp-echo", |_, _| {})
+        .await
+        .expect("session")
+        .stream;
+    session.write_all(b"before").await.expect("write");
+    let mut buf = [0u8; 6];
+    session.read_exact(&mut buf).await.expect("echo");
+
+    tenant.shutdown.cancel();
+    let stopped = Instant::now();
+    // During the drain the session still carries data.
+    session.write_all(b"during").await.expect("write");
+    session
+        .read_exact(&mut buf)
+        .await
+        .expect("echo while draining");
+    assert_eq!(&buf, b"during");
+    // Then it is cut, and the redirector stops.
+    ended_within(&mut session).await;
+    assert!(
+        stopped.elapsed() >= drain,
+        "the session was cut after {:?}, before the drain of {drain:?} ended",
+        stopped.elapsed()
+    );
+    tokio::time::timeout(PATIENCE, &mut tenant.task)
+        .await
+        .expect("the redirector stopped after its drain")
+        .expect("join")
+        .expect("run");
+
+    // A session that ends during the drain lets the redirector stop without waiting an hour.
+    config.drain_timeout = Duration::from_secs(3600);
+    let mut tenant = TestTenant::start(config);
+    tenant.online().await;
+    let session = console
+        .open_session("acme", "tcp-echo", |_, _| {})
+        .await
+        .expect("session")
+        .stream;
+    tenant.shutdown.cancel();
+    drop(session);
+    tokio::time::timeout(PATIENCE, &mut tenant.task)
+        .await
+        .expect("the redirector stopped once its last session ended")
+        .expect("join")
+        .expect("run");
 }

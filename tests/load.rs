@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{PATIENCE, TestSp, TestTenant, echo_checked, pattern, quick_config};
-use rac::net::protocol::TenantStatus;
 use rac::net::tenant_redirector::AgentState;
+use rac::wire::protocol::TenantStatus;
 
 /// 200 sessions open at the same time over four tenants; then each moves 256 KiB of its own
 /// pseudo-random bytes through the echo service and back while all the others do too. Every

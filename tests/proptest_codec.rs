@@ -4,8 +4,8 @@
 
 use proptest::prelude::*;
 use rac::net::cloud_redirector::parse_hello;
-use rac::net::frame::{FrameError, MAX_FRAME_LEN, MAX_HELLO_LEN, encode_frame, read_frame};
-use rac::net::protocol::{
+use rac::wire::frame::{FrameError, MAX_FRAME_LEN, MAX_HELLO_LEN, encode_frame, read_frame};
+use rac::wire::protocol::{
     ApiRequest, ApiResponse, ControlMsg, ErrorCode, ErrorMsg, Hello, HelloReply, Role, SessionMsg,
     Stage, TenantInfo, TenantStatus, Welcome,
 };
@@ -263,7 +263,7 @@ proptest! {
             service: service.clone(),
         });
         let body = serde_json::to_vec(&hello).expect("encode");
-        let valid = |s: &str| rac::sp::registry::validate_name(s).is_ok();
+        let valid = |s: &str| rac::wire::validate_name(s).is_ok();
         match parse_hello(&body) {
             Ok(parsed) => {
                 prop_assert!(valid(&tenant) && valid(&service));
@@ -281,7 +281,7 @@ proptest! {
 
     #[test]
     fn a_hello_of_another_version_is_told_so(role in role(), version in any::<u32>()) {
-        prop_assume!(version != rac::net::protocol::PROTOCOL_VERSION);
+        prop_assume!(version != rac::wire::protocol::PROTOCOL_VERSION);
         let hello = Hello { version, role };
         let body = serde_json::to_vec(&hello).expect("encode");
         let refusal = parse_hello(&body).expect_err("refused");

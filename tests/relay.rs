@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use common::{PATIENCE, TestSp, TestTenant, quick_config, wait_status};
 use rac::net::console::{ConsoleClient, ConsoleError, OpenStage};
-use rac::net::frame::{self, read_frame, write_frame};
-use rac::net::protocol::{
+use rac::net::tls::{TlsClient, Trust};
+use rac::wire::frame::{self, read_frame, write_frame};
+use rac::wire::protocol::{
     ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, TenantStatus,
 };
-use rac::net::tls::{TlsClient, Trust};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -236,9 +236,8 @@ async fn version_mismatch_and_untrusted_certificate_are_explained() {
         .expect("probe");
     assert_eq!(probed, rac::net::tls::pem_fingerprint(&sp.ca).expect("fp"));
     // A pinned fingerprint of the right CA works; a wrong pin does not.
-    let pin =
-        rac::net::tls::parse_fingerprint(&rac::net::tls::pem_fingerprint(&sp.ca).expect("fp"))
-            .expect("parse");
+    let pin = rac::wire::parse_fingerprint(&rac::net::tls::pem_fingerprint(&sp.ca).expect("fp"))
+        .expect("parse");
     let pinned = ConsoleClient::new(rac::net::console::ConsoleConfig {
         trust: Trust::Pinned(pin),
         ..sp.console_config()

@@ -14,13 +14,13 @@ use common::{
     tcp_from, wait_status,
 };
 use rac::net::console::{ConsoleClient, ConsoleConfig, ConsoleError};
-use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
-use rac::net::protocol::{
+use rac::net::tenant_redirector::AgentState;
+use rac::net::tls::{TlsClient, Trust};
+use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use rac::wire::protocol::{
     ApiRequest, ApiResponse, ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg,
     TenantStatus,
 };
-use rac::net::tenant_redirector::AgentState;
-use rac::net::tls::{TlsClient, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -140,7 +140,7 @@ async fn stalled_connections_are_cut_at_the_handshake_timeout_while_tenants_carr
                     .expect("write"),
                 Stall::HalfHello | Stall::Dribble => {
                     let mut stream = tls.handshake(tcp).await.expect("handshake");
-                    let hello = rac::net::frame::encode_frame(&Hello::new(Role::Operator {
+                    let hello = rac::wire::frame::encode_frame(&Hello::new(Role::Operator {
                         user: "admin".into(),
                         password: Some("not the password".into()),
                         token: None,

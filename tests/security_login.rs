@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::{PATIENCE, TestSp, loopback, quick_config, tcp_from};
 use rac::net::console::{ConsoleClient, ConsoleError, TenantFeed};
-use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
-use rac::net::protocol::{ApiResponse, ErrorCode, Hello, HelloReply, Role};
 use rac::net::tls::{TlsClient, Trust};
+use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use rac::wire::protocol::{ApiResponse, ErrorCode, Hello, HelloReply, Role};
 use tokio::io::AsyncReadExt;
 
 const RAC: &str = env!("CARGO_BIN_EXE_rac");

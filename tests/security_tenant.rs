@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use common::{PATIENCE, TestSp, quick_config};
 use rac::net::console::ConsoleError;
-use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
-use rac::net::protocol::{
-    ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, TenantStatus, Welcome,
-};
+use rac::net::pushed_pool::PushedPool;
 use rac::net::tenant_redirector::{RedirectorConfig, ServiceTarget};
 use rac::net::tls::{ReadAhead, TlsClient, Trust};
 use rac::sp::config::{SpConfig, StateDir};
+use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use rac::wire::protocol::{
+    ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, TenantStatus, Welcome,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -286,7 +287,7 @@ async fn a_bad_gateway_pool_from_the_sp_is_ignored_whole() {
     let mut control = fake.control(good.clone()).await;
     round_trip(&mut control, 1).await;
     let remembered = |path: &Path| -> Vec<String> {
-        serde_json::from_str(&std::fs::read_to_string(path).expect("pool file")).expect("json")
+        PushedPool::load(path).expect("a valid pool file").gateways
     };
     assert_eq!(remembered(&pool_file), good);
 
@@ -326,6 +327,63 @@ async fn a_bad_gateway_pool_from_the_sp_is_ignored_whole() {
     assert_eq!(remembered(&pool_file), next);
 }
 
+/// A pushed gateway that never answers is forgotten once it has failed every dial for
+/// `forget_gateway_after` (a day; a second here): the tenant stops dialling it and the pool
+/// file says so. A tenant with `follow_gateway_pool = false` never takes the SP's pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_gateway_unreachable_for_a_day_is_forgotten() {
+    let fake = FakeSp::start().await;
+    let sp_addr = fake.listener.local_addr().expect("addr").to_string();
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool_file = dir.path().join("tenant.toml.gateways.json");
+    let mut config = fake.tenant_config(BTreeMap::new());
+    config.pool_file = Some(pool_file.clone());
+    config.forget_gateway_after = Duration::from_secs(1);
+    let tenant = common::TestTenant::start(config);
+    let mut control = fake.control(vec![dead.clone()]).await;
+    round_trip(&mut control, 1).await;
+    assert_eq!(
+        PushedPool::load(&pool_file).expect("pool").gateways,
+        vec![dead.clone()]
+    );
+    // The SP goes away: every dial now fails, at the SP and at the pushed gateway.
+    drop(control);
+    drop(fake);
+    let forgotten = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(pool) = PushedPool::load(&pool_file)
+                && pool.forgotten.contains_key(&dead)
+            {
+                return pool;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the dead gateway forgotten in time");
+    assert!(forgotten.gateways.is_empty(), "{forgotten:?}");
+    assert!(
+        !forgotten.forgotten.contains_key(&sp_addr),
+        "the tenant's own endpoint is never forgotten: {forgotten:?}"
+    );
+    drop(tenant);
+
+    // Not following: the pushed pool is neither dialled nor written down.
+    let fake = FakeSp::start().await;
+    let own_file = dir.path().join("own.toml.gateways.json");
+    let mut config = fake.tenant_config(BTreeMap::new());
+    config.pool_file = Some(own_file.clone());
+    config.follow_gateway_pool = false;
+    let _tenant = common::TestTenant::start(config);
+    let mut control = fake.control(vec![dead.clone()]).await;
+    round_trip(&mut control, 1).await;
+    assert!(!own_file.exists(), "a pool written while not following");
+}
+
 fn kill_hup(child: &Child) {
     let status = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
@@ -338,7 +396,7 @@ fn kill_hup(child: &Child) {
 async fn wait_row(
     console: &rac::net::console::ConsoleClient,
     name: &str,
-    pick: impl Fn(&rac::net::protocol::TenantInfo) -> bool,
+    pick: impl Fn(&rac::wire::protocol::TenantInfo) -> bool,
 ) {
     tokio::time::timeout(PATIENCE, async {
         loop {

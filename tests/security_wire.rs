@@ -7,9 +7,9 @@ mod common;
 
 use common::{PATIENCE, TestSp, echo_checked, next_control, pattern, quick_config, wait_status};
 use rac::net::console::ConsoleError;
-use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
-use rac::net::protocol::{ApiResponse, ControlMsg, ErrorCode, Hello, Role, TenantStatus};
 use rac::sp::config::SpConfig;
+use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use rac::wire::protocol::{ApiResponse, ControlMsg, ErrorCode, Hello, Role, TenantStatus};
 use serde_json::{Value, json};
 
 /// Sends one hello on a fresh connection; the SP's first answer.

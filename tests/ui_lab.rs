@@ -250,8 +250,8 @@ fn a_job_started_from_the_jobs_view_shows_progress() {
 
 /// Pins what changes from run to run (ports, ages, round trips) so snapshots compare.
 fn pin_for_snapshot(h: &mut Harness<'static, ConsoleApp>) {
-    use rac::net::protocol::TenantStatus;
     use rac::ui::engine::ConnState;
+    use rac::wire::protocol::TenantStatus;
     let app = h.state_mut();
     app.paused = true;
     app.conn = ConnState::Live {
@@ -261,7 +261,7 @@ fn pin_for_snapshot(h: &mut Harness<'static, ConsoleApp>) {
     if let Some(lab) = &mut app.lab {
         lab.sp = "127.0.0.1:6180".into();
     }
-    let now = rac::ui::format::now_unix_secs();
+    let now = rac::util::now_unix_secs();
     let rows: Vec<_> = app.tenants.all().to_vec();
     for (i, mut t) in rows.into_iter().enumerate() {
         if t.status == TenantStatus::Online {

@@ -6,7 +6,7 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use rac::net::frame::{FrameError, MAX_HELLO_LEN, read_frame_bytes};
+use rac::wire::frame::{FrameError, MAX_HELLO_LEN, read_frame_bytes};
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread()

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rac::net::cloud_redirector::parse_hello;
-use rac::net::protocol::{Hello, PROTOCOL_VERSION};
+use rac::wire::protocol::{Hello, PROTOCOL_VERSION};
 
 fuzz_target!(|data: &[u8]| {
     match parse_hello(data) {

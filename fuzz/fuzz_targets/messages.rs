@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rac::net::protocol::{ApiRequest, ApiResponse, ControlMsg, HelloReply, SessionMsg, TenantInfo};
+use rac::wire::protocol::{ApiRequest, ApiResponse, ControlMsg, HelloReply, SessionMsg, TenantInfo};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

@@ -20,8 +20,8 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, ValueEnum};
 
 use crate::net::dial::Route;
-use crate::net::protocol::{ApiResponse, TenantStatus};
 use crate::net::tls::{TlsClient, Trust};
+use crate::wire::protocol::{ApiResponse, TenantStatus};
 use load::Path;
 use report::{Check, Report};
 use world::{SpSettings, World};
@@ -687,7 +687,7 @@ async fn list_figures(world: &World, n: usize, report: &mut Report) -> Result<()
         let started = Instant::now();
         let tenants = world.console.tenants().await?;
         times.push(started.elapsed());
-        size = crate::net::frame::encode_frame(&ApiResponse::Tenants { tenants })?.len();
+        size = crate::wire::frame::encode_frame(&ApiResponse::Tenants { tenants })?.len();
     }
     times.sort();
     let direct = plain_transfer_ms(size).await?;

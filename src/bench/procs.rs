@@ -118,7 +118,7 @@ impl Drop for RacProcess {
 /// created exclusively and private to this user (0700): a fixed `/tmp/rac-bench-<pid>` could
 /// be made in advance by another local user, who could then swap the binary we execute.
 fn executable() -> Result<PathBuf> {
-    let mut copy = COPY.lock().unwrap_or_else(|p| p.into_inner());
+    let mut copy = crate::util::lock(&COPY);
     if let Some((_, path)) = copy.as_ref() {
         return Ok(path.clone());
     }
@@ -157,7 +157,7 @@ pub fn extra_env(name: &str) -> Result<Vec<(String, String)>> {
 /// Removes the copy made by [`executable`] and its temp dir.
 pub fn remove_executable_copy() {
     // Dropping the TempDir removes it.
-    drop(COPY.lock().unwrap_or_else(|p| p.into_inner()).take());
+    drop(crate::util::lock(&COPY).take());
 }
 
 /// User plus system CPU seconds of a process, all its threads, dead ones included.

@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::backoff::Backoff;
-use crate::net::frame::{self, MAX_FRAME_LEN};
-use crate::net::protocol::{ControlMsg, Hello, HelloReply, Role};
 use crate::net::tls::TlsClient;
+use crate::wire::frame::{self, MAX_FRAME_LEN};
+use crate::wire::protocol::{ControlMsg, Hello, HelloReply, Role};
 
 const SOURCE_ADDRESSES: u32 = 64;
 

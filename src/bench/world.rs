@@ -197,7 +197,8 @@ impl World {
         loop {
             if let Ok(list) = self.console.tenants().await
                 && list.iter().any(|t| {
-                    t.name == BENCH_TENANT && t.status == crate::net::protocol::TenantStatus::Online
+                    t.name == BENCH_TENANT
+                        && t.status == crate::wire::protocol::TenantStatus::Online
                 })
             {
                 return Ok(());

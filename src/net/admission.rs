@@ -255,7 +255,7 @@ impl Admission {
 
     fn table(&self) -> MutexGuard<'_, Table> {
         // Each critical section leaves the table consistent before it can panic.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.table)
     }
 
     /// Registers a connection just accepted from `peer`. `gateway` is true for a trusted

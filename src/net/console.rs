@@ -10,15 +10,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::acceptor::Acceptor;
 use super::dial::{DialError, Dialer, Route};
-use super::frame::{self, FrameError, MAX_FRAME_LEN};
-use super::protocol::{
-    ApiRequest, ApiResponse, ErrorCode, Hello, HelloReply, Role, SessionMsg, Stage, TenantInfo,
-};
 use super::splice::{Counters, splice};
 use super::tls::{ClientStream, TlsClient, TlsInfo, Trust};
+use crate::wire::frame::{self, FrameError, MAX_FRAME_LEN};
+use crate::wire::protocol::{
+    ApiRequest, ApiResponse, ErrorCode, Hello, HelloReply, Role, SessionMsg, Stage, TenantInfo,
+};
 
-/// Why a console request failed, in a form a UI can branch on.
+/// Why a console request failed, in a form a UI can branch on; [`ConsoleError::retryable`]
+/// says whether trying again later may help.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
     #[error(transparent)]
@@ -26,6 +28,10 @@ pub enum ConsoleError {
     /// The SP (or the tenant through it) said no.
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },
+    /// The connection to the SP broke: reset, cut mid-frame, or closed before it answered.
+    #[error("connection to the SP lost: {0}")]
+    ConnectionLost(String),
+    /// The SP sent something this console does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("not logged in")]
@@ -39,11 +45,31 @@ impl ConsoleError {
             _ => None,
         }
     }
+
+    /// True when the same request may succeed later unchanged: the SP was unreachable or the
+    /// connection broke, or a refusal names a passing state (offline, busy, an expired
+    /// token). False for wrong credentials, no access, another protocol version, a
+    /// certificate this console does not trust, answers it cannot read, and no login yet.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ConsoleError::Dial(d) => !d.is_untrusted(),
+            ConsoleError::Refused { code, .. } => !matches!(
+                code,
+                ErrorCode::AuthFailed | ErrorCode::AccessDenied | ErrorCode::VersionMismatch
+            ),
+            ConsoleError::ConnectionLost(_) => true,
+            ConsoleError::Protocol(_) | ConsoleError::NotLoggedIn => false,
+        }
+    }
 }
 
 impl From<FrameError> for ConsoleError {
     fn from(e: FrameError) -> Self {
-        ConsoleError::Protocol(e.to_string())
+        if e.is_connection_lost() {
+            ConsoleError::ConnectionLost(e.to_string())
+        } else {
+            ConsoleError::Protocol(e.to_string())
+        }
     }
 }
 
@@ -140,13 +166,11 @@ impl ConsoleClient {
 
     /// Uses a token obtained elsewhere (an earlier login) instead of logging in.
     pub fn set_token(&self, token: String) {
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+        *crate::util::lock(&self.token) = Some(token);
     }
 
     fn token(&self) -> Result<String, ConsoleError> {
-        self.token
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.token)
             .clone()
             .ok_or(ConsoleError::NotLoggedIn)
     }
@@ -164,14 +188,14 @@ impl ConsoleClient {
         let token = welcome
             .token
             .ok_or_else(|| ConsoleError::Protocol("welcome without a token".into()))?;
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+        *crate::util::lock(&self.token) = Some(token);
         Ok(welcome.token_expires_in_secs.unwrap_or(0))
     }
 
     async fn operator_connection(
         &self,
         role: Role,
-    ) -> Result<(ClientStream, super::protocol::Welcome), ConsoleError> {
+    ) -> Result<(ClientStream, crate::wire::protocol::Welcome), ConsoleError> {
         let mut stream = self.dialer.dial().await?.stream;
         frame::write_frame(&mut stream, &Hello::new(role)).await?;
         match frame::read_frame::<HelloReply, _>(&mut stream, MAX_FRAME_LEN).await? {
@@ -180,8 +204,8 @@ impl ConsoleClient {
                 code: e.code,
                 message: e.message,
             }),
-            None => Err(ConsoleError::Protocol(
-                "the SP closed the connection".into(),
+            None => Err(ConsoleError::ConnectionLost(
+                "the SP closed the connection before answering".into(),
             )),
         }
     }
@@ -225,7 +249,7 @@ impl ConsoleClient {
         let mut stream = self.token_connection().await?;
         frame::write_frame(&mut stream, &ApiRequest::Logout).await?;
         let _ = frame::read_frame::<ApiResponse, _>(&mut stream, MAX_FRAME_LEN).await?;
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *crate::util::lock(&self.token) = None;
         Ok(())
     }
 
@@ -275,7 +299,7 @@ impl ConsoleClient {
                     return Err(ConsoleError::Refused { code, message });
                 }
                 None => {
-                    return Err(ConsoleError::Protocol(
+                    return Err(ConsoleError::ConnectionLost(
                         "the SP closed the connection before the session opened".into(),
                     ));
                 }
@@ -294,18 +318,8 @@ pub async fn forward(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
-    loop {
-        let (local, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
+    let mut acceptor = Acceptor::new("rac connect", listener);
+    while let Some((local, peer)) = acceptor.next(&shutdown).await {
         let _ = local.set_nodelay(true);
         let (client, tenant, service, shutdown) = (
             client.clone(),
@@ -327,4 +341,54 @@ pub async fn forward(
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::dial::{Attempt, DialFailure};
+
+    fn refused(code: ErrorCode) -> ConsoleError {
+        ConsoleError::Refused {
+            code,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_passing_failures_are_retryable() {
+        let unreachable = DialError {
+            attempts: vec![Attempt {
+                endpoint: "127.0.0.1:1".into(),
+                failure: DialFailure::ConnectTimeout(Duration::from_secs(5)),
+            }],
+        };
+        assert!(ConsoleError::Dial(unreachable).retryable());
+        let untrusted = DialError {
+            attempts: vec![Attempt {
+                endpoint: "127.0.0.1:1".into(),
+                failure: DialFailure::Untrusted("certificate not trusted".into()),
+            }],
+        };
+        assert!(!ConsoleError::Dial(untrusted).retryable());
+        for code in [
+            ErrorCode::TenantOffline,
+            ErrorCode::Busy,
+            ErrorCode::TokenExpired,
+        ] {
+            assert!(refused(code).retryable(), "{code:?}");
+        }
+        for code in [
+            ErrorCode::AuthFailed,
+            ErrorCode::AccessDenied,
+            ErrorCode::VersionMismatch,
+        ] {
+            assert!(!refused(code).retryable(), "{code:?}");
+        }
+        // A cut connection is worth another try; an answer this console cannot read is not.
+        assert!(ConsoleError::from(FrameError::Truncated).retryable());
+        let garbage = serde_json::from_slice::<ApiResponse>(b"{").expect_err("not JSON");
+        assert!(!ConsoleError::from(FrameError::Malformed(garbage)).retryable());
+        assert!(!ConsoleError::NotLoggedIn.retryable());
+    }
 }

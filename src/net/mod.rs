@@ -1,14 +1,15 @@
 //! Everything that touches a socket: frames, TLS, the redirectors, the gateway and the dialers.
 
+pub mod acceptor;
 pub mod admission;
 pub mod backoff;
+pub mod backup_host;
 pub mod cloud_redirector;
 pub mod console;
 pub mod dial;
-pub mod frame;
 pub mod gateway;
-pub mod protocol;
 pub mod proxy_protocol;
+pub mod pushed_pool;
 pub mod splice;
 pub mod tenant_redirector;
 pub mod tls;

@@ -5,7 +5,8 @@
 //! What the SP can make a tenant do is bounded here: at most `max_sessions` sessions at once
 //! (further requests are rejected with `busy`), a local service is dialled only for a data
 //! channel the SP has matched and made `ready`, a pushed gateway pool is used only if it is a
-//! short list of plain `host:port` entries, and the tenant's consent can be withdrawn while it
+//! short list of plain `host:port` entries and forgotten entry by entry when unreachable for a
+//! day ([`super::pushed_pool`]), and the tenant's consent can be withdrawn while it
 //! runs ([`run_with_consent`]), which ends the sessions already open.
 
 use std::collections::BTreeMap;
@@ -23,11 +24,15 @@ use tokio_util::task::TaskTracker;
 
 use super::backoff::Backoff;
 use super::dial::{Dialer, Route};
-use super::frame::{self, MAX_FRAME_LEN};
-use super::protocol::{ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg};
+use super::pushed_pool::{FORGET_AFTER, PoolKeeper};
 use super::splice::{Counters, splice};
 use super::tls::{Stream, TlsClient, Trust};
-use crate::tenant::config::{DEFAULT_MAX_SESSIONS, TenantConfig, check_gateway_pool};
+use crate::tenant::config::{DEFAULT_MAX_SESSIONS, TenantConfig};
+use crate::wire::frame::{self, Connection, MAX_FRAME_LEN};
+use crate::wire::protocol::{ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg};
+
+/// How long open sessions may run on after shutdown (SIGTERM) before they are cut.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A service served inside this process (the lab's simulated tenants, `[backup_service]`).
 pub type LocalHandler =
@@ -64,12 +69,18 @@ pub struct RedirectorConfig {
     pub services: BTreeMap<String, ServiceTarget>,
     /// Sessions open at once; the SP's further requests get `reject` with `busy`.
     pub max_sessions: usize,
+    /// False: dial only `endpoints`, never the gateway pool the SP pushes.
+    pub follow_gateway_pool: bool,
     /// Where the SP's gateway pool is remembered between runs.
     pub pool_file: Option<PathBuf>,
+    /// A pushed gateway that fails every dial this long is forgotten (a day).
+    pub forget_gateway_after: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     /// A connection that lasted this long resets the backoff.
     pub healthy_after: Duration,
+    /// At shutdown, open sessions may run this long to their end; then they are cut.
+    pub drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedirectorConfig {
@@ -87,7 +98,7 @@ impl RedirectorConfig {
     pub fn from_file(config: &TenantConfig, config_path: &std::path::Path) -> Result<Self> {
         let trust = match (&config.ca_cert, &config.ca_fingerprint) {
             (Some(path), _) => Trust::CaFile(path.clone()),
-            (None, Some(fp)) => Trust::Pinned(super::tls::parse_fingerprint(fp)?),
+            (None, Some(fp)) => Trust::Pinned(crate::wire::parse_fingerprint(fp)?),
             (None, None) => return Err(anyhow!("no ca_cert or ca_fingerprint")),
         };
         let mut pool_file = config_path.as_os_str().to_owned();
@@ -106,6 +117,7 @@ impl RedirectorConfig {
                 .collect(),
             pool_file: Some(PathBuf::from(pool_file)),
             max_sessions: config.max_sessions,
+            follow_gateway_pool: config.follow_gateway_pool,
             ..RedirectorConfig::defaults()
         })
     }
@@ -121,10 +133,13 @@ impl RedirectorConfig {
             allow_provider_access: true,
             services: BTreeMap::new(),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            follow_gateway_pool: true,
             pool_file: None,
+            forget_gateway_after: FORGET_AFTER,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             healthy_after: Duration::from_secs(60),
+            drain_timeout: DRAIN_TIMEOUT,
         }
     }
 }
@@ -171,27 +186,36 @@ pub async fn run_with_consent(
 ) -> Result<()> {
     let tls = TlsClient::new(&config.trust, &config.server_name).context("setting up TLS")?;
     let dialer = Dialer::new(&Route::Gateways(config.endpoints.clone()), tls);
-    if let Some(pool) = config.pool_file.as_ref().and_then(|p| load_pool(p)) {
-        dialer.add_endpoints(&pool);
-    }
+    let pool = PoolKeeper::start(
+        &config.tenant,
+        config.follow_gateway_pool,
+        config.pool_file.clone(),
+        config.endpoints.clone(),
+        config.forget_gateway_after,
+        &dialer,
+    );
+    // Sessions are not cut at shutdown but at the end of the drain that follows it.
+    let cut = CancellationToken::new();
     let sessions = Sessions {
         tracker: TaskTracker::new(),
         slots: Arc::new(Semaphore::new(config.max_sessions.max(1))),
         consent: consent.clone(),
-        // Not tied to `shutdown`: at shutdown, open sessions run to their end as before.
-        withdrawn: Arc::new(std::sync::Mutex::new(CancellationToken::new())),
+        withdrawn: Arc::new(std::sync::Mutex::new(cut.child_token())),
     };
     let config = Arc::new(config);
     let _watcher = super::AbortOnDrop(tokio::spawn(end_sessions_on_withdrawal(
         config.tenant.clone(),
         consent,
         sessions.withdrawn.clone(),
+        cut.clone(),
     )));
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_max);
     while !shutdown.is_cancelled() {
         state.send_replace(AgentState::Connecting);
         let started = Instant::now();
-        let result = control_connection(&config, &dialer, &shutdown, &state, &sessions).await;
+        let result =
+            control_connection(&config, &dialer, &pool, &shutdown, &state, &sessions).await;
+        pool.review(&dialer);
         if shutdown.is_cancelled() {
             break;
         }
@@ -213,10 +237,27 @@ pub async fn run_with_consent(
             _ = shutdown.cancelled() => break,
         }
     }
-    sessions.tracker.close();
-    sessions.tracker.wait().await;
+    drain(&config, &sessions.tracker, &cut).await;
     state.send_replace(AgentState::Stopped);
     Ok(())
+}
+
+/// After shutdown: lets the open sessions run for up to `drain_timeout`, then cuts the rest
+/// and waits for them to close.
+async fn drain(config: &RedirectorConfig, tracker: &TaskTracker, cut: &CancellationToken) {
+    tracker.close();
+    if tracker.is_empty() {
+        return;
+    }
+    tracing::info!(tenant = %config.tenant, open = tracker.len(), drain_timeout = ?config.drain_timeout, "draining the open sessions");
+    if tokio::time::timeout(config.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(tenant = %config.tenant, open = tracker.len(), "drain timeout passed; ending the remaining sessions");
+        cut.cancel();
+        tracker.wait().await;
+    }
 }
 
 /// The sessions of one redirector, across its control connections.
@@ -227,7 +268,8 @@ struct Sessions {
     /// The tenant's consent now.
     consent: watch::Receiver<bool>,
     /// Cancelled (and replaced by a fresh token) when consent is withdrawn: every session
-    /// holds the token that was current when it started.
+    /// holds the token that was current when it started. Each is a child of the drain's
+    /// cut, so the end of a drain cancels them all.
     withdrawn: Arc<std::sync::Mutex<CancellationToken>>,
 }
 
@@ -236,10 +278,7 @@ impl Sessions {
     /// consent, so a withdrawal between the two is never missed: either the session sees
     /// the withdrawn consent, or its token is the one the withdrawal cancels.
     fn withdrawal_token(&self) -> CancellationToken {
-        self.withdrawn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::util::lock(&self.withdrawn).clone()
     }
 }
 
@@ -249,14 +288,15 @@ async fn end_sessions_on_withdrawal(
     tenant: String,
     mut consent: watch::Receiver<bool>,
     withdrawn: Arc<std::sync::Mutex<CancellationToken>>,
+    cut: CancellationToken,
 ) {
     let mut allowed = *consent.borrow_and_update();
     while consent.changed().await.is_ok() {
         let now = *consent.borrow_and_update();
         if allowed && !now {
-            let mut current = withdrawn.lock().unwrap_or_else(|p| p.into_inner());
+            let mut current = crate::util::lock(&withdrawn);
             current.cancel();
-            *current = CancellationToken::new();
+            *current = cut.child_token();
             tracing::info!(%tenant, "provider access withdrawn: open sessions ended");
         } else if !allowed && now {
             tracing::info!(%tenant, "provider access granted again");
@@ -269,13 +309,15 @@ async fn end_sessions_on_withdrawal(
 async fn control_connection(
     config: &Arc<RedirectorConfig>,
     dialer: &Arc<Dialer>,
+    pool: &PoolKeeper,
     shutdown: &CancellationToken,
     state: &watch::Sender<AgentState>,
     sessions: &Sessions,
 ) -> Result<()> {
     let dialed = dialer.dial().await?;
+    pool.review(dialer);
     let endpoint = dialed.endpoint.clone();
-    let mut stream = dialed.stream;
+    let mut conn = Connection::new(dialed.stream, MAX_FRAME_LEN);
     let mut consent = sessions.consent.clone();
     let hello = Hello::new(Role::TenantControl {
         tenant: config.tenant.clone(),
@@ -284,21 +326,18 @@ async fn control_connection(
         services: config.services.keys().cloned().collect(),
         provider_access: *consent.borrow_and_update(),
     });
-    frame::write_frame(&mut stream, &hello).await?;
-    let reply = tokio::time::timeout(
-        Duration::from_secs(15),
-        frame::read_frame::<HelloReply, _>(&mut stream, MAX_FRAME_LEN),
-    )
-    .await
-    .map_err(|_| anyhow!("{endpoint}: no answer to hello"))??
-    .ok_or_else(|| anyhow!("{endpoint}: closed before answering hello"))?;
+    conn.send(&hello).await?;
+    let reply = tokio::time::timeout(Duration::from_secs(15), conn.next::<HelloReply>())
+        .await
+        .map_err(|_| anyhow!("{endpoint}: no answer to hello"))??
+        .ok_or_else(|| anyhow!("{endpoint}: closed before answering hello"))?;
     let welcome = match reply {
         HelloReply::Welcome(w) => w,
         HelloReply::Error(e) => {
             return Err(anyhow!("{endpoint} refused the tenant: {}", e.message));
         }
     };
-    remember_pool(config, dialer, &welcome.gateways);
+    pool.pushed(dialer, &welcome.gateways);
     tracing::info!(tenant = %config.tenant, %endpoint, "connected to the SP");
     state.send_replace(AgentState::Online {
         endpoint: endpoint.clone(),
@@ -306,18 +345,6 @@ async fn control_connection(
 
     let heartbeat = Duration::from_secs(welcome.heartbeat_secs.max(1));
     let dead_after = Duration::from_secs(welcome.dead_after_secs.max(welcome.heartbeat_secs + 1));
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (incoming_tx, mut incoming) = mpsc::channel(16);
-    let reader_task = tokio::spawn(async move {
-        loop {
-            let item = frame::read_frame::<ControlMsg, _>(&mut reader, MAX_FRAME_LEN).await;
-            let stop = !matches!(item, Ok(Some(_)));
-            if incoming_tx.send(item).await.is_err() || stop {
-                return;
-            }
-        }
-    });
-    let _reader = super::AbortOnDrop(reader_task);
     // Session tasks report refusals through this channel; the loop writes them.
     let (outgoing_tx, mut outgoing) = mpsc::channel::<ControlMsg>(64);
     let mut tick = tokio::time::interval(heartbeat);
@@ -337,20 +364,20 @@ async fn control_connection(
                     provider_access,
                 })
             }
-            item = incoming.recv() => {
+            item = conn.next::<ControlMsg>() => {
                 last_heard = Instant::now();
                 match item {
-                    None | Some(Ok(None)) => return Err(anyhow!("{endpoint} closed the control connection")),
-                    Some(Err(e)) if e.is_connection_lost() => return Err(anyhow!("lost the control connection to {endpoint}: {e}")),
-                    Some(Err(e)) => return Err(anyhow!("bad frame from {endpoint}: {e}")),
-                    Some(Ok(Some(msg))) => match msg {
+                    Ok(None) => return Err(anyhow!("{endpoint} closed the control connection")),
+                    Err(e) if e.is_connection_lost() => return Err(anyhow!("lost the control connection to {endpoint}: {e}")),
+                    Err(e) => return Err(anyhow!("bad frame from {endpoint}: {e}")),
+                    Ok(Some(msg)) => match msg {
                         ControlMsg::Ping { seq } => Some(ControlMsg::Pong { seq }),
                         ControlMsg::Pong { .. } => None,
                         ControlMsg::OpenData { session_id, nonce, service } => {
                             start_session(config, dialer, sessions, session_id, nonce, service, &outgoing_tx)
                         }
                         ControlMsg::Gateways { gateways } => {
-                            remember_pool(config, dialer, &gateways);
+                            pool.pushed(dialer, &gateways);
                             None
                         }
                         ControlMsg::Goodbye { code, reason } => {
@@ -372,7 +399,7 @@ async fn control_connection(
             }
         };
         if let Some(msg) = msg {
-            tokio::time::timeout(dead_after, frame::write_frame(&mut writer, &msg))
+            tokio::time::timeout(dead_after, conn.send(&msg))
                 .await
                 .map_err(|_| anyhow!("{endpoint} stopped reading"))??;
         }
@@ -423,7 +450,7 @@ struct SessionRequest {
     nonce: String,
     service: String,
     consent: bool,
-    /// Cancelled when consent is withdrawn while the session runs.
+    /// Cancelled when consent is withdrawn while the session runs, or at the drain's end.
     withdrawn: CancellationToken,
 }
 
@@ -538,42 +565,6 @@ async fn open_session(
                 _ = handler(Box::new(data)) => {}
                 _ = withdrawn.cancelled() => {}
             }
-        }
-    }
-}
-
-/// Takes the gateway pool the SP pushed into the failover list and remembers it in the
-/// pool file, if it passes [`check_gateway_pool`]; a bad pool is logged and ignored whole.
-fn remember_pool(config: &RedirectorConfig, dialer: &Dialer, gateways: &[String]) {
-    if gateways.is_empty() {
-        return;
-    }
-    if let Err(why) = check_gateway_pool(gateways) {
-        tracing::warn!(tenant = %config.tenant, pool = ?gateways, "ignoring the gateway pool the SP sent: {why}");
-        return;
-    }
-    dialer.add_endpoints(gateways);
-    if let Some(path) = &config.pool_file {
-        let text = serde_json::to_string_pretty(gateways).unwrap_or_default();
-        let tmp = path.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
-            tracing::warn!(
-                "could not remember the gateway pool in {}: {e}",
-                path.display()
-            );
-        }
-    }
-}
-
-/// The remembered gateway pool, if the file holds a valid one.
-fn load_pool(path: &std::path::Path) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let pool: Vec<String> = serde_json::from_str(&text).ok()?;
-    match check_gateway_pool(&pool) {
-        Ok(()) => Some(pool),
-        Err(why) => {
-            tracing::warn!("ignoring the gateway pool in {}: {why}", path.display());
-            None
         }
     }
 }

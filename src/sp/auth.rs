@@ -111,7 +111,7 @@ impl LoginLimiter {
     /// its attempts for this window (nothing is counted then).
     pub fn begin(&self, source: IpAddr) -> Result<(), Duration> {
         let key = source_key(source);
-        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut attempts = crate::util::lock(&self.attempts);
         let now = Instant::now();
         if attempts.len() > 100_000 {
             attempts.retain(|_, (_, since)| now.duration_since(*since) < self.window);
@@ -131,7 +131,7 @@ impl LoginLimiter {
     /// it was never checked (the SP was busy, or failed itself). A success does not clear
     /// the source's other failures.
     pub fn forgive(&self, source: IpAddr) {
-        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut attempts = crate::util::lock(&self.attempts);
         if let Some(entry) = attempts.get_mut(&source_key(source)) {
             entry.0 = entry.0.saturating_sub(1);
         }
@@ -140,7 +140,7 @@ impl LoginLimiter {
     /// A login from `source` succeeded: its attempt is taken back and the source is known.
     pub fn succeeded(&self, source: IpAddr) {
         self.forgive(source);
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = crate::util::lock(&self.known);
         let now = Instant::now();
         if known.len() > 100_000 {
             known.retain(|_, at| now.duration_since(*at) < KNOWN_SOURCE_FOR);
@@ -150,7 +150,7 @@ impl LoginLimiter {
 
     /// Whether `source` logged in successfully within [`KNOWN_SOURCE_FOR`].
     pub fn is_known(&self, source: IpAddr) -> bool {
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let known = crate::util::lock(&self.known);
         known
             .get(&source_key(source))
             .is_some_and(|at| at.elapsed() < KNOWN_SOURCE_FOR)
@@ -216,7 +216,7 @@ impl PasswordChecker {
     /// A slot for one check, or `None` when `max_concurrent` checks are running (and, for a
     /// `known_source`, its extra lane is taken too).
     pub fn try_acquire(self: &Arc<Self>, known_source: bool) -> Option<CheckPermit> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::util::lock(&self.state);
         let known_lane = if state.in_use < self.max_concurrent {
             state.in_use += 1;
             false
@@ -238,7 +238,7 @@ impl PasswordChecker {
 impl Drop for CheckPermit {
     fn drop(&mut self) {
         let memory = std::mem::take(&mut self.memory);
-        let mut state = self.checker.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::util::lock(&self.checker.state);
         if self.known_lane {
             state.known_lane_in_use = false;
         } else {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::net::protocol::{ErrorCode, TenantStatus};
+use crate::wire::protocol::ErrorCode;
 use config::{SpConfig, StateDir};
 use presence::{Kick, Presence};
 use registry::{Operator, Registry, TokenCheck};
@@ -81,7 +81,7 @@ pub fn init_state_dir(
         );
     }
     state.create_private()?;
-    registry::validate_name(operator)?;
+    crate::wire::validate_name(operator)?;
     let certs = pki::generate(extra_sans)?;
     std::fs::write(state.ca_cert(), &certs.ca_cert_pem)
         .with_context(|| format!("writing {}", state.ca_cert().display()))?;
@@ -95,7 +95,7 @@ pub fn init_state_dir(
     let registry = Registry::open(&state.registry()).context("creating the registry")?;
     let password = auth::random_hex_16();
     registry.add_operator(operator, &password, "*")?;
-    let ca_fingerprint = crate::net::tls::pem_fingerprint(&state.ca_cert())?;
+    let ca_fingerprint = certs.ca_fingerprint.clone();
     Ok(InitResult {
         operator: operator.to_string(),
         password,
@@ -164,7 +164,7 @@ impl SpService {
         let path = self.config_path.as_ref()?;
         let text = std::fs::read_to_string(path).unwrap_or_default();
         {
-            let mut seen = self.config_text.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = crate::util::lock(&self.config_text);
             if *seen == text {
                 return None;
             }
@@ -278,34 +278,9 @@ impl SpService {
                 format!("unknown tenant {tenant:?}"),
             )
         })?;
-        match info.status {
-            TenantStatus::Disabled => Err(Refusal::new(
-                ErrorCode::TenantDisabled,
-                format!("tenant {tenant} is disabled"),
-            )),
-            TenantStatus::Offline => Err(Refusal::new(
-                ErrorCode::TenantOffline,
-                format!("tenant {tenant} is offline (its redirector is not connected)"),
-            )),
-            TenantStatus::Online if !info.provider_access => Err(Refusal::new(
-                ErrorCode::ProviderAccessDisabled,
-                format!("tenant {tenant} has disabled remote access by the provider"),
-            )),
-            TenantStatus::Online if !info.services.iter().any(|s| s == service) => {
-                Err(Refusal::new(
-                    ErrorCode::ServiceNotOffered,
-                    format!(
-                        "tenant {tenant} does not offer the service {service:?} (it offers: {})",
-                        if info.services.is_empty() {
-                            "none".to_string()
-                        } else {
-                            info.services.join(", ")
-                        }
-                    ),
-                ))
-            }
-            TenantStatus::Online => Ok(operator),
-        }
+        info.check_open(service)
+            .map_err(|e| Refusal::new(e.code, e.message))?;
+        Ok(operator)
     }
 
     /// Picks up accounts changed by other processes (`rac sp tenant ...`). Returns the

@@ -12,6 +12,8 @@ use rcgen::{
 /// PEM text of a freshly made CA and server certificate.
 pub struct SpCertificates {
     pub ca_cert_pem: String,
+    /// SHA-256 of the CA certificate's DER, as pinning shows it (`AB:CD:...`).
+    pub ca_fingerprint: String,
     pub ca_key_pem: String,
     pub server_cert_pem: String,
     pub server_key_pem: String,
@@ -56,6 +58,7 @@ pub fn generate(extra_sans: &[String]) -> Result<SpCertificates> {
 
     Ok(SpCertificates {
         ca_cert_pem: ca_cert.pem(),
+        ca_fingerprint: crate::wire::format_fingerprint(&crate::wire::fingerprint(ca_cert.der())),
         ca_key_pem: ca_key.serialize_pem(),
         server_cert_pem: server_cert.pem(),
         server_key_pem: server_key.serialize_pem(),

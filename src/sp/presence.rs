@@ -7,8 +7,9 @@ use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
-use super::registry::{TenantAccount, now_secs};
-use crate::net::protocol::{TenantInfo, TenantStatus};
+use super::registry::TenantAccount;
+use crate::util::now_unix_secs;
+use crate::wire::protocol::{TenantInfo, TenantStatus};
 
 /// A change to one row of the tenant list.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +68,7 @@ impl Entry {
             description: self.account.description.clone(),
             connected_since: live.map(|l| l.since),
             last_seen: if live.is_some() {
-                Some(now_secs())
+                Some(now_unix_secs())
             } else {
                 self.account.last_seen
             },
@@ -120,7 +121,7 @@ impl Presence {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.inner)
     }
 
     fn publish(&self, event: TenantEvent) {
@@ -144,6 +145,7 @@ impl Presence {
         (inner.tenants.values().map(Entry::info).collect(), rx)
     }
 
+    #[cfg(test)]
     pub fn online_count(&self) -> usize {
         self.lock()
             .tenants
@@ -225,7 +227,7 @@ impl Presence {
         if let Some(entry) = inner.tenants.get_mut(name) {
             entry.live = Some(LiveEntry {
                 conn_id,
-                since: now_secs(),
+                since: now_unix_secs(),
                 live,
                 rtt_ms: None,
             });
@@ -244,7 +246,7 @@ impl Presence {
         let entry = inner.tenants.get_mut(name)?;
         entry.live = Some(LiveEntry {
             conn_id,
-            since: now_secs(),
+            since: now_unix_secs(),
             live,
             rtt_ms: None,
         });
@@ -264,7 +266,7 @@ impl Presence {
             return false;
         }
         entry.live = None;
-        entry.account.last_seen = Some(now_secs());
+        entry.account.last_seen = Some(now_unix_secs());
         let info = entry.info();
         self.publish(TenantEvent::Changed(info));
         true

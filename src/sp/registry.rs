@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::auth;
+use crate::util::now_unix_secs;
 
 /// Why a registry call failed, for callers that branch on it.
 #[derive(Debug, thiserror::Error)]
@@ -23,10 +24,8 @@ pub enum RegistryError {
     UnknownOperator(String),
     #[error("an operator named {0:?} already exists")]
     OperatorExists(String),
-    #[error(
-        "invalid name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-    )]
-    InvalidName(String),
+    #[error(transparent)]
+    InvalidName(#[from] crate::wire::InvalidName),
     #[error("registry database: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("password hashing failed: {0}")]
@@ -89,35 +88,64 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
+/// Who was on a side of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Console,
+    Tenant,
+}
+
+impl Party {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Party::Console => "console",
+            Party::Tenant => "tenant",
+        }
+    }
+}
+
+/// How a session ended, as its audit row words it (`AuditEntry::outcome` reads it back as
+/// text: older rows and admin actions have words of their own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutcome {
+    /// Both sides closed cleanly.
+    Closed,
+    /// One side ended its TLS without close_notify (a killed process, a cut cable).
+    ClosedWithoutNotify { by: Party },
+    /// Reading from or writing to one side failed.
+    Failed { by: Party, error: String },
+    /// The SP was shutting down.
+    SpShutdown,
+    /// The tenant was disabled or removed while the session ran.
+    TenantEnded,
+    /// The operator's token was revoked (logout, `rac sp operator ...`).
+    TokenRevoked,
+    /// The SP stopped abruptly while the session ran (written at its next start).
+    Interrupted,
+}
+
+impl std::fmt::Display for SessionOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionOutcome::Closed => f.write_str("closed"),
+            SessionOutcome::ClosedWithoutNotify { by } => {
+                write!(f, "closed (no close_notify from the {})", by.as_str())
+            }
+            SessionOutcome::Failed { by, error } => {
+                write!(f, "failed: {} side: {error}", by.as_str())
+            }
+            SessionOutcome::SpShutdown => f.write_str("ended: SP shutting down"),
+            SessionOutcome::TenantEnded => f.write_str("ended: tenant disabled or removed"),
+            SessionOutcome::TokenRevoked => f.write_str("ended: operator token revoked"),
+            SessionOutcome::Interrupted => f.write_str("interrupted: SP stopped"),
+        }
+    }
+}
+
 /// The registry file. A std `Mutex` guards the connection: every call is short and never
 /// awaits while holding it; the slow password hash runs outside the lock.
 pub struct Registry {
     conn: Mutex<Connection>,
-}
-
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Tenant and operator names: safe in logs, file names and CSV.
-pub fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(RegistryError::InvalidName(name.to_string()))
-    }
 }
 
 /// An operator's tenant scope in its stored form: `*` (every tenant), empty (none), or tenant
@@ -129,7 +157,7 @@ pub fn tenant_scope(list: &str) -> Result<String> {
     }
     let names: Vec<&str> = list.split(',').map(str::trim).collect();
     for name in &names {
-        validate_name(name)?;
+        crate::wire::validate_name(name)?;
     }
     Ok(names.join(","))
 }
@@ -138,7 +166,7 @@ pub fn tenant_scope(list: &str) -> Result<String> {
 /// operator, `-` for the tenant, `account` for the service, where the change came from, and
 /// what it did as the outcome.
 fn audit_admin(conn: &Connection, operator: &str, action: &str, outcome: &str) -> Result<()> {
-    let now = now_secs() as i64;
+    let now = now_unix_secs() as i64;
     conn.execute(
         "INSERT INTO audit (operator, tenant, service, console_addr, started_at, ended_at, outcome)
          VALUES (?1, '-', 'account', ?2, ?3, ?3, ?4)",
@@ -278,7 +306,7 @@ impl Registry {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll
         // back), so a poisoned lock is still safe to use.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.conn)
     }
 
     /// Changes whenever another connection (another process) commits to the file.
@@ -292,12 +320,12 @@ impl Registry {
 
     /// Adds an operator; `tenants` is `*` or a comma-separated allow list.
     pub fn add_operator(&self, name: &str, password: &str, tenants: &str) -> Result<()> {
-        validate_name(name)?;
+        crate::wire::validate_name(name)?;
         let tenants = tenant_scope(tenants)?;
         let hash = auth::hash_password(password).map_err(RegistryError::Hash)?;
         let inserted = self.conn().execute(
             "INSERT OR IGNORE INTO operators (name, password_hash, tenants, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![name, hash, tenants, now_secs() as i64],
+            params![name, hash, tenants, now_unix_secs() as i64],
         )?;
         if inserted == 0 {
             return Err(RegistryError::OperatorExists(name.to_string()));
@@ -434,7 +462,7 @@ impl Registry {
     /// Issues a session token valid for `ttl`. Only its hash is stored.
     pub fn create_token(&self, operator: &str, ttl: Duration) -> Result<String> {
         let token = auth::random_hex_32();
-        let now = now_secs();
+        let now = now_unix_secs();
         let conn = self.conn();
         // Expired tokens stay a day, so a session opened with one is not taken for revoked.
         conn.execute(
@@ -462,7 +490,7 @@ impl Registry {
         ttl: Duration,
     ) -> Result<Option<String>> {
         let token = auth::random_hex_32();
-        let now = now_secs();
+        let now = now_unix_secs();
         let conn = self.conn();
         conn.execute(
             "DELETE FROM tokens WHERE expires_at < ?1",
@@ -506,7 +534,9 @@ impl Registry {
             .optional()?;
         Ok(match row {
             None | Some((_, _, None)) => TokenCheck::Unknown,
-            Some((expires_at, _, _)) if (expires_at as u64) <= now_secs() => TokenCheck::Expired,
+            Some((expires_at, _, _)) if (expires_at as u64) <= now_unix_secs() => {
+                TokenCheck::Expired
+            }
             Some((_, name, Some(tenants))) => TokenCheck::Valid(Operator { name, tenants }),
         })
     }
@@ -536,11 +566,11 @@ impl Registry {
 
     /// Adds a tenant and returns its new secret (shown once, never stored).
     pub fn add_tenant(&self, name: &str, description: &str) -> Result<String> {
-        validate_name(name)?;
+        crate::wire::validate_name(name)?;
         let secret = auth::random_hex_32();
         let inserted = self.conn().execute(
             "INSERT OR IGNORE INTO tenants (name, secret_hash, description, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![name, auth::sha256_hex(&secret), description, now_secs() as i64],
+            params![name, auth::sha256_hex(&secret), description, now_unix_secs() as i64],
         )?;
         if inserted == 0 {
             return Err(RegistryError::TenantExists(name.to_string()));
@@ -565,17 +595,6 @@ impl Registry {
         let n = self.conn().execute(
             "UPDATE tenants SET enabled = ?2 WHERE name = ?1",
             params![name, enabled],
-        )?;
-        if n == 0 {
-            return Err(RegistryError::UnknownTenant(name.to_string()));
-        }
-        Ok(())
-    }
-
-    pub fn set_description(&self, name: &str, description: &str) -> Result<()> {
-        let n = self.conn().execute(
-            "UPDATE tenants SET description = ?2 WHERE name = ?1",
-            params![name, description],
         )?;
         if n == 0 {
             return Err(RegistryError::UnknownTenant(name.to_string()));
@@ -634,7 +653,13 @@ impl Registry {
         conn.execute(
             "INSERT INTO audit (operator, tenant, service, console_addr, started_at, outcome)
              VALUES (?1, ?2, ?3, ?4, ?5, 'open')",
-            params![operator, tenant, service, console_addr, now_secs() as i64],
+            params![
+                operator,
+                tenant,
+                service,
+                console_addr,
+                now_unix_secs() as i64
+            ],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -645,17 +670,17 @@ impl Registry {
         id: i64,
         bytes_to_tenant: u64,
         bytes_from_tenant: u64,
-        outcome: &str,
+        outcome: &SessionOutcome,
     ) -> Result<()> {
         self.conn().execute(
             "UPDATE audit SET ended_at = ?2, bytes_to_tenant = ?3, bytes_from_tenant = ?4, outcome = ?5
              WHERE id = ?1",
             params![
                 id,
-                now_secs() as i64,
+                now_unix_secs() as i64,
                 bytes_to_tenant as i64,
                 bytes_from_tenant as i64,
-                outcome
+                outcome.to_string()
             ],
         )?;
         Ok(())
@@ -664,8 +689,11 @@ impl Registry {
     /// Sessions left open by a previous run that stopped abruptly are closed as such.
     pub fn close_interrupted_sessions(&self) -> Result<usize> {
         Ok(self.conn().execute(
-            "UPDATE audit SET ended_at = ?1, outcome = 'interrupted: SP stopped' WHERE ended_at IS NULL",
-            params![now_secs() as i64],
+            "UPDATE audit SET ended_at = ?1, outcome = ?2 WHERE ended_at IS NULL",
+            params![
+                now_unix_secs() as i64,
+                SessionOutcome::Interrupted.to_string()
+            ],
         )?)
     }
 
@@ -887,7 +915,8 @@ mod tests {
             let id = reg
                 .audit_start("alice", "acme", "backup", "127.0.0.1:5")
                 .expect("start");
-            reg.audit_end(id, 10, 20, "closed").expect("end");
+            reg.audit_end(id, 10, 20, &SessionOutcome::Closed)
+                .expect("end");
             reg.audit_start("alice", "acme", "backup", "127.0.0.1:6")
                 .expect("start");
         }

@@ -40,6 +40,10 @@ pub struct TenantConfig {
     /// connections to its own services.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Also dial the cloud gateways the SP pushes (remembered beside this file, each
+    /// forgotten after a day unreachable); false: only `endpoints` are ever dialled.
+    #[serde(default = "default_true")]
+    pub follow_gateway_pool: bool,
 }
 
 /// Default of [`TenantConfig::max_sessions`].
@@ -74,6 +78,7 @@ impl fmt::Debug for TenantConfig {
             .field("allow_provider_access", &self.allow_provider_access)
             .field("services", &self.services)
             .field("max_sessions", &self.max_sessions)
+            .field("follow_gateway_pool", &self.follow_gateway_pool)
             .finish()
     }
 }
@@ -103,7 +108,7 @@ impl TenantConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        crate::sp::registry::validate_name(&self.name)?;
+        crate::wire::validate_name(&self.name)?;
         if self.secret.len() != 64 || hex::decode(&self.secret).is_err() {
             bail!("secret must be the 64 hex digits printed by `rac sp tenant add`");
         }
@@ -111,7 +116,7 @@ impl TenantConfig {
             (None, None) => bail!("set ca_cert (the SP's CA file) or ca_fingerprint"),
             (Some(_), Some(_)) => bail!("set only one of ca_cert and ca_fingerprint"),
             (None, Some(fp)) => {
-                crate::net::tls::parse_fingerprint(fp)?;
+                crate::wire::parse_fingerprint(fp)?;
             }
             (Some(_), None) => {}
         }
@@ -124,8 +129,7 @@ impl TenantConfig {
             }
         }
         for (name, addr) in &self.services {
-            crate::sp::registry::validate_name(name)
-                .with_context(|| format!("service name {name:?}"))?;
+            crate::wire::validate_name(name).with_context(|| format!("service name {name:?}"))?;
             if host_of(addr).is_none() {
                 bail!("service {name} = {addr:?} must be host:port");
             }

@@ -99,7 +99,7 @@ impl Profile {
                 Trust::CaFile(PathBuf::from(self.ca_file.trim()))
             }
             TrustKind::Pinned => {
-                let fp = tls::parse_fingerprint(&self.fingerprint).map_err(|_| {
+                let fp = crate::wire::parse_fingerprint(&self.fingerprint).map_err(|_| {
                     "the fingerprint must be 64 hex digits (colons allowed)".to_string()
                 })?;
                 if !self.fingerprint_confirmed {
@@ -308,11 +308,11 @@ fn form_ui(ui: &mut Ui, dialog: &mut ConnectDialog, p: &mut Profile, actions: &m
                         p.fingerprint_confirmed = false;
                     }
                     ui.label("");
-                    match tls::parse_fingerprint(&p.fingerprint) {
+                    match crate::wire::parse_fingerprint(&p.fingerprint) {
                         Ok(fp) => {
                             ui.vertical(|ui| {
                                 ui.label(
-                                    RichText::new(tls::format_fingerprint(&fp))
+                                    RichText::new(crate::wire::format_fingerprint(&fp))
                                         .monospace()
                                         .small(),
                                 );

@@ -16,7 +16,6 @@ pub mod app;
 pub mod connect_dialog;
 pub mod engine;
 pub mod export;
-pub mod format;
 pub mod session_tab;
 pub mod status_bar;
 pub mod tenant_list;

@@ -11,10 +11,10 @@ use egui::{Key, Sense, Ui};
 use egui_extras::{Column, TableBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::net::protocol::{TenantInfo, TenantStatus};
+use crate::wire::protocol::{TenantInfo, TenantStatus};
 
 use super::action::Action;
-use super::format;
+use crate::util::format;
 
 /// The columns, in order; each one sorts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -209,7 +209,7 @@ impl TenantList {
                     && (needle.is_empty() || matches_search(t, &needle))
             })
             .collect();
-        let now = format::now_unix_secs();
+        let now = crate::util::now_unix_secs();
         view.sort_by(|&a, &b| {
             let order = compare(&rows[a], &rows[b], settings.sort, now)
                 .then_with(|| rows[a].name.cmp(&rows[b].name));
@@ -501,7 +501,7 @@ fn table_ui(
     settings: &mut ListSettings,
     actions: &mut Vec<Action>,
 ) {
-    let now = format::now_unix_secs();
+    let now = crate::util::now_unix_secs();
     let row_height = ui.text_style_height(&egui::TextStyle::Body) + 6.0;
     let mut table = TableBuilder::new(ui)
         .id_salt("tenant-table")

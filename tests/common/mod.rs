@@ -218,7 +218,7 @@ impl Drop for TestTenant {
 pub async fn wait_status(
     console: &ConsoleClient,
     tenant: &str,
-    status: rac::net::protocol::TenantStatus,
+    status: rac::wire::protocol::TenantStatus,
 ) {
     tokio::time::timeout(PATIENCE, async {
         loop {
@@ -263,8 +263,8 @@ impl TestSp {
     /// A hand-made tenant control connection, past its welcome: the test reads and writes
     /// the control messages itself.
     pub async fn raw_control(&self, tenant: &str, secret: &str) -> ClientStream {
-        use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
-        use rac::net::protocol::{Hello, HelloReply, Role};
+        use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+        use rac::wire::protocol::{Hello, HelloReply, Role};
         let mut control = self.raw().await;
         let hello = Hello::new(Role::TenantControl {
             tenant: tenant.into(),
@@ -288,9 +288,9 @@ impl TestSp {
         source: std::net::IpAddr,
         user: &str,
         password: &str,
-    ) -> rac::net::protocol::HelloReply {
-        use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
-        use rac::net::protocol::{Hello, Role};
+    ) -> rac::wire::protocol::HelloReply {
+        use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+        use rac::wire::protocol::{Hello, Role};
         let mut stream = self.raw_from(source).await;
         let hello = Hello::new(Role::Operator {
             user: user.into(),
@@ -308,10 +308,10 @@ impl TestSp {
 /// Reads control messages until one matches `pick` (pings are answered on the way).
 pub async fn next_control<T>(
     control: &mut ClientStream,
-    mut pick: impl FnMut(&rac::net::protocol::ControlMsg) -> Option<T>,
+    mut pick: impl FnMut(&rac::wire::protocol::ControlMsg) -> Option<T>,
 ) -> T {
-    use rac::net::frame::{MAX_FRAME_LEN, read_frame, write_frame};
-    use rac::net::protocol::ControlMsg;
+    use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+    use rac::wire::protocol::ControlMsg;
     tokio::time::timeout(PATIENCE, async {
         loop {
             let msg: ControlMsg = read_frame(control, MAX_FRAME_LEN)

@@ -8,14 +8,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{ControlHandle, DataOutcome, ServerStream, Shared, lock, send_error};
-use crate::net::frame::{self, MAX_HELLO_LEN};
-use crate::net::protocol::{
-    ControlMsg, ErrorCode, HelloReply, TENANT_REJECT_CODES, Welcome, escape_untrusted,
-    validate_services,
-};
 use crate::net::tls;
 use crate::sp::Refusal;
 use crate::sp::presence::Live;
+use crate::wire::frame::{self, MAX_HELLO_LEN};
+use crate::wire::protocol::{
+    ControlMsg, ErrorCode, HelloReply, TENANT_REJECT_CODES, Welcome, escape_untrusted,
+    validate_services,
+};
 
 /// A tenant that keeps pinging is pinged back only every this many heartbeat ticks (for the
 /// round trip shown in the tenant list).
@@ -69,7 +69,7 @@ pub(super) async fn serve(
         && let Err(e) = shared
             .sp
             .registry
-            .set_last_seen(&tenant, crate::sp::registry::now_secs())
+            .set_last_seen(&tenant, crate::util::now_unix_secs())
     {
         tracing::warn!(?tenant, "could not store last seen: {e}");
     }

@@ -20,14 +20,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::acceptor::Acceptor;
 use super::admission::{self, Admission, Shed, Ticket};
-use super::frame::{self, MAX_HELLO_LEN};
-use super::protocol::{ControlMsg, ErrorCode, Hello, PROTOCOL_VERSION, Role};
 use super::proxy_protocol;
 use super::tls::{self, ServerStream, TlsAcceptor};
 use crate::sp::config::StateDir;
 use crate::sp::presence::{Kick, KickReason};
 use crate::sp::{Refusal, SpService};
+use crate::util::lock;
+use crate::wire::frame::{self, MAX_HELLO_LEN};
+use crate::wire::protocol::{ControlMsg, ErrorCode, Hello, PROTOCOL_VERSION, Role};
 
 /// Everything `run` needs: the SP backup service and the server's TLS identity.
 pub struct SpEngine {
@@ -86,11 +88,6 @@ struct Shared {
 struct LiveSession {
     token: String,
     cancel: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section here is a map update that cannot leave the map inconsistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -156,28 +153,12 @@ pub async fn run(
     let tracker = TaskTracker::new();
     tracker.spawn(watch_registry(shared.clone()));
     tracker.spawn(summarise_admission(shared.clone()));
-    let mut accept_backoff = Duration::from_millis(10);
+    let mut listener = Acceptor::new("SP", listener);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "SP listening");
     }
 
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => { accept_backoff = Duration::from_millis(10); pair }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!("accept failed: {e}; retrying in {accept_backoff:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(accept_backoff) => {}
-                        _ = shutdown.cancelled() => break,
-                    }
-                    accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
+    while let Some((tcp, peer)) = listener.next(&shutdown).await {
         let gateway = config.trusted_proxies.contains(&peer.ip());
         let Some(ticket) = shared.admission.admit(peer.ip(), gateway) else {
             // Refused: dropping the socket closes it; the summary counts it.

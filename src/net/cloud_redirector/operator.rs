@@ -9,19 +9,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{LiveSession, ServerStream, Shared, lock, send_error};
-use crate::net::AbortOnDrop;
-use crate::net::frame::{self, FrameError, MAX_HELLO_LEN};
-use crate::net::protocol::{ApiRequest, ApiResponse, ErrorCode, HelloReply, TenantInfo, Welcome};
 use crate::sp::Refusal;
 use crate::sp::presence::TenantEvent;
 use crate::sp::registry::Operator;
+use crate::wire::frame::{self, Connection, FrameError, MAX_HELLO_LEN};
+use crate::wire::protocol::{ApiRequest, ApiResponse, ErrorCode, HelloReply, TenantInfo, Welcome};
 
 pub(super) async fn serve(
     shared: Arc<Shared>,
@@ -157,10 +155,7 @@ fn revoked(shared: &Shared, operator: &str) -> Refusal {
 
 /// How long until `expires_at` (seconds since the Unix epoch).
 fn until(expires_at: u64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_secs(expires_at).saturating_sub(now)
+    Duration::from_secs(expires_at.saturating_sub(crate::util::now_unix_secs()))
 }
 
 async fn requests(
@@ -171,43 +166,33 @@ async fn requests(
     revoked_token: &CancellationToken,
     expires_at: u64,
 ) -> Result<(), FrameError> {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut incoming) = mpsc::channel(8);
-    let _reader = AbortOnDrop(tokio::spawn(async move {
-        loop {
-            let item = frame::read_frame::<ApiRequest, _>(&mut reader, MAX_HELLO_LEN).await;
-            let stop = !matches!(item, Ok(Some(_)));
-            if tx.send(item).await.is_err() || stop {
-                return;
-            }
-        }
-    }));
+    let mut conn = Connection::new(stream, MAX_HELLO_LEN);
     let allowed = |info: &TenantInfo| operator.may_open(&info.name);
     let mut events = None;
     let expiry = tokio::time::sleep(until(expires_at));
     tokio::pin!(expiry);
     loop {
         tokio::select! {
-            request = incoming.recv() => match request {
-                None | Some(Ok(None)) => return Ok(()),
-                Some(Err(e)) => {
+            request = conn.next::<ApiRequest>() => match request {
+                Ok(None) => return Ok(()),
+                Err(e) => {
                     let refusal = Refusal::new(ErrorCode::BadRequest, format!("malformed request: {e}"));
-                    let _ = send_error(&mut writer, &refusal).await;
+                    let _ = send_error(conn.get_mut(), &refusal).await;
                     return Err(e);
                 }
-                Some(Ok(Some(ApiRequest::ListTenants { subscribe }))) => {
+                Ok(Some(ApiRequest::ListTenants { subscribe })) => {
                     let (tenants, rx) = shared.sp.presence.snapshot_and_subscribe();
                     let tenants = tenants.into_iter().filter(allowed).collect();
-                    frame::write_frame(&mut writer, &ApiResponse::Tenants { tenants }).await?;
+                    conn.send(&ApiResponse::Tenants { tenants }).await?;
                     if subscribe {
                         events = Some(rx);
                     }
                 }
-                Some(Ok(Some(ApiRequest::Logout))) => {
+                Ok(Some(ApiRequest::Logout)) => {
                     if let Err(e) = shared.sp.registry.revoke_token(token) {
                         tracing::error!("revoking a token: {e}");
                     }
-                    frame::write_frame(&mut writer, &ApiResponse::LoggedOut).await?;
+                    conn.send(&ApiResponse::LoggedOut).await?;
                     return Ok(());
                 }
             },
@@ -224,11 +209,11 @@ async fn requests(
                     }
                     Err(RecvError::Closed) => return Ok(()),
                 };
-                frame::write_frame(&mut writer, &response).await?;
+                conn.send(&response).await?;
             }
             _ = revoked_token.cancelled() => {
                 tracing::info!(operator = ?operator.name, "token revoked: ending its operator connection");
-                let _ = send_error(&mut writer, &revoked(shared, &operator.name)).await;
+                let _ = send_error(conn.get_mut(), &revoked(shared, &operator.name)).await;
                 return Ok(());
             }
             _ = &mut expiry => {
@@ -237,7 +222,7 @@ async fn requests(
                     ErrorCode::TokenExpired,
                     "the SP ended this connection: the session token expired; log in again",
                 );
-                let _ = send_error(&mut writer, &refusal).await;
+                let _ = send_error(conn.get_mut(), &refusal).await;
                 return Ok(());
             }
             _ = shared.shutdown.cancelled() => return Ok(()),

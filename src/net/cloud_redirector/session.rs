@@ -9,10 +9,11 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::{DataOutcome, Pending, ServerStream, Shared, lock, send_error};
-use crate::net::frame;
-use crate::net::protocol::{ControlMsg, ErrorCode, SessionMsg, Stage};
 use crate::net::splice::{Counters, Side, SpliceEnd, splice};
+use crate::sp::registry::{Party, SessionOutcome};
 use crate::sp::{Refusal, auth};
+use crate::wire::frame;
+use crate::wire::protocol::{ControlMsg, ErrorCode, SessionMsg, Stage};
 
 /// Removes a pending request however the console's wait ends.
 struct PendingGuard<'a> {
@@ -116,25 +117,28 @@ pub(super) async fn console(
     let (report, tenant_ended) = report;
     // The splice's side A is the console, side B the tenant's data channel.
     let who = |side: &Side| match side {
-        Side::A => "console",
-        Side::B => "tenant",
+        Side::A => Party::Console,
+        Side::B => Party::Tenant,
     };
     let outcome = match &report.end {
-        SpliceEnd::Closed => "closed".to_string(),
+        SpliceEnd::Closed => SessionOutcome::Closed,
         SpliceEnd::ClosedWithoutNotify { side } => {
-            format!("closed (no close_notify from the {})", who(side))
+            SessionOutcome::ClosedWithoutNotify { by: who(side) }
         }
-        SpliceEnd::Failed { side, error } => format!("failed: {} side: {error}", who(side)),
-        SpliceEnd::Cancelled if shared.shutdown.is_cancelled() => "ended: SP shutting down".into(),
-        SpliceEnd::Cancelled if tenant_ended => "ended: tenant disabled or removed".into(),
-        SpliceEnd::Cancelled => "ended: operator token revoked".into(),
+        SpliceEnd::Failed { side, error } => SessionOutcome::Failed {
+            by: who(side),
+            error: error.clone(),
+        },
+        SpliceEnd::Cancelled if shared.shutdown.is_cancelled() => SessionOutcome::SpShutdown,
+        SpliceEnd::Cancelled if tenant_ended => SessionOutcome::TenantEnded,
+        SpliceEnd::Cancelled => SessionOutcome::TokenRevoked,
     };
     tracing::info!(
         ?tenant,
         ?session_id,
         to_tenant = report.a_to_b,
         from_tenant = report.b_to_a,
-        ?outcome,
+        outcome = %outcome,
         "session ended"
     );
     let end = AuditEnd {
@@ -166,7 +170,7 @@ struct AuditEnd {
     id: i64,
     bytes_to_tenant: u64,
     bytes_from_tenant: u64,
-    outcome: String,
+    outcome: SessionOutcome,
 }
 
 /// Closes a session's audit row, trying again after each delay of `backoff` when the write
@@ -196,7 +200,7 @@ async fn close_audit_row<E: std::fmt::Display>(
                     tracing::error!(
                         audit_id = end.id,
                         attempt,
-                        outcome = ?end.outcome,
+                        outcome = %end.outcome,
                         to_tenant = end.bytes_to_tenant,
                         from_tenant = end.bytes_from_tenant,
                         "audit log write failed for good; the session's row stays open: {e}"
@@ -324,7 +328,7 @@ mod tests {
             id: 7,
             bytes_to_tenant: 1,
             bytes_from_tenant: 2,
-            outcome: "closed".into(),
+            outcome: SessionOutcome::Closed,
         }
     }
 

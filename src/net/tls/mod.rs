@@ -10,9 +10,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::wire::{fingerprint, format_fingerprint};
 
 mod records;
 pub use records::{RecordReader, RecordWriter, take_over};
@@ -33,8 +34,6 @@ pub enum TlsError {
     NoCertificate { path: String },
     #[error("invalid TLS configuration: {0}")]
     Config(#[from] rustls::Error),
-    #[error("invalid fingerprint {0:?}: expected 64 hex digits (colons allowed)")]
-    BadFingerprint(String),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -189,56 +188,37 @@ pub fn client_info(stream: &ClientStream) -> TlsInfo {
     }
 }
 
-/// Turns rustls' errors inside an io::Error into words a user acts on.
+/// A failed TLS handshake, in words a user acts on; carried inside the `io::Error` that
+/// [`TlsClient::handshake`] returns, so a caller can tell a refused certificate apart.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("certificate not trusted: the SP's certificate failed verification ({0})")]
+    Untrusted(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+}
+
+/// Turns rustls' errors inside an io::Error into a [`HandshakeError`].
 fn describe_handshake_error(err: std::io::Error) -> std::io::Error {
     let described = err
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .map(|tls| match tls {
             rustls::Error::InvalidCertificate(reason) => {
-                format!(
-                    "certificate not trusted: the SP's certificate failed verification ({reason:?})"
-                )
+                HandshakeError::Untrusted(format!("{reason:?}"))
             }
-            other => format!("TLS handshake failed: {other}"),
+            other => HandshakeError::Tls(other.to_string()),
         });
     match described {
-        Some(text) => std::io::Error::new(err.kind(), text),
+        Some(described) => std::io::Error::new(err.kind(), described),
         None => err,
     }
-}
-
-/// SHA-256 of DER bytes.
-pub fn fingerprint(der: &[u8]) -> [u8; 32] {
-    Sha256::digest(der).into()
 }
 
 /// SHA-256 of the first certificate in a PEM file (what `rac sp init` shows for pinning).
 pub fn pem_fingerprint(path: &Path) -> Result<String, TlsError> {
     let certs = read_certs(path)?;
     Ok(format_fingerprint(&fingerprint(certs[0].as_ref())))
-}
-
-/// `AB:CD:...` form, as browsers show fingerprints.
-pub fn format_fingerprint(fp: &[u8; 32]) -> String {
-    fp.iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Accepts `AB:CD:..`, `abcd..` or `sha256:abcd..`.
-pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
-    let hex_digits: String = text
-        .trim()
-        .trim_start_matches("sha256:")
-        .chars()
-        .filter(|c| *c != ':')
-        .collect();
-    let bytes = hex::decode(&hex_digits).map_err(|_| TlsError::BadFingerprint(text.to_string()))?;
-    bytes
-        .try_into()
-        .map_err(|_| TlsError::BadFingerprint(text.to_string()))
 }
 
 /// First contact with an SP that is trusted by fingerprint: fetches the certificate chain it
@@ -272,7 +252,7 @@ pub async fn probe_fingerprint(address: &str, server_name: &str) -> std::io::Res
         connector.connect(name, tcp),
     )
     .await;
-    let last = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let last = crate::util::lock(&seen).take();
     last.map(|fp| format_fingerprint(&fp)).ok_or_else(|| {
         std::io::Error::other(format!("{address} did not present a TLS certificate"))
     })
@@ -342,7 +322,7 @@ impl ServerCertVerifier for PinnedVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         if let Some(seen) = &self.seen {
             let last = intermediates.last().unwrap_or(end_entity);
-            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint(last.as_ref()));
+            *crate::util::lock(&seen) = Some(fingerprint(last.as_ref()));
         }
         if fingerprint(end_entity.as_ref()) == self.fingerprint {
             return Ok(ServerCertVerified::assertion());
@@ -574,20 +554,5 @@ mod tests {
         assert!(verify(&leaf, &[leaf.clone(), ca.clone()], "localhost").is_ok());
         // The pinned leaf tucked in as an "intermediate" vouches for nothing.
         assert!(verify(&leaf, &[forged, leaf.clone(), ca], "localhost").is_err());
-    }
-
-    #[test]
-    fn fingerprints_parse_in_every_common_form() {
-        let fp = fingerprint(b"abc");
-        let colons = format_fingerprint(&fp);
-        assert_eq!(parse_fingerprint(&colons).expect("colons"), fp);
-        let plain = hex::encode(fp);
-        assert_eq!(parse_fingerprint(&plain).expect("plain"), fp);
-        assert_eq!(
-            parse_fingerprint(&format!("sha256:{plain}")).expect("prefixed"),
-            fp
-        );
-        assert!(parse_fingerprint("abcd").is_err());
-        assert!(parse_fingerprint("zz").is_err());
     }
 }

@@ -7,14 +7,16 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::model::*;
-use super::ops::{Action, ActionOutcome};
+use super::ops::{ActionOutcome, BackupAction};
 use super::protocol::{
-    Event, HelloReply, PROTOCOL_VERSION, Request, RequestBody, ServerFrame, WireError,
+    BACKUP_PROTOCOL_VERSION, BackupEvent, BackupHello, ErrorCode, Request, RequestBody,
+    ServerFrame, WireError,
 };
-use crate::net::frame::{FrameError, MAX_FRAME_LEN, write_frame};
+use crate::util::format;
+use crate::wire::frame::{Connection, FrameError, MAX_FRAME_LEN};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +25,7 @@ pub enum ClientError {
     #[error("{message} ({code})")]
     Server {
         /// Stable code, e.g. `job_running`.
-        code: String,
+        code: ErrorCode,
         /// The server's message.
         message: String,
     },
@@ -40,9 +42,9 @@ pub enum ClientError {
 
 impl ClientError {
     /// The server's error code, when the server refused.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Server { code, .. } => Some(code),
+            ClientError::Server { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -60,33 +62,31 @@ impl From<WireError> for ClientError {
 /// A connection to a tenant backup service. Requests are sent one at a time; events that
 /// arrive while waiting for an answer are kept for [`BackupClient::next_event`].
 pub struct BackupClient<S> {
-    stream: S,
+    /// Its buffer keeps a partly read frame, so an interrupted read loses nothing.
+    conn: Connection<S>,
     next_id: u64,
-    events: VecDeque<Event>,
-    /// Bytes read but not yet a whole frame: kept here, so an interrupted read loses nothing.
-    incoming: Vec<u8>,
+    events: VecDeque<BackupEvent>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> BackupClient<S> {
     /// A client over an open stream to the service (nothing is sent yet).
     pub fn new(stream: S) -> Self {
         BackupClient {
-            stream,
+            conn: Connection::new(stream, MAX_FRAME_LEN),
             next_id: 1,
             events: VecDeque::new(),
-            incoming: Vec::new(),
         }
     }
 
     /// Gives the stream back.
     pub fn into_inner(self) -> S {
-        self.stream
+        self.conn.into_parts().0
     }
 
     async fn request<T: DeserializeOwned>(&mut self, body: RequestBody) -> Result<T, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        write_frame(&mut self.stream, &Request { id, body }).await?;
+        self.conn.send(&Request { id, body }).await?;
         loop {
             let frame = self.read_server_frame().await?.ok_or(ClientError::Closed)?;
             match frame {
@@ -120,9 +120,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> BackupClient<S> {
     }
 
     /// Checks the protocol version and returns the server info.
-    pub async fn hello(&mut self, client: &str) -> Result<HelloReply, ClientError> {
+    pub async fn hello(&mut self, client: &str) -> Result<BackupHello, ClientError> {
         self.request(RequestBody::Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: BACKUP_PROTOCOL_VERSION,
             client: client.to_owned(),
         })
         .await
@@ -144,7 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> BackupClient<S> {
     }
 
     /// Does an action; a refusal is [`ClientError::Server`] with the server's code and message.
-    pub async fn action(&mut self, action: Action) -> Result<ActionOutcome, ClientError> {
+    pub async fn action(&mut self, action: BackupAction) -> Result<ActionOutcome, ClientError> {
         self.request(RequestBody::Action { action }).await
     }
 
@@ -160,47 +160,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> BackupClient<S> {
         Ok(())
     }
 
-    /// Reads one frame from the server. Cancel-safe: a partly read frame stays in
-    /// `incoming` for the next call.
+    /// Reads one frame from the server. Cancel-safe (see [`Connection::next`]).
     async fn read_server_frame(&mut self) -> Result<Option<ServerFrame>, ClientError> {
-        loop {
-            if self.incoming.len() >= 4 {
-                let mut prefix = [0u8; 4];
-                prefix.copy_from_slice(&self.incoming[..4]);
-                let len = u32::from_be_bytes(prefix) as usize;
-                if len > MAX_FRAME_LEN {
-                    return Err(FrameError::TooLarge {
-                        len,
-                        max: MAX_FRAME_LEN,
-                    }
-                    .into());
-                }
-                if self.incoming.len() >= 4 + len {
-                    let frame = serde_json::from_slice(&self.incoming[4..4 + len])
-                        .map_err(FrameError::Malformed)?;
-                    self.incoming.drain(..4 + len);
-                    return Ok(Some(frame));
-                }
-                self.incoming.reserve(4 + len - self.incoming.len());
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.incoming)
-                .await
-                .map_err(FrameError::Io)?;
-            if n == 0 {
-                return if self.incoming.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(FrameError::Truncated.into())
-                };
-            }
-        }
+        Ok(self.conn.next().await?)
     }
 
     /// The next event; `Ok(None)` when the server closed the connection. Cancel-safe: it
     /// may race other work in `select!` and the client stays usable.
-    pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
+    pub async fn next_event(&mut self) -> Result<Option<BackupEvent>, ClientError> {
         if let Some(event) = self.events.pop_front() {
             return Ok(Some(event));
         }
@@ -229,7 +196,7 @@ pub fn summary_text(inv: &Inventory) -> String {
         s.name,
         s.version,
         s.os,
-        duration_text(s.uptime_secs)
+        format::span(s.uptime_secs)
     );
     let n = &s.notifications;
     if n.enabled {
@@ -284,8 +251,8 @@ pub fn summary_text(inv: &Inventory) -> String {
             r.id,
             r.name,
             kebab(&r.kind),
-            bytes_text(r.used_bytes),
-            bytes_text(r.capacity_bytes),
+            format::bytes(r.used_bytes),
+            format::bytes(r.capacity_bytes),
             r.retention_days,
             place
         );
@@ -338,10 +305,10 @@ pub fn summary_text(inv: &Inventory) -> String {
     }
 
     let enabled = inv.jobs.iter().filter(|j| j.enabled).count();
-    let running: Vec<&Session> = inv
+    let running: Vec<&JobRun> = inv
         .sessions
         .iter()
-        .filter(|s| s.state == SessionState::Running)
+        .filter(|s| s.state == RunState::Running)
         .collect();
     let count = |r: JobResult| inv.jobs.iter().filter(|j| j.last_result == Some(r)).count();
     let _ = writeln!(
@@ -375,7 +342,7 @@ pub fn summary_text(inv: &Inventory) -> String {
                 .map(kebab)
                 .unwrap_or_else(|| "-".into()),
             j.next_run_unix_secs
-                .map(time_text)
+                .map(format::date_time)
                 .unwrap_or_else(|| "-".into())
         );
     }
@@ -391,9 +358,9 @@ pub fn summary_text(inv: &Inventory) -> String {
                 s.job_name,
                 kebab(&s.stage),
                 s.progress * 100.0,
-                bytes_text(s.bytes_read),
-                bytes_text(s.bytes_transferred),
-                bytes_text(s.rate_bytes_per_sec),
+                format::bytes(s.bytes_read),
+                format::bytes(s.bytes_transferred),
+                format::bytes(s.rate_bytes_per_sec),
                 if s.simulated { "  (simulated)" } else { "" }
             );
         }
@@ -404,7 +371,7 @@ pub fn summary_text(inv: &Inventory) -> String {
             let _ = writeln!(
                 out,
                 "  {} {:<7} {}",
-                time_text(a.time_unix_secs),
+                format::date_time(a.time_unix_secs),
                 kebab(&a.severity),
                 a.text
             );
@@ -425,53 +392,6 @@ fn kebab<T: serde::Serialize>(value: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-/// Bytes in binary units, e.g. `1.5 TiB`.
-pub fn bytes_text(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-fn duration_text(secs: u64) -> String {
-    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
-    if d > 0 {
-        format!("{d}d {h}h")
-    } else if h > 0 {
-        format!("{h}h {m}m")
-    } else {
-        format!("{m}m {}s", secs % 60)
-    }
-}
-
-/// Unix seconds as `YYYY-MM-DD HH:MM UTC`.
-pub fn time_text(unix_secs: u64) -> String {
-    // Days to civil date (Howard Hinnant's algorithm).
-    let days = (unix_secs / 86_400) as i64 + 719_468;
-    let era = days.div_euclid(146_097);
-    let doe = days - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let rem = unix_secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
 }
 
 #[cfg(test)]
@@ -496,14 +416,5 @@ mod tests {
         }
         let large = summary_text(&generate_with_shape(1, Shape::Large, "big", 1_780_000_000));
         assert!(large.contains("more"), "{large}");
-    }
-
-    #[test]
-    fn formatting_helpers() {
-        assert_eq!(time_text(0), "1970-01-01 00:00 UTC");
-        assert_eq!(time_text(1_700_000_000), "2023-11-14 22:13 UTC");
-        assert_eq!(bytes_text(512), "512 B");
-        assert_eq!(bytes_text(3 << 30), "3.0 GiB");
-        assert_eq!(duration_text(90_061), "1d 1h");
     }
 }

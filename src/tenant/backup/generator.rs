@@ -456,28 +456,28 @@ fn generate_shape(rng: &mut StdRng, shape: Shape, name: &str, now: u64) -> Inven
             let bytes_transferred = (bytes_read as f64 * rng.random_range(0.45..0.75)) as u64;
             let (state, severity, text) = match result {
                 JobResult::Success => (
-                    SessionState::Success,
+                    RunState::Success,
                     Severity::Info,
                     "Job finished successfully",
                 ),
                 JobResult::Warning => (
-                    SessionState::Warning,
+                    RunState::Warning,
                     Severity::Warning,
                     "Job finished with warnings: some items were retried",
                 ),
                 _ => (
-                    SessionState::Failed,
+                    RunState::Failed,
                     Severity::Error,
                     "Job failed: connection to the source timed out",
                 ),
             };
             let started = ended - duration;
-            inv.sessions.push(Session {
+            inv.sessions.push(JobRun {
                 id: format!("session-{session_no}"),
                 job: job.id.clone(),
                 job_name: job.name.clone(),
                 state,
-                stage: Stage::Done,
+                stage: RunStage::Done,
                 progress: 1.0,
                 bytes_read,
                 bytes_transferred,

@@ -14,9 +14,11 @@ pub mod store;
 pub use client::{BackupClient, ClientError, summary_text};
 pub use generator::{Shape, generate, generate_for_index, generate_with_shape};
 pub use model::Inventory;
-pub use ops::{Action, ActionError, ActionOutcome, JobSpec, PoolSpec, ProxySpec, RepositorySpec};
-pub use protocol::{Event, PROTOCOL_VERSION};
-pub use service::{BackupService, ServiceConfig, ServiceError, run, serve_connection, simulate};
+pub use ops::{
+    ActionError, ActionOutcome, BackupAction, JobSpec, PoolSpec, ProxySpec, RepositorySpec,
+};
+pub use protocol::{BACKUP_PROTOCOL_VERSION, BackupEvent};
+pub use service::{BackupService, ServiceConfig, ServiceError, serve_connection, simulate};
 pub use store::{Store, StoreError, Written};
 
 /// The name under which the tenant redirector offers this service.

@@ -24,7 +24,7 @@ pub struct Inventory {
     /// Backup jobs.
     pub jobs: Vec<Job>,
     /// Job runs, newest last; bounded to [`MAX_SESSIONS`].
-    pub sessions: Vec<Session>,
+    pub sessions: Vec<JobRun>,
 }
 
 /// How many finished sessions the server keeps (running ones are always kept).
@@ -434,7 +434,7 @@ pub struct Job {
 /// State of a job run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SessionState {
+pub enum RunState {
     /// In progress.
     Running,
     /// Finished without problems.
@@ -447,15 +447,15 @@ pub enum SessionState {
     Stopped,
 }
 
-impl SessionState {
+impl RunState {
     /// The job result a finished session state maps to (`None` while running).
     pub fn result(self) -> Option<JobResult> {
         match self {
-            SessionState::Running => None,
-            SessionState::Success => Some(JobResult::Success),
-            SessionState::Warning => Some(JobResult::Warning),
-            SessionState::Failed => Some(JobResult::Failed),
-            SessionState::Stopped => Some(JobResult::Stopped),
+            RunState::Running => None,
+            RunState::Success => Some(JobResult::Success),
+            RunState::Warning => Some(JobResult::Warning),
+            RunState::Failed => Some(JobResult::Failed),
+            RunState::Stopped => Some(JobResult::Stopped),
         }
     }
 }
@@ -465,7 +465,7 @@ impl SessionState {
 /// runs go connecting → processing (tasks spread over proxies) → finalizing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Stage {
+pub enum RunStage {
     /// Queued, not started yet.
     Pending,
     /// Azure: creating disk snapshots.
@@ -494,7 +494,7 @@ pub enum Stage {
 
 /// One task of a Microsoft 365 run: a share of the objects given to one proxy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SessionTask {
+pub struct RunTask {
     /// Proxy id running it.
     pub proxy: String,
     /// Objects given to this proxy.
@@ -516,7 +516,7 @@ pub struct LogLine {
 
 /// One run of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Session {
+pub struct JobRun {
     /// Stable id (`session-N`).
     pub id: String,
     /// Job id.
@@ -524,9 +524,9 @@ pub struct Session {
     /// Job name at the time of the run.
     pub job_name: String,
     /// Running or how it ended.
-    pub state: SessionState,
+    pub state: RunState,
     /// Current stage.
-    pub stage: Stage,
+    pub stage: RunStage,
     /// Overall progress, 0..=1.
     pub progress: f64,
     /// Bytes read from the source.
@@ -541,7 +541,7 @@ pub struct Session {
     pub ended_at_unix_secs: Option<u64>,
     /// Microsoft 365 tasks per proxy (empty for Azure runs).
     #[serde(default)]
-    pub tasks: Vec<SessionTask>,
+    pub tasks: Vec<RunTask>,
     /// Log, oldest first; bounded to [`MAX_LOG_LINES`].
     pub log: Vec<LogLine>,
     /// True when the run is a simulation (lab tenants), not real work.
@@ -597,10 +597,10 @@ impl Inventory {
     }
 
     /// The running session of a job, if any.
-    pub fn running_session(&self, job: &str) -> Option<&Session> {
+    pub fn running_session(&self, job: &str) -> Option<&JobRun> {
         self.sessions
             .iter()
-            .find(|s| s.job == job && s.state == SessionState::Running)
+            .find(|s| s.job == job && s.state == RunState::Running)
     }
 
     /// Proxy ids a job's work goes to: its proxy, or its pool's members.
@@ -657,11 +657,11 @@ impl Inventory {
         let finished = self
             .sessions
             .iter()
-            .filter(|s| s.state != SessionState::Running)
+            .filter(|s| s.state != RunState::Running)
             .count();
         let mut excess = finished.saturating_sub(MAX_SESSIONS);
         self.sessions.retain(|s| {
-            if excess > 0 && s.state != SessionState::Running {
+            if excess > 0 && s.state != RunState::Running {
                 excess -= 1;
                 false
             } else {
@@ -689,7 +689,7 @@ impl Inventory {
     }
 }
 
-impl Session {
+impl JobRun {
     /// Appends a log line, dropping the oldest beyond [`MAX_LOG_LINES`].
     pub fn push_log(&mut self, time_unix_secs: u64, severity: Severity, text: String) -> LogLine {
         let line = LogLine {

@@ -5,11 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{LogLine, ServerInfo, SessionState, Stage};
-use super::ops::{Action, Change};
+use super::model::{LogLine, RunStage, RunState, ServerInfo};
+use super::ops::{BackupAction, Change};
 
 /// Version of this protocol, checked in `hello`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const BACKUP_PROTOCOL_VERSION: u32 = 1;
 
 /// A request from a console. `id` is chosen by the client and echoed in the response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub struct Request {
 pub enum RequestBody {
     /// Version check and server info; optional, but a client should send it first.
     Hello {
-        /// The client's [`PROTOCOL_VERSION`].
+        /// The client's [`BACKUP_PROTOCOL_VERSION`].
         protocol_version: u32,
         /// Free-form client name, for the log.
         #[serde(default)]
@@ -44,27 +44,87 @@ pub enum RequestBody {
     /// Do an action.
     Action {
         /// The action.
-        action: Action,
+        action: BackupAction,
     },
 }
 
 /// Answer to `hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HelloReply {
+pub struct BackupHello {
     /// Always [`super::SERVICE_NAME`].
     pub service: String,
-    /// The server's [`PROTOCOL_VERSION`].
+    /// The server's [`BACKUP_PROTOCOL_VERSION`].
     pub protocol_version: u32,
     /// The backup server.
     pub server: ServerInfo,
 }
 
+/// The stable codes of error answers: an action's refusal (`not_found` ... `invalid`, see
+/// `ActionError`), or a request the service could not take. A code this version does not
+/// know (from a newer service) reads as [`ErrorCode::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NotFound,
+    JobRunning,
+    JobNotRunning,
+    JobDisabled,
+    InUse,
+    CertificateRequired,
+    ProxyUnavailable,
+    ProxyBusy,
+    DuplicateName,
+    LocalProxy,
+    Invalid,
+    /// Not JSON, or not a request.
+    BadRequest,
+    /// The client's hello names another protocol version.
+    UnsupportedVersion,
+    /// A request over `MAX_REQUEST_LEN`.
+    FrameTooLarge,
+    /// The state file could not be written; the action was not applied.
+    StorageFailed,
+    /// The service could not encode its answer.
+    Internal,
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorCode {
+    /// The code as it is on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::JobRunning => "job_running",
+            ErrorCode::JobNotRunning => "job_not_running",
+            ErrorCode::JobDisabled => "job_disabled",
+            ErrorCode::InUse => "in_use",
+            ErrorCode::CertificateRequired => "certificate_required",
+            ErrorCode::ProxyUnavailable => "proxy_unavailable",
+            ErrorCode::ProxyBusy => "proxy_busy",
+            ErrorCode::DuplicateName => "duplicate_name",
+            ErrorCode::LocalProxy => "local_proxy",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::StorageFailed => "storage_failed",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error answer: a stable code and a human-readable message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireError {
-    /// Stable code: an action error code (`not_found`, `job_running`, …) or one of
-    /// `bad_request`, `unsupported_version`, `frame_too_large`, `storage_failed`.
-    pub code: String,
+    pub code: ErrorCode,
     /// What went wrong, for people.
     pub message: String,
 }
@@ -77,7 +137,7 @@ pub enum ServerFrame {
     /// A pushed event.
     Event {
         /// The event.
-        event: Event,
+        event: BackupEvent,
     },
     /// A response.
     Response {
@@ -95,7 +155,7 @@ pub enum ServerFrame {
 /// A live change, pushed to subscribed connections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
+pub enum BackupEvent {
     /// A running session advanced.
     JobProgress {
         /// Session id.
@@ -103,7 +163,7 @@ pub enum Event {
         /// Job id.
         job: String,
         /// Current stage.
-        stage: Stage,
+        stage: RunStage,
         /// Overall progress 0..=1.
         progress: f64,
         /// Bytes read so far.
@@ -129,7 +189,7 @@ pub enum Event {
         /// Job id.
         job: String,
         /// Its new state.
-        state: SessionState,
+        state: RunState,
     },
     /// Something in the inventory changed (an action, or the simulation).
     Changed(Change),
@@ -161,7 +221,7 @@ mod tests {
     #[test]
     fn server_frames_tell_events_from_responses() {
         let event = ServerFrame::Event {
-            event: Event::Lagged { missed: 3 },
+            event: BackupEvent::Lagged { missed: 3 },
         };
         let json = serde_json::to_string(&event).expect("encode");
         assert_eq!(json, r#"{"event":{"type":"lagged","missed":3}}"#);
@@ -173,7 +233,7 @@ mod tests {
             id: Some(4),
             result: None,
             error: Some(WireError {
-                code: "not_found".into(),
+                code: ErrorCode::NotFound,
                 message: "unknown job 'x'".into(),
             }),
         };
@@ -182,7 +242,7 @@ mod tests {
             serde_json::from_str::<ServerFrame>(&json).expect("decode"),
             resp
         );
-        let changed = Event::Changed(Change {
+        let changed = BackupEvent::Changed(Change {
             kind: "job".into(),
             id: "job-1".into(),
             change: "enabled".into(),
@@ -191,5 +251,23 @@ mod tests {
             serde_json::to_value(&changed).expect("encode"),
             serde_json::json!({"type": "changed", "kind": "job", "id": "job-1", "change": "enabled"})
         );
+    }
+
+    #[test]
+    fn error_codes_read_as_written_and_unknown_ones_as_other() {
+        for code in [
+            ErrorCode::NotFound,
+            ErrorCode::StorageFailed,
+            ErrorCode::FrameTooLarge,
+        ] {
+            let json = serde_json::to_string(&code).expect("encode");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(
+                serde_json::from_str::<ErrorCode>(&json).expect("decode"),
+                code
+            );
+        }
+        let newer: ErrorCode = serde_json::from_str("\"quota_exceeded\"").expect("decode");
+        assert_eq!(newer, ErrorCode::Other);
     }
 }

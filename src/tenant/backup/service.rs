@@ -1,25 +1,25 @@
 //! The tenant backup service on the wire: [`BackupService`] owns the state, its file and the
-//! live event channel; [`serve_connection`] serves one console over the frame codec; [`run`]
-//! accepts TCP connections and drives the simulation until shutdown.
+//! live event channel; [`serve_connection`] serves one console over the frame codec;
+//! [`simulate`] drives the job runs. `net::backup_host` gives it a listener or a session.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, broadcast, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::model::{Inventory, ServerInfo, SessionState};
-use super::ops::{self, Action, ActionError, ActionOutcome};
+use super::model::{Inventory, RunState, ServerInfo};
+use super::ops::{self, ActionError, ActionOutcome, BackupAction};
 use super::protocol::{
-    Event, HelloReply, PROTOCOL_VERSION, Request, RequestBody, ServerFrame, WireError,
+    BACKUP_PROTOCOL_VERSION, BackupEvent, BackupHello, ErrorCode, Request, RequestBody,
+    ServerFrame, WireError,
 };
 use super::sim::{Simulator, recover_interrupted};
 use super::store::{Store, StoreError, Written};
-use crate::net::frame::{FrameError, read_frame_bytes, write_frame};
+use crate::util::now_unix_secs;
+use crate::wire::frame::{Connection, FrameError};
 
 /// Largest request frame a console may send (requests are small; responses may be larger).
 pub const MAX_REQUEST_LEN: usize = 1024 * 1024;
@@ -66,10 +66,10 @@ impl ServiceError {
     pub fn to_wire(&self) -> WireError {
         let code = match self {
             ServiceError::Refused(e) => e.code(),
-            ServiceError::Storage(_) => "storage_failed",
+            ServiceError::Storage(_) => ErrorCode::StorageFailed,
         };
         WireError {
-            code: code.to_owned(),
+            code,
             message: format!("{self:#}"),
         }
     }
@@ -89,16 +89,9 @@ pub struct BackupService {
     // Serializes every change *with* its write to disk (held across the fsync, hence async):
     // the file always holds the newest acknowledged state, and readers are not blocked.
     commit: tokio::sync::Mutex<()>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<BackupEvent>,
     store: Store,
     config: ServiceConfig,
-}
-
-fn now_unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl BackupService {
@@ -136,7 +129,7 @@ impl BackupService {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic in a critical section leaves plain data behind; keep serving it.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::util::lock(&self.state)
     }
 
     /// The service's configuration.
@@ -159,7 +152,7 @@ impl BackupService {
     }
 
     /// Live events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<BackupEvent> {
         self.events.subscribe()
     }
 
@@ -167,7 +160,7 @@ impl BackupService {
     /// the change is in the state file (and durable, unless syncing the folder after the
     /// rename failed: then it is applied, logged as not yet durable, and still `Ok`). On any
     /// error nothing changed.
-    pub async fn act(&self, action: &Action) -> Result<ActionOutcome, ServiceError> {
+    pub async fn act(&self, action: &BackupAction) -> Result<ActionOutcome, ServiceError> {
         let _commit = self.commit.lock().await;
         let (next, bytes, outcome, changes) = {
             let state = self.lock();
@@ -184,16 +177,16 @@ impl BackupService {
             state.last_saved = Instant::now();
         }
         let job = match action {
-            Action::StartJob { job } | Action::StopJob { job } => Some(job.clone()),
+            BackupAction::StartJob { job } | BackupAction::StopJob { job } => Some(job.clone()),
             _ => None,
         };
         if let (Some(job), Some(session)) = (job, outcome.session.clone()) {
-            let state = if matches!(action, Action::StartJob { .. }) {
-                SessionState::Running
+            let state = if matches!(action, BackupAction::StartJob { .. }) {
+                RunState::Running
             } else {
-                SessionState::Stopped
+                RunState::Stopped
             };
-            let _ = self.events.send(Event::SessionState {
+            let _ = self.events.send(BackupEvent::SessionState {
                 session,
                 job,
                 state,
@@ -201,7 +194,7 @@ impl BackupService {
         }
         for change in changes {
             // No subscribers is not an error.
-            let _ = self.events.send(Event::Changed(change));
+            let _ = self.events.send(BackupEvent::Changed(change));
         }
         Ok(outcome)
     }
@@ -256,25 +249,25 @@ impl BackupService {
         &self,
         id: u64,
         body: RequestBody,
-        subscription: &mut Option<broadcast::Receiver<Event>>,
+        subscription: &mut Option<broadcast::Receiver<BackupEvent>>,
     ) -> ServerFrame {
         let result = match body {
             RequestBody::Hello {
                 protocol_version,
                 client,
             } => {
-                if protocol_version != PROTOCOL_VERSION {
+                if protocol_version != BACKUP_PROTOCOL_VERSION {
                     Err(WireError {
-                        code: "unsupported_version".into(),
+                        code: ErrorCode::UnsupportedVersion,
                         message: format!(
-                            "client speaks protocol {protocol_version}, this server speaks {PROTOCOL_VERSION}"
+                            "client speaks protocol {protocol_version}, this server speaks {BACKUP_PROTOCOL_VERSION}"
                         ),
                     })
                 } else {
                     tracing::debug!(client, "backup console said hello");
-                    to_value(&HelloReply {
+                    to_value(&BackupHello {
                         service: super::SERVICE_NAME.into(),
-                        protocol_version: PROTOCOL_VERSION,
+                        protocol_version: BACKUP_PROTOCOL_VERSION,
                         server: self.info(),
                     })
                 }
@@ -300,7 +293,7 @@ impl BackupService {
 
 fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, WireError> {
     serde_json::to_value(value).map_err(|e| WireError {
-        code: "internal".into(),
+        code: ErrorCode::Internal,
         message: e.to_string(),
     })
 }
@@ -324,20 +317,15 @@ fn bad_request(id: Option<u64>, message: String) -> ServerFrame {
     response(
         id,
         Err(WireError {
-            code: "bad_request".into(),
+            code: ErrorCode::BadRequest,
             message,
         }),
     )
 }
 
-enum Incoming {
-    Frame(Vec<u8>),
-    Fatal(FrameError),
-}
-
 async fn next_event(
-    subscription: &mut Option<broadcast::Receiver<Event>>,
-) -> Result<Event, broadcast::error::RecvError> {
+    subscription: &mut Option<broadcast::Receiver<BackupEvent>>,
+) -> Result<BackupEvent, broadcast::error::RecvError> {
     match subscription {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -351,141 +339,54 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
     service: Arc<BackupService>,
     stream: S,
 ) -> anyhow::Result<()> {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Incoming>(8);
-
-    // Frames are read in their own future: a read is not cancel-safe, so it must not sit in
-    // the writer's `select!` next to events.
-    let reader = async move {
-        loop {
-            let incoming = match read_frame_bytes(&mut rd, MAX_REQUEST_LEN).await {
-                Ok(Some(body)) => Incoming::Frame(body),
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Incoming::Fatal(e)).await;
-                    break;
-                }
-            };
-            if tx.send(incoming).await.is_err() {
-                break;
-            }
-        }
-        drop(tx);
-        // The writer finishes the queued answers and ends the connection.
-        std::future::pending::<()>().await;
-    };
-
-    let writer = async move {
-        let mut subscription: Option<broadcast::Receiver<Event>> = None;
-        loop {
-            tokio::select! {
-                incoming = rx.recv() => match incoming {
-                    None => return Ok(()),
-                    Some(Incoming::Fatal(e)) => {
+    let mut conn = Connection::new(stream, MAX_REQUEST_LEN);
+    let mut subscription: Option<broadcast::Receiver<BackupEvent>> = None;
+    loop {
+        tokio::select! {
+            body = conn.next_bytes() => {
+                let body = match body {
+                    Ok(Some(body)) => body,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
                         if let FrameError::TooLarge { len, max } = e {
                             let frame = response(None, Err(WireError {
-                                code: "frame_too_large".into(),
+                                code: ErrorCode::FrameTooLarge,
                                 message: format!("request of {len} bytes exceeds {max} bytes"),
                             }));
-                            let _ = write_frame(&mut wr, &frame).await;
+                            let _ = conn.send(&frame).await;
                         }
                         return Err(anyhow::Error::new(e).context("reading a request"));
                     }
-                    Some(Incoming::Frame(body)) => {
-                        let frame = match serde_json::from_slice::<serde_json::Value>(&body) {
-                            Err(e) => bad_request(None, format!("not JSON: {e}")),
-                            Ok(value) => {
-                                let id = value.get("id").and_then(serde_json::Value::as_u64);
-                                match (id, serde_json::from_value::<Request>(value)) {
-                                    (_, Ok(req)) => service.answer(req.id, req.body, &mut subscription).await,
-                                    (id, Err(e)) => bad_request(id, format!("malformed request: {e}")),
-                                }
-                            }
-                        };
-                        write_frame(&mut wr, &frame).await.context("writing a response")?;
-                    }
-                },
-                event = next_event(&mut subscription) => {
-                    let event = match event {
-                        Ok(event) => event,
-                        Err(broadcast::error::RecvError::Lagged(missed)) => Event::Lagged { missed },
-                        Err(broadcast::error::RecvError::Closed) => {
-                            subscription = None;
-                            continue;
+                };
+                let frame = match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Err(e) => bad_request(None, format!("not JSON: {e}")),
+                    Ok(value) => {
+                        let id = value.get("id").and_then(serde_json::Value::as_u64);
+                        match (id, serde_json::from_value::<Request>(value)) {
+                            (_, Ok(req)) => service.answer(req.id, req.body, &mut subscription).await,
+                            (id, Err(e)) => bad_request(id, format!("malformed request: {e}")),
                         }
-                    };
-                    write_frame(&mut wr, &ServerFrame::Event { event }).await.context("writing an event")?;
-                }
+                    }
+                };
+                conn.send(&frame).await.context("writing a response")?;
+            }
+            event = next_event(&mut subscription) => {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => BackupEvent::Lagged { missed },
+                    Err(broadcast::error::RecvError::Closed) => {
+                        subscription = None;
+                        continue;
+                    }
+                };
+                conn.send(&ServerFrame::Event { event }).await.context("writing an event")?;
             }
         }
-    };
-
-    tokio::select! {
-        result = writer => result,
-        () = reader => Ok(()),
     }
-}
-
-/// Runs the service on `listener` until `shutdown`: accepts consoles (each served in its own
-/// task) and ticks the simulation every `tick_interval`. On shutdown, waits for the
-/// connections to close and saves the state.
-pub async fn run(
-    service: Arc<BackupService>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut tasks = JoinSet::new();
-    tasks.spawn(simulate(service.clone(), shutdown.clone()));
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.context("connection limit closed")?,
-            () = shutdown.cancelled() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    backoff = Duration::from_millis(10);
-                    accepted
-                }
-                Err(e) => {
-                    tracing::warn!("backup service: accept failed: {e}; retrying in {backoff:?}");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => break,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let service = service.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                result = serve_connection(service, stream) => {
-                    if let Err(e) = result {
-                        tracing::debug!("backup console {peer}: {e:#}");
-                    }
-                }
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    service
-        .persist()
-        .await
-        .context("saving the backup state at shutdown")?;
-    Ok(())
 }
 
 /// Drives the simulation of `service` every `tick_interval` until `shutdown`, then saves the
-/// state. [`run`] starts it itself; call it directly when the service is hosted without a
+/// state. `net::backup_host::run` starts it itself; call it directly when the service is hosted without a
 /// listener (behind the tenant redirector, in the lab).
 pub async fn simulate(service: Arc<BackupService>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(service.config.tick_interval);
@@ -523,8 +424,8 @@ pub async fn simulate(service: Arc<BackupService>, shutdown: CancellationToken) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::frame::read_frame;
     use crate::tenant::backup::generator::{Shape, generate_with_shape};
+    use crate::wire::frame::read_frame;
 
     fn service(dir: &tempfile::TempDir) -> Arc<BackupService> {
         service_on(Store::new(dir.path().join("state.json")))
@@ -545,9 +446,9 @@ mod tests {
         let job = svc.inventory().jobs[0].id.clone();
         let was = svc.inventory().job(&job).expect("job").enabled;
         let action = if was {
-            Action::DisableJob { job: job.clone() }
+            BackupAction::DisableJob { job: job.clone() }
         } else {
-            Action::EnableJob { job: job.clone() }
+            BackupAction::EnableJob { job: job.clone() }
         };
         svc.act(&action)
             .await

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use super::model::*;
 use super::ops::{Change, finish_job, start_session};
-use super::protocol::Event;
+use super::protocol::BackupEvent;
 
 const MB: f64 = 1024.0 * 1024.0;
 
@@ -26,7 +26,7 @@ pub struct Simulator {
 #[derive(Debug, Default)]
 pub struct TickOutput {
     /// Events for subscribers, in order.
-    pub events: Vec<Event>,
+    pub events: Vec<BackupEvent>,
     /// Whether a session started or ended (worth persisting now rather than later).
     pub sessions_changed: bool,
 }
@@ -36,13 +36,13 @@ struct Plan {
     stages: Vec<StagePlan>,
     current: usize,
     elapsed_secs: f64,
-    outcome: SessionState,
+    outcome: RunState,
     detail: Detail,
 }
 
 #[derive(Debug)]
 struct StagePlan {
-    stage: Stage,
+    stage: RunStage,
     duration_secs: f64,
     weight: f64,
 }
@@ -94,7 +94,7 @@ impl Simulator {
         let running: Vec<String> = inv
             .sessions
             .iter()
-            .filter(|s| s.state == SessionState::Running)
+            .filter(|s| s.state == RunState::Running)
             .map(|s| s.id.clone())
             .collect();
         let stale: Vec<String> = self
@@ -116,14 +116,7 @@ impl Simulator {
                         self.plans.insert(id.clone(), plan);
                     }
                     Err(reason) => {
-                        end_session(
-                            inv,
-                            &id,
-                            SessionState::Failed,
-                            &reason,
-                            now_unix_secs,
-                            &mut out,
-                        );
+                        end_session(inv, &id, RunState::Failed, &reason, now_unix_secs, &mut out);
                         continue;
                     }
                 }
@@ -149,10 +142,10 @@ impl Simulator {
             }
             let session = start_session(inv, &job, now, true);
             out.sessions_changed = true;
-            out.events.push(Event::SessionState {
+            out.events.push(BackupEvent::SessionState {
                 session,
                 job,
-                state: SessionState::Running,
+                state: RunState::Running,
             });
         }
     }
@@ -168,9 +161,9 @@ impl Simulator {
         let job = inv.job(&job_id).cloned().ok_or("the job was removed")?;
         let first_run = job.last_result.is_none();
         let outcome = match rng.random_range(0..100) {
-            0..=89 => SessionState::Success,
-            90..=96 => SessionState::Warning,
-            _ => SessionState::Failed,
+            0..=89 => RunState::Success,
+            90..=96 => RunState::Warning,
+            _ => RunState::Failed,
         };
         let stage = |stage, duration_secs: f64, weight| StagePlan {
             stage,
@@ -218,21 +211,29 @@ impl Simulator {
                 Ok(Plan {
                     stages: vec![
                         stage(
-                            Stage::Snapshot,
+                            RunStage::Snapshot,
                             f64::from(disks) * rng.random_range(3.0..8.0),
                             0.03,
                         ),
-                        stage(Stage::WorkerDeployment, rng.random_range(60.0..150.0), 0.07),
                         stage(
-                            Stage::ReadingChangedBlocks,
+                            RunStage::WorkerDeployment,
+                            rng.random_range(60.0..150.0),
+                            0.07,
+                        ),
+                        stage(
+                            RunStage::ReadingChangedBlocks,
                             read_total as f64 / read_rate,
                             0.5,
                         ),
-                        stage(Stage::Compressing, rng.random_range(5.0..20.0), 0.05),
-                        stage(Stage::Transferring, transfer_total as f64 / write_rate, 0.3),
-                        stage(Stage::RemovingAccess, rng.random_range(3.0..10.0), 0.02),
+                        stage(RunStage::Compressing, rng.random_range(5.0..20.0), 0.05),
                         stage(
-                            Stage::DeallocatingWorker,
+                            RunStage::Transferring,
+                            transfer_total as f64 / write_rate,
+                            0.3,
+                        ),
+                        stage(RunStage::RemovingAccess, rng.random_range(3.0..10.0), 0.02),
+                        stage(
+                            RunStage::DeallocatingWorker,
                             rng.random_range(30.0..60.0),
                             0.03,
                         ),
@@ -304,7 +305,7 @@ impl Simulator {
                     session.tasks = tasks
                         .iter()
                         .zip(bounds.windows(2))
-                        .map(|(t, w)| SessionTask {
+                        .map(|(t, w)| RunTask {
                             proxy: t.proxy.clone(),
                             objects_total: w[1] - w[0],
                             objects_done: 0,
@@ -313,10 +314,10 @@ impl Simulator {
                 }
                 Ok(Plan {
                     stages: vec![
-                        stage(Stage::Connecting, rng.random_range(3.0..10.0), 0.02),
+                        stage(RunStage::Connecting, rng.random_range(3.0..10.0), 0.02),
                         // Processing ends when every task is done; the duration is unused.
-                        stage(Stage::Processing, f64::INFINITY, 0.95),
-                        stage(Stage::Finalizing, rng.random_range(3.0..8.0), 0.03),
+                        stage(RunStage::Processing, f64::INFINITY, 0.95),
+                        stage(RunStage::Finalizing, rng.random_range(3.0..8.0), 0.03),
                     ],
                     current: 0,
                     elapsed_secs: 0.0,
@@ -352,7 +353,7 @@ impl Simulator {
             if plan.elapsed_secs == 0.0 {
                 enter_stage(inv, &plan, stage_kind, &mut logs, out);
             }
-            let step_done = if stage_kind == Stage::Processing {
+            let step_done = if stage_kind == RunStage::Processing {
                 let done = self.process_objects(inv, idx, &mut plan, remaining, &mut logs);
                 remaining = 0.0;
                 done
@@ -376,13 +377,13 @@ impl Simulator {
         let job = session.job.clone();
         for (severity, text) in logs {
             let line = session.push_log(now, severity, text);
-            out.events.push(Event::LogLine {
+            out.events.push(BackupEvent::LogLine {
                 session: id.to_owned(),
                 job: job.clone(),
                 line,
             });
         }
-        out.events.push(Event::JobProgress {
+        out.events.push(BackupEvent::JobProgress {
             session: id.to_owned(),
             job: job.clone(),
             stage: session.stage,
@@ -403,8 +404,8 @@ impl Simulator {
             }
             release_worker(inv, &plan, out);
             let text = match plan.outcome {
-                SessionState::Success => "Job finished successfully",
-                SessionState::Warning => "Job finished with warnings: some items were skipped",
+                RunState::Success => "Job finished successfully",
+                RunState::Warning => "Job finished with warnings: some items were skipped",
                 _ => "Job failed: the source did not answer in time",
             };
             end_session(inv, id, plan.outcome, text, now, out);
@@ -462,7 +463,7 @@ impl Simulator {
                         }
                     ),
                 ));
-                if plan.outcome == SessionState::Warning && self.rng.random_bool(0.02) {
+                if plan.outcome == RunState::Warning && self.rng.random_bool(0.02) {
                     logs.push((
                         Severity::Warning,
                         format!(
@@ -502,18 +503,18 @@ fn object_name(index: u32, mailboxes: u32, sites: u32, org: &str) -> String {
 fn enter_stage(
     inv: &mut Inventory,
     plan: &Plan,
-    stage: Stage,
+    stage: RunStage,
     logs: &mut Vec<(Severity, String)>,
     out: &mut TickOutput,
 ) {
     let text = match (&plan.detail, stage) {
-        (Detail::Azure { vm_names, .. }, Stage::Snapshot) => {
+        (Detail::Azure { vm_names, .. }, RunStage::Snapshot) => {
             format!(
                 "Creating disk snapshots of {} (tagged for this backup)",
                 vm_names.join(", ")
             )
         }
-        (Detail::Azure { region, worker, .. }, Stage::WorkerDeployment) => {
+        (Detail::Azure { region, worker, .. }, RunStage::WorkerDeployment) => {
             if let Some(w) = worker {
                 set_worker(inv, region, w, WorkerState::Deploying, out);
             }
@@ -529,7 +530,7 @@ fn enter_stage(
                 read_total,
                 ..
             },
-            Stage::ReadingChangedBlocks,
+            RunStage::ReadingChangedBlocks,
         ) => {
             if let Some(w) = worker {
                 set_worker(inv, region, w, WorkerState::Running, out);
@@ -539,24 +540,24 @@ fn enter_stage(
                 *read_total as f64 / MB / 1024.0
             )
         }
-        (Detail::Azure { .. }, Stage::Compressing) => "Compressing read data".to_owned(),
-        (Detail::Azure { transfer_total, .. }, Stage::Transferring) => format!(
+        (Detail::Azure { .. }, RunStage::Compressing) => "Compressing read data".to_owned(),
+        (Detail::Azure { transfer_total, .. }, RunStage::Transferring) => format!(
             "Transferring {:.1} GB to the repository through the blob private endpoint",
             *transfer_total as f64 / MB / 1024.0
         ),
-        (Detail::Azure { .. }, Stage::RemovingAccess) => {
+        (Detail::Azure { .. }, RunStage::RemovingAccess) => {
             "Removing SAS access to the snapshots".to_owned()
         }
-        (Detail::Azure { region, worker, .. }, Stage::DeallocatingWorker) => {
+        (Detail::Azure { region, worker, .. }, RunStage::DeallocatingWorker) => {
             if let Some(w) = worker {
                 set_worker(inv, region, w, WorkerState::Deallocating, out);
             }
             format!("Deallocating worker {}", worker.as_deref().unwrap_or(""))
         }
-        (Detail::M365 { org, .. }, Stage::Connecting) => {
+        (Detail::M365 { org, .. }, RunStage::Connecting) => {
             format!("Connecting to organization {org}")
         }
-        (Detail::M365 { tasks, .. }, Stage::Processing) => format!(
+        (Detail::M365 { tasks, .. }, RunStage::Processing) => format!(
             "Processing objects in {} task(s) on {}",
             tasks.len(),
             tasks
@@ -565,20 +566,20 @@ fn enter_stage(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        (Detail::M365 { .. }, Stage::Finalizing) => "Committing the restore point".to_owned(),
+        (Detail::M365 { .. }, RunStage::Finalizing) => "Committing the restore point".to_owned(),
         _ => return,
     };
     logs.push((Severity::Info, text));
 }
 
-fn update_figures(session: &mut Session, plan: &Plan, dt: f64) {
+fn update_figures(session: &mut JobRun, plan: &Plan, dt: f64) {
     let Some(stage) = plan.stages.get(plan.current) else {
         return;
     };
     session.stage = stage.stage;
     let before: f64 = plan.stages[..plan.current].iter().map(|s| s.weight).sum();
     let fraction = match (&plan.detail, stage.stage) {
-        (Detail::M365 { .. }, Stage::Processing) => {
+        (Detail::M365 { .. }, RunStage::Processing) => {
             let total: u32 = session.tasks.iter().map(|t| t.objects_total).sum();
             let done: u32 = session.tasks.iter().map(|t| t.objects_done).sum();
             if total == 0 {
@@ -644,7 +645,7 @@ fn set_worker(
         && w.state != state
     {
         w.state = state;
-        out.events.push(Event::Changed(Change {
+        out.events.push(BackupEvent::Changed(Change {
             kind: "worker".into(),
             id: worker.to_owned(),
             change: serde_json::to_value(state)
@@ -669,7 +670,7 @@ fn release_worker(inv: &mut Inventory, plan: &Plan, out: &mut TickOutput) {
 fn end_session(
     inv: &mut Inventory,
     id: &str,
-    state: SessionState,
+    state: RunState,
     text: &str,
     now: u64,
     out: &mut TickOutput,
@@ -678,26 +679,26 @@ fn end_session(
         return;
     };
     session.state = state;
-    session.stage = Stage::Done;
+    session.stage = RunStage::Done;
     session.rate_bytes_per_sec = 0;
     session.ended_at_unix_secs = Some(now);
-    if state != SessionState::Failed {
+    if state != RunState::Failed {
         session.progress = 1.0;
     }
     let severity = match state {
-        SessionState::Success => Severity::Info,
-        SessionState::Warning => Severity::Warning,
+        RunState::Success => Severity::Info,
+        RunState::Warning => Severity::Warning,
         _ => Severity::Error,
     };
     let line = session.push_log(now, severity, text.to_owned());
     let job = session.job.clone();
     let job_name = session.job_name.clone();
-    out.events.push(Event::LogLine {
+    out.events.push(BackupEvent::LogLine {
         session: id.to_owned(),
         job: job.clone(),
         line,
     });
-    out.events.push(Event::SessionState {
+    out.events.push(BackupEvent::SessionState {
         session: id.to_owned(),
         job: job.clone(),
         state,
@@ -706,7 +707,7 @@ fn end_session(
     if let Some(result) = state.result() {
         finish_job(inv, &job, result, now);
     }
-    if state == SessionState::Failed {
+    if state == RunState::Failed {
         inv.server.alarms.push(Alarm {
             time_unix_secs: now,
             severity: Severity::Error,
@@ -723,7 +724,7 @@ pub fn recover_interrupted(inv: &mut Inventory, now_unix_secs: u64) -> usize {
     let ids: Vec<String> = inv
         .sessions
         .iter()
-        .filter(|s| s.state == SessionState::Running)
+        .filter(|s| s.state == RunState::Running)
         .map(|s| s.id.clone())
         .collect();
     let mut out = TickOutput::default();
@@ -731,7 +732,7 @@ pub fn recover_interrupted(inv: &mut Inventory, now_unix_secs: u64) -> usize {
         end_session(
             inv,
             id,
-            SessionState::Failed,
+            RunState::Failed,
             "Interrupted: the backup service restarted",
             now_unix_secs,
             &mut out,
@@ -749,7 +750,7 @@ pub fn recover_interrupted(inv: &mut Inventory, now_unix_secs: u64) -> usize {
 mod tests {
     use super::*;
     use crate::tenant::backup::generator::{Shape, generate_with_shape};
-    use crate::tenant::backup::ops::{Action, apply};
+    use crate::tenant::backup::ops::{BackupAction, apply};
 
     const NOW: u64 = 1_780_000_000;
 
@@ -758,7 +759,7 @@ mod tests {
         inv: &mut Inventory,
         job: &str,
         dt: f64,
-    ) -> (Vec<Event>, Vec<Stage>) {
+    ) -> (Vec<BackupEvent>, Vec<RunStage>) {
         let mut events = Vec::new();
         let mut stages = Vec::new();
         for step in 0..100_000u64 {
@@ -795,19 +796,25 @@ mod tests {
             .expect("azure job")
             .id
             .clone();
-        apply(&mut inv, &Action::StartJob { job: job.clone() }, NOW, true).expect("start");
+        apply(
+            &mut inv,
+            &BackupAction::StartJob { job: job.clone() },
+            NOW,
+            true,
+        )
+        .expect("start");
         let mut sim = Simulator::new(9);
         let (events, stages) = run_to_end(&mut sim, &mut inv, &job, 5.0);
         assert_eq!(
             stages,
             [
-                Stage::Snapshot,
-                Stage::WorkerDeployment,
-                Stage::ReadingChangedBlocks,
-                Stage::Compressing,
-                Stage::Transferring,
-                Stage::RemovingAccess,
-                Stage::DeallocatingWorker
+                RunStage::Snapshot,
+                RunStage::WorkerDeployment,
+                RunStage::ReadingChangedBlocks,
+                RunStage::Compressing,
+                RunStage::Transferring,
+                RunStage::RemovingAccess,
+                RunStage::DeallocatingWorker
             ]
         );
         let session = inv
@@ -816,16 +823,16 @@ mod tests {
             .rfind(|s| s.job == job)
             .expect("session");
         assert!(session.simulated);
-        assert_ne!(session.state, SessionState::Running);
+        assert_ne!(session.state, RunState::Running);
         assert!(session.bytes_read > 0 && session.bytes_transferred > 0);
         assert!(session.bytes_transferred < session.bytes_read);
         assert!(
             events
                 .iter()
-                .any(|e| matches!(e, Event::JobProgress { .. }))
+                .any(|e| matches!(e, BackupEvent::JobProgress { .. }))
         );
         assert!(events.iter().any(
-            |e| matches!(e, Event::Changed(c) if c.kind == "worker" && c.change == "running")
+            |e| matches!(e, BackupEvent::Changed(c) if c.kind == "worker" && c.change == "running")
         ));
         assert!(
             inv.azure
@@ -839,7 +846,7 @@ mod tests {
         let progress: Vec<f64> = events
             .iter()
             .filter_map(|e| match e {
-                Event::JobProgress { progress, .. } => Some(*progress),
+                BackupEvent::JobProgress { progress, .. } => Some(*progress),
                 _ => None,
             })
             .collect();
@@ -865,7 +872,7 @@ mod tests {
         }
         apply(
             &mut inv,
-            &Action::StartJob {
+            &BackupAction::StartJob {
                 job: job.id.clone(),
             },
             NOW,
@@ -877,9 +884,9 @@ mod tests {
         let members = inv.job_proxies(&job).len();
         let session = inv.running_session(&job.id).expect("running");
         assert_eq!(session.tasks.len(), members);
-        assert_eq!(session.stage, Stage::Processing);
+        assert_eq!(session.stage, RunStage::Processing);
         let (events, stages) = run_to_end(&mut sim, &mut inv, &job.id, 30.0);
-        assert_eq!(stages.last(), Some(&Stage::Finalizing));
+        assert_eq!(stages.last(), Some(&RunStage::Finalizing));
         let session = inv
             .sessions
             .iter()
@@ -898,7 +905,7 @@ mod tests {
                 .any(|l| l.text.contains("processed mailbox"))
         );
         assert!(events.iter().any(
-            |e| matches!(e, Event::SessionState { state, .. } if *state != SessionState::Running)
+            |e| matches!(e, BackupEvent::SessionState { state, .. } if *state != RunState::Running)
         ));
         let pool = inv
             .pool(job.pool.as_deref().unwrap_or_default())
@@ -921,7 +928,13 @@ mod tests {
                 p.state = ProxyState::Online;
             }
             for job in &jobs {
-                apply(&mut inv, &Action::StartJob { job: job.clone() }, NOW, true).expect("start");
+                apply(
+                    &mut inv,
+                    &BackupAction::StartJob { job: job.clone() },
+                    NOW,
+                    true,
+                )
+                .expect("start");
             }
             let mut sim = Simulator::new(42);
             for step in 0..200 {
@@ -936,12 +949,24 @@ mod tests {
     fn stopped_sessions_release_their_worker_and_schedules_start_jobs() {
         let mut inv = quiet(generate_with_shape(1, Shape::Azure, "az", NOW));
         let job = inv.jobs.iter().find(|j| j.enabled).expect("job").id.clone();
-        apply(&mut inv, &Action::StartJob { job: job.clone() }, NOW, true).expect("start");
+        apply(
+            &mut inv,
+            &BackupAction::StartJob { job: job.clone() },
+            NOW,
+            true,
+        )
+        .expect("start");
         let mut sim = Simulator::new(1);
         for step in 0..30 {
             sim.tick(&mut inv, NOW + step, 10.0);
         }
-        apply(&mut inv, &Action::StopJob { job: job.clone() }, NOW, true).expect("stop");
+        apply(
+            &mut inv,
+            &BackupAction::StopJob { job: job.clone() },
+            NOW,
+            true,
+        )
+        .expect("stop");
         sim.tick(&mut inv, NOW + 31, 1.0);
         assert!(
             inv.azure
@@ -969,7 +994,13 @@ mod tests {
     fn interrupted_sessions_are_marked_failed() {
         let mut inv = quiet(generate_with_shape(1, Shape::Small, "s", NOW));
         let job = inv.jobs.iter().find(|j| j.enabled).expect("job").id.clone();
-        apply(&mut inv, &Action::StartJob { job: job.clone() }, NOW, true).expect("start");
+        apply(
+            &mut inv,
+            &BackupAction::StartJob { job: job.clone() },
+            NOW,
+            true,
+        )
+        .expect("start");
         assert_eq!(recover_interrupted(&mut inv, NOW + 5), 1);
         assert!(inv.running_session(&job).is_none());
         assert_eq!(
@@ -982,14 +1013,20 @@ mod tests {
     fn job_without_online_proxy_fails_cleanly() {
         let mut inv = quiet(generate_with_shape(1, Shape::Small, "s", NOW));
         let job = inv.jobs.iter().find(|j| j.enabled).expect("job").id.clone();
-        apply(&mut inv, &Action::StartJob { job: job.clone() }, NOW, true).expect("start");
+        apply(
+            &mut inv,
+            &BackupAction::StartJob { job: job.clone() },
+            NOW,
+            true,
+        )
+        .expect("start");
         inv.proxies[0].state = ProxyState::Offline;
         let out = Simulator::new(1).tick(&mut inv, NOW, 1.0);
         assert!(inv.running_session(&job).is_none());
         assert!(out.events.iter().any(|e| matches!(
             e,
-            Event::SessionState {
-                state: SessionState::Failed,
+            BackupEvent::SessionState {
+                state: RunState::Failed,
                 ..
             }
         )));

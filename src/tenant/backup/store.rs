@@ -137,7 +137,7 @@ impl Store {
         Store {
             path: path.into(),
             lock: Arc::new(Mutex::new(None)),
-            dir_sync: sync_dir,
+            dir_sync: crate::util::files::sync_dir,
         }
     }
 
@@ -271,7 +271,7 @@ impl Store {
     /// into the file, so the error can say who has it. Once locked, temp files left by an
     /// interrupted write of an earlier holder are removed (nobody else can be writing them).
     fn hold_lock(&self) -> Result<(), StoreError> {
-        let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = crate::util::lock(&self.lock);
         if held.is_some() {
             return Ok(());
         }
@@ -342,22 +342,6 @@ impl Store {
 
 fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(StoreError::Encode)
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("syncing the folder {}: {e}", dir.display()),
-        )
-    })
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> std::io::Result<()> {
-    // Windows cannot open a folder as a file; rename there is already durable enough.
-    Ok(())
 }
 
 #[cfg(test)]

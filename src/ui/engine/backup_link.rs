@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use crate::tenant::backup::Event as BackupEvent;
+use crate::tenant::backup::BackupEvent;
 use crate::tenant::backup::{BackupClient, ClientError};
 
 use super::messages::{BackupRequest, BackupUpdate, RunChange};
@@ -221,8 +221,8 @@ mod tests {
     async fn a_running_job_reaches_the_window_as_run_changes() {
         use crate::tenant::backup::model::Schedule;
         use crate::tenant::backup::{
-            Action as BackupAction, BackupService, ServiceConfig, Shape, Store,
-            generate_with_shape, serve_connection, simulate,
+            BackupAction, BackupService, ServiceConfig, Shape, Store, generate_with_shape,
+            serve_connection, simulate,
         };
         use tokio_util::sync::CancellationToken;
 
@@ -237,7 +237,7 @@ mod tests {
                     7,
                     Shape::Small,
                     "acme",
-                    crate::ui::format::now_unix_secs(),
+                    crate::util::now_unix_secs(),
                 );
                 for job in &mut inv.jobs {
                     job.schedule = Schedule::Manual;

@@ -339,11 +339,10 @@ async fn write_file(path: PathBuf, contents: String, sink: EventSink) {
     }
 }
 
-/// Writes next to the target, then renames, so a crash never leaves half a file.
+/// [`crate::util::files::write_atomically`], off the async threads.
 async fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".part");
-    let tmp = PathBuf::from(tmp);
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await
+    let (path, bytes) = (path.to_owned(), bytes.to_vec());
+    tokio::task::spawn_blocking(move || crate::util::files::write_atomically(&path, &bytes))
+        .await
+        .map_err(io::Error::other)?
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::lab::{Lab, LabOptions};
 use crate::net::backoff::Backoff;
 use crate::net::console::{ConsoleClient, ConsoleError};
-use crate::net::protocol::{ApiResponse, ErrorCode};
+use crate::wire::protocol::ApiResponse;
 
 use super::EventSink;
 use super::messages::{ConnState, Event, LabFacts};
@@ -85,7 +85,7 @@ pub(super) async fn follow_tenants(
         };
         let (reason, retry) = match outcome {
             Ok(()) => ("the SP closed the tenant feed".to_string(), true),
-            Err(e) => (describe_error(&e), worth_retrying(&e)),
+            Err(e) => (describe_error(&e), e.retryable()),
         };
         if !retry {
             sink.send(Event::Conn(ConnState::Failed(reason)));
@@ -100,15 +100,6 @@ pub(super) async fn follow_tenants(
             _ = cancel.cancelled() => return,
         }
     }
-}
-
-/// False for refusals a retry cannot fix: wrong credentials, no access, an SP speaking
-/// another protocol version, a certificate the console does not trust.
-fn worth_retrying(e: &ConsoleError) -> bool {
-    !matches!(
-        e.code(),
-        Some(ErrorCode::AuthFailed | ErrorCode::AccessDenied | ErrorCode::VersionMismatch)
-    ) && !matches!(e, ConsoleError::Dial(d) if d.is_untrusted())
 }
 
 /// One login and its feed, until the feed ends; `live_since` is set when the snapshot came.
@@ -158,6 +149,7 @@ pub fn describe_error(e: &ConsoleError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::protocol::ErrorCode;
 
     #[test]
     fn refusals_read_as_words() {

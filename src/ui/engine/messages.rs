@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use crate::lab::LabOptions;
 use crate::net::console::{ConsoleConfig, OpenStage};
-use crate::net::protocol::{ErrorCode, TenantInfo};
 use crate::net::tls::TlsInfo;
-use crate::tenant::backup::Action as BackupAction;
+use crate::tenant::backup::BackupAction;
 use crate::tenant::backup::Inventory;
-use crate::tenant::backup::model::{LogLine, MAX_LOG_LINES, Stage as RunStage};
+use crate::tenant::backup::model::{LogLine, MAX_LOG_LINES, RunStage};
+use crate::wire::protocol::{ErrorCode, TenantInfo};
 
 /// Identifies a session tab across commands and events.
 pub type TabId = u64;

@@ -8,7 +8,7 @@ use egui::{RichText, Ui};
 use super::SessionTab;
 use crate::ui::action::Action;
 use crate::ui::engine::Command;
-use crate::ui::format;
+use crate::util::format;
 
 pub(super) fn connection_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec<Action>) {
     if let Some(facts) = &tab.facts {

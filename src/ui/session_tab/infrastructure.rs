@@ -7,7 +7,7 @@ use egui::{Color32, RichText, Ui};
 use crate::tenant::backup::model::{ProxyState, WorkerState};
 
 use super::{SessionTab, backup_missing_ui};
-use crate::ui::format;
+use crate::util::format;
 
 pub(super) fn infrastructure_ui(ui: &mut Ui, tab: &mut SessionTab) {
     if backup_missing_ui(ui, tab) {

@@ -5,13 +5,13 @@ use eframe::egui;
 
 use egui::{RichText, Ui};
 
-use crate::tenant::backup::Action as BackupAction;
+use crate::tenant::backup::BackupAction;
 use crate::tenant::backup::model::{JobResult, Schedule};
 
 use super::{Confirm, SessionTab, backup_missing_ui};
 use crate::ui::action::Action;
 use crate::ui::engine::{BackupRequest, Command};
-use crate::ui::format;
+use crate::util::format;
 
 fn schedule_text(s: &Schedule) -> String {
     match s {
@@ -49,7 +49,7 @@ pub(super) fn jobs_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec<Actio
             ui.label(RichText::new(h).strong());
         }
         ui.end_row();
-        let now = format::now_unix_secs();
+        let now = crate::util::now_unix_secs();
         for job in &inv.jobs {
             ui.label(RichText::new(&job.name).strong());
             ui.label(if job.enabled {

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use egui::{Color32, Ui};
 
-use crate::net::protocol::ErrorCode;
-use crate::tenant::backup::Action as BackupAction;
+use crate::tenant::backup::BackupAction;
 use crate::tenant::backup::Inventory;
-use crate::tenant::backup::model::{Session as JobRun, Severity};
+use crate::tenant::backup::model::{JobRun, Severity};
+use crate::wire::protocol::ErrorCode;
 
 use super::engine::{BackupUpdate, PathPurpose, Sample, SessionEvent, SessionFacts, TabId};
 use super::export::ExportForm;
-use super::format;
+use crate::util::format;
 
 mod connection;
 mod frame;
@@ -160,7 +160,11 @@ impl SessionTab {
     }
 
     fn note(&mut self, text: impl Into<String>) {
-        let line = format!("{} {}", format::clock(format::now_unix_secs()), text.into());
+        let line = format!(
+            "{} {}",
+            format::clock(crate::util::now_unix_secs()),
+            text.into()
+        );
         self.activity.push(line);
         if self.activity.len() > MAX_ACTIVITY {
             self.activity.remove(0);

@@ -7,11 +7,11 @@ use std::time::Duration;
 use egui::{Color32, RichText, Ui};
 
 use crate::net::console::OpenStage;
-use crate::net::protocol::ErrorCode;
+use crate::wire::protocol::ErrorCode;
 
 use super::SessionTab;
 use crate::ui::action::Action;
-use crate::ui::format;
+use crate::util::format;
 
 pub(super) fn stages_ui(ui: &mut Ui, tab: &SessionTab, opening: bool) {
     ui.label(RichText::new("Opening the session").strong());

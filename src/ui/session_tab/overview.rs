@@ -4,10 +4,10 @@ use eframe::egui;
 
 use egui::{RichText, Ui};
 
-use crate::tenant::backup::model::SessionState as RunState;
+use crate::tenant::backup::model::RunState;
 
 use super::{SessionTab, backup_missing_ui, severity_color};
-use crate::ui::format;
+use crate::util::format;
 
 pub(super) fn overview_ui(ui: &mut Ui, tab: &mut SessionTab) {
     if backup_missing_ui(ui, tab) {

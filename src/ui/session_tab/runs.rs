@@ -9,7 +9,7 @@ use egui_extras::{Column, TableBuilder};
 use super::{SessionTab, backup_missing_ui, severity_color};
 use crate::ui::action::Action;
 use crate::ui::export::export_form_ui;
-use crate::ui::format;
+use crate::util::format;
 
 pub(super) fn runs_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec<Action>) {
     if backup_missing_ui(ui, tab) {

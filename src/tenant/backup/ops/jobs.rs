@@ -75,10 +75,10 @@ pub(super) fn stop(inv: &mut Inventory, job: &str, now: u64) -> Result<Applied, 
     let session = inv
         .sessions
         .iter_mut()
-        .find(|s| s.job == *job && s.state == SessionState::Running)
+        .find(|s| s.job == *job && s.state == RunState::Running)
         .ok_or_else(|| ActionError::JobNotRunning(job.to_owned()))?;
-    session.state = SessionState::Stopped;
-    session.stage = Stage::Done;
+    session.state = RunState::Stopped;
+    session.stage = RunStage::Done;
     session.rate_bytes_per_sec = 0;
     session.ended_at_unix_secs = Some(now);
     session.push_log(now, Severity::Warning, "Job stopped by an operator".into());
@@ -187,12 +187,12 @@ pub(super) fn remove(inv: &mut Inventory, id: &str) -> Result<Applied, ActionErr
 pub(crate) fn start_session(inv: &mut Inventory, job: &str, now: u64, simulated: bool) -> String {
     let id = Inventory::next_id("session", inv.sessions.iter().map(|s| s.id.as_str()));
     let name = inv.job(job).map(|j| j.name.clone()).unwrap_or_default();
-    let mut session = Session {
+    let mut session = JobRun {
         id: id.clone(),
         job: job.to_owned(),
         job_name: name.clone(),
-        state: SessionState::Running,
-        stage: Stage::Pending,
+        state: RunState::Running,
+        stage: RunStage::Pending,
         progress: 0.0,
         bytes_read: 0,
         bytes_transferred: 0,
@@ -293,7 +293,7 @@ mod tests {
         let mut inv = fixture();
         let out = ok(
             &mut inv,
-            Action::StartJob {
+            BackupAction::StartJob {
                 job: "job-1".into(),
             },
         );
@@ -303,18 +303,18 @@ mod tests {
             .iter()
             .find(|s| s.id == session)
             .expect("session");
-        assert_eq!(s.state, SessionState::Running);
+        assert_eq!(s.state, RunState::Running);
         assert!(s.simulated);
         refused(
             &mut inv,
-            Action::StartJob {
+            BackupAction::StartJob {
                 job: "job-1".into(),
             },
             "job_running",
         );
         ok(
             &mut inv,
-            Action::StopJob {
+            BackupAction::StopJob {
                 job: "job-1".into(),
             },
         );
@@ -325,7 +325,7 @@ mod tests {
         assert!(inv.running_session("job-1").is_none());
         refused(
             &mut inv,
-            Action::StopJob {
+            BackupAction::StopJob {
                 job: "job-1".into(),
             },
             "job_not_running",
@@ -333,7 +333,7 @@ mod tests {
         // Azure jobs need no proxy.
         ok(
             &mut inv,
-            Action::StartJob {
+            BackupAction::StartJob {
                 job: "job-2".into(),
             },
         );
@@ -344,35 +344,35 @@ mod tests {
         let mut inv = fixture();
         refused(
             &mut inv,
-            Action::StartJob {
+            BackupAction::StartJob {
                 job: "job-99".into(),
             },
             "not_found",
         );
         refused(
             &mut inv,
-            Action::StopJob {
+            BackupAction::StopJob {
                 job: "job-99".into(),
             },
             "not_found",
         );
         refused(
             &mut inv,
-            Action::StartJob {
+            BackupAction::StartJob {
                 job: "job-3".into(),
             },
             "job_disabled",
         );
         ok(
             &mut inv,
-            Action::SetProxyMaintenance {
+            BackupAction::SetProxyMaintenance {
                 id: "proxy-2".into(),
                 maintenance: true,
             },
         );
         refused(
             &mut inv,
-            Action::StartJob {
+            BackupAction::StartJob {
                 job: "job-1".into(),
             },
             "proxy_unavailable",
@@ -384,7 +384,7 @@ mod tests {
         let mut inv = fixture();
         ok(
             &mut inv,
-            Action::EnableJob {
+            BackupAction::EnableJob {
                 job: "job-3".into(),
             },
         );
@@ -393,7 +393,7 @@ mod tests {
         assert_eq!(job.next_run_unix_secs, job.schedule.next_after(NOW));
         ok(
             &mut inv,
-            Action::DisableJob {
+            BackupAction::DisableJob {
                 job: "job-3".into(),
             },
         );
@@ -401,12 +401,12 @@ mod tests {
         assert!(!job.enabled && job.next_run_unix_secs.is_none());
         refused(
             &mut inv,
-            Action::EnableJob { job: "nope".into() },
+            BackupAction::EnableJob { job: "nope".into() },
             "not_found",
         );
         refused(
             &mut inv,
-            Action::DisableJob { job: "nope".into() },
+            BackupAction::DisableJob { job: "nope".into() },
             "not_found",
         );
     }
@@ -416,7 +416,7 @@ mod tests {
         let mut inv = fixture();
         let id = ok(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: m365_spec("Teams", Some("proxy-3"), None),
             },
         )
@@ -432,7 +432,7 @@ mod tests {
         spec.schedule = Schedule::Periodically { every_minutes: 60 };
         ok(
             &mut inv,
-            Action::EditJob {
+            BackupAction::EditJob {
                 id: id.clone(),
                 job: spec,
             },
@@ -446,7 +446,7 @@ mod tests {
                 .organizations
                 .is_empty()
         );
-        ok(&mut inv, Action::RemoveJob { id: id.clone() });
+        ok(&mut inv, BackupAction::RemoveJob { id: id.clone() });
         assert!(inv.job(&id).is_none());
     }
 
@@ -455,49 +455,49 @@ mod tests {
         let mut inv = fixture();
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: m365_spec("Mail", Some("proxy-1"), None),
             },
             "duplicate_name",
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: m365_spec("J", Some("proxy-1"), Some("pool-1")),
             },
             "invalid",
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: m365_spec("J", None, None),
             },
             "invalid",
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: m365_spec("J", Some("proxy-9"), None),
             },
             "not_found",
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: m365_spec("J", None, Some("pool-9")),
             },
             "not_found",
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: m365_spec("J", Some("proxy-2"), None),
             },
             "invalid",
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: JobSpec {
                     repository: "repo-9".into(),
                     ..m365_spec("J", Some("proxy-1"), None)
@@ -507,7 +507,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: JobSpec {
                     source: JobSource::Organization("org-9".into()),
                     ..m365_spec("J", Some("proxy-1"), None)
@@ -517,7 +517,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: JobSpec {
                     source: JobSource::AzureVms(vec!["vm-1".into()]),
                     ..m365_spec("J", Some("proxy-1"), None)
@@ -537,28 +537,28 @@ mod tests {
         };
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: azure(vec![], None),
             },
             "invalid",
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: azure(vec!["vm-9".into()], None),
             },
             "not_found",
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: azure(vec!["vm-1".into()], Some("proxy-1".into())),
             },
             "invalid",
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: JobSpec {
                     schedule: Schedule::Daily {
                         hour: 24,
@@ -571,7 +571,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::AddJob {
+            BackupAction::AddJob {
                 job: JobSpec {
                     schedule: Schedule::Periodically { every_minutes: 1 },
                     ..m365_spec("J", Some("proxy-1"), None)
@@ -581,7 +581,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::EditJob {
+            BackupAction::EditJob {
                 id: "job-9".into(),
                 job: m365_spec("J", Some("proxy-1"), None),
             },
@@ -589,18 +589,18 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::RemoveJob { id: "job-9".into() },
+            BackupAction::RemoveJob { id: "job-9".into() },
             "not_found",
         );
         ok(
             &mut inv,
-            Action::StartJob {
+            BackupAction::StartJob {
                 job: "job-1".into(),
             },
         );
         refused(
             &mut inv,
-            Action::EditJob {
+            BackupAction::EditJob {
                 id: "job-1".into(),
                 job: m365_spec("Mail", None, Some("pool-1")),
             },
@@ -608,7 +608,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::RemoveJob { id: "job-1".into() },
+            BackupAction::RemoveJob { id: "job-1".into() },
             "job_running",
         );
     }

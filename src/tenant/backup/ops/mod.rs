@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::*;
+use super::protocol::ErrorCode;
 
 mod jobs;
 mod notifications;
@@ -24,7 +25,7 @@ pub use repositories::RepositorySpec;
 /// An action a console asks the backup server to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Action {
+pub enum BackupAction {
     /// Start a run of an enabled job that is not running.
     StartJob { job: String },
     /// Stop a running job.
@@ -133,19 +134,19 @@ pub enum ActionError {
 
 impl ActionError {
     /// The stable code sent on the wire.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ActionError::NotFound { .. } => "not_found",
-            ActionError::JobRunning(_) => "job_running",
-            ActionError::JobNotRunning(_) => "job_not_running",
-            ActionError::JobDisabled(_) => "job_disabled",
-            ActionError::InUse { .. } => "in_use",
-            ActionError::CertificateRequired => "certificate_required",
-            ActionError::ProxyUnavailable(_) => "proxy_unavailable",
-            ActionError::ProxyBusy { .. } => "proxy_busy",
-            ActionError::DuplicateName { .. } => "duplicate_name",
-            ActionError::LocalProxy => "local_proxy",
-            ActionError::Invalid { .. } => "invalid",
+            ActionError::NotFound { .. } => ErrorCode::NotFound,
+            ActionError::JobRunning(_) => ErrorCode::JobRunning,
+            ActionError::JobNotRunning(_) => ErrorCode::JobNotRunning,
+            ActionError::JobDisabled(_) => ErrorCode::JobDisabled,
+            ActionError::InUse { .. } => ErrorCode::InUse,
+            ActionError::CertificateRequired => ErrorCode::CertificateRequired,
+            ActionError::ProxyUnavailable(_) => ErrorCode::ProxyUnavailable,
+            ActionError::ProxyBusy { .. } => ErrorCode::ProxyBusy,
+            ActionError::DuplicateName { .. } => ErrorCode::DuplicateName,
+            ActionError::LocalProxy => ErrorCode::LocalProxy,
+            ActionError::Invalid { .. } => ErrorCode::Invalid,
         }
     }
 }
@@ -213,32 +214,32 @@ fn check_unique<'a>(
 /// `now_unix_secs` stamps runs and schedules; `simulated` marks new runs.
 pub fn apply(
     inv: &mut Inventory,
-    action: &Action,
+    action: &BackupAction,
     now_unix_secs: u64,
     simulated: bool,
 ) -> Result<Applied, ActionError> {
     let now = now_unix_secs;
     match action {
-        Action::StartJob { job } => jobs::start(inv, job, now, simulated),
-        Action::StopJob { job } => jobs::stop(inv, job, now),
-        Action::EnableJob { job } => jobs::set_enabled(inv, job, true, now),
-        Action::DisableJob { job } => jobs::set_enabled(inv, job, false, now),
-        Action::AddJob { job } => jobs::add(inv, job, now),
-        Action::EditJob { id, job } => jobs::edit(inv, id, job, now),
-        Action::RemoveJob { id } => jobs::remove(inv, id),
-        Action::AddProxy { proxy } => proxies::add(inv, proxy),
-        Action::EditProxy { id, proxy } => proxies::edit(inv, id, proxy),
-        Action::RemoveProxy { id } => proxies::remove(inv, id),
-        Action::SetProxyMaintenance { id, maintenance } => {
+        BackupAction::StartJob { job } => jobs::start(inv, job, now, simulated),
+        BackupAction::StopJob { job } => jobs::stop(inv, job, now),
+        BackupAction::EnableJob { job } => jobs::set_enabled(inv, job, true, now),
+        BackupAction::DisableJob { job } => jobs::set_enabled(inv, job, false, now),
+        BackupAction::AddJob { job } => jobs::add(inv, job, now),
+        BackupAction::EditJob { id, job } => jobs::edit(inv, id, job, now),
+        BackupAction::RemoveJob { id } => jobs::remove(inv, id),
+        BackupAction::AddProxy { proxy } => proxies::add(inv, proxy),
+        BackupAction::EditProxy { id, proxy } => proxies::edit(inv, id, proxy),
+        BackupAction::RemoveProxy { id } => proxies::remove(inv, id),
+        BackupAction::SetProxyMaintenance { id, maintenance } => {
             proxies::set_maintenance(inv, id, *maintenance)
         }
-        Action::AddPool { pool } => pools::add(inv, pool),
-        Action::EditPool { id, pool } => pools::edit(inv, id, pool),
-        Action::RemovePool { id } => pools::remove(inv, id),
-        Action::AddRepository { repository } => repositories::add(inv, repository),
-        Action::EditRepository { id, repository } => repositories::edit(inv, id, repository),
-        Action::RemoveRepository { id } => repositories::remove(inv, id),
-        Action::SetNotifications { notifications } => notifications::set(inv, notifications),
+        BackupAction::AddPool { pool } => pools::add(inv, pool),
+        BackupAction::EditPool { id, pool } => pools::edit(inv, id, pool),
+        BackupAction::RemovePool { id } => pools::remove(inv, id),
+        BackupAction::AddRepository { repository } => repositories::add(inv, repository),
+        BackupAction::EditRepository { id, repository } => repositories::edit(inv, id, repository),
+        BackupAction::RemoveRepository { id } => repositories::remove(inv, id),
+        BackupAction::SetNotifications { notifications } => notifications::set(inv, notifications),
     }
 }
 
@@ -278,10 +279,10 @@ mod tests {
     #[test]
     fn action_json_shape() {
         let json = serde_json::json!({"type": "start_job", "job": "job-1"});
-        let action: Action = serde_json::from_value(json).expect("parse");
+        let action: BackupAction = serde_json::from_value(json).expect("parse");
         assert_eq!(
             action,
-            Action::StartJob {
+            BackupAction::StartJob {
                 job: "job-1".into()
             }
         );
@@ -289,9 +290,9 @@ mod tests {
             "name": "J", "kind": "azure_vm", "source": {"azure_vms": ["vm-1"]},
             "repository": "repo-2", "schedule": {"type": "daily", "hour": 22, "minute": 30},
             "enabled": true}});
-        let action: Action = serde_json::from_value(json).expect("parse");
-        assert!(matches!(action, Action::AddJob { .. }));
+        let action: BackupAction = serde_json::from_value(json).expect("parse");
+        assert!(matches!(action, BackupAction::AddJob { .. }));
         let bad = serde_json::json!({"type": "start_job", "job": "job-1", "extra": 1});
-        assert!(serde_json::from_value::<Action>(bad).is_err());
+        assert!(serde_json::from_value::<BackupAction>(bad).is_err());
     }
 }

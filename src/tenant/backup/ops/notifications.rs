@@ -45,14 +45,14 @@ mod tests {
         };
         ok(
             &mut inv,
-            Action::SetNotifications {
+            BackupAction::SetNotifications {
                 notifications: good.clone(),
             },
         );
         assert_eq!(inv.server.notifications, good);
         refused(
             &mut inv,
-            Action::SetNotifications {
+            BackupAction::SetNotifications {
                 notifications: Notifications {
                     smtp_server: String::new(),
                     ..good.clone()
@@ -62,7 +62,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::SetNotifications {
+            BackupAction::SetNotifications {
                 notifications: Notifications {
                     to: vec![],
                     ..good.clone()
@@ -73,7 +73,7 @@ mod tests {
         // Disabled settings may be incomplete.
         ok(
             &mut inv,
-            Action::SetNotifications {
+            BackupAction::SetNotifications {
                 notifications: Notifications::default(),
             },
         );

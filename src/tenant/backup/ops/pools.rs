@@ -120,7 +120,7 @@ mod tests {
         let mut inv = fixture();
         let id = ok(
             &mut inv,
-            Action::AddPool {
+            BackupAction::AddPool {
                 pool: PoolSpec {
                     name: "Pool B".into(),
                     members: vec!["proxy-3".into()],
@@ -137,7 +137,7 @@ mod tests {
         assert!(pool.bus.url.starts_with("nats://"));
         ok(
             &mut inv,
-            Action::EditPool {
+            BackupAction::EditPool {
                 id: "pool-1".into(),
                 pool: PoolSpec {
                     name: "Pool A".into(),
@@ -145,7 +145,7 @@ mod tests {
                 },
             },
         );
-        ok(&mut inv, Action::RemovePool { id: id.clone() });
+        ok(&mut inv, BackupAction::RemovePool { id: id.clone() });
         assert!(inv.proxy("proxy-3").and_then(|p| p.pool.clone()).is_none());
     }
 
@@ -156,38 +156,42 @@ mod tests {
             name: "P".into(),
             members: members.iter().map(|m| m.to_string()).collect(),
         };
-        refused(&mut inv, Action::AddPool { pool: pool(&[]) }, "invalid");
         refused(
             &mut inv,
-            Action::AddPool {
+            BackupAction::AddPool { pool: pool(&[]) },
+            "invalid",
+        );
+        refused(
+            &mut inv,
+            BackupAction::AddPool {
                 pool: pool(&["proxy-3", "proxy-3"]),
             },
             "invalid",
         );
         refused(
             &mut inv,
-            Action::AddPool {
+            BackupAction::AddPool {
                 pool: pool(&["proxy-9"]),
             },
             "not_found",
         );
         refused(
             &mut inv,
-            Action::AddPool {
+            BackupAction::AddPool {
                 pool: pool(&["proxy-2"]),
             },
             "in_use",
         );
         refused(
             &mut inv,
-            Action::AddPool {
+            BackupAction::AddPool {
                 pool: pool(&["proxy-1"]),
             },
             "in_use",
         ); // job-3 uses it
         refused(
             &mut inv,
-            Action::AddPool {
+            BackupAction::AddPool {
                 pool: PoolSpec {
                     name: "pool a".into(),
                     members: vec!["proxy-3".into()],
@@ -197,7 +201,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::EditPool {
+            BackupAction::EditPool {
                 id: "pool-9".into(),
                 pool: pool(&["proxy-3"]),
             },
@@ -205,27 +209,27 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::RemovePool {
+            BackupAction::RemovePool {
                 id: "pool-9".into(),
             },
             "not_found",
         );
         refused(
             &mut inv,
-            Action::RemovePool {
+            BackupAction::RemovePool {
                 id: "pool-1".into(),
             },
             "in_use",
         );
         ok(
             &mut inv,
-            Action::StartJob {
+            BackupAction::StartJob {
                 job: "job-1".into(),
             },
         );
         refused(
             &mut inv,
-            Action::EditPool {
+            BackupAction::EditPool {
                 id: "pool-1".into(),
                 pool: pool(&["proxy-2", "proxy-3"]),
             },

@@ -176,7 +176,7 @@ mod tests {
         let mut inv = fixture();
         let id = ok(
             &mut inv,
-            Action::AddProxy {
+            BackupAction::AddProxy {
                 proxy: proxy_spec("px04", ProxyKind::Domain, None),
             },
         )
@@ -186,7 +186,7 @@ mod tests {
         spec.max_concurrent_tasks = 32;
         ok(
             &mut inv,
-            Action::EditProxy {
+            BackupAction::EditProxy {
                 id: id.clone(),
                 proxy: spec,
             },
@@ -196,7 +196,7 @@ mod tests {
             (p.name.as_str(), p.kind, p.max_concurrent_tasks),
             ("px04-renamed", ProxyKind::Workgroup, 32)
         );
-        ok(&mut inv, Action::RemoveProxy { id: id.clone() });
+        ok(&mut inv, BackupAction::RemoveProxy { id: id.clone() });
         assert!(inv.proxy(&id).is_none());
     }
 
@@ -205,21 +205,21 @@ mod tests {
         let mut inv = fixture();
         refused(
             &mut inv,
-            Action::AddProxy {
+            BackupAction::AddProxy {
                 proxy: proxy_spec("wg9", ProxyKind::Workgroup, None),
             },
             "certificate_required",
         );
         refused(
             &mut inv,
-            Action::AddProxy {
+            BackupAction::AddProxy {
                 proxy: proxy_spec("wg9", ProxyKind::Workgroup, Some("xyz")),
             },
             "certificate_required",
         );
         refused(
             &mut inv,
-            Action::EditProxy {
+            BackupAction::EditProxy {
                 id: "proxy-2".into(),
                 proxy: proxy_spec("px02", ProxyKind::Workgroup, None),
             },
@@ -227,38 +227,38 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::AddProxy {
+            BackupAction::AddProxy {
                 proxy: proxy_spec("px9", ProxyKind::Domain, Some(THUMB)),
             },
             "invalid",
         );
         refused(
             &mut inv,
-            Action::AddProxy {
+            BackupAction::AddProxy {
                 proxy: proxy_spec("PX02", ProxyKind::Domain, None),
             },
             "duplicate_name",
         );
         refused(
             &mut inv,
-            Action::AddProxy {
+            BackupAction::AddProxy {
                 proxy: proxy_spec("", ProxyKind::Domain, None),
             },
             "invalid",
         );
         let mut zero = proxy_spec("px9", ProxyKind::Domain, None);
         zero.max_concurrent_tasks = 0;
-        refused(&mut inv, Action::AddProxy { proxy: zero }, "invalid");
+        refused(&mut inv, BackupAction::AddProxy { proxy: zero }, "invalid");
         refused(
             &mut inv,
-            Action::AddProxy {
+            BackupAction::AddProxy {
                 proxy: proxy_spec("loc2", ProxyKind::Local, None),
             },
             "local_proxy",
         );
         refused(
             &mut inv,
-            Action::EditProxy {
+            BackupAction::EditProxy {
                 id: "proxy-1".into(),
                 proxy: proxy_spec("x", ProxyKind::Domain, None),
             },
@@ -266,7 +266,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::EditProxy {
+            BackupAction::EditProxy {
                 id: "proxy-9".into(),
                 proxy: proxy_spec("x", ProxyKind::Domain, None),
             },
@@ -274,21 +274,21 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::RemoveProxy {
+            BackupAction::RemoveProxy {
                 id: "proxy-1".into(),
             },
             "local_proxy",
         );
         refused(
             &mut inv,
-            Action::RemoveProxy {
+            BackupAction::RemoveProxy {
                 id: "proxy-2".into(),
             },
             "in_use",
         );
         refused(
             &mut inv,
-            Action::RemoveProxy {
+            BackupAction::RemoveProxy {
                 id: "proxy-9".into(),
             },
             "not_found",
@@ -296,14 +296,14 @@ mod tests {
         // A proxy used directly by a job.
         ok(
             &mut inv,
-            Action::EditJob {
+            BackupAction::EditJob {
                 id: "job-3".into(),
                 job: m365_spec("Sites", Some("proxy-3"), None),
             },
         );
         refused(
             &mut inv,
-            Action::RemoveProxy {
+            BackupAction::RemoveProxy {
                 id: "proxy-3".into(),
             },
             "in_use",
@@ -315,7 +315,7 @@ mod tests {
         let mut inv = fixture();
         ok(
             &mut inv,
-            Action::SetProxyMaintenance {
+            BackupAction::SetProxyMaintenance {
                 id: "proxy-3".into(),
                 maintenance: true,
             },
@@ -326,7 +326,7 @@ mod tests {
         );
         ok(
             &mut inv,
-            Action::SetProxyMaintenance {
+            BackupAction::SetProxyMaintenance {
                 id: "proxy-3".into(),
                 maintenance: false,
             },
@@ -337,7 +337,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::SetProxyMaintenance {
+            BackupAction::SetProxyMaintenance {
                 id: "proxy-9".into(),
                 maintenance: true,
             },
@@ -345,13 +345,13 @@ mod tests {
         );
         ok(
             &mut inv,
-            Action::StartJob {
+            BackupAction::StartJob {
                 job: "job-1".into(),
             },
         );
         refused(
             &mut inv,
-            Action::SetProxyMaintenance {
+            BackupAction::SetProxyMaintenance {
                 id: "proxy-2".into(),
                 maintenance: true,
             },
@@ -359,7 +359,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::EditProxy {
+            BackupAction::EditProxy {
                 id: "proxy-2".into(),
                 proxy: proxy_spec("px02", ProxyKind::Domain, None),
             },

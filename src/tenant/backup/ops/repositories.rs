@@ -149,7 +149,7 @@ mod tests {
         let mut inv = fixture();
         let id = ok(
             &mut inv,
-            Action::AddRepository {
+            BackupAction::AddRepository {
                 repository: repo_spec("Extra", RepositoryKind::ObjectStorage),
             },
         )
@@ -159,14 +159,14 @@ mod tests {
         spec.retention_days = 30;
         ok(
             &mut inv,
-            Action::EditRepository {
+            BackupAction::EditRepository {
                 id: id.clone(),
                 repository: spec,
             },
         );
         let r = inv.repositories.iter().find(|r| r.id == id).expect("repo");
         assert_eq!((r.kind, r.retention_days), (RepositoryKind::Local, 30));
-        ok(&mut inv, Action::RemoveRepository { id: id.clone() });
+        ok(&mut inv, BackupAction::RemoveRepository { id: id.clone() });
         assert!(!inv.repositories.iter().any(|r| r.id == id));
     }
 
@@ -177,7 +177,7 @@ mod tests {
         no_path.path = None;
         refused(
             &mut inv,
-            Action::AddRepository {
+            BackupAction::AddRepository {
                 repository: no_path,
             },
             "invalid",
@@ -186,7 +186,7 @@ mod tests {
         no_bucket.bucket = Some(" ".into());
         refused(
             &mut inv,
-            Action::AddRepository {
+            BackupAction::AddRepository {
                 repository: no_bucket,
             },
             "invalid",
@@ -195,42 +195,42 @@ mod tests {
         zero.capacity_bytes = 0;
         refused(
             &mut inv,
-            Action::AddRepository { repository: zero },
+            BackupAction::AddRepository { repository: zero },
             "invalid",
         );
         let mut forever = repo_spec("X", RepositoryKind::Local);
         forever.retention_days = 0;
         refused(
             &mut inv,
-            Action::AddRepository {
+            BackupAction::AddRepository {
                 repository: forever,
             },
             "invalid",
         );
         refused(
             &mut inv,
-            Action::AddRepository {
+            BackupAction::AddRepository {
                 repository: repo_spec("local", RepositoryKind::Local),
             },
             "duplicate_name",
         );
         refused(
             &mut inv,
-            Action::RemoveRepository {
+            BackupAction::RemoveRepository {
                 id: "repo-1".into(),
             },
             "in_use",
         );
         refused(
             &mut inv,
-            Action::RemoveRepository {
+            BackupAction::RemoveRepository {
                 id: "repo-9".into(),
             },
             "not_found",
         );
         refused(
             &mut inv,
-            Action::EditRepository {
+            BackupAction::EditRepository {
                 id: "repo-9".into(),
                 repository: repo_spec("Y", RepositoryKind::Local),
             },
@@ -238,7 +238,7 @@ mod tests {
         );
         refused(
             &mut inv,
-            Action::EditRepository {
+            BackupAction::EditRepository {
                 id: "repo-1".into(),
                 repository: repo_spec("Local", RepositoryKind::ObjectStorage),
             },
@@ -249,7 +249,7 @@ mod tests {
         small.capacity_bytes = 1 << 40;
         refused(
             &mut inv,
-            Action::EditRepository {
+            BackupAction::EditRepository {
                 id: "repo-1".into(),
                 repository: small,
             },

@@ -11,22 +11,22 @@ pub(super) const THUMB: &str = "0123456789ABCDEF0123456789ABCDEF01234567";
 pub(super) fn fixture() -> Inventory {
     let mut inv = Inventory::empty("srv", NOW);
     let steps = [
-        Action::AddProxy {
+        BackupAction::AddProxy {
             proxy: proxy_spec("px02", ProxyKind::Domain, None),
         },
-        Action::AddProxy {
+        BackupAction::AddProxy {
             proxy: proxy_spec("wg03", ProxyKind::Workgroup, Some(THUMB)),
         },
-        Action::AddPool {
+        BackupAction::AddPool {
             pool: PoolSpec {
                 name: "Pool A".into(),
                 members: vec!["proxy-2".into()],
             },
         },
-        Action::AddRepository {
+        BackupAction::AddRepository {
             repository: repo_spec("Local", RepositoryKind::Local),
         },
-        Action::AddRepository {
+        BackupAction::AddRepository {
             repository: repo_spec("Cloud", RepositoryKind::ObjectStorage),
         },
     ];
@@ -72,7 +72,7 @@ pub(super) fn fixture() -> Inventory {
         },
     ];
     for job in jobs {
-        apply(&mut inv, &Action::AddJob { job }, NOW, true).expect("fixture job");
+        apply(&mut inv, &BackupAction::AddJob { job }, NOW, true).expect("fixture job");
     }
     inv
 }
@@ -115,17 +115,17 @@ pub(super) fn m365_spec(name: &str, proxy: Option<&str>, pool: Option<&str>) -> 
     }
 }
 
-pub(super) fn ok(inv: &mut Inventory, action: Action) -> ActionOutcome {
+pub(super) fn ok(inv: &mut Inventory, action: BackupAction) -> ActionOutcome {
     apply(inv, &action, NOW, true)
         .unwrap_or_else(|e| panic!("{action:?} refused: {e}"))
         .0
 }
 
 /// Applies an action that must be refused, checks the code and that nothing changed.
-pub(super) fn refused(inv: &mut Inventory, action: Action, code: &str) -> ActionError {
+pub(super) fn refused(inv: &mut Inventory, action: BackupAction, code: &str) -> ActionError {
     let before = inv.clone();
     let err = apply(inv, &action, NOW, true).expect_err("must be refused");
-    assert_eq!(err.code(), code, "{action:?}: {err}");
+    assert_eq!(err.code().as_str(), code, "{action:?}: {err}");
     assert_eq!(*inv, before, "a refused action changed the inventory");
     err
 }

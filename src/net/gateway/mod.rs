@@ -27,11 +27,10 @@
 //! that itself begins with a PROXY header (the v2 signature or v1 `PROXY `) is closed, so a
 //! client can never forge the source address the SP believes.
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -43,6 +42,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+mod backends;
+mod silent;
+
+use backends::{Pool, health_loop};
+use silent::{Silent, SilentTable, WarnSummary};
+
+use super::acceptor::Acceptor;
 use super::proxy_protocol;
 
 /// Size of each of the two copy buffers of a forwarded connection.
@@ -62,14 +68,8 @@ pub const DEFAULT_FIRST_DATA_TIMEOUT_SECS: u64 = 3;
 /// heartbeat (30 s) and dead-peer limit (95 s), so the SP notices a dead peer first and a
 /// healthy control connection never idles out here.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
-/// The refusals that can come in floods are logged as one WARN summary per this interval.
-const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// PROXY protocol v1 (text) starts with this.
 const PROXY_V1_PREFIX: &[u8] = b"PROXY ";
-
-/// Longest pause of the accept loop after repeated accept errors (such as running out of file
-/// descriptors).
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How a gateway runs. Build it with [`GatewayConfig::new`] and adjust fields as needed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,16 +249,15 @@ pub async fn run_with_stats(
     // away. The accept loop also keeps draining the backlog, so stale connects do not pile up.
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let mut conns = JoinSet::new();
-    let mut backoff = Duration::ZERO;
+    let mut listener = Acceptor::new("gateway", listener);
 
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             Some(done) = conns.join_next() => log_join(done),
-            accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => {
-                    backoff = Duration::ZERO;
+            accepted = listener.next(&shutdown) => match accepted {
+                Some((client, peer)) => {
                     shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     match permits.clone().try_acquire_owned() {
                         Ok(permit) => {
@@ -271,14 +270,7 @@ pub async fn run_with_stats(
                         }
                     }
                 }
-                Err(e) => {
-                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
-                    warn!(error = %e, ?backoff, "gateway accept failed; pausing");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                }
+                None => break,
             },
         }
     }
@@ -325,263 +317,6 @@ struct Shared {
     evictions_log: WarnSummary,
     /// Client streams that began with a PROXY header.
     proxy_log: WarnSummary,
-}
-
-/// The connections that have not sent data yet, by source ([`crate::sp::auth::source_key`]:
-/// IPv4 address or IPv6 /64), oldest first. Each holds a token that closes it.
-struct SilentTable {
-    cap: usize,
-    next_id: AtomicU64,
-    by_source: Mutex<HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>>,
-}
-
-impl SilentTable {
-    fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            next_id: AtomicU64::new(0),
-            by_source: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>> {
-        // Each critical section is one map update that cannot leave the map inconsistent.
-        self.by_source.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Counts a new silent connection from `peer`. Over the cap, the source's oldest silent
-    /// connection is told to close; the second value says whether that happened.
-    fn register(&self, peer: IpAddr) -> (Silent<'_>, bool) {
-        let key = crate::sp::auth::source_key(peer);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let closes = CancellationToken::new();
-        let mut map = self.lock();
-        let queue = map.entry(key).or_default();
-        let mut evicted = false;
-        while queue.len() >= self.cap {
-            if let Some((_, oldest)) = queue.pop_front() {
-                oldest.cancel();
-                evicted = true;
-            }
-        }
-        queue.push_back((id, closes.clone()));
-        drop(map);
-        let silent = Silent {
-            table: self,
-            key,
-            id,
-            closes,
-            counted: true,
-        };
-        (silent, evicted)
-    }
-
-    fn remove(&self, key: IpAddr, id: u64) {
-        let mut map = self.lock();
-        if let Some(queue) = map.get_mut(&key) {
-            queue.retain(|(other, _)| *other != id);
-            if queue.is_empty() {
-                map.remove(&key);
-            }
-        }
-    }
-
-    #[cfg(test)]
-    fn count(&self, peer: IpAddr) -> usize {
-        self.lock()
-            .get(&crate::sp::auth::source_key(peer))
-            .map_or(0, VecDeque::len)
-    }
-}
-
-/// One connection's place in the [`SilentTable`], until its client sends data or it ends.
-struct Silent<'a> {
-    table: &'a SilentTable,
-    key: IpAddr,
-    id: u64,
-    /// Cancelled when a newer silent connection of the same source pushes this one out.
-    closes: CancellationToken,
-    counted: bool,
-}
-
-impl Silent<'_> {
-    /// The client sent data (or its EOF): it no longer counts as silent.
-    fn spoke(&mut self) {
-        if std::mem::take(&mut self.counted) {
-            self.table.remove(self.key, self.id);
-        }
-    }
-}
-
-impl Drop for Silent<'_> {
-    fn drop(&mut self) {
-        self.spoke();
-    }
-}
-
-/// A WARN line for an event that can come in floods: the first one is logged at once, later
-/// ones are counted and reported in one line at most every [`WARN_INTERVAL`].
-#[derive(Default)]
-struct WarnSummary {
-    state: Mutex<WarnState>,
-}
-
-#[derive(Default)]
-struct WarnState {
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
-impl WarnSummary {
-    /// Counts one event at `now`; returns how many to report if a line is due.
-    fn record(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.unlogged += 1;
-        if state
-            .last_logged
-            .is_some_and(|last| now.duration_since(last) < WARN_INTERVAL)
-        {
-            return None;
-        }
-        state.last_logged = Some(now);
-        Some(std::mem::take(&mut state.unlogged))
-    }
-}
-
-/// One SP backend and what the gateway knows about it.
-#[derive(Debug)]
-struct Backend {
-    addr: SocketAddr,
-    up: AtomicBool,
-    active: AtomicUsize,
-}
-
-impl Backend {
-    /// Records the backend's state; logs only when it changes.
-    fn set_up(&self, up: bool, why: &str) {
-        if self.up.swap(up, Ordering::Relaxed) != up {
-            if up {
-                info!(backend = %self.addr, "backend is up");
-            } else {
-                warn!(backend = %self.addr, reason = why, "backend is down");
-            }
-        }
-    }
-}
-
-/// The backends, and the rotating start for breaking ties between equally loaded ones.
-#[derive(Debug)]
-struct Pool {
-    backends: Vec<Arc<Backend>>,
-    next: AtomicUsize,
-}
-
-impl Pool {
-    fn new(addrs: &[SocketAddr]) -> Self {
-        Self {
-            // Start optimistic: the first health round runs at once and corrects this, and a
-            // failed connect marks a backend down straight away.
-            backends: addrs
-                .iter()
-                .map(|&addr| {
-                    Arc::new(Backend {
-                        addr,
-                        up: AtomicBool::new(true),
-                        active: AtomicUsize::new(0),
-                    })
-                })
-                .collect(),
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    /// The healthy backend with the fewest open connections, not in `tried`. Ties go round
-    /// robin so that short connections spread over equally idle backends.
-    fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let n = self.backends.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(usize, usize)> = None;
-        for i in (0..n).map(|k| (start + k) % n) {
-            let backend = &self.backends[i];
-            if tried.contains(&i) || !backend.up.load(Ordering::Relaxed) {
-                continue;
-            }
-            let load = backend.active.load(Ordering::Relaxed);
-            if best.is_none_or(|(_, best_load)| load < best_load) {
-                best = Some((i, load));
-            }
-        }
-        best.map(|(i, _)| i)
-    }
-
-    /// Connects to a healthy backend, trying the next one whenever a connect fails.
-    async fn connect(&self, connect_timeout: Duration) -> Option<(TcpStream, Lease)> {
-        let mut tried = Vec::new();
-        while let Some(i) = self.pick(&tried) {
-            tried.push(i);
-            let lease = Lease::new(self.backends[i].clone());
-            let addr = lease.backend.addr;
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Some((stream, lease)),
-                Ok(Err(e)) => lease.backend.set_up(false, &format!("connect failed: {e}")),
-                Err(_) => lease.backend.set_up(false, "connect timed out"),
-            }
-        }
-        None
-    }
-}
-
-/// Counts one open connection against a backend for as long as it lives.
-struct Lease {
-    backend: Arc<Backend>,
-}
-
-impl Lease {
-    fn new(backend: Arc<Backend>) -> Self {
-        backend.active.fetch_add(1, Ordering::Relaxed);
-        Self { backend }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.backend.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Checks every backend with a TCP connect once per `interval` until `shutdown`.
-async fn health_loop(
-    pool: Arc<Pool>,
-    interval: Duration,
-    connect_timeout: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let mut checks = JoinSet::new();
-        for backend in &pool.backends {
-            let backend = backend.clone();
-            checks.spawn(async move {
-                match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.addr)).await
-                {
-                    Ok(Ok(_probe)) => backend.set_up(true, "health check passed"),
-                    Ok(Err(e)) => backend.set_up(false, &format!("health check failed: {e}")),
-                    Err(_) => backend.set_up(false, "health check timed out"),
-                }
-            });
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = async { while checks.join_next().await.is_some() {} } => {}
-        }
-    }
 }
 
 /// Which side of a forwarded connection failed.
@@ -938,6 +673,8 @@ impl Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backends::Lease;
+    use std::net::IpAddr;
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
         (1..=n)
@@ -1085,7 +822,7 @@ mod tests {
         second.spoke();
         assert_eq!(table.count(ip("2001:db8::1")), 1);
         drop((first, second, third, other, v4));
-        assert!(table.lock().is_empty());
+        assert!(table.is_empty());
     }
 
     #[test]
@@ -1096,7 +833,7 @@ mod tests {
         for s in 1..10 {
             assert_eq!(summary.record(t0 + Duration::from_secs(s)), None);
         }
-        assert_eq!(summary.record(t0 + WARN_INTERVAL), Some(10));
-        assert_eq!(summary.record(t0 + WARN_INTERVAL), None);
+        assert_eq!(summary.record(t0 + silent::WARN_INTERVAL), Some(10));
+        assert_eq!(summary.record(t0 + silent::WARN_INTERVAL), None);
     }
 }

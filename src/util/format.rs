@@ -1,16 +1,8 @@
-//! Small text helpers the panels share: durations, ages, byte counts, round trips. Every
-//! number the window shows as text goes through here, so the same quantity reads the same
-//! in the tenant list, a tab and an export.
+//! Numbers as people read them: durations, ages, byte counts, round trips, dates. Every
+//! number the window or the CLI shows as text goes through here, so the same quantity reads
+//! the same in the tenant list, a tab, an export and `rac inspect`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// `0` if the clock reads before 1970: a wrong age on screen is better than a panic.
-pub fn now_unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use std::time::Duration;
 
 /// `42 s`, `5 min`, `3 h 20 min`, `2 d 4 h`.
 pub fn span(secs: u64) -> String {
@@ -64,6 +56,26 @@ pub fn clock(unix_secs: u64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
 }
 
+/// Unix seconds as `YYYY-MM-DD HH:MM UTC`.
+pub fn date_time(unix_secs: u64) -> String {
+    // Days to civil date (Howard Hinnant's algorithm).
+    let days = (unix_secs / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let rem = unix_secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +87,10 @@ mod tests {
         assert_eq!(span(3600 * 3 + 1200), "3 h 20 min");
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(span(90_061), "1 d 1 h");
+        assert_eq!(date_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(date_time(1_700_000_000), "2023-11-14 22:13 UTC");
         assert_eq!(clock(3661), "01:01:01");
         assert_eq!(millis(Duration::from_millis(12)), "12 ms");
         assert_eq!(round_trip(Some(0.44)), "0.4 ms");

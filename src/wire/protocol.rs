@@ -68,7 +68,7 @@ impl Hello {
     /// Checks the names and strings a peer chose, naming the field that breaks a rule.
     ///
     /// Tenant and service names follow the registry's name rule
-    /// ([`crate::sp::registry::validate_name`]: 1 to 64 ASCII letters, digits, `.`, `_`, `-`,
+    /// ([`crate::wire::validate_name`]: 1 to 64 ASCII letters, digits, `.`, `_`, `-`,
     /// starting with a letter or digit), so a name can carry no terminal escape, newline or
     /// formula into a log line, the tenant list or a CSV export. Secrets, nonces and tokens
     /// are compared, never shown, and are not checked here.
@@ -116,7 +116,7 @@ pub fn validate_services(services: &[String]) -> Result<(), String> {
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), String> {
-    crate::sp::registry::validate_name(value).map_err(|_| {
+    crate::wire::validate_name(value).map_err(|_| {
         format!(
             "{field}: \"{}\" is not a valid name (1 to 64 ASCII letters, digits, '.', '_' or '-', \
              starting with a letter or digit)",
@@ -502,6 +502,42 @@ pub struct TenantInfo {
     pub heartbeat_rtt_ms: Option<f64>,
     #[serde(default)]
     pub open_sessions: u32,
+}
+
+impl TenantInfo {
+    /// May a session to `service` be opened on this tenant now? The rule the SP enforces
+    /// (after the operator's scope), and that `rac connect` checks first so its message is the
+    /// SP's: disabled, offline, provider access off, or the service not offered.
+    pub fn check_open(&self, service: &str) -> Result<(), ErrorMsg> {
+        let tenant = &self.name;
+        let refuse = |code, message: String| Err(ErrorMsg { code, message });
+        match self.status {
+            TenantStatus::Disabled => refuse(
+                ErrorCode::TenantDisabled,
+                format!("tenant {tenant} is disabled"),
+            ),
+            TenantStatus::Offline => refuse(
+                ErrorCode::TenantOffline,
+                format!("tenant {tenant} is offline (its redirector is not connected)"),
+            ),
+            TenantStatus::Online if !self.provider_access => refuse(
+                ErrorCode::ProviderAccessDisabled,
+                format!("tenant {tenant} has disabled remote access by the provider"),
+            ),
+            TenantStatus::Online if !self.services.iter().any(|s| s == service) => refuse(
+                ErrorCode::ServiceNotOffered,
+                format!(
+                    "tenant {tenant} does not offer the service {service:?} (it offers: {})",
+                    if self.services.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.services.join(", ")
+                    }
+                ),
+            ),
+            TenantStatus::Online => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,25 @@
+//! Small helpers every layer may use (a base module): the clock in Unix seconds, a mutex lock
+//! that survives a panicked holder, durable file replacement ([`files`]) and the words for
+//! numbers people read ([`format`]).
+
+pub mod files;
+pub mod format;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch; `0` if the clock reads before 1970 (a wrong age on screen or
+/// in a row is better than a panic).
+pub fn now_unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Locks `m`, also when an earlier holder panicked. Only for data every critical section
+/// leaves consistent at each step (a map insert or remove, a counter): the panic cannot have
+/// left it half changed.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
