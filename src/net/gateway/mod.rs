@@ -29,8 +29,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -232,7 +232,7 @@ pub async fn run_with_stats(
         shutdown.clone(),
     ));
 
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(GatewayState {
         pool,
         stats,
         connect_timeout: config.connect_timeout,
@@ -305,7 +305,7 @@ fn log_join(done: Result<(), JoinError>) {
 }
 
 /// What every connection task needs.
-struct Shared {
+struct GatewayState {
     pool: Arc<Pool>,
     stats: Arc<GatewayStats>,
     connect_timeout: Duration,
@@ -333,7 +333,7 @@ enum ForwardError {
 async fn serve(
     client: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<GatewayState>,
     _permit: OwnedSemaphorePermit,
 ) {
     shared.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -501,7 +501,7 @@ async fn first_data<R: AsyncRead + Unpin>(
 async fn forward(
     client: Client<'_, '_>,
     mut backend: TcpStream,
-    shared: &Shared,
+    shared: &GatewayState,
 ) -> Result<Ended, ForwardError> {
     let Client {
         stream: mut client,

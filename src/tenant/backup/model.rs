@@ -21,7 +21,6 @@ pub struct Inventory {
     pub organizations: Vec<Organization>,
     /// Azure VM backup: regions, workers, private endpoints, protected VMs.
     pub azure: Azure,
-    /// Backup jobs.
     pub jobs: Vec<Job>,
     /// Job runs, newest last; bounded to [`MAX_SESSIONS`].
     pub sessions: Vec<JobRun>,
@@ -132,7 +131,6 @@ pub enum ProxyState {
 pub struct Proxy {
     /// Stable id (`proxy-N`).
     pub id: String,
-    /// Display name.
     pub name: String,
     /// Host name or address.
     pub host: String,
@@ -155,7 +153,6 @@ pub struct Proxy {
 pub struct ProxyPool {
     /// Stable id (`pool-N`).
     pub id: String,
-    /// Display name.
     pub name: String,
     /// Proxy ids in the pool.
     pub members: Vec<String>,
@@ -175,7 +172,6 @@ pub struct MessageBus {
 /// One JetStream stream and its counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BusStream {
-    /// Stream name.
     pub name: String,
     /// Subjects bound to the stream.
     pub subjects: Vec<String>,
@@ -202,7 +198,6 @@ pub enum RepositoryKind {
 pub struct Repository {
     /// Stable id (`repo-N`).
     pub id: String,
-    /// Display name.
     pub name: String,
     /// Local folder or object storage.
     pub kind: RepositoryKind,
@@ -231,7 +226,6 @@ pub struct Organization {
     pub mailboxes: u32,
     /// SharePoint sites.
     pub sites: u32,
-    /// Teams.
     pub teams: u32,
     /// Proxy ids that process it (derived from the jobs).
     pub proxies: Vec<String>,
@@ -264,7 +258,6 @@ pub struct AzureRegion {
 /// A worker instance (a short-lived Linux VM that moves the data).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Worker {
-    /// Stable id.
     pub id: String,
     /// Azure VM size.
     pub vm_size: String,
@@ -301,7 +294,6 @@ pub enum EndpointKind {
 /// A private endpoint in a region's worker network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrivateEndpoint {
-    /// Resource name.
     pub name: String,
     /// Blob, queue or disk access.
     pub kind: EndpointKind,
@@ -407,7 +399,6 @@ pub enum JobResult {
 pub struct Job {
     /// Stable id (`job-N`).
     pub id: String,
-    /// Display name.
     pub name: String,
     /// Microsoft 365 or Azure VM.
     pub kind: JobKind,
@@ -510,7 +501,6 @@ pub struct LogLine {
     pub time_unix_secs: u64,
     /// Info, warning or error.
     pub severity: Severity,
-    /// Text.
     pub text: String,
 }
 
@@ -519,13 +509,11 @@ pub struct LogLine {
 pub struct JobRun {
     /// Stable id (`session-N`).
     pub id: String,
-    /// Job id.
     pub job: String,
     /// Job name at the time of the run.
     pub job_name: String,
     /// Running or how it ended.
     pub state: RunState,
-    /// Current stage.
     pub stage: RunStage,
     /// Overall progress, 0..=1.
     pub progress: f64,

@@ -1,6 +1,6 @@
 //! Every message of the backup service's wire protocol in one place: requests from a console,
 //! responses that echo the request `id`, and events pushed to subscribers. Each message is one
-//! JSON frame of the project's frame codec (`net::frame`). Described in `docs/PROTOCOL.md`
+//! JSON frame of the project's frame codec (`wire::frame`). Described in `docs/PROTOCOL.md`
 //! ("The tenant backup service").
 
 use serde::{Deserialize, Serialize};
@@ -42,10 +42,7 @@ pub enum RequestBody {
     /// Stop receiving events.
     Unsubscribe,
     /// Do an action.
-    Action {
-        /// The action.
-        action: BackupAction,
-    },
+    Action { action: BackupAction },
 }
 
 /// Answer to `hello`.
@@ -135,10 +132,7 @@ pub struct WireError {
 #[serde(untagged)]
 pub enum ServerFrame {
     /// A pushed event.
-    Event {
-        /// The event.
-        event: BackupEvent,
-    },
+    Event { event: BackupEvent },
     /// A response.
     Response {
         /// The request's id, or `null`.
@@ -156,13 +150,10 @@ pub enum ServerFrame {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BackupEvent {
-    /// A running session advanced.
+    /// A job run advanced (`session` is the run's id, `session-N`).
     JobProgress {
-        /// Session id.
         session: String,
-        /// Job id.
         job: String,
-        /// Current stage.
         stage: RunStage,
         /// Overall progress 0..=1.
         progress: f64,
@@ -170,23 +161,17 @@ pub enum BackupEvent {
         bytes_read: u64,
         /// Bytes written to the repository so far.
         bytes_transferred: u64,
-        /// Current rate.
         rate_bytes_per_sec: u64,
     },
-    /// A session logged a line.
+    /// A job run logged a line.
     LogLine {
-        /// Session id.
         session: String,
-        /// Job id.
         job: String,
-        /// The line.
         line: LogLine,
     },
-    /// A session started (`running`) or ended.
+    /// A job run started (`running`) or ended.
     SessionState {
-        /// Session id.
         session: String,
-        /// Job id.
         job: String,
         /// Its new state.
         state: RunState,

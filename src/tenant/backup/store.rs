@@ -38,7 +38,6 @@ pub enum StoreError {
     /// The file exists but is not a valid state file.
     #[error("state file {path} is corrupt: {source}")]
     Corrupt {
-        /// The file.
         path: PathBuf,
         /// What the parser said.
         source: serde_json::Error,
@@ -46,7 +45,6 @@ pub enum StoreError {
     /// The file was written by an incompatible version.
     #[error("state file {path} has format {found}, this build reads format {STATE_FORMAT}")]
     Format {
-        /// The file.
         path: PathBuf,
         /// The format found.
         found: u32,

@@ -233,12 +233,8 @@ mod tests {
         };
         let service =
             BackupService::open(Store::new(dir.path().join("state.json")), config, || {
-                let mut inv = generate_with_shape(
-                    7,
-                    Shape::Small,
-                    "acme",
-                    crate::util::now_unix_secs(),
-                );
+                let mut inv =
+                    generate_with_shape(7, Shape::Small, "acme", crate::util::now_unix_secs());
                 for job in &mut inv.jobs {
                     job.schedule = Schedule::Manual;
                     job.next_run_unix_secs = None;
