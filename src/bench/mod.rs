@@ -6,6 +6,7 @@
 //! describes the method and the results.
 
 mod load;
+mod machine;
 mod procs;
 
 pub use procs::open_files_limit;
@@ -23,6 +24,7 @@ use crate::net::dial::Route;
 use crate::net::tls::{TlsClient, Trust};
 use crate::wire::protocol::{ApiResponse, TenantStatus};
 use load::Path;
+use machine::Machine;
 use report::{Check, Report};
 use world::{SpSettings, World};
 
@@ -210,7 +212,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 }
 
 async fn bench(o: Opts) -> Result<Report> {
-    let mut report = Report::default();
+    let mut report = Report::on(Machine::this());
     report.setting("tenants", o.tenants);
     report.setting("heartbeat_secs", o.heartbeat_secs);
     report.setting("idle_secs", o.idle_secs);
@@ -219,10 +221,6 @@ async fn bench(o: Opts) -> Result<Report> {
     report.setting("opens", o.opens);
     report.setting("gateway_conns", o.gateway_conns);
     report.setting("slow_sessions", o.slow_sessions);
-    report.setting(
-        "cpus",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-    );
 
     let swarm_needed = o.swarm_needed();
     let idle = if swarm_needed { o.tenants } else { 0 };

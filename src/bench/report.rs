@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::machine::Machine;
+
 /// What a target asks of a figure.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +37,8 @@ pub struct Figure {
 /// Every figure of one run, keyed by a stable name (the JSON keys).
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// Where it ran: compare figures only between runs on alike machines.
+    pub machine: Machine,
     pub settings: BTreeMap<String, serde_json::Value>,
     pub figures: BTreeMap<String, Figure>,
     /// Key order as measured, for the table.
@@ -45,6 +49,14 @@ pub struct Report {
 }
 
 impl Report {
+    /// An empty report of a run on `machine`.
+    pub fn on(machine: Machine) -> Report {
+        Report {
+            machine,
+            ..Report::default()
+        }
+    }
+
     pub fn setting(&mut self, key: &str, value: impl Serialize) {
         self.settings.insert(
             key.to_string(),
@@ -123,7 +135,8 @@ impl Report {
                 *w = (*w).max(cell.chars().count());
             }
         }
-        let mut out = String::new();
+        let mut out = self.machine.line();
+        out.push('\n');
         for (i, row) in rows.iter().enumerate() {
             let line: Vec<String> = row
                 .iter()

@@ -322,7 +322,7 @@ impl ServerCertVerifier for PinnedVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         if let Some(seen) = &self.seen {
             let last = intermediates.last().unwrap_or(end_entity);
-            *crate::util::lock(&seen) = Some(fingerprint(last.as_ref()));
+            *crate::util::lock(seen) = Some(fingerprint(last.as_ref()));
         }
         if fingerprint(end_entity.as_ref()) == self.fingerprint {
             return Ok(ServerCertVerified::assertion());
