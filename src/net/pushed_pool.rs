@@ -236,7 +236,8 @@ impl PoolKeeper {
 
     fn save_if_changed(&self, before: &PushedPool, now: &PushedPool) {
         let Some(path) = &self.file else { return };
-        if before == now && path.exists() {
+        // Unchanged, or still nothing to remember: no write.
+        if before == now && (path.exists() || *now == PushedPool::default()) {
             return;
         }
         if let Err(e) = now.save(path) {
