@@ -108,6 +108,8 @@ async fn every_refusal_has_its_reason() {
     t2.online().await;
     let console = sp.console().await;
     wait_status(&console, "private", TenantStatus::Online).await;
+    // The SP learns of registry changes from its watcher, a moment later.
+    wait_status(&console, "gone", TenantStatus::Disabled).await;
 
     let code = |tenant: &'static str, service: &'static str| {
         let console = console.clone();
