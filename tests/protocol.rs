@@ -671,3 +671,221 @@ async fn a_bare_fin_ends_one_direction_and_the_other_carries_on() {
         assert_eq!(entry.bytes_from_tenant, from_tenant, "{entry:?}");
     }
 }
+
+/// An operator connection by hand, logged in with `token`, past its welcome.
+async fn operator_by_token(sp: &TestSp, token: &str) -> ClientStream {
+    let mut stream = sp.raw().await;
+    let hello = json!({"version": 1, "role": "operator", "user": sp.operator, "token": token});
+    write_frame(&mut stream, &hello).await.expect("hello");
+    let welcome: Value = read_frame(&mut stream, MAX_FRAME_LEN)
+        .await
+        .expect("read")
+        .expect("welcome");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    stream
+}
+
+/// Reads one frame where the SP is expected to answer and then end the connection with
+/// close_notify: the frame, and that the end after it was clean.
+async fn last_frame_then_clean_end(stream: &mut ClientStream) -> Value {
+    let frame: Value = tokio::time::timeout(PATIENCE, read_frame(stream, MAX_FRAME_LEN))
+        .await
+        .expect("an answer in time")
+        .expect("read")
+        .expect("a frame");
+    let end = tokio::time::timeout(PATIENCE, read_frame::<Value, _>(stream, MAX_FRAME_LEN))
+        .await
+        .expect("the end in time");
+    assert!(
+        matches!(end, Ok(None)),
+        "after {frame}: expected close_notify, got {end:?}"
+    );
+    frame
+}
+
+/// PROTOCOL.md, "Operator API": an operator connection, a live feed included, hears
+/// `shutting_down` in the one error shape when the SP stops, then a clean close, so a
+/// console can tell a stopping SP from a broken network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_feed_hears_shutting_down_when_the_sp_stops() {
+    let sp = TestSp::start(quick_config()).await;
+    let token = operator_token(&sp).await;
+    let mut feed = operator_by_token(&sp, &token).await;
+    write_frame(
+        &mut feed,
+        &json!({"type": "list_tenants", "subscribe": true}),
+    )
+    .await
+    .expect("request");
+    let snapshot: Value = read_frame(&mut feed, MAX_FRAME_LEN)
+        .await
+        .expect("read")
+        .expect("snapshot");
+    assert_eq!(snapshot["type"], "tenants", "{snapshot}");
+    sp.shutdown.cancel();
+    let bye = last_frame_then_clean_end(&mut feed).await;
+    assert_eq!(bye["type"], "error", "{bye}");
+    assert_eq!(bye["code"], "shutting_down", "{bye}");
+}
+
+/// PROTOCOL.md, "Operator API": `logout` is answered `logged_out`, then the SP closes the
+/// connection cleanly, and the token is dead for the next login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logged_out_is_followed_by_a_clean_close() {
+    let sp = TestSp::start(quick_config()).await;
+    let token = operator_token(&sp).await;
+    let mut stream = operator_by_token(&sp, &token).await;
+    write_frame(&mut stream, &json!({"type": "logout"}))
+        .await
+        .expect("logout");
+    let answer = last_frame_then_clean_end(&mut stream).await;
+    assert_eq!(answer, json!({"type": "logged_out"}));
+    let reply = first_frame_reply(
+        &sp,
+        &json!({"version": 1, "role": "operator", "user": sp.operator, "token": token}),
+    )
+    .await;
+    assert_eq!(reply["code"], "auth_failed", "{reply}");
+}
+
+/// PROTOCOL.md, "Unknown and malformed input": unknown fields are ignored (in a hello, an
+/// operator request, a control frame); a known control frame sent the wrong way is ignored;
+/// an unknown operator request is `bad_request`, then a clean close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_ignored_and_unknown_requests_refused() {
+    let sp = TestSp::start(SpConfig {
+        dead_after_secs: 120,
+        ..quick_config()
+    })
+    .await;
+    let secret = sp.add_tenant("acme");
+    // Online first, so the SP knows the tenant before the operator lists it.
+    let mut control = sp.raw_control("acme", &secret).await;
+    let token = operator_token(&sp).await;
+    let reply = first_frame_reply(
+        &sp,
+        &json!({"version": 1, "role": "operator", "user": sp.operator, "token": token,
+                "from_a_later_version": {"x": 1}}),
+    )
+    .await;
+    assert_eq!(reply["type"], "welcome", "{reply}");
+
+    let mut operator = operator_by_token(&sp, &token).await;
+    write_frame(
+        &mut operator,
+        &json!({"type": "list_tenants", "subscribe": false, "page_size": 10}),
+    )
+    .await
+    .expect("request");
+    let tenants: Value = read_frame(&mut operator, MAX_FRAME_LEN)
+        .await
+        .expect("read")
+        .expect("tenants");
+    assert_eq!(tenants["type"], "tenants", "{tenants}");
+    assert_eq!(tenants["tenants"][0]["name"], "acme", "{tenants}");
+    write_frame(&mut operator, &json!({"type": "list_operators"}))
+        .await
+        .expect("request");
+    let refused = last_frame_then_clean_end(&mut operator).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "bad_request", "{refused}");
+    let message = refused["message"].as_str().expect("message");
+    assert!(message.starts_with("malformed request"), "{message}");
+
+    for ignored in [
+        json!({"type": "gateways", "gateways": ["gw.example.net:6180"]}),
+        json!({"type": "pong", "seq": 99}),
+        json!({"type": "open_data", "session_id": "x", "nonce": "y", "service": "z"}),
+    ] {
+        write_frame(&mut control, &ignored).await.expect("frame");
+    }
+    write_frame(
+        &mut control,
+        &json!({"type": "ping", "seq": 5, "sent_at": 1}),
+    )
+    .await
+    .expect("ping");
+    let pong = next_control(&mut control, |m| match m {
+        ControlMsg::Pong { seq } => Some(*seq),
+        ControlMsg::Goodbye { .. } => panic!("{m:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pong, 5);
+}
+
+/// PROTOCOL.md, "Frames": a hello whose length prefix is over 16 KiB is not read: the SP
+/// closes the connection at once, without an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_hello_is_closed_without_an_answer() {
+    let sp = TestSp::start(quick_config()).await;
+    let mut stream = sp.raw().await;
+    let prefix = u32::try_from(16 * 1024 + 1).expect("fits").to_be_bytes();
+    stream.write_all(&prefix).await.expect("length prefix");
+    stream.flush().await.expect("flush");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
+        .await
+        .expect("the SP closes in time");
+    assert!(rest.is_empty(), "an answer came: {rest:?} ({read:?})");
+}
+
+/// PROTOCOL.md, "Timeouts and limits": every default the table gives for an `sp.toml` key or a
+/// `rac gateway` flag is the code's default, and every numeric `sp.toml` key is in it.
+#[test]
+fn the_documented_defaults_are_the_code_s() {
+    let doc = include_str!("../docs/PROTOCOL.md");
+    let start = doc.find("\n## Timeouts and limits\n").expect("the section");
+    let table = &doc[start..];
+    let table = &table[..table[1..].find("\n## ").expect("the next section") + 1];
+    let sp = serde_json::to_value(SpConfig::default()).expect("serialize");
+    let gateway = rac::net::gateway::GatewayConfig::new(Vec::new());
+    let flags = [
+        (
+            "--first-data-timeout-secs",
+            rac::net::gateway::DEFAULT_FIRST_DATA_TIMEOUT_SECS,
+        ),
+        (
+            "--max-silent-per-source",
+            rac::net::gateway::DEFAULT_MAX_SILENT_PER_SOURCE as u64,
+        ),
+        (
+            "--idle-timeout-secs",
+            rac::net::gateway::DEFAULT_IDLE_TIMEOUT_SECS,
+        ),
+        ("--max-connections", gateway.max_connections as u64),
+    ];
+    let mut checked = std::collections::BTreeSet::new();
+    for row in table.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        let [_, default, setting, _] = cells[..] else {
+            continue;
+        };
+        let numbers: Vec<u64> = default
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|n| !n.is_empty())
+            .map(|n| n.parse().expect("a number"))
+            .collect();
+        let settings = setting.split('`').skip(1).step_by(2);
+        let known = settings.filter_map(|key| {
+            let value = match sp.get(key) {
+                Some(value) => value.as_u64()?,
+                None => flags.iter().find(|(flag, _)| *flag == key)?.1,
+            };
+            Some((key, value))
+        });
+        for ((key, value), documented) in known.zip(&numbers) {
+            assert_eq!(*documented, value, "{key}: {row}");
+            checked.insert(key.to_string());
+        }
+    }
+    let numeric = sp
+        .as_object()
+        .expect("an object")
+        .iter()
+        .filter(|(_, value)| value.is_u64())
+        .map(|(key, _)| key.clone());
+    for key in numeric.chain(flags.iter().map(|(flag, _)| flag.to_string())) {
+        assert!(checked.contains(&key), "{key} is not in the table");
+    }
+}

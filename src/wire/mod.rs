@@ -6,6 +6,8 @@
 //! The backup protocol's messages stay beside the backup model in `tenant::backup::protocol`:
 //! they carry the model's own types.
 
+#[cfg(test)]
+mod doc_check;
 pub mod frame;
 pub mod protocol;
 

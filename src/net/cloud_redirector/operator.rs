@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +21,9 @@ use crate::sp::presence::TenantEvent;
 use crate::sp::registry::Operator;
 use crate::wire::frame::{self, Connection, FrameError, MAX_HELLO_LEN};
 use crate::wire::protocol::{ApiRequest, ApiResponse, ErrorCode, HelloReply, TenantInfo, Welcome};
+
+/// How long an operator connection may take to hear `shutting_down` when the SP stops.
+const SHUTDOWN_NOTICE: Duration = Duration::from_secs(1);
 
 pub(super) async fn serve(
     shared: Arc<Shared>,
@@ -194,6 +198,8 @@ async fn requests(
                         tracing::error!("revoking a token: {e}");
                     }
                     conn.send(&ApiResponse::LoggedOut).await?;
+                    // close_notify: the console reads a clean end after `logged_out`.
+                    let _ = conn.get_mut().shutdown().await;
                     return Ok(());
                 }
             },
@@ -226,7 +232,13 @@ async fn requests(
                 let _ = send_error(conn.get_mut(), &refusal).await;
                 return Ok(());
             }
-            _ = shared.shutdown.cancelled() => return Ok(()),
+            _ = shared.shutdown.cancelled() => {
+                // Said in the one refusal shape, so a console tells a stopping SP from a
+                // broken network; a console that does not read cannot hold the shutdown.
+                let refusal = Refusal::new(ErrorCode::ShuttingDown, "the SP is shutting down");
+                let _ = tokio::time::timeout(SHUTDOWN_NOTICE, send_error(conn.get_mut(), &refusal)).await;
+                return Ok(());
+            }
         }
     }
 }
