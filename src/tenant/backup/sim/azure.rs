@@ -228,7 +228,7 @@ fn set_worker(
 #[cfg(test)]
 mod tests {
     use super::super::Simulator;
-    use super::super::tests::{NOW, quiet, run_to_end, start};
+    use super::super::tests::{NOW, all_workers_deallocated, quiet, run_to_end, start};
     use crate::tenant::backup::generator::{Shape, generate_with_shape};
     use crate::tenant::backup::model::*;
     use crate::tenant::backup::protocol::BackupEvent;
@@ -275,13 +275,7 @@ mod tests {
         assert!(events.iter().any(
             |e| matches!(e, BackupEvent::Changed(c) if c.kind == "worker" && c.change == "running")
         ));
-        assert!(
-            inv.azure
-                .regions
-                .iter()
-                .flat_map(|r| &r.workers)
-                .all(|w| w.state == WorkerState::Deallocated)
-        );
+        assert!(all_workers_deallocated(&inv));
         assert!(inv.job(&job).and_then(|j| j.last_result).is_some());
         // Progress never goes back.
         let progress: Vec<f64> = events

@@ -432,6 +432,15 @@ mod tests {
         .expect("start");
     }
 
+    /// Whether every Azure worker is back to deallocated.
+    pub(super) fn all_workers_deallocated(inv: &Inventory) -> bool {
+        inv.azure
+            .regions
+            .iter()
+            .flat_map(|r| &r.workers)
+            .all(|w| w.state == WorkerState::Deallocated)
+    }
+
     #[test]
     fn deterministic_for_a_seed() {
         let run = || {
@@ -475,13 +484,7 @@ mod tests {
         )
         .expect("stop");
         sim.tick(&mut inv, NOW + 31, 1.0);
-        assert!(
-            inv.azure
-                .regions
-                .iter()
-                .flat_map(|r| &r.workers)
-                .all(|w| w.state == WorkerState::Deallocated)
-        );
+        assert!(all_workers_deallocated(&inv));
 
         // A due job starts by itself.
         if let Some(j) = inv.jobs.iter_mut().find(|j| j.id == job) {
