@@ -9,15 +9,18 @@ use std::time::{Duration, Instant};
 
 use common::wire::{
     assert_session_error, bare_fin, console_hello, data_hello, expect_frame, frames_until_closed,
-    hand_made_config, open_data, ping,
+    hand_made_config, open_data, patient_open_config, ping,
 };
-use common::{PATIENCE, TestSp, TestTenant, eventually, loopback, pattern, quick_config};
+use common::{
+    PATIENCE, TestSp, TestTenant, eventually, loopback, open_in_background, pattern, quick_config,
+    wait_status,
+};
 use rac::net::tenant_redirector::AgentState;
 use rac::net::tls::ReadAhead;
 use rac::sp::config::SpConfig;
 use rac::wire::frame::{MAX_FRAME_LEN, write_frame};
 use rac::wire::protocol::{
-    ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, Stage, Welcome,
+    ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, Stage, TenantStatus, Welcome,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -119,19 +122,11 @@ async fn a_bad_control_frame_gets_one_bad_request_goodbye_and_a_clean_close() {
 /// (here on a malformed frame) hears at once, not after the open timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_hears_at_once_when_the_control_connection_it_waits_on_ends() {
-    // Longer than the hang guard: a console that waited for the timeout fails the test.
-    let sp = TestSp::start(SpConfig {
-        session_open_timeout_secs: PATIENCE.as_secs() * 2,
-        ..hand_made_config()
-    })
-    .await;
+    let sp = TestSp::start(patient_open_config()).await;
     let mut control = sp.hand_made_tenant("acme").await;
     let console = sp.console().await;
-    common::wait_status(&console, "acme", rac::wire::protocol::TenantStatus::Online).await;
-    let waiting = tokio::spawn({
-        let console = console.clone();
-        async move { console.open_session("acme", "echo", |_, _| {}).await }
-    });
+    wait_status(&console, "acme", TenantStatus::Online).await;
+    let waiting = open_in_background(&console, "acme");
     let _ = open_data(&mut control).await;
     write_frame(&mut control, &json!({"type": "ping", "seq": "x"}))
         .await
@@ -154,11 +149,7 @@ async fn a_console_hears_at_once_when_the_control_connection_it_waits_on_ends() 
 /// `bad_nonce`, never `ready`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_dies_as_soon_as_the_console_stops_waiting() {
-    let sp = TestSp::start(SpConfig {
-        session_open_timeout_secs: PATIENCE.as_secs() * 2,
-        ..hand_made_config()
-    })
-    .await;
+    let sp = TestSp::start(patient_open_config()).await;
     let mut control = sp.hand_made_tenant("acme").await;
     let token = operator_token(&sp).await;
     for with_fin in [false, true] {

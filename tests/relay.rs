@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::wire::{ask, assert_session_error};
-use common::{PATIENCE, TestSp, TestTenant, eventually, quick_config, wait_status};
+use common::{
+    PATIENCE, TestSp, TestTenant, eventually, open_in_background, quick_config, wait_status,
+};
 use rac::net::console::{ConsoleClient, ConsoleError, OpenStage};
 use rac::net::tls::{TlsClient, Trust};
 use rac::wire::frame::{self, read_frame};
@@ -261,10 +263,7 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
     let mut control = sp.raw_control("alpha", &secret_a).await;
     wait_status(&console, "alpha", TenantStatus::Online).await;
 
-    let opening = tokio::spawn({
-        let console = console.clone();
-        async move { console.open_session("alpha", "echo", |_, _| {}).await }
-    });
+    let opening = open_in_background(&console, "alpha");
     let (session_id, nonce) = loop {
         match read_frame::<ControlMsg, _>(&mut control, frame::MAX_FRAME_LEN)
             .await

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::wire::{ask, assert_session_error, open_data};
 use common::{
-    PATIENCE, TestSp, TestTenant, echo_checked, eventually, loopback, pattern, quick_config,
-    tcp_from, wait_status,
+    PATIENCE, TestSp, TestTenant, echo_checked, eventually, loopback, open_in_background, pattern,
+    quick_config, tcp_from, wait_status,
 };
 use rac::net::console::{ConsoleClient, ConsoleConfig, ConsoleError};
 use rac::net::tenant_redirector::AgentState;
@@ -394,10 +394,7 @@ async fn a_tenant_cannot_receive_join_or_end_another_tenants_session() {
         }
     });
 
-    let opening = tokio::spawn({
-        let console = console.clone();
-        async move { console.open_session("alpha", "echo", |_, _| {}).await }
-    });
+    let opening = open_in_background(&console, "alpha");
     let (session_id, nonce) = open_data(&mut alpha).await;
 
     // Beta tries to end it on its own control connection: ignored. A ping round trip after
@@ -663,10 +660,7 @@ async fn nonces_expire_with_the_wait_and_die_with_a_reject() {
     wait_status(&console, "alpha", TenantStatus::Online).await;
 
     // Too late: the console gave up after 1 s, the nonce with it.
-    let waiting = tokio::spawn({
-        let console = console.clone();
-        async move { console.open_session("alpha", "echo", |_, _| {}).await }
-    });
+    let waiting = open_in_background(&console, "alpha");
     let (session_id, nonce) = open_data(&mut control).await;
     assert_eq!(
         refused_code(waiting.await.expect("join")),
@@ -676,10 +670,7 @@ async fn nonces_expire_with_the_wait_and_die_with_a_reject() {
     assert_session_error(&reply, ErrorCode::BadNonce);
 
     // Rejected: the console hears the tenant's reason and the nonce is spent.
-    let waiting = tokio::spawn({
-        let console = console.clone();
-        async move { console.open_session("alpha", "echo", |_, _| {}).await }
-    });
+    let waiting = open_in_background(&console, "alpha");
     let (session_id, nonce) = open_data(&mut control).await;
     write_frame(
         &mut control,

@@ -5,10 +5,12 @@
 
 mod common;
 
-use common::wire::hand_made_config;
-use common::{PATIENCE, TestSp, echo_checked, next_control, pattern, quick_config, wait_status};
+use common::wire::{hand_made_config, patient_open_config};
+use common::{
+    PATIENCE, TestSp, echo_checked, next_control, open_in_background, pattern, quick_config,
+    wait_status,
+};
 use rac::net::console::ConsoleError;
-use rac::sp::config::SpConfig;
 use rac::wire::frame::write_frame;
 use rac::wire::protocol::{ApiResponse, ControlMsg, ErrorCode, Hello, Role, TenantStatus};
 use serde_json::{Value, json};
@@ -136,12 +138,7 @@ async fn hellos_with_escapes_or_oversized_strings_are_bad_requests() {
 /// connection carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_cannot_answer_with_an_sp_code_or_raw_escapes() {
-    // Longer than the hang guard: a console that waited for the timeout fails the test.
-    let sp = TestSp::start(SpConfig {
-        session_open_timeout_secs: PATIENCE.as_secs() * 2,
-        ..hand_made_config()
-    })
-    .await;
+    let sp = TestSp::start(patient_open_config()).await;
     let mut control = sp.hand_made_tenant("acme").await;
     let console = sp.console().await;
     wait_status(&console, "acme", TenantStatus::Online).await;
@@ -160,10 +157,7 @@ async fn a_tenant_cannot_answer_with_an_sp_code_or_raw_escapes() {
         ),
     ];
     for (code, expected) in cases {
-        let waiting = tokio::spawn({
-            let console = console.clone();
-            async move { console.open_session("acme", "echo", |_, _| {}).await }
-        });
+        let waiting = open_in_background(&console, "acme");
         let session_id = next_control(&mut control, |m| match m {
             ControlMsg::OpenData { session_id, .. } => Some(session_id.clone()),
             _ => None,

@@ -361,6 +361,17 @@ impl Drop for TestTenant {
     }
 }
 
+/// Starts opening a session to `tenant`'s `echo` service in a task of its own, so the test
+/// can play the tenant's side meanwhile; the task's result is the console's.
+pub fn open_in_background(
+    console: &Arc<ConsoleClient>,
+    tenant: &str,
+) -> tokio::task::JoinHandle<Result<rac::net::console::Session, rac::net::console::ConsoleError>> {
+    let console = console.clone();
+    let tenant = tenant.to_string();
+    tokio::spawn(async move { console.open_session(&tenant, "echo", |_, _| {}).await })
+}
+
 /// Waits until the SP lists `tenant` with the given status.
 pub async fn wait_status(
     console: &ConsoleClient,

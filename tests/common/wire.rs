@@ -23,6 +23,15 @@ pub fn hand_made_config() -> SpConfig {
     }
 }
 
+/// [`hand_made_config`] with a session open timeout longer than the hang guard: a console
+/// that waits for the timeout, instead of hearing at once, fails the test.
+pub fn patient_open_config() -> SpConfig {
+    SpConfig {
+        session_open_timeout_secs: PATIENCE.as_secs() * 2,
+        ..hand_made_config()
+    }
+}
+
 /// The next frame, as `T`; panics naming `what` if the stream fails or ends first.
 pub async fn expect_frame<T: DeserializeOwned, S: AsyncRead + Unpin>(
     stream: &mut S,
