@@ -7,26 +7,23 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, TestSp, TestTenant, loopback, next_control, pattern, quick_config};
+use common::wire::{
+    assert_session_error, bare_fin, console_hello, data_hello, expect_frame, frames_until_closed,
+    hand_made_config, open_data, patient_open_config, ping,
+};
+use common::{
+    PATIENCE, TestSp, TestTenant, eventually, loopback, open_in_background, pattern, quick_config,
+    wait_status,
+};
 use rac::net::tenant_redirector::AgentState;
-use rac::net::tls::{ClientStream, ReadAhead, TlsClient, Trust};
+use rac::net::tls::ReadAhead;
 use rac::sp::config::SpConfig;
-use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use rac::wire::frame::{MAX_FRAME_LEN, write_frame};
 use rac::wire::protocol::{
-    ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, Stage, Welcome,
+    ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, Stage, TenantStatus, Welcome,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Sends `body` as the first frame of a fresh connection; the SP's answer.
-async fn first_frame_reply(sp: &TestSp, body: &Value) -> Value {
-    let mut stream = sp.raw().await;
-    write_frame(&mut stream, body).await.expect("hello");
-    read_frame(&mut stream, MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("a reply")
-}
 
 /// Logs in with the SP's first operator by password; the welcome.
 async fn password_welcome(sp: &TestSp) -> Welcome {
@@ -38,83 +35,6 @@ async fn password_welcome(sp: &TestSp) -> Welcome {
 
 async fn operator_token(sp: &TestSp) -> String {
     password_welcome(sp).await.token.expect("a token")
-}
-
-/// A TLS connection to the SP, and a second handle on its socket to end it with a bare TCP
-/// FIN (a shutdown of the write side with no TLS close_notify before it), as many TLS stacks
-/// end a connection.
-async fn raw_with_fin(sp: &TestSp) -> (ClientStream, std::net::TcpStream) {
-    let addr = sp.addr;
-    let std_tcp = tokio::task::spawn_blocking(move || std::net::TcpStream::connect(addr))
-        .await
-        .expect("join")
-        .expect("connect");
-    let fin = std_tcp.try_clone().expect("clone the socket");
-    std_tcp.set_nonblocking(true).expect("nonblocking");
-    let tcp = tokio::net::TcpStream::from_std(std_tcp).expect("tokio socket");
-    let tls = TlsClient::new(&Trust::CaFile(sp.ca.clone()), "localhost").expect("tls");
-    (tls.handshake(tcp).await.expect("handshake"), fin)
-}
-
-/// Sends a console's session hello on `stream` and reads the SP's first answer.
-async fn console_hello(stream: &mut ClientStream, token: &str, tenant: &str) -> SessionMsg {
-    let hello = Hello::new(Role::ConsoleSession {
-        token: token.into(),
-        tenant: tenant.into(),
-        service: "echo".into(),
-    });
-    write_frame(stream, &hello).await.expect("console hello");
-    read_frame(stream, MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("an answer")
-}
-
-/// Sends a tenant data hello on `stream` and reads the SP's answer.
-async fn data_hello(
-    stream: &mut ClientStream,
-    tenant: &str,
-    session_id: &str,
-    nonce: &str,
-) -> SessionMsg {
-    let hello = Hello::new(Role::TenantData {
-        tenant: tenant.into(),
-        session_id: session_id.into(),
-        nonce: nonce.into(),
-    });
-    write_frame(stream, &hello).await.expect("data hello");
-    read_frame(stream, MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("an answer")
-}
-
-async fn open_data(control: &mut ClientStream) -> (String, String) {
-    next_control(control, |m| match m {
-        ControlMsg::OpenData {
-            session_id, nonce, ..
-        } => Some((session_id.clone(), nonce.clone())),
-        _ => None,
-    })
-    .await
-}
-
-/// Reads control frames (answering none) until the SP ends the connection; the frames that
-/// are not pings, and whether the end was a clean TLS close_notify.
-async fn frames_until_closed(control: &mut ClientStream) -> (Vec<ControlMsg>, bool) {
-    tokio::time::timeout(PATIENCE, async {
-        let mut seen = Vec::new();
-        loop {
-            match read_frame::<ControlMsg, _>(control, MAX_FRAME_LEN).await {
-                Ok(Some(ControlMsg::Ping { .. })) => {}
-                Ok(Some(msg)) => seen.push(msg),
-                Ok(None) => return (seen, true),
-                Err(_) => return (seen, false),
-            }
-        }
-    })
-    .await
-    .expect("the SP ends the connection in time")
 }
 
 /// Point 1: a first frame that is not a JSON object, or has no numeric `version`, is
@@ -144,7 +64,7 @@ async fn a_hello_without_a_numeric_version_is_a_bad_request() {
         ),
     ];
     for (body, code, words) in cases {
-        let reply = first_frame_reply(&sp, &body).await;
+        let reply = sp.first_frame_reply(&body).await;
         assert_eq!(reply["type"], "error", "{body}: {reply}");
         assert_eq!(reply["code"], code, "{body}: {reply}");
         let message = reply["message"].as_str().expect("a message");
@@ -161,11 +81,7 @@ async fn a_hello_without_a_numeric_version_is_a_bad_request() {
 /// silent cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_control_frame_gets_one_bad_request_goodbye_and_a_clean_close() {
-    let sp = TestSp::start(SpConfig {
-        dead_after_secs: 120,
-        ..quick_config()
-    })
-    .await;
+    let sp = TestSp::start(hand_made_config()).await;
     let secret = sp.add_tenant("acme");
     let cases = [
         (json!({"type": "no_such_type"}), "no_such_type"),
@@ -206,21 +122,11 @@ async fn a_bad_control_frame_gets_one_bad_request_goodbye_and_a_clean_close() {
 /// (here on a malformed frame) hears at once, not after the open timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_hears_at_once_when_the_control_connection_it_waits_on_ends() {
-    // Longer than the hang guard: a console that waited for the timeout fails the test.
-    let sp = TestSp::start(SpConfig {
-        session_open_timeout_secs: PATIENCE.as_secs() * 2,
-        dead_after_secs: 120,
-        ..quick_config()
-    })
-    .await;
-    let secret = sp.add_tenant("acme");
-    let mut control = sp.raw_control("acme", &secret).await;
+    let sp = TestSp::start(patient_open_config()).await;
+    let mut control = sp.hand_made_tenant("acme").await;
     let console = sp.console().await;
-    common::wait_status(&console, "acme", rac::wire::protocol::TenantStatus::Online).await;
-    let waiting = tokio::spawn({
-        let console = console.clone();
-        async move { console.open_session("acme", "echo", |_, _| {}).await }
-    });
+    wait_status(&console, "acme", TenantStatus::Online).await;
+    let waiting = open_in_background(&console, "acme");
     let _ = open_data(&mut control).await;
     write_frame(&mut control, &json!({"type": "ping", "seq": "x"}))
         .await
@@ -243,17 +149,11 @@ async fn a_console_hears_at_once_when_the_control_connection_it_waits_on_ends() 
 /// `bad_nonce`, never `ready`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_dies_as_soon_as_the_console_stops_waiting() {
-    let sp = TestSp::start(SpConfig {
-        session_open_timeout_secs: PATIENCE.as_secs() * 2,
-        dead_after_secs: 120,
-        ..quick_config()
-    })
-    .await;
-    let secret = sp.add_tenant("acme");
-    let mut control = sp.raw_control("acme", &secret).await;
+    let sp = TestSp::start(patient_open_config()).await;
+    let mut control = sp.hand_made_tenant("acme").await;
     let token = operator_token(&sp).await;
-    for bare_fin in [false, true] {
-        let (mut console, fin) = raw_with_fin(&sp).await;
+    for with_fin in [false, true] {
+        let (mut console, fin) = sp.raw_with_fin().await;
         let progress = console_hello(&mut console, &token, "acme").await;
         assert_eq!(
             progress,
@@ -262,8 +162,8 @@ async fn a_nonce_dies_as_soon_as_the_console_stops_waiting() {
             }
         );
         let (session_id, nonce) = open_data(&mut control).await;
-        if bare_fin {
-            fin.shutdown(std::net::Shutdown::Write).expect("bare FIN");
+        if with_fin {
+            bare_fin(&fin);
         } else {
             console.shutdown().await.expect("close_notify");
         }
@@ -271,20 +171,10 @@ async fn a_nonce_dies_as_soon_as_the_console_stops_waiting() {
         let mut rest = Vec::new();
         tokio::time::timeout(PATIENCE, console.read_to_end(&mut rest))
             .await
-            .unwrap_or_else(|_| panic!("bare FIN {bare_fin}: the SP kept the console waiting"))
+            .unwrap_or_else(|_| panic!("bare FIN {with_fin}: the SP kept the console waiting"))
             .ok();
-        let mut data = sp.raw().await;
-        let reply = data_hello(&mut data, "acme", &session_id, &nonce).await;
-        assert!(
-            matches!(
-                reply,
-                SessionMsg::Error {
-                    code: ErrorCode::BadNonce,
-                    ..
-                }
-            ),
-            "bare FIN {bare_fin}: {reply:?}"
-        );
+        let (reply, _) = sp.present_nonce("acme", &session_id, &nonce).await;
+        assert_session_error(&reply, ErrorCode::BadNonce);
     }
     let entries = sp.registry.audit_entries(10).expect("audit");
     assert!(entries.is_empty(), "no session was opened: {entries:?}");
@@ -295,55 +185,26 @@ async fn a_nonce_dies_as_soon_as_the_console_stops_waiting() {
 async fn a_nonce_dies_when_the_console_times_out() {
     let sp = TestSp::start(SpConfig {
         session_open_timeout_secs: 1,
-        dead_after_secs: 120,
-        ..quick_config()
+        ..hand_made_config()
     })
     .await;
-    let secret = sp.add_tenant("acme");
-    let mut control = sp.raw_control("acme", &secret).await;
+    let mut control = sp.hand_made_tenant("acme").await;
     let token = operator_token(&sp).await;
     let mut console = sp.raw().await;
     let _progress = console_hello(&mut console, &token, "acme").await;
     let (session_id, nonce) = open_data(&mut control).await;
-    let timed_out: SessionMsg = read_frame(&mut console, MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("an answer");
-    assert!(
-        matches!(
-            timed_out,
-            SessionMsg::Error {
-                code: ErrorCode::TenantTimeout,
-                ..
-            }
-        ),
-        "{timed_out:?}"
-    );
-    let mut data = sp.raw().await;
-    let reply = data_hello(&mut data, "acme", &session_id, &nonce).await;
-    assert!(
-        matches!(
-            reply,
-            SessionMsg::Error {
-                code: ErrorCode::BadNonce,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    let timed_out: SessionMsg = expect_frame(&mut console, "the timeout").await;
+    assert_session_error(&timed_out, ErrorCode::TenantTimeout);
+    let (reply, _) = sp.present_nonce("acme", &session_id, &nonce).await;
+    assert_session_error(&reply, ErrorCode::BadNonce);
 }
 
 /// What PROTOCOL.md promises about bytes around `ready`: what the console sends before it
 /// reaches the tenant first, after the splice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_the_console_sends_before_ready_reach_the_tenant_first() {
-    let sp = TestSp::start(SpConfig {
-        dead_after_secs: 120,
-        ..quick_config()
-    })
-    .await;
-    let secret = sp.add_tenant("acme");
-    let mut control = sp.raw_control("acme", &secret).await;
+    let sp = TestSp::start(hand_made_config()).await;
+    let mut control = sp.hand_made_tenant("acme").await;
     let token = operator_token(&sp).await;
     let mut console = sp.raw().await;
     let hello = Hello::new(Role::ConsoleSession {
@@ -356,8 +217,7 @@ async fn bytes_the_console_sends_before_ready_reach_the_tenant_first() {
     first.extend_from_slice(b"early request");
     console.write_all(&first).await.expect("write");
     let (session_id, nonce) = open_data(&mut control).await;
-    let mut data = sp.raw().await;
-    let ready = data_hello(&mut data, "acme", &session_id, &nonce).await;
+    let (ready, mut data) = sp.present_nonce("acme", &session_id, &nonce).await;
     assert!(matches!(ready, SessionMsg::Ready { .. }), "{ready:?}");
     let mut got = [0u8; 13];
     tokio::time::timeout(PATIENCE, data.read_exact(&mut got))
@@ -368,10 +228,7 @@ async fn bytes_the_console_sends_before_ready_reach_the_tenant_first() {
     data.write_all(b"answer").await.expect("answer");
     let mut frames = Vec::new();
     loop {
-        let msg: SessionMsg = read_frame(&mut console, MAX_FRAME_LEN)
-            .await
-            .expect("read")
-            .expect("a frame");
+        let msg: SessionMsg = expect_frame(&mut console, "progress or ready").await;
         let ready = matches!(msg, SessionMsg::Ready { .. });
         frames.push(msg);
         if ready {
@@ -465,11 +322,7 @@ async fn a_redirector_drops_a_silent_sp_at_dead_after() {
 /// clean close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_control_connection_replaces_the_first_with_goodbye_replaced() {
-    let sp = TestSp::start(SpConfig {
-        dead_after_secs: 120,
-        ..quick_config()
-    })
-    .await;
+    let sp = TestSp::start(hand_made_config()).await;
     let secret = sp.add_tenant("acme");
     let mut first = sp.raw_control("acme", &secret).await;
     let mut second = sp.raw_control("acme", &secret).await;
@@ -486,15 +339,7 @@ async fn a_second_control_connection_replaces_the_first_with_goodbye_replaced() 
     }
     assert!(clean, "closed without close_notify");
     // The newcomer is the tenant's connection now.
-    write_frame(&mut second, &ControlMsg::Ping { seq: 7 })
-        .await
-        .expect("ping");
-    let pong = next_control(&mut second, |m| match m {
-        ControlMsg::Pong { seq } => Some(*seq),
-        _ => None,
-    })
-    .await;
-    assert_eq!(pong, 7);
+    assert_eq!(ping(&mut second, 7).await, 7);
 }
 
 /// Point 6, the tenant's side: a redirector replaced by another connection with its
@@ -502,11 +347,7 @@ async fn a_second_control_connection_replaces_the_first_with_goodbye_replaced() 
 /// replace the newcomer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_redirector_backs_off_instead_of_fighting() {
-    let sp = TestSp::start(SpConfig {
-        dead_after_secs: 120,
-        ..quick_config()
-    })
-    .await;
+    let sp = TestSp::start(hand_made_config()).await;
     let secret = sp.add_tenant("acme");
     let mut config = sp.tenant_config("acme", &secret);
     config.backoff_max = Duration::from_secs(3600);
@@ -527,15 +368,7 @@ async fn a_replaced_redirector_backs_off_instead_of_fighting() {
         other => panic!("{other:?}"),
     }
     // The newcomer keeps the tenant's slot.
-    write_frame(&mut newcomer, &ControlMsg::Ping { seq: 3 })
-        .await
-        .expect("ping");
-    let pong = next_control(&mut newcomer, |m| match m {
-        ControlMsg::Pong { seq } => Some(*seq),
-        _ => None,
-    })
-    .await;
-    assert_eq!(pong, 3);
+    assert_eq!(ping(&mut newcomer, 3).await, 3);
 }
 
 /// A goodbye code this build does not know (from a newer SP) still parses, so the tenant
@@ -571,12 +404,12 @@ async fn a_token_login_welcome_says_when_the_token_expires() {
     let first = password_welcome(&sp).await;
     let ttl = first.token_expires_in_secs.expect("password login: ttl");
     assert_eq!(ttl, sp.config.token_ttl_secs);
-    let reply = first_frame_reply(
-        &sp,
-        &json!({"version": 1, "role": "operator", "user": sp.operator,
+    let reply = sp
+        .first_frame_reply(
+            &json!({"version": 1, "role": "operator", "user": sp.operator,
                 "token": first.token.expect("token")}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(reply["type"], "welcome", "{reply}");
     let left = reply["token_expires_in_secs"]
         .as_u64()
@@ -598,25 +431,17 @@ enum Finisher {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_fin_ends_one_direction_and_the_other_carries_on() {
     const MORE: usize = 1024 * 1024;
-    let sp = TestSp::start(SpConfig {
-        dead_after_secs: 120,
-        ..quick_config()
-    })
-    .await;
-    let secret = sp.add_tenant("acme");
-    let mut control = sp.raw_control("acme", &secret).await;
+    let sp = TestSp::start(hand_made_config()).await;
+    let mut control = sp.hand_made_tenant("acme").await;
     let token = operator_token(&sp).await;
     for finisher in [Finisher::Console, Finisher::Tenant] {
-        let (mut console, console_fin) = raw_with_fin(&sp).await;
+        let (mut console, console_fin) = sp.raw_with_fin().await;
         let _progress = console_hello(&mut console, &token, "acme").await;
         let (session_id, nonce) = open_data(&mut control).await;
-        let (mut data, data_fin) = raw_with_fin(&sp).await;
+        let (mut data, data_fin) = sp.raw_with_fin().await;
         let ready = data_hello(&mut data, "acme", &session_id, &nonce).await;
         assert!(matches!(ready, SessionMsg::Ready { .. }), "{ready:?}");
-        let ready: SessionMsg = read_frame(&mut console, MAX_FRAME_LEN)
-            .await
-            .expect("read")
-            .expect("ready");
+        let ready: SessionMsg = expect_frame(&mut console, "ready").await;
         assert!(matches!(ready, SessionMsg::Ready { .. }), "{ready:?}");
 
         let (quitter, quitter_fin, stayer) = match finisher {
@@ -625,9 +450,7 @@ async fn a_bare_fin_ends_one_direction_and_the_other_carries_on() {
         };
         quitter.write_all(b"last words").await.expect("write");
         quitter.flush().await.expect("flush");
-        quitter_fin
-            .shutdown(std::net::Shutdown::Write)
-            .expect("bare FIN");
+        bare_fin(quitter_fin);
         let mut got = Vec::new();
         tokio::time::timeout(PATIENCE, stayer.read_to_end(&mut got))
             .await
@@ -646,19 +469,14 @@ async fn a_bare_fin_ends_one_direction_and_the_other_carries_on() {
         read.expect("in time").expect("read to a clean end");
         assert!(back == more, "{finisher:?}: {} bytes came back", back.len());
 
-        let entry = tokio::time::timeout(PATIENCE, async {
-            loop {
-                let entries = sp.registry.audit_entries(1).expect("audit");
-                if let Some(entry) = entries.into_iter().next()
-                    && entry.ended_at.is_some()
-                {
-                    return entry;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let entry = eventually(PATIENCE, "the audit row closes", async || {
+            let entries = sp.registry.audit_entries(1).expect("audit");
+            entries
+                .into_iter()
+                .next()
+                .filter(|entry| entry.ended_at.is_some())
         })
-        .await
-        .expect("the audit row closes");
+        .await;
         let (party, to_tenant, from_tenant) = match finisher {
             Finisher::Console => ("console", 10, MORE as u64),
             Finisher::Tenant => ("tenant", MORE as u64, 10),

@@ -4,13 +4,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, TestSp, TestTenant, eventually, quick_config, wait_status};
+use common::wire::{ask, assert_session_error};
+use common::{
+    PATIENCE, TestSp, TestTenant, eventually, open_in_background, quick_config, wait_status,
+};
 use rac::net::console::{ConsoleClient, ConsoleError, OpenStage};
 use rac::net::tls::{TlsClient, Trust};
-use rac::wire::frame::{self, read_frame, write_frame};
-use rac::wire::protocol::{
-    ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, TenantStatus,
-};
+use rac::wire::frame::{self, read_frame};
+use rac::wire::protocol::{ControlMsg, ErrorCode, HelloReply, SessionMsg, TenantStatus};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -195,11 +196,7 @@ async fn version_mismatch_and_untrusted_certificate_are_explained() {
     let mut raw = sp.raw().await;
     let hello =
         serde_json::json!({"version": 99, "role": "operator", "user": "admin", "password": "x"});
-    write_frame(&mut raw, &hello).await.expect("write");
-    let reply: HelloReply = read_frame(&mut raw, frame::MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("reply");
+    let reply: HelloReply = ask(&mut raw, &hello).await;
     match reply {
         HelloReply::Error(e) => {
             assert_eq!(e.code, ErrorCode::VersionMismatch);
@@ -266,10 +263,7 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
     let mut control = sp.raw_control("alpha", &secret_a).await;
     wait_status(&console, "alpha", TenantStatus::Online).await;
 
-    let opening = tokio::spawn({
-        let console = console.clone();
-        async move { console.open_session("alpha", "echo", |_, _| {}).await }
-    });
+    let opening = open_in_background(&console, "alpha");
     let (session_id, nonce) = loop {
         match read_frame::<ControlMsg, _>(&mut control, frame::MAX_FRAME_LEN)
             .await
@@ -288,65 +282,23 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
         }
     };
     // Another tenant presenting alpha's nonce is refused.
-    let data_as = |tenant: &'static str, nonce: String, session_id: String| {
-        let sp_raw = sp.raw();
-        async move {
-            let mut data = sp_raw.await;
-            let hello = Hello::new(Role::TenantData {
-                tenant: tenant.into(),
-                session_id,
-                nonce,
-            });
-            write_frame(&mut data, &hello).await.expect("data hello");
-            let reply: SessionMsg = read_frame(&mut data, frame::MAX_FRAME_LEN)
-                .await
-                .expect("read")
-                .expect("reply");
-            (reply, data)
-        }
-    };
     let _ = &secret_b;
-    let (reply, _) = data_as("beta", nonce.clone(), session_id.clone()).await;
-    assert!(
-        matches!(
-            reply,
-            SessionMsg::Error {
-                code: ErrorCode::BadNonce,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
-    let (reply, _) = data_as("alpha", "0".repeat(64), session_id.clone()).await;
-    assert!(
-        matches!(
-            reply,
-            SessionMsg::Error {
-                code: ErrorCode::BadNonce,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    let (reply, _) = sp.present_nonce("beta", &session_id, &nonce).await;
+    assert_session_error(&reply, ErrorCode::BadNonce);
+    let (reply, _) = sp
+        .present_nonce("alpha", &session_id, &"0".repeat(64))
+        .await;
+    assert_session_error(&reply, ErrorCode::BadNonce);
     // The right tenant with the right nonce gets the session...
-    let (reply, mut data) = data_as("alpha", nonce.clone(), session_id.clone()).await;
+    let (reply, mut data) = sp.present_nonce("alpha", &session_id, &nonce).await;
     assert!(matches!(reply, SessionMsg::Ready { .. }), "{reply:?}");
     let mut session = opening.await.expect("join").expect("session");
     session.stream.write_all(b"x").await.expect("write");
     let mut b = [0u8; 1];
     data.read_exact(&mut b).await.expect("tenant side receives");
     // ...once.
-    let (reply, _) = data_as("alpha", nonce, session_id).await;
-    assert!(
-        matches!(
-            reply,
-            SessionMsg::Error {
-                code: ErrorCode::BadNonce,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    let (reply, _) = sp.present_nonce("alpha", &session_id, &nonce).await;
+    assert_session_error(&reply, ErrorCode::BadNonce);
 
     // Now the tenant stays silent: the console is told it timed out.
     let err = console

@@ -9,8 +9,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::wire::{ask, assert_session_error, open_data};
 use common::{
-    PATIENCE, TestSp, TestTenant, echo_checked, eventually, loopback, next_control, pattern,
+    PATIENCE, TestSp, TestTenant, echo_checked, eventually, loopback, open_in_background, pattern,
     quick_config, tcp_from, wait_status,
 };
 use rac::net::console::{ConsoleClient, ConsoleConfig, ConsoleError};
@@ -393,17 +394,8 @@ async fn a_tenant_cannot_receive_join_or_end_another_tenants_session() {
         }
     });
 
-    let opening = tokio::spawn({
-        let console = console.clone();
-        async move { console.open_session("alpha", "echo", |_, _| {}).await }
-    });
-    let (session_id, nonce) = next_control(&mut alpha, |m| match m {
-        ControlMsg::OpenData {
-            session_id, nonce, ..
-        } => Some((session_id.clone(), nonce.clone())),
-        _ => None,
-    })
-    .await;
+    let opening = open_in_background(&console, "alpha");
+    let (session_id, nonce) = open_data(&mut alpha).await;
 
     // Beta tries to end it on its own control connection: ignored. A ping round trip after
     // it shows the SP has handled the reject.
@@ -438,17 +430,7 @@ async fn a_tenant_cannot_receive_join_or_end_another_tenants_session() {
         ("alpha", nonce[..63].to_string()),
         ("alpha", String::new()),
     ] {
-        let mut data = sp.raw().await;
-        let hello = Hello::new(Role::TenantData {
-            tenant: tenant.into(),
-            session_id: session_id.clone(),
-            nonce: guess,
-        });
-        write_frame(&mut data, &hello).await.expect("hello");
-        let reply: SessionMsg = read_frame(&mut data, MAX_FRAME_LEN)
-            .await
-            .expect("read")
-            .expect("reply");
+        let (reply, _) = sp.present_nonce(tenant, &session_id, &guess).await;
         assert!(
             matches!(
                 reply,
@@ -469,25 +451,11 @@ async fn a_tenant_cannot_receive_join_or_end_another_tenants_session() {
         services: vec!["echo".into()],
         provider_access: true,
     });
-    write_frame(&mut usurper, &hello).await.expect("hello");
-    let reply: HelloReply = read_frame(&mut usurper, MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("reply");
+    let reply: HelloReply = ask(&mut usurper, &hello).await;
     assert_eq!(reply_code(&reply), Some(ErrorCode::AuthFailed));
 
     // Alpha's request is still pending: alpha's own data connection opens it.
-    let mut data = sp.raw().await;
-    let hello = Hello::new(Role::TenantData {
-        tenant: "alpha".into(),
-        session_id: session_id.clone(),
-        nonce,
-    });
-    write_frame(&mut data, &hello).await.expect("hello");
-    let reply: SessionMsg = read_frame(&mut data, MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("reply");
+    let (reply, mut data) = sp.present_nonce("alpha", &session_id, &nonce).await;
     assert!(matches!(reply, SessionMsg::Ready { .. }), "{reply:?}");
     let mut session = opening.await.expect("join").expect("session opened");
 
@@ -592,11 +560,7 @@ async fn a_console_opens_and_sees_only_the_tenants_its_token_allows() {
             password: None,
             token: Some(token),
         });
-        write_frame(&mut stream, &hello).await.expect("hello");
-        let reply: HelloReply = read_frame(&mut stream, MAX_FRAME_LEN)
-            .await
-            .expect("read")
-            .expect("reply");
+        let reply: HelloReply = ask(&mut stream, &hello).await;
         assert_eq!(reply_code(&reply), Some(ErrorCode::AuthFailed), "{user}");
     }
     let forger = ConsoleClient::new(sp.console_config()).expect("client");
@@ -691,59 +655,23 @@ async fn nonces_expire_with_the_wait_and_die_with_a_reject() {
         ..quick_config()
     })
     .await;
-    let secret = sp.add_tenant("alpha");
-    let mut control = sp.raw_control("alpha", &secret).await;
+    let mut control = sp.hand_made_tenant("alpha").await;
     let console = sp.console().await;
     wait_status(&console, "alpha", TenantStatus::Online).await;
 
-    async fn present(sp: &TestSp, session_id: String, nonce: String) -> SessionMsg {
-        let mut data = sp.raw().await;
-        let hello = Hello::new(Role::TenantData {
-            tenant: "alpha".into(),
-            session_id,
-            nonce,
-        });
-        write_frame(&mut data, &hello).await.expect("hello");
-        read_frame(&mut data, MAX_FRAME_LEN)
-            .await
-            .expect("read")
-            .expect("reply")
-    }
-    let open_data = |m: &ControlMsg| match m {
-        ControlMsg::OpenData {
-            session_id, nonce, ..
-        } => Some((session_id.clone(), nonce.clone())),
-        _ => None,
-    };
-
     // Too late: the console gave up after 1 s, the nonce with it.
-    let waiting = tokio::spawn({
-        let console = console.clone();
-        async move { console.open_session("alpha", "echo", |_, _| {}).await }
-    });
-    let (session_id, nonce) = next_control(&mut control, open_data).await;
+    let waiting = open_in_background(&console, "alpha");
+    let (session_id, nonce) = open_data(&mut control).await;
     assert_eq!(
         refused_code(waiting.await.expect("join")),
         ErrorCode::TenantTimeout
     );
-    let reply = present(&sp, session_id, nonce).await;
-    assert!(
-        matches!(
-            reply,
-            SessionMsg::Error {
-                code: ErrorCode::BadNonce,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    let (reply, _) = sp.present_nonce("alpha", &session_id, &nonce).await;
+    assert_session_error(&reply, ErrorCode::BadNonce);
 
     // Rejected: the console hears the tenant's reason and the nonce is spent.
-    let waiting = tokio::spawn({
-        let console = console.clone();
-        async move { console.open_session("alpha", "echo", |_, _| {}).await }
-    });
-    let (session_id, nonce) = next_control(&mut control, open_data).await;
+    let waiting = open_in_background(&console, "alpha");
+    let (session_id, nonce) = open_data(&mut control).await;
     write_frame(
         &mut control,
         &ControlMsg::Reject {
@@ -762,17 +690,8 @@ async fn nonces_expire_with_the_wait_and_die_with_a_reject() {
         Err(other) => panic!("expected the tenant's refusal, got {other:?}"),
         Ok(_) => panic!("expected the tenant's refusal, got a session"),
     }
-    let reply = present(&sp, session_id, nonce).await;
-    assert!(
-        matches!(
-            reply,
-            SessionMsg::Error {
-                code: ErrorCode::BadNonce,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    let (reply, _) = sp.present_nonce("alpha", &session_id, &nonce).await;
+    assert_session_error(&reply, ErrorCode::BadNonce);
 }
 
 /// The operator list API refuses an unknown request type and a frame over the limit, and the
@@ -782,13 +701,7 @@ async fn api_requests_need_a_login_and_a_sane_frame() {
     let sp = TestSp::start(quick_config()).await;
     // A list request instead of a hello: refused as a malformed hello.
     let mut stream = sp.raw().await;
-    write_frame(&mut stream, &ApiRequest::ListTenants { subscribe: true })
-        .await
-        .expect("write");
-    let reply: HelloReply = read_frame(&mut stream, MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("reply");
+    let reply: HelloReply = ask(&mut stream, &ApiRequest::ListTenants { subscribe: true }).await;
     assert!(
         matches!(
             reply_code(&reply),
@@ -798,20 +711,12 @@ async fn api_requests_need_a_login_and_a_sane_frame() {
     );
     // Logged in, then a request frame over 16 KiB: the connection ends, nothing is listed.
     let mut stream = sp.raw().await;
-    write_frame(
-        &mut stream,
-        &Hello::new(Role::Operator {
-            user: sp.operator.clone(),
-            password: Some(sp.password.clone()),
-            token: None,
-        }),
-    )
-    .await
-    .expect("hello");
-    let reply: HelloReply = read_frame(&mut stream, MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("welcome");
+    let hello = Hello::new(Role::Operator {
+        user: sp.operator.clone(),
+        password: Some(sp.password.clone()),
+        token: None,
+    });
+    let reply: HelloReply = ask(&mut stream, &hello).await;
     assert_eq!(reply_code(&reply), None);
     stream
         .write_all(&(64 * 1024u32).to_be_bytes())

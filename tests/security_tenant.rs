@@ -505,19 +505,7 @@ async fn stingy_control(sp: &TestSp, tenant: &str, secret: &str) -> rac::net::tl
     let tcp: TcpStream = socket.connect(sp.addr).await.expect("connect");
     let tls = TlsClient::new(&Trust::CaFile(sp.ca.clone()), "localhost").expect("tls");
     let mut control = tls.handshake(tcp).await.expect("handshake");
-    let hello = Hello::new(Role::TenantControl {
-        tenant: tenant.into(),
-        secret: secret.into(),
-        agent: "stingy/1".into(),
-        services: vec![],
-        provider_access: true,
-    });
-    write_frame(&mut control, &hello).await.expect("hello");
-    let welcome: HelloReply = read_frame(&mut control, MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("welcome");
-    assert!(matches!(welcome, HelloReply::Welcome(_)), "{welcome:?}");
+    common::wire::control_hello(&mut control, tenant, secret, "stingy/1", &[]).await;
     control
 }
 

@@ -5,23 +5,19 @@
 
 mod common;
 
-use common::{PATIENCE, TestSp, echo_checked, next_control, pattern, quick_config, wait_status};
+use common::wire::{hand_made_config, patient_open_config};
+use common::{
+    PATIENCE, TestSp, echo_checked, next_control, open_in_background, pattern, quick_config,
+    wait_status,
+};
 use rac::net::console::ConsoleError;
-use rac::sp::config::SpConfig;
-use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use rac::wire::frame::write_frame;
 use rac::wire::protocol::{ApiResponse, ControlMsg, ErrorCode, Hello, Role, TenantStatus};
 use serde_json::{Value, json};
 
 /// Sends one hello on a fresh connection; the SP's first answer.
 async fn hello_reply(sp: &TestSp, role: Role) -> Value {
-    let mut stream = sp.raw().await;
-    write_frame(&mut stream, &Hello::new(role))
-        .await
-        .expect("hello");
-    read_frame(&mut stream, MAX_FRAME_LEN)
-        .await
-        .expect("read")
-        .expect("a reply")
+    sp.first_frame_reply(&Hello::new(role)).await
 }
 
 fn control(tenant: &str, secret: &str, agent: &str, services: Vec<String>) -> Role {
@@ -142,15 +138,8 @@ async fn hellos_with_escapes_or_oversized_strings_are_bad_requests() {
 /// connection carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_cannot_answer_with_an_sp_code_or_raw_escapes() {
-    // Longer than the hang guard: a console that waited for the timeout fails the test.
-    let sp = TestSp::start(SpConfig {
-        session_open_timeout_secs: PATIENCE.as_secs() * 2,
-        dead_after_secs: 120,
-        ..quick_config()
-    })
-    .await;
-    let secret = sp.add_tenant("acme");
-    let mut control = sp.raw_control("acme", &secret).await;
+    let sp = TestSp::start(patient_open_config()).await;
+    let mut control = sp.hand_made_tenant("acme").await;
     let console = sp.console().await;
     wait_status(&console, "acme", TenantStatus::Online).await;
 
@@ -168,10 +157,7 @@ async fn a_tenant_cannot_answer_with_an_sp_code_or_raw_escapes() {
         ),
     ];
     for (code, expected) in cases {
-        let waiting = tokio::spawn({
-            let console = console.clone();
-            async move { console.open_session("acme", "echo", |_, _| {}).await }
-        });
+        let waiting = open_in_background(&console, "acme");
         let session_id = next_control(&mut control, |m| match m {
             ControlMsg::OpenData { session_id, .. } => Some(session_id.clone()),
             _ => None,
@@ -205,13 +191,8 @@ async fn a_tenant_cannot_answer_with_an_sp_code_or_raw_escapes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_flood_is_coalesced_and_the_last_status_wins() {
     const BURST: usize = 1000;
-    let sp = TestSp::start(SpConfig {
-        dead_after_secs: 120,
-        ..quick_config()
-    })
-    .await;
-    let secret = sp.add_tenant("chatty");
-    let mut control = sp.raw_control("chatty", &secret).await;
+    let sp = TestSp::start(hand_made_config()).await;
+    let mut control = sp.hand_made_tenant("chatty").await;
     let console = sp.console().await;
     wait_status(&console, "chatty", TenantStatus::Online).await;
     let mut feed = console.subscribe().await.expect("feed");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use super::{print_json, resolve};
+use super::{Output, print_json, resolve};
 use crate::net::console::{ConsoleClient, ConsoleConfig};
 use crate::net::dial::Route;
 use crate::net::tls::Trust;
@@ -43,12 +43,13 @@ pub struct ClientArgs {
 pub struct TenantsArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
+    /// The tenant to open.
     pub tenant: String,
     /// The tenant service to reach.
     #[arg(long)]
@@ -62,11 +63,12 @@ pub struct ConnectArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
+    /// The tenant to open.
     pub tenant: String,
     #[command(flatten)]
     pub client: ClientArgs,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,13 +81,14 @@ pub enum JobCommand {
 
 #[derive(Debug, Args)]
 pub struct JobArgs {
+    /// The tenant whose backup server runs the job.
     pub tenant: String,
     /// Job id or name.
     pub job: String,
     #[command(flatten)]
     pub client: ClientArgs,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 impl ClientArgs {
@@ -142,7 +145,7 @@ fn password() -> Result<String> {
 pub(super) async fn tenants(args: TenantsArgs) -> Result<ExitCode> {
     let client = args.client.login().await?;
     let tenants = client.tenants().await.context("reading the tenant list")?;
-    if args.json {
+    if args.output.json {
         print_json(&tenants)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -231,7 +234,7 @@ async fn close(backup: BackupClient<crate::net::tls::ClientStream>) {
 /// `rac inspect`: the tenant's backup server as JSON (the eight top-level keys) or a summary.
 pub(super) async fn inspect(args: InspectArgs) -> Result<ExitCode> {
     let mut backup = backup_session(&args.client, &args.tenant).await?;
-    if args.json {
+    if args.output.json {
         let inventory = backup
             .inventory_json()
             .await
@@ -255,7 +258,7 @@ pub(super) async fn job(cmd: JobCommand) -> Result<ExitCode> {
         tenant,
         job,
         client,
-        json,
+        output,
     } = args;
     let mut backup = backup_session(&client, &tenant).await?;
     let inventory = backup.inventory().await.context("reading the jobs")?;
@@ -275,7 +278,7 @@ pub(super) async fn job(cmd: JobCommand) -> Result<ExitCode> {
     close(backup).await;
     let outcome = outcome
         .with_context(|| format!("{} job {job}", if start { "starting" } else { "stopping" }))?;
-    if json {
+    if output.json {
         println!(
             "{}",
             serde_json::json!({"tenant": tenant, "job": id, "session": outcome.session})

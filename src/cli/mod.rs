@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::lab::LabOptions;
 
@@ -139,6 +139,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Job(cmd)) => runtime()?.block_on(console::job(cmd)),
         Some(Command::Bench(args)) => crate::bench::run(args),
     }
+}
+
+/// `--json`, flattened into every command that prints a result.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Output {
+    /// Print the result as one line of JSON instead of text (for scripts).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// One JSON document on one line of stdout.

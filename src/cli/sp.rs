@@ -7,26 +7,48 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
-use super::{print_json, runtime};
+use super::{Output, print_json, runtime};
 use crate::sp::config::StateDir;
 use crate::sp::registry::Registry;
+
+/// The SP's state dir: every `rac sp` command works on one.
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The SP's state dir (CA, server certificate and key, registry, sp.toml), as
+    /// `rac sp init` creates it.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+}
+
+impl StateArgs {
+    fn dir(&self) -> StateDir {
+        StateDir::new(&self.state_dir)
+    }
+
+    /// The registry of a state dir that `rac sp init` has made.
+    fn registry(&self) -> Result<Registry> {
+        let state = self.dir();
+        state.ensure_initialized()?;
+        Ok(Registry::open(&state.registry())?)
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum SpCommand {
     /// Create a state dir: CA, server certificate, registry, one operator (password printed once).
     Init {
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
         /// The first operator's name.
         #[arg(long, default_value = "admin")]
         operator: String,
         /// Extra names or addresses for the server certificate (localhost and 127.0.0.1 are always in).
         #[arg(long = "san")]
         sans: Vec<String>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Manage tenant accounts (works while the SP runs).
     #[command(subcommand)]
@@ -36,17 +58,18 @@ pub enum SpCommand {
     Operator(SpOperatorCommand),
     /// Print the audit log of console sessions, newest first.
     Audit {
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+        /// How many entries to print.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Serve the SP port.
     Run {
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
         /// Address to listen on (host:port, or a port for all interfaces).
         #[arg(long, default_value = "0.0.0.0:6180")]
         listen: String,
@@ -57,45 +80,52 @@ pub enum SpCommand {
 pub enum SpTenantCommand {
     /// Add a tenant; prints its secret once.
     Add {
+        /// The tenant's name (1 to 64 letters, digits, '.', '_' or '-').
         name: String,
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Free text shown in the tenant list.
         #[arg(long, default_value = "")]
         description: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// List tenant accounts.
     List {
-        #[arg(long)]
-        state_dir: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        output: Output,
     },
     /// Disable a tenant: its connection and sessions end, it cannot reconnect.
     Disable {
+        /// The tenant's name.
         name: String,
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
     },
+    /// Enable a disabled tenant again.
     Enable {
+        /// The tenant's name.
         name: String,
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Remove a tenant account.
     Remove {
+        /// The tenant's name.
         name: String,
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Issue a new secret (printed once); the old one stops working at once.
     RotateSecret {
+        /// The tenant's name.
         name: String,
-        #[arg(long)]
-        state_dir: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        output: Output,
     },
 }
 
@@ -103,21 +133,22 @@ pub enum SpTenantCommand {
 pub enum SpOperatorCommand {
     /// Add an operator; prints a generated password once.
     Add {
+        /// The operator's name (1 to 64 letters, digits, '.', '_' or '-').
         name: String,
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
         /// Tenants this operator may open: `*` or a comma-separated list.
         #[arg(long, default_value = "*")]
         tenants: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// List operators.
     List {
-        #[arg(long)]
-        state_dir: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        output: Output,
     },
     /// Revoke every session token of an operator.
     #[command(
@@ -126,9 +157,10 @@ ends the sessions and tenant feeds opened with them within one registry poll; th
 works. Written to the audit log."
     )]
     Revoke {
+        /// The operator's name.
         name: String,
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Set a new password for an operator; ends all their tokens, sessions and feeds.
     #[command(
@@ -141,11 +173,12 @@ the sessions and tenant feeds opened with them within one registry poll. Written
 log."
     )]
     Passwd {
+        /// The operator's name.
         name: String,
-        #[arg(long)]
-        state_dir: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        output: Output,
     },
     /// Remove an operator account; ends all their tokens, sessions and feeds.
     #[command(
@@ -155,9 +188,10 @@ and tenant feeds opened with them within one registry poll. Their past sessions 
 audit log, and the removal is written there too."
     )]
     Remove {
+        /// The operator's name.
         name: String,
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Change which tenants an operator may open; ends all their tokens, sessions and feeds.
     #[command(
@@ -168,36 +202,32 @@ scope applies from their next login: a running SP ends the sessions and tenant f
 under the old scope within one registry poll. Written to the audit log."
     )]
     SetTenants {
+        /// The operator's name.
         name: String,
         /// `*`, a comma-separated list of tenant names, or "" for none.
         tenants: String,
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
     },
 }
 
 /// Runs one `rac sp` command; `rac sp run` serves until SIGINT/SIGTERM.
 pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
-    let registry = |dir: &PathBuf| -> Result<Registry> {
-        let state = StateDir::new(dir);
-        state.ensure_initialized()?;
-        Ok(Registry::open(&state.registry())?)
-    };
     match cmd {
         SpCommand::Init {
-            state_dir,
+            state,
             operator,
             sans,
-            json,
+            output,
         } => {
-            let init = crate::sp::init_state_dir(&StateDir::new(&state_dir), &operator, &sans)?;
-            if json {
+            let init = crate::sp::init_state_dir(&state.dir(), &operator, &sans)?;
+            if output.json {
                 print_json(&serde_json::json!({
                     "operator": init.operator, "password": init.password,
                     "ca_cert": init.ca_cert, "ca_fingerprint": init.ca_fingerprint,
                 }))?;
             } else {
-                println!("SP state created in {}", state_dir.display());
+                println!("SP state created in {}", state.state_dir.display());
                 println!("operator:       {}", init.operator);
                 println!(
                     "password:       {}   (shown once: store it now)",
@@ -210,28 +240,28 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 println!("CA fingerprint: {}", init.ca_fingerprint);
                 println!(
                     "next: rac sp tenant add NAME --state-dir {}",
-                    state_dir.display()
+                    state.state_dir.display()
                 );
             }
         }
         SpCommand::Tenant(cmd) => match cmd {
             SpTenantCommand::Add {
                 name,
-                state_dir,
+                state,
                 description,
-                json,
+                output,
             } => {
-                let secret = registry(&state_dir)?.add_tenant(&name, &description)?;
-                if json {
+                let secret = state.registry()?.add_tenant(&name, &description)?;
+                if output.json {
                     print_json(&serde_json::json!({"tenant": name, "secret": secret}))?;
                 } else {
                     println!("tenant {name} added");
                     println!("secret: {secret}   (shown once: put it in the tenant's config)");
                 }
             }
-            SpTenantCommand::List { state_dir, json } => {
-                let tenants = registry(&state_dir)?.tenants()?;
-                if json {
+            SpTenantCommand::List { state, output } => {
+                let tenants = state.registry()?.tenants()?;
+                if output.json {
                     print_json(&tenants)?;
                 } else {
                     println!(
@@ -251,25 +281,25 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                     }
                 }
             }
-            SpTenantCommand::Disable { name, state_dir } => {
-                registry(&state_dir)?.set_enabled(&name, false)?;
+            SpTenantCommand::Disable { name, state } => {
+                state.registry()?.set_enabled(&name, false)?;
                 println!("tenant {name} disabled (a running SP drops its connection and sessions)");
             }
-            SpTenantCommand::Enable { name, state_dir } => {
-                registry(&state_dir)?.set_enabled(&name, true)?;
+            SpTenantCommand::Enable { name, state } => {
+                state.registry()?.set_enabled(&name, true)?;
                 println!("tenant {name} enabled");
             }
-            SpTenantCommand::Remove { name, state_dir } => {
-                registry(&state_dir)?.remove_tenant(&name)?;
+            SpTenantCommand::Remove { name, state } => {
+                state.registry()?.remove_tenant(&name)?;
                 println!("tenant {name} removed");
             }
             SpTenantCommand::RotateSecret {
                 name,
-                state_dir,
-                json,
+                state,
+                output,
             } => {
-                let secret = registry(&state_dir)?.rotate_secret(&name)?;
-                if json {
+                let secret = state.registry()?.rotate_secret(&name)?;
+                if output.json {
                     print_json(&serde_json::json!({"tenant": name, "secret": secret}))?;
                 } else {
                     println!(
@@ -281,21 +311,21 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
         SpCommand::Operator(cmd) => match cmd {
             SpOperatorCommand::Add {
                 name,
-                state_dir,
+                state,
                 tenants,
-                json,
+                output,
             } => {
                 let password = crate::sp::auth::random_hex_16();
-                registry(&state_dir)?.add_operator(&name, &password, &tenants)?;
-                if json {
+                state.registry()?.add_operator(&name, &password, &tenants)?;
+                if output.json {
                     print_json(&serde_json::json!({"operator": name, "password": password}))?;
                 } else {
                     println!("operator {name} added; password: {password}   (shown once)");
                 }
             }
-            SpOperatorCommand::List { state_dir, json } => {
-                let operators = registry(&state_dir)?.operators()?;
-                if json {
+            SpOperatorCommand::List { state, output } => {
+                let operators = state.registry()?.operators()?;
+                if output.json {
                     print_json(&operators)?;
                 } else {
                     for op in operators {
@@ -303,21 +333,21 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                     }
                 }
             }
-            SpOperatorCommand::Revoke { name, state_dir } => {
-                let n = registry(&state_dir)?.revoke_operator_tokens_audited(&name)?;
+            SpOperatorCommand::Revoke { name, state } => {
+                let n = state.registry()?.revoke_operator_tokens_audited(&name)?;
                 println!(
                     "revoked {n} token(s) of {name} (a running SP ends their sessions and feeds)"
                 );
             }
             SpOperatorCommand::Passwd {
                 name,
-                state_dir,
-                json,
+                state,
+                output,
             } => {
-                let registry = registry(&state_dir)?;
+                let registry = state.registry()?;
                 let (password, generated) = new_operator_password(&name)?;
                 let n = registry.set_operator_password(&name, &password)?;
-                match (json, generated) {
+                match (output.json, generated) {
                     (true, true) => print_json(&serde_json::json!({
                         "operator": name, "password": password, "tokens_revoked": n,
                     }))?,
@@ -332,8 +362,8 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                     ),
                 }
             }
-            SpOperatorCommand::Remove { name, state_dir } => {
-                let n = registry(&state_dir)?.remove_operator(&name)?;
+            SpOperatorCommand::Remove { name, state } => {
+                let n = state.registry()?.remove_operator(&name)?;
                 println!(
                     "operator {name} removed; revoked {n} token(s) (a running SP ends their sessions and feeds)"
                 );
@@ -341,9 +371,9 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
             SpOperatorCommand::SetTenants {
                 name,
                 tenants,
-                state_dir,
+                state,
             } => {
-                let n = registry(&state_dir)?.set_operator_tenants(&name, &tenants)?;
+                let n = state.registry()?.set_operator_tenants(&name, &tenants)?;
                 println!(
                     "operator {name} may now open: {}; revoked {n} token(s) (a running SP ends their sessions and feeds)",
                     if tenants.trim().is_empty() {
@@ -355,12 +385,12 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
             }
         },
         SpCommand::Audit {
-            state_dir,
+            state,
             limit,
-            json,
+            output,
         } => {
-            let entries = registry(&state_dir)?.audit_entries(limit)?;
-            if json {
+            let entries = state.registry()?.audit_entries(limit)?;
+            if output.json {
                 print_json(&entries)?;
             } else {
                 for e in entries {
@@ -378,9 +408,9 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 }
             }
         }
-        SpCommand::Run { state_dir, listen } => {
+        SpCommand::Run { state, listen } => {
             let addr = crate::sp::config::parse_listen(&listen)?;
-            let engine = crate::net::cloud_redirector::SpEngine::open(&StateDir::new(&state_dir))?;
+            let engine = crate::net::cloud_redirector::SpEngine::open(&state.dir())?;
             return runtime()?.block_on(async move {
                 let listener =
                     crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;

@@ -1,4 +1,4 @@
-//! Everything that touches a socket: frames, TLS, the redirectors, the gateway and the dialers.
+//! Everything that touches a socket: TLS, the redirectors, the gateway and the dialers.
 
 pub mod acceptor;
 pub mod admission;

@@ -1,6 +1,9 @@
 //! The tenant list panel (steps 3–4 seen from the desk): every tenant of the SP, live, with
 //! search, sorting by any column and filters. Only the visible rows are drawn, and the
 //! filtered, sorted view is rebuilt only when the data or the query changed.
+//!
+//! Kept whole at ~710 lines with its tests: one panel, one file (STYLE.md), and its list
+//! state and its drawing functions already stand apart in it (the state first, `_ui` below).
 
 use eframe::egui;
 use std::cmp::Ordering;

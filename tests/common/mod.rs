@@ -1,9 +1,11 @@
 //! Helpers shared by the integration tests: real engines on 127.0.0.1 port 0, real TLS; the
 //! `rac` binary as a child process; one way to poll, one hang guard. The gateway's test
-//! harness is in `gateway.rs`.
+//! harness is in `gateway.rs`; the protocol spoken by hand (frames, hellos, `open_data`, a
+//! bare FIN) in `wire.rs`.
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -359,6 +361,17 @@ impl Drop for TestTenant {
     }
 }
 
+/// Starts opening a session to `tenant`'s `echo` service in a task of its own, so the test
+/// can play the tenant's side meanwhile; the task's result is the console's.
+pub fn open_in_background(
+    console: &Arc<ConsoleClient>,
+    tenant: &str,
+) -> tokio::task::JoinHandle<Result<rac::net::console::Session, rac::net::console::ConsoleError>> {
+    let console = console.clone();
+    let tenant = tenant.to_string();
+    tokio::spawn(async move { console.open_session(&tenant, "echo", |_, _| {}).await })
+}
+
 /// Waits until the SP lists `tenant` with the given status.
 pub async fn wait_status(
     console: &ConsoleClient,
@@ -402,22 +415,8 @@ impl TestSp {
     /// A hand-made tenant control connection, past its welcome: the test reads and writes
     /// the control messages itself.
     pub async fn raw_control(&self, tenant: &str, secret: &str) -> ClientStream {
-        use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
-        use rac::wire::protocol::{Hello, HelloReply, Role};
         let mut control = self.raw().await;
-        let hello = Hello::new(Role::TenantControl {
-            tenant: tenant.into(),
-            secret: secret.into(),
-            agent: "hand-made/1".into(),
-            services: vec!["echo".into()],
-            provider_access: true,
-        });
-        write_frame(&mut control, &hello).await.expect("hello");
-        let welcome: HelloReply = read_frame(&mut control, MAX_FRAME_LEN)
-            .await
-            .expect("read")
-            .expect("welcome");
-        assert!(matches!(welcome, HelloReply::Welcome(_)), "{welcome:?}");
+        wire::control_hello(&mut control, tenant, secret, "hand-made/1", &["echo"]).await;
         control
     }
 
@@ -428,7 +427,6 @@ impl TestSp {
         user: &str,
         password: &str,
     ) -> rac::wire::protocol::HelloReply {
-        use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
         use rac::wire::protocol::{Hello, Role};
         let mut stream = self.raw_from(source).await;
         let hello = Hello::new(Role::Operator {
@@ -436,11 +434,7 @@ impl TestSp {
             password: Some(password.into()),
             token: None,
         });
-        write_frame(&mut stream, &hello).await.expect("hello");
-        read_frame(&mut stream, MAX_FRAME_LEN)
-            .await
-            .expect("read")
-            .expect("reply")
+        wire::ask(&mut stream, &hello).await
     }
 }
 

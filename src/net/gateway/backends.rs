@@ -144,3 +144,41 @@ pub(super) async fn health_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::gateway::tests::addrs;
+
+    #[test]
+    fn pick_prefers_fewest_connections_and_skips_down_and_tried() {
+        let pool = Pool::new(&addrs(3));
+        pool.backends[0].active.store(2, Ordering::Relaxed);
+        pool.backends[1].active.store(1, Ordering::Relaxed);
+        pool.backends[2].active.store(3, Ordering::Relaxed);
+        assert_eq!(pool.pick(&[]), Some(1));
+        assert_eq!(pool.pick(&[1]), Some(0));
+        pool.backends[0].up.store(false, Ordering::Relaxed);
+        assert_eq!(pool.pick(&[1]), Some(2));
+        assert_eq!(pool.pick(&[1, 2]), None);
+    }
+
+    #[test]
+    fn pick_spreads_ties() {
+        let pool = Pool::new(&addrs(3));
+        let mut seen = [0usize; 3];
+        for _ in 0..30 {
+            seen[pool.pick(&[]).expect("a backend is up")] += 1;
+        }
+        assert_eq!(seen, [10, 10, 10]);
+    }
+
+    #[test]
+    fn lease_counts_open_connections() {
+        let pool = Pool::new(&addrs(1));
+        let lease = Lease::new(pool.backends[0].clone());
+        assert_eq!(pool.backends[0].active.load(Ordering::Relaxed), 1);
+        drop(lease);
+        assert_eq!(pool.backends[0].active.load(Ordering::Relaxed), 0);
+    }
+}

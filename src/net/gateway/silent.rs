@@ -140,3 +140,46 @@ impl WarnSummary {
         Some(std::mem::take(&mut state.unlogged))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_table_closes_the_oldest_of_the_same_source_and_groups_ipv6_by_64() {
+        let table = SilentTable::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        let (first, evicted) = table.register(ip("2001:db8::1"));
+        assert!(!evicted);
+        let (second, _) = table.register(ip("2001:db8::ffff:2"));
+        // Another /64, and IPv4: counted apart.
+        let (other, _) = table.register(ip("2001:db8:0:1::1"));
+        let (v4, _) = table.register(ip("192.0.2.1"));
+        assert_eq!(table.count(ip("2001:db8::9")), 2);
+        let (third, evicted) = table.register(ip("2001:db8::3"));
+        assert!(evicted);
+        assert!(first.closes.is_cancelled(), "the oldest is closed");
+        assert!(!second.closes.is_cancelled() && !third.closes.is_cancelled());
+        assert!(!other.closes.is_cancelled() && !v4.closes.is_cancelled());
+        assert_eq!(table.count(ip("2001:db8::1")), 2);
+
+        // Speaking or ending leaves the table; an empty source leaves no entry.
+        let mut second = second;
+        second.spoke();
+        assert_eq!(table.count(ip("2001:db8::1")), 1);
+        drop((first, second, third, other, v4));
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn warn_summary_logs_at_most_once_per_interval_and_counts_the_rest() {
+        let summary = WarnSummary::default();
+        let t0 = Instant::now();
+        assert_eq!(summary.record(t0), Some(1));
+        for s in 1..10 {
+            assert_eq!(summary.record(t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(summary.record(t0 + WARN_INTERVAL), Some(10));
+        assert_eq!(summary.record(t0 + WARN_INTERVAL), None);
+    }
+}

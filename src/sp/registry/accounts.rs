@@ -1,0 +1,387 @@
+//! Operator and tenant accounts: operators with their password hashes and tenant scope,
+//! tenants with the hash of their secret. A change to an operator revokes their tokens and is
+//! written to the audit log in the same transaction.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::audit::audit_admin;
+use super::{Registry, RegistryError, Result};
+use crate::sp::auth;
+use crate::util::now_unix_secs;
+
+/// A tenant account as stored (the secret only as its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantAccount {
+    pub name: String,
+    pub enabled: bool,
+    pub description: String,
+    pub created_at: u64,
+    pub last_seen: Option<u64>,
+    #[serde(skip)]
+    pub secret_hash: String,
+}
+
+/// An operator allowed to use consoles, and which tenants they may open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Operator {
+    pub name: String,
+    /// `*` for every tenant, else a comma-separated list of tenant names.
+    pub tenants: String,
+}
+
+impl Operator {
+    pub fn may_open(&self, tenant: &str) -> bool {
+        self.tenants == "*" || self.tenants.split(',').any(|t| t.trim() == tenant)
+    }
+}
+
+/// An operator's tenant scope in its stored form: `*` (every tenant), empty (none), or tenant
+/// names separated by commas, each a valid name.
+pub fn tenant_scope(list: &str) -> Result<String> {
+    let list = list.trim();
+    if list == "*" || list.is_empty() {
+        return Ok(list.to_string());
+    }
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    for name in &names {
+        crate::wire::validate_name(name)?;
+    }
+    Ok(names.join(","))
+}
+
+impl Registry {
+    /// Adds an operator; `tenants` is `*` or a comma-separated allow list.
+    pub fn add_operator(&self, name: &str, password: &str, tenants: &str) -> Result<()> {
+        crate::wire::validate_name(name)?;
+        let tenants = tenant_scope(tenants)?;
+        let hash = auth::hash_password(password).map_err(RegistryError::Hash)?;
+        let inserted = self.conn().execute(
+            "INSERT OR IGNORE INTO operators (name, password_hash, tenants, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, hash, tenants, now_unix_secs() as i64],
+        )?;
+        if inserted == 0 {
+            return Err(RegistryError::OperatorExists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Replaces an operator's password and revokes every token of theirs, in one transaction
+    /// (audited). A running SP then ends their sessions and tenant feeds within one registry
+    /// poll. Returns how many tokens were revoked.
+    pub fn set_operator_password(&self, name: &str, password: &str) -> Result<usize> {
+        // The slow hash runs before the lock is taken.
+        let hash = auth::hash_password(password).map_err(RegistryError::Hash)?;
+        self.change_operator(name, "passwd", |tx| {
+            tx.execute(
+                "UPDATE operators SET password_hash = ?2 WHERE name = ?1",
+                params![name, hash],
+            )?;
+            Ok("password changed".to_string())
+        })
+    }
+
+    /// Removes an operator and every token of theirs, in one transaction (audited). Returns
+    /// how many tokens were revoked.
+    pub fn remove_operator(&self, name: &str) -> Result<usize> {
+        self.change_operator(name, "remove", |tx| {
+            tx.execute("DELETE FROM operators WHERE name = ?1", params![name])?;
+            Ok("operator removed".to_string())
+        })
+    }
+
+    /// Replaces an operator's tenant scope (`*` or a comma-separated list) and revokes every
+    /// token of theirs, in one transaction (audited): the new scope applies from their next
+    /// login. Returns how many tokens were revoked.
+    pub fn set_operator_tenants(&self, name: &str, tenants: &str) -> Result<usize> {
+        let tenants = tenant_scope(tenants)?;
+        self.change_operator(name, "set-tenants", |tx| {
+            let old: String = tx.query_row(
+                "SELECT tenants FROM operators WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )?;
+            tx.execute(
+                "UPDATE operators SET tenants = ?2 WHERE name = ?1",
+                params![name, tenants],
+            )?;
+            Ok(format!("tenant scope set to {tenants:?} (was {old:?})"))
+        })
+    }
+
+    /// One audited change to an existing operator, with all their tokens revoked, as one
+    /// transaction: either all of it is on disk or none.
+    pub(super) fn change_operator(
+        &self,
+        name: &str,
+        action: &str,
+        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<String>,
+    ) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM operators WHERE name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !exists {
+            return Err(RegistryError::UnknownOperator(name.to_string()));
+        }
+        let what = change(&tx)?;
+        let revoked = tx.execute("DELETE FROM tokens WHERE operator = ?1", params![name])?;
+        audit_admin(
+            &tx,
+            name,
+            action,
+            &format!("{what}; {revoked} token(s) revoked"),
+        )?;
+        tx.commit()?;
+        Ok(revoked)
+    }
+
+    /// The stored password hash of an operator, if there is such an operator.
+    pub fn operator_password_hash(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT password_hash FROM operators WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Checks a password. Slow by design (argon2): call from a blocking thread.
+    /// An unknown operator costs the same time as a wrong password.
+    pub fn verify_operator(&self, name: &str, password: &str) -> Result<Option<Operator>> {
+        let row: Option<(String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT password_hash, tenants FROM operators WHERE name = ?1",
+                params![name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            Some((hash, tenants)) if auth::verify_password(password, &hash) => Ok(Some(Operator {
+                name: name.to_string(),
+                tenants,
+            })),
+            Some(_) => Ok(None),
+            None => {
+                auth::burn_password_time(password);
+                Ok(None)
+            }
+        }
+    }
+
+    pub fn operators(&self) -> Result<Vec<Operator>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, tenants FROM operators ORDER BY name")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(Operator {
+                name: row.get(0)?,
+                tenants: row.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Adds a tenant and returns its new secret (shown once, never stored).
+    pub fn add_tenant(&self, name: &str, description: &str) -> Result<String> {
+        crate::wire::validate_name(name)?;
+        let secret = auth::random_hex_32();
+        let inserted = self.conn().execute(
+            "INSERT OR IGNORE INTO tenants (name, secret_hash, description, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, auth::sha256_hex(&secret), description, now_unix_secs() as i64],
+        )?;
+        if inserted == 0 {
+            return Err(RegistryError::TenantExists(name.to_string()));
+        }
+        Ok(secret)
+    }
+
+    /// Replaces a tenant's secret; its current connection is dropped by the running SP.
+    pub fn rotate_secret(&self, name: &str) -> Result<String> {
+        let secret = auth::random_hex_32();
+        let n = self.conn().execute(
+            "UPDATE tenants SET secret_hash = ?2 WHERE name = ?1",
+            params![name, auth::sha256_hex(&secret)],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::UnknownTenant(name.to_string()));
+        }
+        Ok(secret)
+    }
+
+    pub fn set_enabled(&self, name: &str, enabled: bool) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE tenants SET enabled = ?2 WHERE name = ?1",
+            params![name, enabled],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::UnknownTenant(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn remove_tenant(&self, name: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM tenants WHERE name = ?1", params![name])?;
+        if n == 0 {
+            return Err(RegistryError::UnknownTenant(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn set_last_seen(&self, name: &str, at: u64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE tenants SET last_seen = ?2 WHERE name = ?1",
+            params![name, at as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every tenant account, by name.
+    pub fn tenants(&self) -> Result<Vec<TenantAccount>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, enabled, description, created_at, last_seen, secret_hash FROM tenants ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(TenantAccount {
+                name: row.get(0)?,
+                enabled: row.get(1)?,
+                description: row.get(2)?,
+                created_at: row.get::<_, i64>(3)? as u64,
+                last_seen: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                secret_hash: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::registry;
+    use super::*;
+    use crate::sp::registry::TokenCheck;
+    use std::time::Duration;
+
+    #[test]
+    fn tenant_lifecycle() {
+        let (_dir, reg) = registry();
+        let secret = reg.add_tenant("acme", "Acme Corp").expect("add");
+        assert_eq!(secret.len(), 64);
+        assert!(matches!(
+            reg.add_tenant("acme", ""),
+            Err(RegistryError::TenantExists(_))
+        ));
+        let tenants = reg.tenants().expect("list");
+        assert_eq!(tenants.len(), 1);
+        assert_eq!(tenants[0].secret_hash, auth::sha256_hex(&secret));
+        assert!(tenants[0].enabled);
+        reg.set_enabled("acme", false).expect("disable");
+        assert!(!reg.tenants().expect("list")[0].enabled);
+        let new_secret = reg.rotate_secret("acme").expect("rotate");
+        assert_ne!(new_secret, secret);
+        reg.remove_tenant("acme").expect("remove");
+        assert!(matches!(
+            reg.remove_tenant("acme"),
+            Err(RegistryError::UnknownTenant(_))
+        ));
+        assert!(matches!(
+            reg.add_tenant("../etc", ""),
+            Err(RegistryError::InvalidName(_))
+        ));
+    }
+
+    #[test]
+    fn operator_changes_revoke_tokens_and_are_audited() {
+        let (_dir, reg) = registry();
+        reg.add_operator("alice", "first password", "acme")
+            .expect("add");
+        let ttl = Duration::from_secs(60);
+        let old_hash = reg
+            .operator_password_hash("alice")
+            .expect("hash")
+            .expect("stored");
+        let token = reg.create_token("alice", ttl).expect("token");
+        assert_eq!(
+            reg.set_operator_password("alice", "second password")
+                .expect("passwd"),
+            1
+        );
+        assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Unknown);
+        assert!(
+            reg.verify_operator("alice", "first password")
+                .expect("v")
+                .is_none()
+        );
+        assert!(
+            reg.verify_operator("alice", "second password")
+                .expect("v")
+                .is_some()
+        );
+        // A login that checked the old password while it changed gets no token.
+        assert_eq!(
+            reg.create_token_for_password("alice", &old_hash, ttl)
+                .expect("create"),
+            None
+        );
+        let new_hash = reg
+            .operator_password_hash("alice")
+            .expect("hash")
+            .expect("stored");
+        let token = reg
+            .create_token_for_password("alice", &new_hash, ttl)
+            .expect("create")
+            .expect("current password");
+        assert!(reg.token_expires_at(&token).expect("expiry").is_some());
+
+        assert_eq!(
+            reg.set_operator_tenants("alice", " globex , initech ")
+                .expect("scope"),
+            1
+        );
+        assert_eq!(reg.operators().expect("list")[0].tenants, "globex,initech");
+        assert!(matches!(
+            reg.set_operator_tenants("alice", "ok,../etc"),
+            Err(RegistryError::InvalidName(_))
+        ));
+        let token = reg.create_token("alice", ttl).expect("token");
+        assert_eq!(reg.remove_operator("alice").expect("remove"), 1);
+        assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Unknown);
+        assert!(reg.token_expires_at(&token).expect("expiry").is_none());
+        assert!(matches!(
+            reg.remove_operator("alice"),
+            Err(RegistryError::UnknownOperator(_))
+        ));
+        assert!(matches!(
+            reg.set_operator_password("alice", "x"),
+            Err(RegistryError::UnknownOperator(_))
+        ));
+
+        let audit = reg.audit_entries(10).expect("audit");
+        let outcomes: Vec<_> = audit.iter().map(|e| e.outcome.as_str()).collect();
+        assert_eq!(
+            outcomes,
+            [
+                "operator removed; 1 token(s) revoked",
+                "tenant scope set to \"globex,initech\" (was \"acme\"); 1 token(s) revoked",
+                "password changed; 1 token(s) revoked",
+            ]
+        );
+        assert!(
+            audit
+                .iter()
+                .all(|e| e.operator == "alice" && e.service == "account")
+        );
+        assert_eq!(audit[2].console_addr, "local: rac sp operator passwd");
+    }
+}

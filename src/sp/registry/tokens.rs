@@ -1,0 +1,161 @@
+//! Session tokens: random, stored only as their SHA-256, each with an expiry.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Operator, Registry, Result};
+use crate::sp::auth;
+use crate::util::now_unix_secs;
+
+/// What a presented token is worth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    Valid(Operator),
+    Expired,
+    Unknown,
+}
+
+/// Drops tokens that expired over a day ago. Expired tokens stay a day, so a session opened
+/// with one is not taken for revoked.
+fn forget_long_expired(conn: &Connection, now: u64) -> Result<()> {
+    conn.execute(
+        "DELETE FROM tokens WHERE expires_at < ?1",
+        params![now.saturating_sub(86_400) as i64],
+    )?;
+    Ok(())
+}
+
+impl Registry {
+    /// Issues a session token valid for `ttl`. Only its hash is stored.
+    pub fn create_token(&self, operator: &str, ttl: Duration) -> Result<String> {
+        let token = auth::random_hex_32();
+        let now = now_unix_secs();
+        let conn = self.conn();
+        forget_long_expired(&conn, now)?;
+        conn.execute(
+            "INSERT INTO tokens (token_hash, operator, expires_at) VALUES (?1, ?2, ?3)",
+            params![
+                auth::sha256_hex(&token),
+                operator,
+                (now + ttl.as_secs()) as i64
+            ],
+        )?;
+        Ok(token)
+    }
+
+    /// Issues a token as [`create_token`](Self::create_token) does, but only while the
+    /// operator's stored password hash is still `password_hash` (the one a login just checked):
+    /// `None` if the password changed or the operator was removed meanwhile.
+    pub fn create_token_for_password(
+        &self,
+        operator: &str,
+        password_hash: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>> {
+        let token = auth::random_hex_32();
+        let now = now_unix_secs();
+        let conn = self.conn();
+        forget_long_expired(&conn, now)?;
+        let inserted = conn.execute(
+            "INSERT INTO tokens (token_hash, operator, expires_at)
+             SELECT ?1, name, ?3 FROM operators WHERE name = ?2 AND password_hash = ?4",
+            params![
+                auth::sha256_hex(&token),
+                operator,
+                (now + ttl.as_secs()) as i64,
+                password_hash
+            ],
+        )?;
+        Ok((inserted == 1).then_some(token))
+    }
+
+    /// When a stored token expires (seconds since the Unix epoch), if it is stored.
+    pub fn token_expires_at(&self, token: &str) -> Result<Option<u64>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT expires_at FROM tokens WHERE token_hash = ?1",
+                params![auth::sha256_hex(token)],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|at| at.max(0) as u64))
+    }
+
+    pub fn check_token(&self, token: &str) -> Result<TokenCheck> {
+        let row: Option<(i64, String, Option<String>)> = self
+            .conn()
+            .query_row(
+                "SELECT t.expires_at, t.operator, o.tenants FROM tokens t
+                 LEFT JOIN operators o ON o.name = t.operator WHERE t.token_hash = ?1",
+                params![auth::sha256_hex(token)],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            None | Some((_, _, None)) => TokenCheck::Unknown,
+            Some((expires_at, _, _)) if (expires_at as u64) <= now_unix_secs() => {
+                TokenCheck::Expired
+            }
+            Some((_, name, Some(tenants))) => TokenCheck::Valid(Operator { name, tenants }),
+        })
+    }
+
+    pub fn revoke_token(&self, token: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM tokens WHERE token_hash = ?1",
+            params![auth::sha256_hex(token)],
+        )?;
+        Ok(())
+    }
+
+    /// Revokes every token of one operator (a stolen laptop).
+    pub fn revoke_operator_tokens(&self, operator: &str) -> Result<usize> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM tokens WHERE operator = ?1", params![operator])?)
+    }
+
+    /// [`revoke_operator_tokens`](Self::revoke_operator_tokens) for an existing operator, as
+    /// `rac sp operator revoke` does it: one transaction, written to the audit log.
+    pub fn revoke_operator_tokens_audited(&self, operator: &str) -> Result<usize> {
+        self.change_operator(operator, "revoke", |_| Ok("tokens revoked".to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::registry;
+    use super::*;
+
+    #[test]
+    fn operator_passwords_and_tokens() {
+        let (_dir, reg) = registry();
+        reg.add_operator("alice", "correct horse", "acme,globex")
+            .expect("add");
+        assert!(reg.verify_operator("alice", "wrong").expect("v").is_none());
+        assert!(reg.verify_operator("bob", "x").expect("v").is_none());
+        let op = reg
+            .verify_operator("alice", "correct horse")
+            .expect("v")
+            .expect("valid");
+        assert!(op.may_open("acme") && !op.may_open("initech"));
+        let token = reg
+            .create_token("alice", Duration::from_secs(60))
+            .expect("token");
+        assert_eq!(
+            reg.check_token(&token).expect("check"),
+            TokenCheck::Valid(op)
+        );
+        reg.revoke_token(&token).expect("revoke");
+        assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Unknown);
+        let expired = reg
+            .create_token("alice", Duration::from_secs(0))
+            .expect("token");
+        assert_eq!(
+            reg.check_token(&expired).expect("check"),
+            TokenCheck::Expired
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! What a console session or a tenant data connection hears before the splice.
+
+use serde::{Deserialize, Serialize};
+
+use super::ErrorCode;
+
+/// What a console session or tenant data connection hears before the splice.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SessionMsg {
+    /// A stage of the flow was reached (console only).
+    Progress {
+        stage: Stage,
+    },
+    /// Spliced: from the next byte on, the stream is the tenant service's raw bytes.
+    Ready {
+        session_id: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// The stages a console sees while a session opens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The SP accepted the request and sent `OpenData` to the tenant.
+    WaitingForTenant,
+}
