@@ -17,6 +17,8 @@ use crate::net::tls::Trust;
 use crate::sp::config::StateDir;
 use crate::sp::registry::Registry;
 
+pub mod desktop;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rac",
@@ -66,6 +68,8 @@ pub enum Command {
     /// Start or stop a job on a tenant's backup server (through a session).
     #[command(subcommand)]
     Job(JobCommand),
+    /// Open a tenant's remote desktop headless: type, take a screenshot (PNG).
+    Desktop(desktop::DesktopArgs),
     /// The console window, against a real SP (connection profiles).
     Console,
     /// Measure throughput, session-open latency and idle-tenant cost against direct loopback.
@@ -434,6 +438,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Connect(args)) => runtime()?.block_on(connect(args)),
         Some(Command::Inspect(args)) => runtime()?.block_on(crate::tenant_cli::inspect(args)),
         Some(Command::Job(cmd)) => runtime()?.block_on(crate::tenant_cli::job(cmd)),
+        Some(Command::Desktop(args)) => runtime()?.block_on(desktop::run(args)),
         Some(Command::Bench(args)) => crate::bench::run(args),
     }
 }
