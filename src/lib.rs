@@ -8,7 +8,6 @@ pub mod net;
 pub mod signal;
 pub mod sp;
 pub mod tenant;
-pub mod tenant_cli;
 pub mod ui;
 pub mod util;
 pub mod wire;

@@ -1,24 +1,13 @@
 //! The scripting contract, as a user runs it: the `rac` binary in separate processes, with
 //! curl and Python's HTTP server as the unmodified third-party client and server.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
-const RAC: &str = env!("CARGO_BIN_EXE_rac");
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A child process killed when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{PATIENCE, Pipe, Proc, RAC, eventually_blocking};
 
 fn rac(args: &[&str]) -> Command {
     let mut cmd = Command::new(RAC);
@@ -48,43 +37,8 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).expect("utf8")
 }
 
-/// Spawns and waits for the first line on stdout (or stderr) containing `marker`.
-fn spawn_until(cmd: &mut Command, marker: &str, from_stderr: bool) -> (Proc, String) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let pipe: Box<dyn std::io::Read + Send> = if from_stderr {
-        Box::new(child.stderr.take().expect("stderr"))
-    } else {
-        Box::new(child.stdout.take().expect("stdout"))
-    };
-    let (tx, rx) = mpsc::channel();
-    let marker = marker.to_string();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if !sent && line.contains(&marker) {
-                let _ = tx.send(line);
-                sent = true;
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(PATIENCE)
-        .expect("the process printed its ready line");
-    (Proc(child), line)
-}
-
 fn last_word(line: &str) -> String {
     line.split_whitespace().last().expect("word").to_string()
-}
-
-fn wait_until(mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < PATIENCE, "condition not reached in time");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn client_args<'a>(sp: &'a str, ca: &'a str) -> Vec<&'a str> {
@@ -120,19 +74,19 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
     assert_eq!(added["tenant"], "acme");
     let secret = added["secret"].as_str().expect("secret").to_string();
 
-    let (_sp, line) = spawn_until(&mut sp_run(state_s), "SP listening on", true);
+    let (_sp, line) = Proc::spawn_until(&mut sp_run(state_s), "SP listening on", Pipe::Stderr);
     let sp_addr = last_word(&line);
 
     // The third-party server, on the tenant's side.
     let www = dir.path().join("www");
     std::fs::create_dir(&www).expect("mkdir");
     std::fs::write(www.join("hello.txt"), "served from behind the NAT\n").expect("write");
-    let (_http, line) = spawn_until(
+    let (_http, line) = Proc::spawn_until(
         Command::new("python3")
             .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
             .current_dir(&www),
         "Serving HTTP",
-        false,
+        Pipe::Stdout,
     );
     let http_port = line
         .split("port ")
@@ -150,10 +104,10 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
         ),
     )
     .expect("write config");
-    let (_tenant, _) = spawn_until(
+    let (_tenant, _) = Proc::spawn_until(
         &mut rac(&["tenant", "--config", config.to_str().expect("utf8")]),
         "connected to the SP",
-        true,
+        Pipe::Stderr,
     );
 
     let args = client_args(&sp_addr, &ca);
@@ -162,10 +116,10 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
         cmd.args(&args).env("RAC_PASSWORD", pw);
         cmd.output().expect("run")
     };
-    wait_until(|| {
+    eventually_blocking(PATIENCE, "acme is online", || {
         let out = list(&password);
         let tenants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        tenants[0]["status"] == "online"
+        (tenants[0]["status"] == "online").then_some(())
     });
     let tenants: serde_json::Value =
         serde_json::from_slice(&list(&password).stdout).expect("json list");
@@ -226,7 +180,7 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
         "127.0.0.1:0",
     ]);
     cmd.args(&args).env("RAC_PASSWORD", &password);
-    let (_forward, line) = spawn_until(&mut cmd, "listening on", false);
+    let (_forward, line) = Proc::spawn_until(&mut cmd, "listening on", Pipe::Stdout);
     let local = last_word(&line);
     for _ in 0..3 {
         let out = Command::new("curl")
@@ -303,19 +257,19 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
     assert!(summary.contains("acme"), "{summary}");
 
     // Each curl was its own audited session (and each backup command one more).
-    wait_until(|| {
+    eventually_blocking(PATIENCE, "every session audited and closed", || {
         let out = run_ok(&mut rac(&["sp", "audit", "--state-dir", state_s, "--json"]));
         let entries: serde_json::Value = serde_json::from_str(&out).expect("audit json");
-        entries.as_array().is_some_and(|e| {
-            let web: Vec<_> = e.iter().filter(|e| e["service"] == "web").collect();
-            let backup = e.iter().filter(|e| e["service"] == "backup").count();
-            web.len() == 3
-                && backup == 5
-                && e.iter().all(|e| e["outcome"] == "closed")
-                && web
-                    .iter()
-                    .all(|e| e["bytes_from_tenant"].as_u64() > Some(26))
-        })
+        let e = entries.as_array()?;
+        let web: Vec<_> = e.iter().filter(|e| e["service"] == "web").collect();
+        let backup = e.iter().filter(|e| e["service"] == "backup").count();
+        (web.len() == 3
+            && backup == 5
+            && e.iter().all(|e| e["outcome"] == "closed")
+            && web
+                .iter()
+                .all(|e| e["bytes_from_tenant"].as_u64() > Some(26)))
+        .then_some(())
     });
 
     // Disabled while running: the SP notices without a restart.
@@ -327,10 +281,10 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
         "--state-dir",
         state_s,
     ]));
-    wait_until(|| {
+    eventually_blocking(PATIENCE, "acme is disabled", || {
         let out = list(&password);
         let tenants: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        tenants[0]["status"] == "disabled"
+        (tenants[0]["status"] == "disabled").then_some(())
     });
     let listed = run_ok(&mut rac(&[
         "sp",
@@ -346,10 +300,10 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
 
 #[test]
 fn headless_lab_prints_one_json_line_and_stops_on_sigterm() {
-    let (mut lab, line) = spawn_until(
+    let (mut lab, line) = Proc::spawn_until(
         &mut rac(&["lab", "--headless", "--tenants", "3"]),
         "{",
-        false,
+        Pipe::Stdout,
     );
     let ready: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
     let tenants = ready["tenants"].as_array().expect("tenants");
@@ -384,21 +338,9 @@ fn headless_lab_prints_one_json_line_and_stops_on_sigterm() {
         assert_eq!(online, 3);
     }
 
-    let pid = lab.0.id().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let start = Instant::now();
-    loop {
-        if let Some(status) = lab.0.try_wait().expect("wait") {
-            assert!(status.success(), "lab exits cleanly on SIGTERM: {status:?}");
-            break;
-        }
-        assert!(start.elapsed() < PATIENCE, "lab did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lab.signal("TERM");
+    let status = lab.exited();
+    assert!(status.success(), "lab exits cleanly on SIGTERM: {status:?}");
 }
 
 #[test]
@@ -407,15 +349,16 @@ fn an_sp_whose_log_reader_is_gone_still_stops_on_sigterm() {
     let state = dir.path().join("sp");
     let state_s = state.to_str().expect("utf8 path");
     run_ok(&mut rac(&["sp", "init", "--state-dir", state_s, "--json"]));
-    let mut sp = sp_run(state_s)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the SP");
-    let sp_pid = sp.id();
+    let mut sp = Proc(
+        sp_run(state_s)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the SP"),
+    );
     // Read up to the ready line, then close the pipe: every later log line hits a dead reader
     // (as when whatever started the SP and read its log has died).
-    let mut log = BufReader::new(sp.stderr.take().expect("stderr"));
+    let mut log = BufReader::new(sp.0.stderr.take().expect("stderr"));
     let mut line = String::new();
     while !line.contains("SP listening on") {
         line.clear();
@@ -425,11 +368,6 @@ fn an_sp_whose_log_reader_is_gone_still_stops_on_sigterm() {
         );
     }
     drop(log);
-    let mut sp = Proc(sp);
-    let killed = Command::new("kill")
-        .args(["-TERM", &sp_pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    wait_until(|| sp.0.try_wait().expect("try_wait").is_some());
+    sp.signal("TERM");
+    sp.exited();
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, TestSp, TestTenant, quick_config, wait_status};
+use common::{PATIENCE, TestSp, TestTenant, eventually, quick_config, wait_status};
 use rac::net::console::ConsoleClient;
 use rac::net::dial::Route;
 use rac::net::gateway::{self, GatewayConfig};
@@ -180,13 +180,10 @@ async fn the_sp_hands_out_its_gateway_pool_and_updates_it_live() {
         "gw-c.example.net:6180".into(),
     ];
     std::fs::write(sp.state.config(), toml::to_string(&config).expect("toml")).expect("write");
-    tokio::time::timeout(PATIENCE, async {
-        while read_pool().len() != 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(PATIENCE, "new pool reached the tenant", async || {
+        (read_pool().len() == 2).then_some(())
     })
-    .await
-    .expect("new pool reached the tenant");
+    .await;
     assert_eq!(read_pool()[0], "gw-b.example.net:6180");
     // The tenant stayed connected throughout.
     assert!(matches!(*tenant.state.borrow(), AgentState::Online { .. }));

@@ -6,14 +6,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, TestSp, TestTenant, echo_checked, pattern, quick_config, wait_status};
+use common::{
+    PATIENCE, Proc, RAC, TestSp, TestTenant, echo_checked, eventually, pattern, quick_config,
+    tcp_echo, wait_status,
+};
 use rac::net::console::{ConsoleClient, ConsoleConfig};
 use rac::net::dial::Route;
 use rac::net::tenant_redirector::{AgentState, RedirectorConfig, ServiceTarget};
@@ -24,55 +26,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-const RAC: &str = env!("CARGO_BIN_EXE_rac");
-
-/// A child process, killed with SIGKILL when dropped (or by `kill`).
-struct Proc(Child);
-
-impl Proc {
-    /// Starts `rac ARGS` and waits for a line containing `marker` on stderr. The rest of its
-    /// output is drained so the child never blocks on a full pipe.
-    fn start(args: &[&str], marker: &str) -> (Proc, String) {
-        let mut child = Command::new(RAC)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rac");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let wanted = marker.to_string();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent && line.contains(&wanted) {
-                    let _ = tx.send(line);
-                    sent = true;
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("rac {args:?} printed {marker:?}"));
-        (Proc(child), line)
-    }
-
-    /// SIGKILL: no chance to say goodbye, close TLS or write anything.
-    fn kill(&mut self) {
-        self.0.kill().expect("kill");
-        self.0.wait().expect("reap");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn rac_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(RAC).args(args).output().expect("run rac");
     assert!(
@@ -81,21 +34,6 @@ fn rac_json(args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("json")
-}
-
-/// A TCP echo server standing in for a tenant's local service.
-async fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
 }
 
 /// Waits until the stream ends (EOF, reset or TLS error); returns how long that took.
@@ -171,18 +109,12 @@ async fn a_killed_tenant_ends_the_console_stream_promptly() {
         Some(ErrorCode::TenantOffline)
     );
     drop(session);
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let entries = sp.registry.audit_entries(1).expect("audit");
-            if let Some(e) = entries.first().filter(|e| e.ended_at.is_some()) {
-                assert_eq!(e.bytes_to_tenant, 6);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let row = eventually(PATIENCE, "the audit row is closed", async || {
+        let entries = sp.registry.audit_entries(1).expect("audit");
+        entries.into_iter().next().filter(|e| e.ended_at.is_some())
     })
-    .await
-    .expect("the audit row is closed");
+    .await;
+    assert_eq!(row.bytes_to_tenant, 6);
 }
 
 /// Every waiting delay a tenant redirector reports from now on.
@@ -267,16 +199,10 @@ async fn a_killed_sp_process_loses_nothing_and_tenants_come_back() {
     done.stream.shutdown().await.expect("half-close");
     ended_within(&mut done.stream).await;
     let registry = Registry::open(&state.join("registry.sqlite")).expect("registry");
-    tokio::time::timeout(PATIENCE, async {
-        while registry.audit_entries(1).expect("audit")[0]
-            .ended_at
-            .is_none()
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(PATIENCE, "first session closed", async || {
+        registry.audit_entries(1).expect("audit")[0].ended_at
     })
-    .await
-    .expect("first session closed");
+    .await;
     let mut live = console
         .open_session("t1", "echo", |_, _| {})
         .await

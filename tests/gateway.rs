@@ -2,83 +2,28 @@
 //!
 //! Timeouts here are hang guards only; no test measures speed.
 
-use std::future::Future;
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rac::net::gateway::{self, GatewayConfig, GatewayStats};
+use common::gateway::{
+    TestBackend, TestGateway, assert_closed, assert_echo, bind, guard, spawn_backend,
+};
+use common::{PATIENCE, eventually};
+use rac::net::gateway::GatewayConfig;
 use rac::net::proxy_protocol::{self, ProxyError, ProxyHeader, SIGNATURE, read_proxy_header};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::sync::CancellationToken;
-
-/// Upper bound for anything that should happen promptly.
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn guard<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(GUARD, f)
-        .await
-        .unwrap_or_else(|_| panic!("hang guard expired: {what}"))
-}
-
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a loopback port")
-}
 
 fn random_bytes(len: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; len];
     rand::rng().fill_bytes(&mut bytes);
     bytes
-}
-
-/// A gateway running in a task, with its stats; dropped = cancelled and aborted.
-struct TestGateway {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    stats: Arc<GatewayStats>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl TestGateway {
-    async fn start(config: GatewayConfig) -> Self {
-        let listener = bind().await;
-        let addr = listener.local_addr().expect("gateway address");
-        let shutdown = CancellationToken::new();
-        let stats = Arc::new(GatewayStats::default());
-        let task = tokio::spawn(gateway::run_with_stats(
-            config,
-            listener,
-            shutdown.clone(),
-            stats.clone(),
-        ));
-        Self {
-            addr,
-            shutdown,
-            stats,
-            task,
-        }
-    }
-
-    async fn join(&mut self) {
-        guard("gateway run returns", &mut self.task)
-            .await
-            .expect("gateway task did not panic")
-            .expect("gateway run returned Ok");
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        self.task.abort();
-    }
 }
 
 /// Test settings: fast health checks, no idle, first-data or drain limit getting in the way
@@ -87,46 +32,11 @@ fn config(backends: Vec<SocketAddr>) -> GatewayConfig {
     GatewayConfig {
         health_interval: Duration::from_millis(50),
         connect_timeout: Duration::from_secs(5),
-        idle_timeout: GUARD * 4,
-        first_data_timeout: GUARD * 4,
-        drain_timeout: GUARD * 4,
+        idle_timeout: PATIENCE * 4,
+        first_data_timeout: PATIENCE * 4,
+        drain_timeout: PATIENCE * 4,
         ..GatewayConfig::new(backends)
     }
-}
-
-/// A backend: an accept loop running `handler` for each connection. Dropping it closes the
-/// listener and every connection it holds, like a crashed SP.
-struct TestBackend {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TestBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn spawn_backend<F, Fut>(listener: TcpListener, handler: F) -> TestBackend
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let addr = listener.local_addr().expect("backend address");
-    let task = tokio::spawn(async move {
-        let mut conns = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    if let Ok((stream, _)) = accepted {
-                        conns.spawn(handler(stream));
-                    }
-                }
-                Some(_) = conns.join_next() => {}
-            }
-        }
-    });
-    TestBackend { addr, task }
 }
 
 /// Sends `tag` first, then echoes until EOF and half-closes.
@@ -164,26 +74,6 @@ async fn connect_tagged(gateway: SocketAddr) -> (TcpStream, Option<u8>) {
         _ => None,
     };
     (stream, got)
-}
-
-async fn assert_echo(stream: &mut TcpStream, msg: &[u8]) {
-    stream.write_all(msg).await.expect("write to echo");
-    let mut back = vec![0u8; msg.len()];
-    guard("echo", stream.read_exact(&mut back))
-        .await
-        .expect("read echo");
-    assert_eq!(back, msg);
-}
-
-/// True once the peer has closed: EOF or a reset.
-async fn assert_closed(stream: &mut TcpStream, what: &str) {
-    let mut buf = [0u8; 64];
-    loop {
-        match guard(what, stream.read(&mut buf)).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => continue,
-        }
-    }
 }
 
 #[tokio::test]
@@ -331,24 +221,14 @@ async fn dead_backend_is_skipped_and_used_again_once_back() {
     assert_eq!(gw.stats.no_backend(), 0);
 
     // The first backend comes back on its old address.
-    let listener = guard("rebind the first backend", async {
-        loop {
-            match TcpListener::bind(first_addr).await {
-                Ok(listener) => break listener,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+    let listener = eventually(PATIENCE, "rebind the first backend", async || {
+        TcpListener::bind(first_addr).await.ok()
     })
     .await;
     let _first = spawn_backend(listener, |s| tagged_echo(s, 1));
-    guard("the first backend is used again", async {
-        loop {
-            let (_stream, tag) = connect_tagged(gw.addr).await;
-            if tag == Some(1) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(PATIENCE, "the first backend is used again", async || {
+        let (_stream, tag) = connect_tagged(gw.addr).await;
+        (tag == Some(1)).then_some(())
     })
     .await;
 }
@@ -372,7 +252,7 @@ async fn proxy_header_carries_the_real_client_address() {
         let tx = header_tx.clone();
         async move {
             // Health-check probes send nothing and close: Ok(None).
-            if let Ok(Some(header)) = read_proxy_header(&mut stream, GUARD).await {
+            if let Ok(Some(header)) = read_proxy_header(&mut stream, PATIENCE).await {
                 let _ = tx.send(header);
                 tagged_echo(stream, 7).await;
             }
@@ -559,11 +439,8 @@ async fn drain_lets_open_connections_finish_and_refuses_new_ones() {
     assert_eq!(tag, Some(1));
 
     gw.shutdown.cancel();
-    guard("new connects are refused", async {
-        while let Ok(stream) = TcpStream::connect(gw.addr).await {
-            drop(stream);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually(PATIENCE, "new connects are refused", async || {
+        TcpStream::connect(gw.addr).await.err()
     })
     .await;
     assert_echo(&mut open, b"still flowing after shutdown").await;
@@ -612,13 +489,9 @@ async fn connection_cap_is_enforced() {
 
     // Once one ends, there is room again.
     drop(first);
-    guard("room after a connection ends", async {
-        loop {
-            if let (_stream, Some(1)) = connect_tagged(gw.addr).await {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually(PATIENCE, "room after a connection ends", async || {
+        let (_stream, tag) = connect_tagged(gw.addr).await;
+        (tag == Some(1)).then_some(())
     })
     .await;
     assert_echo(&mut second, b"unaffected").await;
@@ -681,7 +554,7 @@ async fn proxy_header_encoding_is_what_read_proxy_header_reads() {
         stream
     });
     let (mut server, _) = listener.accept().await.expect("accept");
-    let header = read_proxy_header(&mut server, GUARD)
+    let header = read_proxy_header(&mut server, PATIENCE)
         .await
         .expect("valid header")
         .expect("a header");

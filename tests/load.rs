@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, TestSp, TestTenant, echo_checked, pattern, quick_config};
+use common::{PATIENCE, TestSp, TestTenant, echo_checked, eventually, pattern, quick_config};
 use rac::net::tenant_redirector::AgentState;
 use rac::wire::protocol::TenantStatus;
 
@@ -65,26 +65,20 @@ async fn two_hundred_concurrent_sessions_carry_checksummed_data_intact() {
         started.elapsed()
     );
 
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let entries = sp.registry.audit_entries(SESSIONS + 1).expect("audit");
-            let closed: Vec<_> = entries.iter().filter(|e| e.ended_at.is_some()).collect();
-            if closed.len() == SESSIONS {
-                for e in closed {
-                    assert_eq!(
-                        (e.bytes_to_tenant, e.bytes_from_tenant),
-                        (BYTES as u64, BYTES as u64),
-                        "{e:?}"
-                    );
-                }
-                assert_eq!(entries.len(), SESSIONS);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let entries = eventually(PATIENCE, "every session audited", async || {
+        let entries = sp.registry.audit_entries(SESSIONS + 1).expect("audit");
+        let closed = entries.iter().filter(|e| e.ended_at.is_some()).count();
+        (closed == SESSIONS).then_some(entries)
     })
-    .await
-    .expect("every session audited with its byte counts");
+    .await;
+    assert_eq!(entries.len(), SESSIONS);
+    for e in &entries {
+        assert_eq!(
+            (e.bytes_to_tenant, e.bytes_from_tenant),
+            (BYTES as u64, BYTES as u64),
+            "{e:?}"
+        );
+    }
 }
 
 /// Counts a tenant's arrivals at `Online` and its connection attempts.
@@ -181,13 +175,10 @@ async fn a_thousand_tenants_connect_at_once_and_settle_after_an_sp_restart() {
     let restarted = Instant::now();
     sp.restart().await;
     // Everyone noticed (the SP said goodbye), then everyone is back.
-    tokio::time::timeout(PATIENCE * 2, async {
-        while counts.online.load(Ordering::SeqCst) < TENANTS {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually(PATIENCE * 2, "all tenants back", async || {
+        (counts.online.load(Ordering::SeqCst) >= TENANTS).then_some(())
     })
-    .await
-    .expect("all tenants back in time");
+    .await;
     all_online(&mut tenants).await;
     eprintln!(
         "storm settled after {:?}: {} connection attempts for {TENANTS} tenants",

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, TestSp, TestTenant, quick_config, wait_status};
+use common::{PATIENCE, TestSp, TestTenant, eventually, quick_config, wait_status};
 use rac::net::console::{ConsoleClient, ConsoleError, OpenStage};
 use rac::net::tls::{TlsClient, Trust};
 use rac::wire::frame::{self, read_frame, write_frame};
@@ -81,21 +81,15 @@ async fn nine_steps_echo_and_audit() {
     assert!(rest.is_empty());
 
     // The audit row is closed once both sides are done.
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let entries = sp.registry.audit_entries(10).expect("audit");
-            if let Some(e) = entries.first().filter(|e| e.ended_at.is_some()) {
-                assert_eq!((e.tenant.as_str(), e.service.as_str()), ("acme", "echo"));
-                assert_eq!(e.operator, "admin");
-                assert_eq!((e.bytes_to_tenant, e.bytes_from_tenant), (22, 22));
-                assert_eq!(e.outcome, "closed");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let e = eventually(PATIENCE, "audit entry closed", async || {
+        let entries = sp.registry.audit_entries(10).expect("audit");
+        entries.into_iter().next().filter(|e| e.ended_at.is_some())
     })
-    .await
-    .expect("audit entry closed");
+    .await;
+    assert_eq!((e.tenant.as_str(), e.service.as_str()), ("acme", "echo"));
+    assert_eq!(e.operator, "admin");
+    assert_eq!((e.bytes_to_tenant, e.bytes_from_tenant), (22, 22));
+    assert_eq!(e.outcome, "closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,6 +108,8 @@ async fn every_refusal_has_its_reason() {
     t2.online().await;
     let console = sp.console().await;
     wait_status(&console, "private", TenantStatus::Online).await;
+    // The SP learns of registry changes from its watcher, a moment later.
+    wait_status(&console, "gone", TenantStatus::Disabled).await;
 
     let code = |tenant: &'static str, service: &'static str| {
         let console = console.clone();
@@ -394,18 +390,12 @@ async fn disabling_a_tenant_ends_its_sessions_and_keeps_it_out() {
         rac::net::tenant_redirector::AgentState::Online { .. }
     ));
     let entry = &sp.registry.audit_entries(1).expect("audit")[0];
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let e = &sp.registry.audit_entries(1).expect("audit")[0];
-            if e.ended_at.is_some() {
-                assert!(e.outcome.contains("disabled"), "{}", e.outcome);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let closed = eventually(PATIENCE, "audit closed", async || {
+        let e = sp.registry.audit_entries(1).expect("audit").remove(0);
+        e.ended_at.is_some().then_some(e)
     })
-    .await
-    .expect("audit closed");
+    .await;
+    assert!(closed.outcome.contains("disabled"), "{}", closed.outcome);
     assert_eq!(entry.tenant, "acme");
 
     // Enabled again, it comes back by itself.

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{
-    PATIENCE, TestSp, TestTenant, echo_checked, loopback, next_control, pattern, quick_config,
-    tcp_from, wait_status,
+    PATIENCE, TestSp, TestTenant, echo_checked, eventually, loopback, next_control, pattern,
+    quick_config, tcp_from, wait_status,
 };
 use rac::net::console::{ConsoleClient, ConsoleConfig, ConsoleError};
 use rac::net::tenant_redirector::AgentState;
@@ -651,20 +651,14 @@ async fn tokens_expire_and_can_be_revoked() {
         .await
         .expect("the revoked token's session ends")
         .ok();
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let entries = sp.registry.audit_entries(20).expect("audit");
-            if entries
-                .iter()
-                .any(|e| e.outcome == "ended: operator token revoked")
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(PATIENCE, "audit says the token was revoked", async || {
+        let entries = sp.registry.audit_entries(20).expect("audit");
+        entries
+            .iter()
+            .any(|e| e.outcome == "ended: operator token revoked")
+            .then_some(())
     })
-    .await
-    .expect("audit says the token was revoked");
+    .await;
     assert_eq!(
         refused_code(revoked.open_session("acme", "echo", |_, _| {}).await),
         ErrorCode::AuthFailed

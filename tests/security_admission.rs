@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, TestSp, loopback, quick_config, tcp_from};
+use common::{PATIENCE, TestSp, eventually, loopback, quick_config, tcp_from};
 use rac::net::console::ConsoleClient;
 use rac::net::dial::Route;
 use rac::net::gateway::{self, GatewayConfig};
@@ -86,13 +86,10 @@ async fn honest_opens(console: &ConsoleClient, rounds: usize) -> Duration {
 /// Waits until the flood has been shed and re-made at least `n` times, so the table has been
 /// full and the SP has been choosing whom to give up.
 async fn flood_going(made: &AtomicUsize, n: usize) {
-    tokio::time::timeout(PATIENCE, async {
-        while made.load(Ordering::Relaxed) < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(PATIENCE, "the flood got going", async || {
+        (made.load(Ordering::Relaxed) >= n).then_some(())
     })
-    .await
-    .expect("the flood got going");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,76 +7,18 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PATIENCE, loopback, tcp_from};
-use rac::net::gateway::{self, GatewayConfig, GatewayStats};
+use common::gateway::{
+    TestBackend, TestGateway, assert_closed, assert_echo, bind, guard, spawn_backend,
+};
+use common::{PATIENCE, eventually, loopback, tcp_from};
+use rac::net::gateway::GatewayConfig;
 use rac::net::proxy_protocol::{self, read_proxy_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::sync::CancellationToken;
-
-async fn guard<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("hang guard expired: {what}"))
-}
-
-/// Polls `ok` until it holds (a hang guard, not a timing assertion).
-async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    guard(what, async {
-        while !ok() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-}
-
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a loopback port")
-}
-
-/// A gateway running in a task; dropped = cancelled.
-struct TestGateway {
-    addr: SocketAddr,
-    stats: Arc<GatewayStats>,
-    shutdown: CancellationToken,
-    _task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl TestGateway {
-    async fn start(config: GatewayConfig) -> Self {
-        let listener = bind().await;
-        let addr = listener.local_addr().expect("gateway address");
-        let shutdown = CancellationToken::new();
-        let stats = Arc::new(GatewayStats::default());
-        let task = tokio::spawn(gateway::run_with_stats(
-            config,
-            listener,
-            shutdown.clone(),
-            stats.clone(),
-        ));
-        Self {
-            addr,
-            stats,
-            shutdown,
-            _task: task,
-        }
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 /// Test settings: the limits under test are set by each test; the others stay out of the way.
 fn config(backend: SocketAddr) -> GatewayConfig {
@@ -90,66 +32,12 @@ fn config(backend: SocketAddr) -> GatewayConfig {
     }
 }
 
-/// An accept loop running `handler` on each connection; dropped = aborted.
-struct TestBackend {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TestBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn spawn_backend<F, Fut>(listener: TcpListener, handler: F) -> TestBackend
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let addr = listener.local_addr().expect("backend address");
-    let task = tokio::spawn(async move {
-        let mut conns = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    if let Ok((stream, _)) = accepted {
-                        conns.spawn(handler(stream));
-                    }
-                }
-                Some(_) = conns.join_next() => {}
-            }
-        }
-    });
-    TestBackend { addr, task }
-}
-
 /// Echoes until EOF, as a client-speaks-first server (the SP) would answer.
 async fn echo_backend() -> TestBackend {
     spawn_backend(bind().await, |mut stream| async move {
         let (mut rd, mut wr) = stream.split();
         let _ = tokio::io::copy(&mut rd, &mut wr).await;
     })
-}
-
-async fn assert_echo(stream: &mut TcpStream, msg: &[u8]) {
-    stream.write_all(msg).await.expect("write to echo");
-    let mut back = vec![0u8; msg.len()];
-    guard("echo", stream.read_exact(&mut back))
-        .await
-        .expect("read echo");
-    assert_eq!(back, msg);
-}
-
-/// Returns once the peer has closed: EOF or a reset.
-async fn assert_closed(stream: &mut TcpStream, what: &str) {
-    let mut buf = [0u8; 64];
-    loop {
-        match guard(what, stream.read(&mut buf)).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => continue,
-        }
-    }
 }
 
 #[test]
@@ -179,9 +67,11 @@ async fn silent_connections_over_the_per_source_cap_close_that_sources_oldest() 
     for _ in 0..CAP {
         others.push(tcp_from(loopback(2), gw.addr).await.expect("connect"));
     }
-    until("the other source's connections are counted", || {
-        stats.active() == CAP
-    })
+    eventually(
+        PATIENCE,
+        "the other source's connections are counted",
+        async || (stats.active() == CAP).then_some(()),
+    )
     .await;
 
     // The flood, one connection at a time so that "oldest" is well defined.
@@ -189,9 +79,14 @@ async fn silent_connections_over_the_per_source_cap_close_that_sources_oldest() 
     for i in 1..=FLOOD {
         flood.push(tcp_from(loopback(1), gw.addr).await.expect("connect"));
         let evicted = i.saturating_sub(CAP) as u64;
-        until("the gateway counted the new connection", || {
-            stats.silent_evicted() == evicted && stats.active() == CAP + i.min(CAP)
-        })
+        eventually(
+            PATIENCE,
+            "the gateway counted the new connection",
+            async || {
+                (stats.silent_evicted() == evicted && stats.active() == CAP + i.min(CAP))
+                    .then_some(())
+            },
+        )
         .await;
     }
 
@@ -247,8 +142,8 @@ async fn a_backend_that_ends_before_client_data_closes_both_sides_at_once() {
         assert_closed(&mut client, "client side closed").await;
         // The connection's task ends, and with it the gateway's socket to the backend,
         // although the client never sent a byte or closed its side.
-        until("both sides closed", || {
-            gw.stats.backend_ended_first() == 1 && gw.stats.active() == 0
+        eventually(PATIENCE, "both sides closed", async || {
+            (gw.stats.backend_ended_first() == 1 && gw.stats.active() == 0).then_some(())
         })
         .await;
     }

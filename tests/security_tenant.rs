@@ -7,10 +7,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, TestSp, quick_config};
+use common::{PATIENCE, Proc, RAC, TestSp, eventually, quick_config, tcp_echo};
 use rac::net::console::ConsoleError;
 use rac::net::pushed_pool::PushedPool;
 use rac::net::tenant_redirector::{RedirectorConfig, ServiceTarget};
@@ -23,38 +23,11 @@ use rac::wire::protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const RAC: &str = env!("CARGO_BIN_EXE_rac");
-
-/// A child process killed when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn refused(err: ConsoleError) -> (ErrorCode, String) {
     match err {
         ConsoleError::Refused { code, message } => (code, message),
         other => panic!("expected a refusal, got {other:?}"),
     }
-}
-
-/// A TCP echo server on 127.0.0.1 port 0 (a tenant's local service).
-async fn echo_server() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
 }
 
 /// Writes `data` on a session and reads it back.
@@ -105,17 +78,17 @@ async fn sessions_past_the_tenant_redirectors_cap_are_refused_busy() {
 
     // A session that ends gives its slot back.
     drop(first);
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            match console.open_session("capped", "echo", |_, _| {}).await {
-                Ok(mut s) => return echo_once(&mut s.stream, b"three").await,
-                Err(e) => assert_eq!(refused(e).0, ErrorCode::Busy),
+    let mut third = eventually(PATIENCE, "a slot frees up", async || {
+        match console.open_session("capped", "echo", |_, _| {}).await {
+            Ok(session) => Some(session),
+            Err(e) => {
+                assert_eq!(refused(e).0, ErrorCode::Busy);
+                None
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
-    .await
-    .expect("a slot frees up");
+    .await;
+    echo_once(&mut third.stream, b"three").await;
 }
 
 /// A hand-made SP: real TLS with a real SP certificate, but the test writes every frame.
@@ -353,18 +326,10 @@ async fn a_pushed_gateway_unreachable_for_a_day_is_forgotten() {
     // The SP goes away: every dial now fails, at the SP and at the pushed gateway.
     drop(control);
     drop(fake);
-    let forgotten = tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Some(pool) = PushedPool::load(&pool_file)
-                && pool.forgotten.contains_key(&dead)
-            {
-                return pool;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let forgotten = eventually(PATIENCE, "the dead gateway forgotten", async || {
+        PushedPool::load(&pool_file).filter(|pool| pool.forgotten.contains_key(&dead))
     })
-    .await
-    .expect("the dead gateway forgotten in time");
+    .await;
     assert!(forgotten.gateways.is_empty(), "{forgotten:?}");
     assert!(
         !forgotten.forgotten.contains_key(&sp_addr),
@@ -384,38 +349,27 @@ async fn a_pushed_gateway_unreachable_for_a_day_is_forgotten() {
     assert!(!own_file.exists(), "a pool written while not following");
 }
 
-fn kill_hup(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
 /// Reads the tenant's row from the SP until `pick` holds.
 async fn wait_row(
     console: &rac::net::console::ConsoleClient,
     name: &str,
     pick: impl Fn(&rac::wire::protocol::TenantInfo) -> bool,
 ) {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let tenants = console.tenants().await.expect("list");
-            if tenants.iter().any(|t| t.name == name && pick(t)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(PATIENCE, "the tenant's row", async || {
+        let tenants = console.tenants().await.expect("list");
+        tenants
+            .iter()
+            .any(|t| t.name == name && pick(t))
+            .then_some(())
     })
-    .await
-    .expect("the tenant's row in time");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withdrawing_consent_with_sighup_ends_running_sessions_and_tells_the_sp() {
     let sp = TestSp::start(quick_config()).await;
     let secret = sp.add_tenant("acme");
-    let echo = echo_server().await;
+    let echo = tcp_echo().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config_path = dir.path().join("tenant.toml");
     let write_config = |allow: bool| {
@@ -431,15 +385,10 @@ async fn withdrawing_consent_with_sighup_ends_running_sessions_and_tells_the_sp(
         .expect("write config");
     };
     write_config(true);
-    let child = Command::new(RAC)
-        .args(["tenant", "--config", config_path.to_str().expect("utf8")])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn rac tenant");
-    let tenant = Proc(child);
+    let (tenant, _) = Proc::start(
+        &["tenant", "--config", config_path.to_str().expect("utf8")],
+        "connected to the SP",
+    );
     let console = sp.console().await;
     wait_row(&console, "acme", |t| {
         t.status == TenantStatus::Online && t.provider_access
@@ -452,7 +401,7 @@ async fn withdrawing_consent_with_sighup_ends_running_sessions_and_tells_the_sp(
     echo_once(&mut session.stream, b"before").await;
 
     write_config(false);
-    kill_hup(&tenant.0);
+    tenant.signal("HUP");
     // The running session ends ...
     let mut buf = [0u8; 16];
     let ended = tokio::time::timeout(PATIENCE, session.stream.read(&mut buf))
@@ -476,7 +425,7 @@ async fn withdrawing_consent_with_sighup_ends_running_sessions_and_tells_the_sp(
 
     // Given again, sessions work again.
     write_config(true);
-    kill_hup(&tenant.0);
+    tenant.signal("HUP");
     wait_row(&console, "acme", |t| t.provider_access).await;
     let mut again = console
         .open_session("acme", "echo", |_, _| {})

@@ -29,7 +29,10 @@ use super::splice::{Counters, splice};
 use super::tls::{Stream, TlsClient, Trust};
 use crate::tenant::config::{DEFAULT_MAX_SESSIONS, TenantConfig};
 use crate::wire::frame::{self, Connection, MAX_FRAME_LEN};
-use crate::wire::protocol::{ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg};
+use crate::wire::protocol::{
+    Beat, ControlMsg, ErrorCode, HeartbeatClock, Hello, HelloReply, Role, SessionMsg,
+    escape_untrusted,
+};
 
 /// How long open sessions may run on after shutdown (SIGTERM) before they are cut.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -222,7 +225,18 @@ pub async fn run_with_consent(
         if started.elapsed() >= config.healthy_after {
             backoff.reset();
         }
-        let retry_in = backoff.next_delay();
+        // Replaced by another redirector with this tenant's credentials: coming back at once
+        // would replace it in turn, and the two would take the tenant's place from each other
+        // in a loop. Wait the longest delay instead.
+        let replaced = result
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.downcast_ref::<Replaced>().is_some());
+        let retry_in = if replaced {
+            config.backoff_max
+        } else {
+            backoff.next_delay()
+        };
         let last_error = match result {
             Ok(()) => "control connection closed".to_string(),
             Err(e) => format!("{e:#}"),
@@ -305,6 +319,19 @@ async fn end_sessions_on_withdrawal(
     }
 }
 
+/// The SP ended the control connection because a newer one with this tenant's credentials
+/// took its place (`goodbye` with `replaced`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{endpoint}: {reason} (another redirector runs with this tenant's credentials; \
+     this one waits the longest backoff before it tries again)"
+)]
+struct Replaced {
+    endpoint: String,
+    /// The SP's words, "replaced by a connection from ADDR", escaped.
+    reason: String,
+}
+
 /// One control connection, from dial to its end.
 async fn control_connection(
     config: &Arc<RedirectorConfig>,
@@ -347,10 +374,10 @@ async fn control_connection(
     let dead_after = Duration::from_secs(welcome.dead_after_secs.max(welcome.heartbeat_secs + 1));
     // Session tasks report refusals through this channel; the loop writes them.
     let (outgoing_tx, mut outgoing) = mpsc::channel::<ControlMsg>(64);
-    let mut tick = tokio::time::interval(heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut last_heard = Instant::now();
+    // One timer for the pings and the dead-SP deadline (see HeartbeatClock).
+    let mut clock = HeartbeatClock::new(Instant::now(), heartbeat, dead_after);
+    let wake = tokio::time::sleep_until(clock.next_wake().into());
+    tokio::pin!(wake);
     let mut seq = 0;
     loop {
         let msg = tokio::select! {
@@ -365,7 +392,7 @@ async fn control_connection(
                 })
             }
             item = conn.next::<ControlMsg>() => {
-                last_heard = Instant::now();
+                clock.heard(Instant::now());
                 match item {
                     Ok(None) => return Err(anyhow!("{endpoint} closed the control connection")),
                     Err(e) if e.is_connection_lost() => return Err(anyhow!("lost the control connection to {endpoint}: {e}")),
@@ -380,7 +407,12 @@ async fn control_connection(
                             pool.pushed(dialer, &gateways);
                             None
                         }
+                        ControlMsg::Goodbye { code: ErrorCode::Replaced, reason } => {
+                            let reason = escape_untrusted(&reason, 200);
+                            return Err(Replaced { endpoint, reason }.into());
+                        }
                         ControlMsg::Goodbye { code, reason } => {
+                            let reason = escape_untrusted(&reason, 200);
                             return Err(anyhow!("the SP ended the connection ({code}): {reason}"));
                         }
                         other => {
@@ -390,12 +422,17 @@ async fn control_connection(
                     },
                 }
             }
-            _ = tick.tick() => {
-                if last_heard.elapsed() > dead_after {
-                    return Err(anyhow!("no heartbeat from {endpoint} for {dead_after:?}"));
+            () = &mut wake => {
+                let beat = clock.wake(Instant::now());
+                wake.as_mut().reset(clock.next_wake().into());
+                match beat {
+                    Beat::Dead => return Err(anyhow!("no heartbeat from {endpoint} for {dead_after:?}")),
+                    Beat::Tick => {
+                        seq += 1;
+                        Some(ControlMsg::Ping { seq })
+                    }
+                    Beat::Nothing => None,
                 }
-                seq += 1;
-                Some(ControlMsg::Ping { seq })
             }
         };
         if let Some(msg) = msg {

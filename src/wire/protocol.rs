@@ -9,6 +9,7 @@
 //! - operator: [`Welcome`] or [`ErrorMsg`], then [`ApiRequest`] / [`ApiResponse`] frames.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -279,7 +280,9 @@ pub struct ErrorMsg {
     pub message: String,
 }
 
-/// Why the SP refused something: stable codes a client can branch on.
+/// Why the SP refused something: stable codes a client can branch on. A code this build does
+/// not know (from a newer SP) reads as [`ErrorCode::Other`], so the frame that carries it
+/// (an `error`, a `goodbye`) still parses and its message is still shown.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -304,6 +307,13 @@ pub enum ErrorCode {
     Overloaded,
     ShuttingDown,
     Internal,
+    /// `goodbye` only: a newer control connection with the same tenant's credentials took
+    /// this one's place. The tenant should not reconnect at once (it would replace the
+    /// newcomer in turn): two redirectors run with one tenant's secret.
+    Replaced,
+    /// A code this build does not know. Never sent.
+    #[serde(other)]
+    Other,
 }
 
 impl ErrorCode {
@@ -330,6 +340,8 @@ impl ErrorCode {
             ErrorCode::Overloaded => "server busy; try again",
             ErrorCode::ShuttingDown => "server is shutting down",
             ErrorCode::Internal => "internal server error",
+            ErrorCode::Replaced => "replaced by a newer connection of the same tenant",
+            ErrorCode::Other => "refused (a reason this version does not know)",
         }
     }
 }
@@ -391,6 +403,28 @@ pub enum ControlMsg {
     },
 }
 
+/// Decodes a control frame's body, or says in one escaped line what is wrong with it, naming
+/// the frame's `type` when it has one (`"ping" frame: invalid type: string "x", expected
+/// u64`), for the `goodbye` that answers it and the log.
+///
+/// The body must be a JSON object: serde would also take the tag-first array form
+/// (`["ping", 1]`), which PROTOCOL.md does not define.
+pub fn parse_control(body: &[u8]) -> Result<ControlMsg, String> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err("not a JSON object".to_string());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let problem = escape_untrusted(&e.to_string(), 200);
+        let kind = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("type")?.as_str().map(|t| escape_untrusted(t, 40)));
+        match kind {
+            Some(kind) => format!("\"{kind}\" frame: {problem}"),
+            None => problem,
+        }
+    })
+}
+
 /// The codes a tenant may give in `reject`, each about the tenant's own side. Any other code
 /// (`token_expired`, `auth_failed`, an unknown word) would let a tenant put words in the SP's
 /// mouth; the SP replaces it with [`ErrorCode::TenantRejected`].
@@ -406,7 +440,79 @@ pub const TENANT_REJECT_CODES: [ErrorCode; 5] = [
 /// [`ErrorCode::TenantRejected`].
 fn reject_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
-    Ok(serde_json::from_value(value).unwrap_or(ErrorCode::TenantRejected))
+    Ok(match serde_json::from_value(value) {
+        Ok(ErrorCode::Other) | Err(_) => ErrorCode::TenantRejected,
+        Ok(code) => code,
+    })
+}
+
+/// The heartbeat rule of a control connection, as a clock each side keeps: a tick every
+/// `heartbeat` (when a ping may be due), and the peer taken for dead once it has been silent
+/// for `dead_after`. One timer set to [`next_wake`](Self::next_wake) serves both, so the
+/// dead-peer check fires on time instead of at the first tick after the deadline (up to a
+/// heartbeat late), and a frame that arrives needs no timer reset: a wake-up whose deadline
+/// the peer has since moved is a [`Beat::Nothing`].
+#[derive(Debug, Clone)]
+pub struct HeartbeatClock {
+    heartbeat: Duration,
+    dead_after: Duration,
+    last_heard: Instant,
+    next_tick: Instant,
+}
+
+/// What a wake-up of a [`HeartbeatClock`] calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Nothing heard for `dead_after`: close the connection.
+    Dead,
+    /// A heartbeat tick: send a ping if one is due.
+    Tick,
+    /// Woken for a dead-peer deadline the peer has moved by speaking since.
+    Nothing,
+}
+
+impl HeartbeatClock {
+    /// A clock whose peer was last heard `now` (its hello or welcome).
+    pub fn new(now: Instant, heartbeat: Duration, dead_after: Duration) -> Self {
+        HeartbeatClock {
+            heartbeat,
+            dead_after,
+            last_heard: now,
+            next_tick: now + heartbeat,
+        }
+    }
+
+    /// The peer sent a frame (any frame) at `now`.
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = self.last_heard.max(now);
+    }
+
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
+    }
+
+    /// When the peer is dead unless it speaks first.
+    pub fn dead_at(&self) -> Instant {
+        self.last_heard + self.dead_after
+    }
+
+    /// When to wake next: the next tick or the dead-peer deadline, whichever comes first.
+    pub fn next_wake(&self) -> Instant {
+        self.next_tick.min(self.dead_at())
+    }
+
+    /// At a wake-up at `now`: dead, a tick (the next is scheduled a heartbeat from now), or
+    /// nothing yet.
+    pub fn wake(&mut self, now: Instant) -> Beat {
+        if now >= self.dead_at() {
+            Beat::Dead
+        } else if now >= self.next_tick {
+            self.next_tick = now + self.heartbeat;
+            Beat::Tick
+        } else {
+            Beat::Nothing
+        }
+    }
 }
 
 /// What a console session or tenant data connection hears before the splice.
@@ -668,5 +774,64 @@ mod tests {
             };
             assert_eq!(got, expected, "{code}");
         }
+    }
+
+    #[test]
+    fn a_dead_peer_is_due_at_dead_after_not_at_the_next_tick() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        // Heartbeat 30 s, dead after 95 s: ticks at 30, 60, 90, 120 s.
+        let mut clock = HeartbeatClock::new(t0, secs(30), secs(95));
+        let mut wakes = Vec::new();
+        loop {
+            let at = clock.next_wake();
+            let beat = clock.wake(at);
+            wakes.push((at - t0, beat));
+            if beat == Beat::Dead {
+                break;
+            }
+        }
+        assert_eq!(
+            wakes,
+            [
+                (secs(30), Beat::Tick),
+                (secs(60), Beat::Tick),
+                (secs(90), Beat::Tick),
+                (secs(95), Beat::Dead),
+            ]
+        );
+        // A frame moves the deadline; a wake-up for the old one does nothing.
+        let mut clock = HeartbeatClock::new(t0, secs(10), secs(11));
+        assert_eq!(clock.wake(t0 + secs(10)), Beat::Tick);
+        clock.heard(t0 + secs(10));
+        assert_eq!(clock.next_wake(), t0 + secs(20));
+        assert_eq!(clock.dead_at(), t0 + secs(21));
+        assert_eq!(clock.wake(t0 + secs(11)), Beat::Nothing);
+        assert_eq!(clock.wake(t0 + secs(20)), Beat::Tick);
+        assert_eq!(clock.next_wake(), t0 + secs(21));
+        assert_eq!(
+            clock.wake(t0 + secs(21) - Duration::from_millis(1)),
+            Beat::Nothing
+        );
+        assert_eq!(clock.wake(t0 + secs(21)), Beat::Dead);
+        // Never later than the deadline, whatever the heartbeat.
+        let clock = HeartbeatClock::new(t0, secs(600), secs(5));
+        assert_eq!(clock.next_wake(), t0 + secs(5));
+    }
+
+    #[test]
+    fn an_unknown_error_code_parses_as_other() {
+        let reply: HelloReply =
+            serde_json::from_str(r#"{"type":"error","code":"new_in_v2","message":"m"}"#)
+                .expect("parses");
+        assert_eq!(
+            reply,
+            HelloReply::Error(ErrorMsg {
+                code: ErrorCode::Other,
+                message: "m".into()
+            })
+        );
+        let text = serde_json::to_string(&ErrorCode::Replaced).expect("serialize");
+        assert_eq!(text, r#""replaced""#);
     }
 }

@@ -1,11 +1,17 @@
-//! Helpers shared by the integration tests: real engines on 127.0.0.1 port 0, real TLS.
+//! Helpers shared by the integration tests: real engines on 127.0.0.1 port 0, real TLS; the
+//! `rac` binary as a child process; one way to poll, one hang guard. The gateway's test
+//! harness is in `gateway.rs`.
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rac::net::cloud_redirector::{self, SpEngine};
 use rac::net::console::{ConsoleClient, ConsoleConfig};
@@ -20,6 +26,145 @@ use tokio_util::sync::CancellationToken;
 
 /// A hang guard for waits that normally take milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long `eventually` and `eventually_blocking` sleep between two looks.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Calls `probe` every 20 ms until it yields `Some`, and returns that value. Panics naming
+/// `what` once `timeout` has passed, a hung probe included: a hang guard, not a timing
+/// assertion.
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let found = tokio::time::timeout(timeout, async {
+        loop {
+            if let Some(found) = probe().await {
+                return found;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("not within {timeout:?}: {what}"))
+}
+
+/// `eventually` for tests without a runtime (the ones that only run processes).
+pub fn eventually_blocking<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The `rac` binary this test run built.
+pub const RAC: &str = env!("CARGO_BIN_EXE_rac");
+
+/// Which output of a child carries the line `Proc::spawn_until` waits for.
+#[derive(Clone, Copy, Debug)]
+pub enum Pipe {
+    Stdout,
+    Stderr,
+}
+
+/// A child process, killed (SIGKILL) and reaped when dropped, however the test ends.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Starts `rac ARGS` (RUST_LOG=info) and waits for a line containing `marker` on stderr;
+    /// returns that line.
+    pub fn start(args: &[&str], marker: &str) -> (Proc, String) {
+        let mut cmd = Command::new(RAC);
+        cmd.args(args).env("RUST_LOG", "info");
+        Proc::spawn_until(&mut cmd, marker, Pipe::Stderr)
+    }
+
+    /// Spawns `cmd` and waits for the first line containing `marker` on `pipe`; returns that
+    /// line. The rest of that pipe is drained so the child never blocks on it; the other
+    /// output goes nowhere, and stdin is empty (nothing waits for a terminal).
+    pub fn spawn_until(cmd: &mut Command, marker: &str, pipe: Pipe) -> (Proc, String) {
+        cmd.stdin(Stdio::null());
+        match pipe {
+            Pipe::Stdout => cmd.stdout(Stdio::piped()).stderr(Stdio::null()),
+            Pipe::Stderr => cmd.stdout(Stdio::null()).stderr(Stdio::piped()),
+        };
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let output: Box<dyn std::io::Read + Send> = match pipe {
+            Pipe::Stdout => Box::new(child.stdout.take().expect("stdout")),
+            Pipe::Stderr => Box::new(child.stderr.take().expect("stderr")),
+        };
+        let child = Proc(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wanted = marker.to_string();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(output).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.contains(&wanted) {
+                    let _ = tx.send(line);
+                    sent = true;
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("{cmd:?} printed no line with {marker:?}"));
+        (child, line)
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {}", self.0.id());
+    }
+
+    /// Waits for the child to exit by itself (within `PATIENCE`).
+    pub fn exited(&mut self) -> ExitStatus {
+        eventually_blocking(PATIENCE, "the process exits", || {
+            self.0.try_wait().expect("try_wait")
+        })
+    }
+
+    /// SIGKILL: no chance to say goodbye, close TLS or write anything.
+    pub fn kill(&mut self) {
+        self.0.kill().expect("kill");
+        self.0.wait().expect("reap");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP echo server on 127.0.0.1 port 0, standing in for a tenant's local service.
+pub async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
 
 /// An SP on its own state dir, serving a port-0 listener.
 pub struct TestSp {
@@ -220,20 +365,14 @@ pub async fn wait_status(
     tenant: &str,
     status: rac::wire::protocol::TenantStatus,
 ) {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let tenants = console.tenants().await.expect("tenant list");
-            if tenants
-                .iter()
-                .any(|t| t.name == tenant && t.status == status)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(PATIENCE, &format!("{tenant} is {status:?}"), async || {
+        let tenants = console.tenants().await.expect("tenant list");
+        tenants
+            .iter()
+            .any(|t| t.name == tenant && t.status == status)
+            .then_some(())
     })
-    .await
-    .expect("status reached in time");
+    .await;
 }
 
 /// A TCP connection to `to` from the loopback address `source` (127.0.0.x), so tests can play

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -13,8 +14,8 @@ use crate::sp::Refusal;
 use crate::sp::presence::Live;
 use crate::wire::frame::{self, MAX_HELLO_LEN};
 use crate::wire::protocol::{
-    ControlMsg, ErrorCode, HelloReply, TENANT_REJECT_CODES, Welcome, escape_untrusted,
-    validate_services,
+    Beat, ControlMsg, ErrorCode, HeartbeatClock, HelloReply, TENANT_REJECT_CODES, Welcome,
+    escape_untrusted, parse_control, validate_services,
 };
 
 /// A tenant that keeps pinging is pinged back only every this many heartbeat ticks (for the
@@ -65,6 +66,9 @@ pub(super) async fn serve(
             controls.remove(&tenant);
         }
     }
+    // Requests this connection carried will get no answer now: their consoles hear at once
+    // (the dropped sender), not after the open timeout.
+    lock(&shared.pending).retain(|_, p| p.tenant != tenant || p.conn_id != conn_id);
     if shared.sp.presence.disconnect(&tenant, conn_id)
         && let Err(e) = shared
             .sp
@@ -138,7 +142,13 @@ async fn admit(
     let conn_id = match admitted {
         Ok((conn_id, old)) => {
             if let Some(old) = old {
-                tracing::info!(?tenant, "a newer control connection replaces the older one");
+                tracing::warn!(?tenant, %addr, "a newer control connection replaces the older one (two redirectors with one tenant's secret?)");
+                // The older one hears why, so its redirector backs off instead of coming
+                // straight back to replace this one. It ends once the goodbye is flushed.
+                let _ = old.tx.try_send(Box::new(ControlMsg::Goodbye {
+                    code: ErrorCode::Replaced,
+                    reason: format!("replaced by a connection from {addr}"),
+                }));
                 old.replaced.cancel();
             }
             conn_id
@@ -190,16 +200,16 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
         replaced,
     } = channel;
     let config = &shared.sp.config;
-    let mut tick = tokio::time::interval(config.heartbeat());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut last_heard = Instant::now();
+    let mut clock = HeartbeatClock::new(Instant::now(), config.heartbeat(), config.dead_after());
+    // One timer for the heartbeat ticks and the dead-peer deadline (see HeartbeatClock).
+    let wake = tokio::time::sleep_until(clock.next_wake().into());
+    tokio::pin!(wake);
     let mut seq = 0u64;
     let mut ticks = 0u64;
     let mut ping_sent: Option<(u64, Instant)> = None;
     let mut status = StatusThrottle::default();
     loop {
-        let read = frame::read_frame::<ControlMsg, _>(&mut reader, MAX_HELLO_LEN);
+        let read = frame::read_frame_bytes(&mut reader, MAX_HELLO_LEN);
         tokio::pin!(read);
         loop {
             let (outgoing, read_done) = tokio::select! {
@@ -214,6 +224,7 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                             while let Ok(msg) = commands.try_recv() {
                                 let _ = frame::write_frame(&mut writer, &*msg).await;
                             }
+                            let _ = writer.shutdown().await;
                         };
                         let _ = tokio::time::timeout(GOODBYE_DEADLINE, flush).await;
                         return "replaced or dropped by the SP".to_string();
@@ -221,15 +232,20 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                 }
                 cmd = commands.recv() => (cmd.map(|m| *m), false),
                 msg = &mut read => {
-                    last_heard = Instant::now();
+                    clock.heard(Instant::now());
                     match msg {
                         Ok(None) => return "closed by the tenant".to_string(),
                         Err(e) if e.is_connection_lost() => return format!("connection lost: {e}"),
-                        Err(e) => return format!("bad frame from the tenant: {e}"),
-                        Ok(Some(msg)) => {
-                            let incoming = Incoming { shared, tenant, conn_id };
-                            (incoming.handle(msg, &mut ping_sent, &mut status), true)
-                        }
+                        // Not a frame this SP understands (too long, not JSON, an unknown
+                        // type, a field missing or of the wrong type): say so once, then close.
+                        Err(e) => (Some(bad_frame(tenant, &e.to_string())), true),
+                        Ok(Some(body)) => match parse_control(&body) {
+                            Ok(msg) => {
+                                let incoming = Incoming { shared, tenant, conn_id };
+                                (incoming.handle(msg, &mut ping_sent, &mut status), true)
+                            }
+                            Err(problem) => (Some(bad_frame(tenant, &problem)), true),
+                        },
                     }
                 }
                 // The window of a coalesced status ended: apply the latest one.
@@ -239,16 +255,22 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                     }
                     (None, false)
                 }
-                _ = tick.tick() => {
-                    if last_heard.elapsed() > config.dead_after() {
+                () = &mut wake => {
+                    let now = Instant::now();
+                    let beat = clock.wake(now);
+                    wake.as_mut().reset(clock.next_wake().into());
+                    if beat == Beat::Dead {
                         return format!("no heartbeat for {} s", config.dead_after_secs);
                     }
-                    ticks += 1;
+                    if beat == Beat::Tick {
+                        ticks += 1;
+                    }
                     // The tenant's own pings prove it alive and our pongs prove us alive to
                     // it: ping only a tenant that has been quiet for a whole interval, and
                     // every RTT_EVERY_TICKS ticks to measure the round trip. Halves the
                     // heartbeat frames of a large idle fleet.
-                    if last_heard.elapsed() < config.heartbeat() && ticks % RTT_EVERY_TICKS != 1 {
+                    let quiet = now - clock.last_heard() >= config.heartbeat();
+                    if beat == Beat::Nothing || (!quiet && ticks % RTT_EVERY_TICKS != 1) {
                         (None, false)
                     } else {
                         seq += 1;
@@ -275,7 +297,11 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                     _ = cut => return format!("tenant stopped reading; gave up {GOODBYE_DEADLINE:?} after shutdown"),
                 };
                 match written {
-                    Ok(Ok(())) if goodbye => return "goodbye sent".to_string(),
+                    Ok(Ok(())) if goodbye => {
+                        // close_notify after the goodbye: the tenant reads a clean end.
+                        let _ = tokio::time::timeout(GOODBYE_DEADLINE, writer.shutdown()).await;
+                        return format!("goodbye sent: {msg:?}");
+                    }
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return format!("write failed: {e}"),
                     Err(_) => return "tenant stopped reading".to_string(),
@@ -286,6 +312,16 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                 break;
             }
         }
+    }
+}
+
+/// The `goodbye` for a frame the SP cannot take; the reason is logged too.
+fn bad_frame(tenant: &str, problem: &str) -> ControlMsg {
+    let reason = format!("bad frame from the tenant: {problem}");
+    tracing::warn!(?tenant, ?reason, "ending the control connection");
+    ControlMsg::Goodbye {
+        code: ErrorCode::BadRequest,
+        reason,
     }
 }
 

@@ -29,7 +29,9 @@ use crate::sp::presence::{Kick, KickReason};
 use crate::sp::{Refusal, SpService};
 use crate::util::lock;
 use crate::wire::frame::{self, MAX_HELLO_LEN};
-use crate::wire::protocol::{ControlMsg, ErrorCode, Hello, PROTOCOL_VERSION, Role};
+use crate::wire::protocol::{
+    ControlMsg, ErrorCode, Hello, PROTOCOL_VERSION, Role, escape_untrusted,
+};
 
 /// Everything `run` needs: the SP backup service and the server's TLS identity.
 pub struct SpEngine {
@@ -59,6 +61,9 @@ struct ControlHandle {
 /// A console waiting for its tenant's data connection (between steps 6 and 8).
 struct Pending {
     tenant: String,
+    /// The control connection the `open_data` went out on: if it ends first, nobody will
+    /// answer, and the console hears so at once.
+    conn_id: u64,
     nonce: String,
     deadline: Instant,
     tx: oneshot::Sender<DataOutcome>,
@@ -98,8 +103,11 @@ impl Shared {
             .clone()
     }
 
-    fn control_sender(&self, tenant: &str) -> Option<mpsc::Sender<Box<ControlMsg>>> {
-        lock(&self.controls).get(tenant).map(|h| h.tx.clone())
+    /// The tenant's control connection now: its number and its command queue.
+    fn control_sender(&self, tenant: &str) -> Option<(u64, mpsc::Sender<Box<ControlMsg>>)> {
+        lock(&self.controls)
+            .get(tenant)
+            .map(|h| (h.conn_id, h.tx.clone()))
     }
 
     /// Acts on an account change: says goodbye on the control connection and, unless only
@@ -283,23 +291,43 @@ async fn summarise_admission(shared: Arc<Shared>) {
 
 /// Parses the first frame of a connection (its JSON body, without the length prefix).
 ///
-/// Checks the version before the role, so a peer of another version gets told so in words.
-/// Public so the fuzz targets (`fuzz/`) reach the exact parse the SP runs on untrusted bytes.
+/// Checks the version before the role, so a peer of another version gets told so in words:
+/// `version_mismatch` only for a whole number this SP does not speak; a body that is not a
+/// JSON object, or has no `version` or one that is not a whole number, is `bad_request`
+/// saying which. Public so the fuzz targets (`fuzz/`) reach the exact parse the SP runs on
+/// untrusted bytes.
 pub fn parse_hello(body: &[u8]) -> Result<Hello, Refusal> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("hello is not JSON: {e}")))?;
-    let version = value.get("version").and_then(|v| v.as_u64());
-    if version != Some(u64::from(PROTOCOL_VERSION)) {
+    let bad = |message: String| Refusal::new(ErrorCode::BadRequest, message);
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("hello is not JSON: {e}")))?;
+    let Some(object) = value.as_object() else {
+        return Err(bad(format!(
+            "hello is not a JSON object: {}",
+            escape_untrusted(&value.to_string(), 40)
+        )));
+    };
+    let version = match object.get("version") {
+        None => {
+            return Err(bad(format!(
+                "version: missing (this SP speaks version {PROTOCOL_VERSION})"
+            )));
+        }
+        Some(v) => v.as_u64().ok_or_else(|| {
+            bad(format!(
+                "version: {} is not a whole number (this SP speaks version {PROTOCOL_VERSION})",
+                escape_untrusted(&v.to_string(), 40)
+            ))
+        })?,
+    };
+    if version != u64::from(PROTOCOL_VERSION) {
         return Err(Refusal::new(
             ErrorCode::VersionMismatch,
             format!(
-                "protocol version mismatch: this SP speaks version {PROTOCOL_VERSION}, the peer sent {}",
-                version.map_or("none".to_string(), |v| v.to_string())
+                "protocol version mismatch: this SP speaks version {PROTOCOL_VERSION}, the peer sent {version}"
             ),
         ));
     }
-    serde_json::from_value(value)
-        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("malformed hello: {e}")))
+    serde_json::from_value(value).map_err(|e| bad(format!("malformed hello: {e}")))
 }
 
 /// Each role's handler runs as a task of its own, so a connection holds only the state of its
@@ -430,6 +458,20 @@ mod tests {
         assert_eq!(err.code, ErrorCode::BadRequest);
         let err = parse_hello(br#"{"version": 1, "role": "tenant_data"}"#).expect_err("fields");
         assert_eq!(err.code, ErrorCode::BadRequest);
+        for (body, words) in [
+            (&br#"[1]"#[..], "not a JSON object"),
+            (br#"{"role": "operator"}"#, "version: missing"),
+            (
+                br#"{"version": "1", "role": "operator"}"#,
+                "version: \"1\" is not",
+            ),
+            (br#"{"version": -1}"#, "version: -1 is not"),
+            (br#"{"version": 1.0}"#, "version: 1.0 is not"),
+        ] {
+            let err = parse_hello(body).expect_err("no numeric version");
+            assert_eq!(err.code, ErrorCode::BadRequest, "{}", err.message);
+            assert!(err.message.contains(words), "{}", err.message);
+        }
         let ok = parse_hello(br#"{"version":1,"role":"operator","user":"u","password":"p"}"#)
             .expect("valid");
         assert_eq!(ok.role.name(), "operator");

@@ -87,7 +87,8 @@ pub(super) async fn serve(
         dead_after_secs: 0,
         gateways: shared.sp.gateways(),
         token: Some(token.clone()),
-        token_expires_in_secs: ttl,
+        // A token login says how long the token has left, as a password login does.
+        token_expires_in_secs: Some(ttl.unwrap_or_else(|| until(expires_at).as_secs())),
     });
     if frame::write_frame(&mut stream, &welcome).await.is_err() {
         return;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use super::{DataOutcome, Pending, ServerStream, Shared, lock, send_error};
@@ -51,7 +52,7 @@ pub(super) async fn console(
             return;
         }
     };
-    let (session_id, mut data) = data;
+    let (session_id, mut data, early) = data;
 
     let audit_id =
         match shared
@@ -75,10 +76,16 @@ pub(super) async fn console(
     let ready = SessionMsg::Ready {
         session_id: session_id.clone(),
     };
-    let (to_console, to_tenant) = tokio::join!(
-        frame::write_frame(&mut stream, &ready),
-        frame::write_frame(&mut data, &ready)
-    );
+    // What the console sent while it waited goes to the tenant right behind `ready`.
+    let to_tenant = async {
+        frame::write_frame(&mut data, &ready).await?;
+        if !early.is_empty() {
+            data.write_all(&early).await?;
+            data.flush().await?;
+        }
+        Ok::<_, frame::FrameError>(())
+    };
+    let (to_console, to_tenant) = tokio::join!(frame::write_frame(&mut stream, &ready), to_tenant);
     let ready_failed = match (to_console, to_tenant) {
         (Err(e), _) => Some((Side::A, e)),
         (_, Err(e)) => Some((Side::B, e)),
@@ -109,7 +116,11 @@ pub(super) async fn console(
                 cancel: cancel.clone(),
             },
         );
-        let report = splice(stream, data, &Counters::default(), &cancel).await;
+        let counters = Counters::default();
+        counters
+            .a_to_b
+            .store(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let report = splice(stream, data, &counters, &cancel).await;
         lock(&shared.live_sessions).remove(&number);
         shared.sp.presence.session_delta(&tenant, false);
         (report, tenant_cancel.is_cancelled())
@@ -212,20 +223,27 @@ async fn close_audit_row<E: std::fmt::Display>(
     }
 }
 
-/// Steps 6 to 8: asks the tenant for a data connection and waits for it.
+/// Most bytes a console may send before `ready` that the SP holds for the tenant; past them
+/// it stops reading the console until the splice (and so cannot notice it leave).
+const MAX_EARLY_BYTES: usize = 64 * 1024;
+
+/// Steps 6 to 8: asks the tenant for a data connection and waits for it, while watching the
+/// console: one that closes (or half-closes) its side has stopped waiting, and its nonce dies
+/// at once. Bytes it sends meanwhile are kept for the tenant. Returns the session id, the
+/// data connection and those bytes.
 async fn request_data_connection(
     shared: &Shared,
     console: &mut ServerStream,
     tenant: &str,
     service: &str,
-) -> Result<(String, ServerStream), Refusal> {
+) -> Result<(String, ServerStream, Vec<u8>), Refusal> {
     let offline = || {
         Refusal::new(
             ErrorCode::TenantOffline,
             format!("tenant {tenant} is offline"),
         )
     };
-    let control = shared.control_sender(tenant).ok_or_else(offline)?;
+    let (conn_id, control) = shared.control_sender(tenant).ok_or_else(offline)?;
     let config = &shared.sp.config;
     let session_id = auth::random_hex_16();
     let nonce = auth::random_hex_32();
@@ -234,6 +252,7 @@ async fn request_data_connection(
         session_id.clone(),
         Pending {
             tenant: tenant.to_string(),
+            conn_id,
             nonce: nonce.clone(),
             deadline: Instant::now() + config.session_open_timeout(),
             tx,
@@ -261,12 +280,20 @@ async fn request_data_connection(
     .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("console went away: {e}")))?;
 
     let cancel = shared.sessions_token(tenant);
+    let mut early = Vec::new();
     tokio::select! {
         outcome = rx => match outcome {
-            Ok(DataOutcome::Connected(data)) => Ok((session_id, *data)),
+            Ok(DataOutcome::Connected(data)) => Ok((session_id, *data, early)),
             Ok(DataOutcome::Rejected(refusal)) => Err(refusal),
-            Err(_) => Err(offline()),
+            Err(_) => Err(Refusal::new(
+                ErrorCode::TenantOffline,
+                format!("tenant {tenant} went offline before it answered"),
+            )),
         },
+        gone = console_left(console, &mut early) => Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!("the console stopped waiting: {gone}"),
+        )),
         _ = tokio::time::sleep(config.session_open_timeout()) => Err(Refusal::new(
             ErrorCode::TenantTimeout,
             format!("tenant {tenant} did not open a data connection within {} s", config.session_open_timeout_secs),
@@ -275,6 +302,27 @@ async fn request_data_connection(
             if shared.shutdown.is_cancelled() { ErrorCode::ShuttingDown } else { ErrorCode::TenantDisabled },
             "the session was ended by the SP before it opened",
         )),
+    }
+}
+
+/// Reads what a waiting console sends into `early` (up to [`MAX_EARLY_BYTES`]); completes,
+/// saying how, only when the console has ended its side (close_notify, a bare FIN, a reset).
+/// Cancel-safe: a read either took bytes into `early` or none.
+async fn console_left(console: &mut ServerStream, early: &mut Vec<u8>) -> String {
+    let mut buf = [0u8; 4096];
+    loop {
+        let room = MAX_EARLY_BYTES - early.len();
+        if room == 0 {
+            return std::future::pending().await;
+        }
+        match console.read(&mut buf[..room.min(4096)]).await {
+            Ok(0) => return "it closed its connection".to_string(),
+            Ok(n) => early.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return "it closed its connection (no close_notify)".to_string();
+            }
+            Err(e) => return format!("its connection failed: {e}"),
+        }
     }
 }
 
@@ -313,7 +361,11 @@ pub(super) async fn tenant_data(
     if let Err(DataOutcome::Connected(mut stream)) =
         pending.tx.send(DataOutcome::Connected(Box::new(stream)))
     {
-        let refusal = Refusal::new(ErrorCode::TenantTimeout, "the console stopped waiting");
+        // The console's wait ended in the moment between: the nonce had just expired.
+        let refusal = Refusal::new(
+            ErrorCode::BadNonce,
+            "expired nonce: the console stopped waiting",
+        );
         let _ = send_error(&mut stream, &refusal).await;
     }
 }
