@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::keys::KeyStroke;
 use super::stream::{ExpectRdp, NotRdp, SyncStream};
+use super::{DesktopInput, MouseButton};
 use crate::net::tls::{DesktopCertificate, RdpTlsStream, desktop_client_upgrade};
 
 /// Who logs in to the desktop. The password never reaches `Debug`.
@@ -131,6 +132,8 @@ pub struct DesktopSession<S> {
     /// The desktop's TLS certificate (SHA-256 and key).
     pub certificate: DesktopCertificate,
     pub security: DesktopSecurity,
+    /// Where the pointer was last moved to: RDP puts a position on every pointer event.
+    pointer: (u16, u16),
 }
 
 impl<S> fmt::Debug for DesktopSession<S> {
@@ -211,6 +214,7 @@ where
         activation,
         channels,
         certificate,
+        pointer: (0, 0),
         security: if nla {
             DesktopSecurity::Nla
         } else {
@@ -545,10 +549,31 @@ where
 
     /// Sends key strokes (see [`super::keys::strokes_for_text`]).
     pub async fn send_keys(&mut self, strokes: &[KeyStroke]) -> Result<(), DesktopError> {
-        let events = strokes
-            .iter()
-            .flat_map(|stroke| match *stroke {
-                KeyStroke::Key {
+        let input: Vec<DesktopInput> = strokes.iter().map(|s| s.input()).collect();
+        self.send_input(&input).await
+    }
+
+    /// Moves the pointer to (`x`, `y`) and clicks the left button there.
+    pub async fn click(&mut self, x: u16, y: u16) -> Result<(), DesktopError> {
+        let button = |pressed| DesktopInput::Button {
+            button: MouseButton::Left,
+            pressed,
+        };
+        self.send_input(&[
+            DesktopInput::PointerMoved { x, y },
+            button(true),
+            button(false),
+        ])
+        .await
+    }
+
+    /// Sends keyboard and pointer input in order. Buttons and the wheel act where the pointer
+    /// last moved to.
+    pub async fn send_input(&mut self, input: &[DesktopInput]) -> Result<(), DesktopError> {
+        let mut events = Vec::with_capacity(input.len());
+        for event in input {
+            match *event {
+                DesktopInput::Key {
                     scancode,
                     extended,
                     pressed,
@@ -556,41 +581,49 @@ where
                     let mut flags = KeyboardFlags::empty();
                     flags.set(KeyboardFlags::RELEASE, !pressed);
                     flags.set(KeyboardFlags::EXTENDED, extended);
-                    vec![FastPathInputEvent::KeyboardEvent(flags, scancode)]
+                    events.push(FastPathInputEvent::KeyboardEvent(flags, scancode));
                 }
-                KeyStroke::Unicode { ch, pressed } => {
+                DesktopInput::Unicode { ch, pressed } => {
                     let flags = if pressed {
                         KeyboardFlags::empty()
                     } else {
                         KeyboardFlags::RELEASE
                     };
                     let mut units = [0; 2];
-                    ch.encode_utf16(&mut units)
-                        .iter()
-                        .map(|unit| FastPathInputEvent::UnicodeKeyboardEvent(flags, *unit))
-                        .collect()
+                    for unit in ch.encode_utf16(&mut units) {
+                        events.push(FastPathInputEvent::UnicodeKeyboardEvent(flags, *unit));
+                    }
                 }
-            })
-            .collect();
+                DesktopInput::PointerMoved { x, y } => {
+                    self.pointer = (x, y);
+                    events.push(self.mouse(PointerFlags::MOVE, 0));
+                }
+                DesktopInput::Button { button, pressed } => {
+                    let mut flags = match button {
+                        MouseButton::Left => PointerFlags::LEFT_BUTTON,
+                        MouseButton::Right => PointerFlags::RIGHT_BUTTON,
+                        MouseButton::Middle => PointerFlags::MIDDLE_BUTTON_OR_WHEEL,
+                    };
+                    flags.set(PointerFlags::DOWN, pressed);
+                    events.push(self.mouse(flags, 0));
+                }
+                DesktopInput::Wheel { delta } => {
+                    // The wire holds 9 bits, two's complement.
+                    let units = delta.clamp(-256, 255);
+                    events.push(self.mouse(PointerFlags::VERTICAL_WHEEL, units));
+                }
+            }
+        }
         self.send(events).await
     }
 
-    /// Moves the pointer to (`x`, `y`) and clicks the left button there.
-    pub async fn click(&mut self, x: u16, y: u16) -> Result<(), DesktopError> {
-        let mouse = |flags| {
-            FastPathInputEvent::MouseEvent(MousePdu {
-                flags,
-                number_of_wheel_rotation_units: 0,
-                x_position: x,
-                y_position: y,
-            })
-        };
-        self.send(vec![
-            mouse(PointerFlags::MOVE),
-            mouse(PointerFlags::LEFT_BUTTON | PointerFlags::DOWN),
-            mouse(PointerFlags::LEFT_BUTTON),
-        ])
-        .await
+    fn mouse(&self, flags: PointerFlags, wheel: i16) -> FastPathInputEvent {
+        FastPathInputEvent::MouseEvent(MousePdu {
+            flags,
+            number_of_wheel_rotation_units: wheel,
+            x_position: self.pointer.0,
+            y_position: self.pointer.1,
+        })
     }
 
     /// Processes what the desktop sends until nothing has been painted for `quiet` (after at

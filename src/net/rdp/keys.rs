@@ -79,6 +79,22 @@ pub enum KeyStroke {
 }
 
 impl KeyStroke {
+    /// The same stroke as desktop input.
+    pub fn input(self) -> super::DesktopInput {
+        match self {
+            KeyStroke::Key {
+                scancode,
+                extended,
+                pressed,
+            } => super::DesktopInput::Key {
+                scancode,
+                extended,
+                pressed,
+            },
+            KeyStroke::Unicode { ch, pressed } => super::DesktopInput::Unicode { ch, pressed },
+        }
+    }
+
     fn key(scancode: u8, pressed: bool) -> Self {
         KeyStroke::Key {
             scancode,

@@ -10,6 +10,41 @@ mod stream;
 /// The service name a desktop is offered under (`[services] rdp = "host:3389"`).
 pub const SERVICE_NAME: &str = "rdp";
 
+/// Input to a desktop: what the client sends and what a served desktop receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DesktopInput {
+    /// A key by scan code (set 1), `extended` for the 0xE0 keys.
+    Key {
+        scancode: u8,
+        extended: bool,
+        pressed: bool,
+    },
+    /// A character typed as Unicode.
+    Unicode {
+        ch: char,
+        pressed: bool,
+    },
+    PointerMoved {
+        x: u16,
+        y: u16,
+    },
+    Button {
+        button: MouseButton,
+        pressed: bool,
+    },
+    /// The vertical wheel; positive is away from the user.
+    Wheel {
+        delta: i16,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MouseButton {
+    Left,
+    Right,
+    Middle,
+}
+
 #[cfg(test)]
 mod tests {
     use crate::net::tenant_redirector::{RedirectorConfig, ServiceTarget};

@@ -23,40 +23,7 @@ use crate::util::now_unix_secs;
 /// Bytes per pixel of a [`Desktop`]'s frame: B, G, R, A.
 pub const BYTES_PER_PIXEL: usize = 4;
 
-/// Input from a client, as a desktop sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DesktopInput {
-    /// A key by scan code (set 1), `extended` for the 0xE0 keys.
-    Key {
-        scancode: u8,
-        extended: bool,
-        pressed: bool,
-    },
-    /// A character typed as Unicode.
-    Unicode {
-        ch: char,
-        pressed: bool,
-    },
-    PointerMoved {
-        x: u16,
-        y: u16,
-    },
-    Button {
-        button: MouseButton,
-        pressed: bool,
-    },
-    /// The vertical wheel; positive is away from the user.
-    Wheel {
-        delta: i16,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MouseButton {
-    Left,
-    Right,
-    Middle,
-}
+pub use super::{DesktopInput, MouseButton};
 
 /// A screen to serve: it draws itself on request and takes input.
 pub trait Desktop: Send + Sync + 'static {
