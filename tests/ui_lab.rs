@@ -473,6 +473,28 @@ fn the_desktop_view_shows_the_lab_screen_takes_input_and_closes_with_the_tab() {
     wait_until(h, "the typed text on the picture", |h| {
         desktop_shows(h, tab, &typed, lab_desktop::TYPING)
     });
+
+    // The clipboard both ways. A paste into the picture puts the window's text on the
+    // desktop's clipboard, then pastes it there (the lab types what Ctrl+V pastes)...
+    h.event(egui::Event::Paste("from the console".into()));
+    h.run_steps(1);
+    typed.receive_clipboard("from the console");
+    typed.type_text("from the console");
+    wait_until(h, "the pasted text on the picture", |h| {
+        desktop_shows(h, tab, &typed, lab_desktop::TYPING)
+    });
+    // ...and what is copied on the desktop (the lab's Ctrl+C copies the last line typed)
+    // lands on the window's clipboard.
+    h.key_press(egui::Key::Enter);
+    h.get_by_label(picture).type_text("copy me");
+    h.run_steps(1);
+    h.event(egui::Event::Copy);
+    wait_until(h, "the desktop's copy on the window's clipboard", |h| {
+        h.state()
+            .tab(tab)
+            .and_then(|t| t.desktop.as_ref())
+            .is_some_and(|d| d.copied.as_deref() == Some("copy me"))
+    });
     // Right Ctrl gives the keyboard back, and the window's shortcuts work again.
     h.key_press(egui::Key::ControlRight);
     h.run_steps(2);

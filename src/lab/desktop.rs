@@ -2,7 +2,9 @@
 //! picture is a plain drawing into a pixel buffer: the tenant's name and a clock in the title
 //! bar, its backup jobs as the backup service has them now, and what input left behind (typed
 //! text, a mark where the left button was clicked). The marks stay between sessions, as on a
-//! real console. `net::rdp::server` serves it.
+//! real console. Its clipboard works as a text editor's would: Ctrl+C copies the last line
+//! typed, Ctrl+V types what the clipboard holds, and what a client copies becomes the
+//! clipboard. `net::rdp::server` serves it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::font::{self, CELL_HEIGHT, CELL_WIDTH, GLYPH_HEIGHT};
-use crate::net::rdp::keys::{self, BACKSPACE, ENTER, LEFT_SHIFT, RIGHT_SHIFT, TAB};
+use crate::net::rdp::keys::{self, BACKSPACE, ENTER, LEFT_CTRL, LEFT_SHIFT, RIGHT_SHIFT, TAB};
 use crate::net::rdp::server::{BYTES_PER_PIXEL, Desktop, DesktopInput, MouseButton};
 use crate::tenant::backup::BackupService;
 use crate::tenant::backup::model::{JobResult, RunState};
@@ -86,8 +88,20 @@ pub struct Scribbles {
     typed: String,
     marks: VecDeque<(u16, u16)>,
     shift_down: [bool; 2],
+    /// Left and right Ctrl (the right one is Ctrl's scan code, extended).
+    ctrl_down: [bool; 2],
     pointer: (u16, u16),
+    clipboard: String,
+    /// A client's copy is on its way: a Ctrl+V meanwhile pastes it when it arrives.
+    clipboard_coming: bool,
+    paste_waiting: bool,
+    /// Ctrl+C was pressed since [`Scribbles::take_copied`] last looked.
+    copied: bool,
 }
+
+/// Scan codes of the letters the clipboard keys use.
+const KEY_C: u8 = 0x2E;
+const KEY_V: u8 = 0x2F;
 
 /// Most characters kept; older ones scroll away for good.
 const MAX_TYPED: usize = 4096;
@@ -131,6 +145,53 @@ impl Scribbles {
         }
     }
 
+    /// What the clipboard holds.
+    pub fn clipboard(&self) -> &str {
+        &self.clipboard
+    }
+
+    /// A client's copy is on its way.
+    pub fn clipboard_offered(&mut self) {
+        self.clipboard_coming = true;
+    }
+
+    /// A client's copied text arrives and becomes the clipboard (typed at once if a paste
+    /// was waiting for it).
+    pub fn receive_clipboard(&mut self, text: &str) {
+        self.clipboard = text.to_string();
+        self.clipboard_coming = false;
+        if std::mem::take(&mut self.paste_waiting) {
+            self.type_text(text);
+        }
+    }
+
+    /// Whether Ctrl+C copied since the last call.
+    pub fn take_copied(&mut self) -> bool {
+        std::mem::take(&mut self.copied)
+    }
+
+    /// Ctrl with a letter: C copies the last line typed, V pastes; others do nothing.
+    fn shortcut(&mut self, scancode: u8) -> bool {
+        match scancode {
+            KEY_C => {
+                let line = self.typed.lines().rev().find(|l| !l.trim().is_empty());
+                self.clipboard = line.unwrap_or_default().to_string();
+                self.copied = true;
+                true
+            }
+            KEY_V if self.clipboard_coming => {
+                self.paste_waiting = true;
+                false
+            }
+            KEY_V => {
+                let text = self.clipboard.clone();
+                self.type_text(&text);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Leaves a mark at (`x`, `y`).
     pub fn click(&mut self, x: u16, y: u16) {
         if self.marks.len() == MAX_MARKS {
@@ -150,6 +211,19 @@ impl Scribbles {
                 self.shift_down[usize::from(code == RIGHT_SHIFT)] = pressed;
                 false
             }
+            DesktopInput::Key {
+                scancode: LEFT_CTRL,
+                extended,
+                pressed,
+            } => {
+                self.ctrl_down[usize::from(extended)] = pressed;
+                false
+            }
+            DesktopInput::Key {
+                scancode,
+                extended: false,
+                pressed: true,
+            } if self.ctrl_down.iter().any(|down| *down) => self.shortcut(scancode),
             DesktopInput::Key {
                 scancode,
                 extended: false,
@@ -292,6 +366,16 @@ pub fn draw_screen(
         DIM_TEXT,
         "Typed on this desktop:",
     );
+    if !scribbles.clipboard().is_empty() {
+        let clip = scribbles.clipboard().replace(['\n', '\r', '\t'], " ");
+        canvas.text(
+            TYPING.x + MARGIN + 24 * CELL_WIDTH * TEXT_SCALE,
+            TYPING.y + 12,
+            TEXT_SCALE,
+            DIM_TEXT,
+            &fit(&format!("Clipboard: {clip}"), TYPED_COLUMNS - 24),
+        );
+    }
     let lines = wrap(&format!("{}_", scribbles.typed()), TYPED_COLUMNS);
     let shown = &lines[lines.len().saturating_sub(TYPED_LINES)..];
     for (i, line) in shown.iter().enumerate() {
@@ -394,6 +478,8 @@ pub struct LabDesktop {
     service: Arc<BackupService>,
     scribbles: Mutex<Scribbles>,
     changes: watch::Sender<u64>,
+    /// What Ctrl+C copied last, offered to clients.
+    copies: watch::Sender<String>,
     /// The job list, read from the backup service at most every [`JOBS_EVERY`].
     jobs: Mutex<Option<(Instant, ScreenView)>>,
 }
@@ -408,6 +494,7 @@ impl LabDesktop {
             service,
             scribbles: Mutex::new(Scribbles::default()),
             changes: watch::channel(0).0,
+            copies: watch::channel(String::new()).0,
             jobs: Mutex::new(None),
         })
     }
@@ -480,13 +567,32 @@ impl Desktop for LabDesktop {
     }
 
     fn input(&self, event: DesktopInput) {
-        if lock(&self.scribbles).apply(event) {
+        let mut scribbles = lock(&self.scribbles);
+        let changed = scribbles.apply(event);
+        if scribbles.take_copied() {
+            self.copies.send_replace(scribbles.clipboard().to_string());
+        }
+        drop(scribbles);
+        if changed {
             self.changes.send_modify(|n| *n += 1);
         }
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    fn clipboard_offered(&self) {
+        lock(&self.scribbles).clipboard_offered();
+    }
+
+    fn clipboard_received(&self, text: String) {
+        lock(&self.scribbles).receive_clipboard(&text);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn clipboard(&self) -> Option<watch::Receiver<String>> {
+        Some(self.copies.subscribe())
     }
 }
 
@@ -530,6 +636,36 @@ mod tests {
             .filter(|(x, y)| pixel(&pixels, *x, *y) == TEXT)
             .count();
         assert!(inked > 100, "{inked} title pixels");
+    }
+
+    #[test]
+    fn ctrl_c_copies_the_last_line_and_ctrl_v_pastes_the_clipboard() {
+        let key = |scancode, extended, pressed| DesktopInput::Key {
+            scancode,
+            extended,
+            pressed,
+        };
+        let mut s = Scribbles::default();
+        s.type_text("first\nsecond\n");
+        // The right Ctrl: Ctrl's scan code, extended.
+        s.apply(key(LEFT_CTRL, true, true));
+        assert!(s.apply(key(KEY_C, false, true)));
+        assert!(s.take_copied());
+        assert!(!s.take_copied(), "one copy is seen once");
+        assert_eq!(s.clipboard(), "second");
+        assert_eq!(s.typed(), "first\nsecond\n", "a chord types nothing");
+        assert!(s.apply(key(KEY_V, false, true)));
+        assert_eq!(s.typed(), "first\nsecond\nsecond");
+        // While a client's copy is on its way, a paste waits for it.
+        s.clipboard_offered();
+        assert!(!s.apply(key(KEY_V, false, true)));
+        s.receive_clipboard("theirs");
+        assert_eq!(s.typed(), "first\nsecond\nsecondtheirs");
+        assert_eq!(s.clipboard(), "theirs");
+        // With Ctrl let go of, letters type again.
+        s.apply(key(LEFT_CTRL, true, false));
+        assert!(s.apply(key(0x1E, false, true)));
+        assert!(s.typed().ends_with("theirsa"));
     }
 
     #[test]

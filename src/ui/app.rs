@@ -185,6 +185,9 @@ impl ConsoleApp {
                     let pin = crate::wire::format_fingerprint(fingerprint);
                     self.pins_mut().insert(key, pin);
                 }
+                if let SessionEvent::Desktop(DesktopUpdate::Clipboard(text)) = &event {
+                    self.ctx.copy_text(text.clone());
+                }
                 if let SessionEvent::Desktop(DesktopUpdate::Ended(_)) = &event
                     && self.fullscreen == Some(id)
                 {

@@ -7,6 +7,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
+use ironrdp_cliprdr::CliprdrClient;
 use ironrdp_connector::sspi::generator::NetworkRequest;
 use ironrdp_connector::{
     ClientConnector, ConnectorError, ConnectorErrorKind, ConnectorResult, Credentials, DesktopSize,
@@ -23,10 +26,12 @@ use ironrdp_tokio::{FramedWrite as _, TokioFramed};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::clipboard::{self, ClientBackend, Note};
 use super::keys::KeyStroke;
 use super::stream::{ExpectRdp, NotRdp, SyncStream};
 use super::{DesktopInput, MouseButton};
 use crate::net::tls::{DesktopCertificate, RdpTlsStream, desktop_client_upgrade};
+use crate::util::lock;
 
 /// Who logs in to the desktop. The password never reaches `Debug`.
 #[derive(Clone)]
@@ -109,6 +114,8 @@ pub enum DesktopEvent {
     },
     /// The desktop has a new size; every pixel is stale until repainted.
     Resized { width: u16, height: u16 },
+    /// Something was copied on the desktop: its clipboard text.
+    Clipboard(String),
     /// The desktop ended the session, and why.
     Ended(String),
 }
@@ -134,6 +141,17 @@ pub struct DesktopSession<S> {
     pub security: DesktopSecurity,
     /// Where the pointer was last moved to: RDP puts a position on every pointer event.
     pointer: (u16, u16),
+    clipboard: Clipboard,
+}
+
+/// This side of the shared clipboard.
+struct Clipboard {
+    /// What the channel asked for while PDUs were processed, acted on after each one.
+    notes: Arc<Mutex<Vec<Note>>>,
+    /// This side's text, offered to the desktop.
+    local: Option<String>,
+    /// The channel is up: copies can be announced.
+    ready: bool,
 }
 
 impl<S> fmt::Debug for DesktopSession<S> {
@@ -162,7 +180,9 @@ where
     // The client address only fills a field of the Client Info PDU; inside the relay there is
     // no meaningful one.
     let client_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut connector = ClientConnector::new(config(login, options), client_addr);
+    let (backend, notes) = ClientBackend::new();
+    let mut connector = ClientConnector::new(config(login, options), client_addr)
+        .with_static_channel(CliprdrClient::new(Box::new(backend)));
     let should_upgrade = ironrdp_tokio::connect_begin(&mut framed, &mut connector)
         .await
         .map_err(|e| connector_error(e, false))?;
@@ -215,6 +235,11 @@ where
         channels,
         certificate,
         pointer: (0, 0),
+        clipboard: Clipboard {
+            notes,
+            local: None,
+            ready: false,
+        },
         security: if nla {
             DesktopSecurity::Nla
         } else {
@@ -469,7 +494,75 @@ where
                 _ => {}
             }
         }
+        self.serve_clipboard(&mut events).await?;
         Ok(events)
+    }
+
+    /// Puts `text` on the shared clipboard: the desktop is offered it (now, or once the
+    /// clipboard channel is up) and fetches it when something on it pastes.
+    pub async fn set_clipboard(&mut self, text: String) -> Result<(), DesktopError> {
+        self.clipboard.local = Some(text);
+        if !self.clipboard.ready {
+            return Ok(());
+        }
+        self.clipboard_send(|c| c.initiate_copy(&clipboard::text_formats()))
+            .await
+    }
+
+    /// Acts on what the clipboard channel asked for while the last PDU was processed.
+    async fn serve_clipboard(
+        &mut self,
+        events: &mut Vec<DesktopEvent>,
+    ) -> Result<(), DesktopError> {
+        let notes = std::mem::take(&mut *lock(&self.clipboard.notes));
+        for note in notes {
+            match note {
+                // The channel's start: this side's formats (none, until something is copied).
+                Note::FormatsWanted => {
+                    let formats = match self.clipboard.local {
+                        Some(_) => clipboard::text_formats(),
+                        None => Vec::new(),
+                    };
+                    self.clipboard_send(|c| c.initiate_copy(&formats)).await?;
+                }
+                Note::Ready => self.clipboard.ready = true,
+                // Fetched at once, as other clients do, so that the console's clipboard
+                // holds what was copied on the desktop.
+                Note::PeerCopied { text: true } => {
+                    self.clipboard_send(|c| c.initiate_paste(clipboard::TEXT))
+                        .await?;
+                }
+                Note::PeerCopied { text: false } => {}
+                Note::TextWanted => {
+                    let answer = clipboard::text_answer(self.clipboard.local.as_deref());
+                    self.clipboard_send(|c| c.submit_format_data(answer))
+                        .await?;
+                }
+                Note::Text(text) => events.push(DesktopEvent::Clipboard(text)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what `make` builds on the clipboard channel (if the desktop opened one).
+    async fn clipboard_send(
+        &mut self,
+        make: impl FnOnce(
+            &mut CliprdrClient,
+        ) -> ironrdp_pdu::PduResult<
+            ironrdp_cliprdr::CliprdrSvcMessages<ironrdp_cliprdr::Client>,
+        >,
+    ) -> Result<(), DesktopError> {
+        let Some(channel) = self.stage.get_svc_processor_mut::<CliprdrClient>() else {
+            return Ok(());
+        };
+        let messages =
+            make(channel).map_err(|e| DesktopError::Protocol(format!("clipboard: {e}")))?;
+        let bytes = self
+            .stage
+            .process_svc_processor_messages(messages)
+            .map_err(session_error)?;
+        self.write(&bytes).await
     }
 
     /// The Deactivation-Reactivation sequence (a server changing the desktop size, or
@@ -653,6 +746,7 @@ where
                 match event {
                     DesktopEvent::Painted { .. } | DesktopEvent::Resized { .. } => painted = true,
                     DesktopEvent::Ended(why) => return Ok(Settled::Ended(why)),
+                    DesktopEvent::Clipboard(_) => {}
                 }
             }
         }

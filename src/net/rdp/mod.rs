@@ -3,6 +3,7 @@
 //! with. IronRDP is used here only; its TLS goes through `net::tls` like every other.
 
 pub mod client;
+mod clipboard;
 pub mod keys;
 pub mod server;
 mod stream;

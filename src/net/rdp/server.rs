@@ -3,6 +3,7 @@
 //! is TLS with a self-signed certificate made the first time the desktop is opened; any user
 //! name and password are let in (the lab has no accounts on its desktops). Pictures go out as
 //! lossless bitmaps (RemoteFX is off), so what a client shows is exactly what was drawn.
+//! Clipboard text goes both ways (`clipboard.rs`).
 
 use std::num::{NonZeroU16, NonZeroUsize};
 use std::sync::{Arc, OnceLock};
@@ -15,6 +16,7 @@ use ironrdp_server::{
 };
 use tokio::sync::watch;
 
+use super::clipboard::ServerClipboard;
 use super::stream::SyncStream;
 use crate::net::tenant_redirector::LocalHandler;
 use crate::net::tls::{DesktopCertificate, Stream, TlsAcceptor, desktop_server_acceptor};
@@ -39,6 +41,21 @@ pub trait Desktop: Send + Sync + 'static {
     /// How often the picture changes by itself (a clock on it).
     fn refresh(&self) -> Duration {
         Duration::from_secs(1)
+    }
+    /// A client copied something with text in it; the text follows (as
+    /// [`Desktop::clipboard_received`]) once fetched. A paste meanwhile should wait for it.
+    fn clipboard_offered(&self) {}
+    /// Whether pictures may go out with RemoteFX (wavelet-coded, for screens that change
+    /// all over, like video) rather than only as lossless bitmaps.
+    fn remotefx(&self) -> bool {
+        false
+    }
+    /// Text a client copied, now this desktop's clipboard.
+    fn clipboard_received(&self, _text: String) {}
+    /// This desktop's own clipboard text, if it has a clipboard: clients are offered it
+    /// whenever it changes.
+    fn clipboard(&self) -> Option<watch::Receiver<String>> {
+        None
     }
 }
 
@@ -103,15 +120,21 @@ pub async fn serve_desktop(
     tls: TlsAcceptor,
     stream: impl Stream + 'static,
 ) -> Result<()> {
-    let codecs = ironrdp_pdu::rdp::capability_sets::server_codecs_capabilities(&["remotefx:off"])
+    let remotefx = if desktop.remotefx() {
+        "remotefx:on"
+    } else {
+        "remotefx:off"
+    };
+    let codecs = ironrdp_pdu::rdp::capability_sets::server_codecs_capabilities(&[remotefx])
         .map_err(|e| anyhow!("bitmap codecs: {e}"))?;
     let mut server = RdpServer::builder()
         // Only `run` listens on this address; one connection is served here.
         .with_addr(([127, 0, 0, 1], 0))
         .with_tls(tls)
         .with_input_handler(Input(desktop.clone()))
-        .with_display_handler(Display(desktop))
+        .with_display_handler(Display(desktop.clone()))
         .with_bitmap_codecs(codecs)
+        .with_cliprdr_factory(Some(Box::new(ServerClipboard::new(desktop))))
         .build();
     server
         .run_connection(SyncStream::new(stream))

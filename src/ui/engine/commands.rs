@@ -15,13 +15,13 @@ use crate::lab::{Lab, LabOptions};
 use crate::net::console::{ConsoleClient, ConsoleConfig};
 
 use super::EventSink;
+use super::desktop_link::{self, ToDesktop};
 use super::feed;
 use super::messages::{
     BackupRequest, Command, ConnState, DesktopRequest, DesktopUpdate, Event, PathPurpose,
     SessionEvent, TabId,
 };
-use super::{desktop_link, session};
-use crate::net::rdp::DesktopInput;
+use super::session;
 
 /// A client ready to use, and the lab it logs in to (kept alive by the dispatcher).
 type Ready = (Arc<ConsoleClient>, Option<Lab>);
@@ -45,7 +45,7 @@ struct Dispatcher {
     tabs: HashMap<TabId, TabTasks>,
     /// Each tab's desktop: its stop and its input. Apart from `tabs`, so retrying a tab's
     /// session leaves its desktop alone.
-    desktops: HashMap<TabId, (CancellationToken, mpsc::UnboundedSender<Vec<DesktopInput>>)>,
+    desktops: HashMap<TabId, (CancellationToken, mpsc::UnboundedSender<ToDesktop>)>,
     next_forward: u64,
 }
 
@@ -104,10 +104,9 @@ impl Dispatcher {
                 self.close_desktop(tab);
             }
             Command::OpenDesktop { tab, request } => self.open_desktop(tab, request),
-            Command::DesktopInput { tab, input } => {
-                if let Some((_, tx)) = self.desktops.get(&tab) {
-                    let _ = tx.send(input);
-                }
+            Command::DesktopInput { tab, input } => self.to_desktop(tab, ToDesktop::Input(input)),
+            Command::DesktopClipboard { tab, text } => {
+                self.to_desktop(tab, ToDesktop::Clipboard(text));
             }
             Command::CloseDesktop { tab } => self.close_desktop(tab),
             Command::Backup { tab, request } => self.backup(tab, request),
@@ -234,6 +233,14 @@ impl Dispatcher {
             self.sink.clone(),
             stop,
         ));
+    }
+
+    /// Passes something on to a tab's desktop, in order with what went before.
+    fn to_desktop(&self, tab: TabId, message: ToDesktop) {
+        if let Some((_, tx)) = self.desktops.get(&tab) {
+            // A desktop that has ended drops what comes after; its tab says it ended.
+            let _ = tx.send(message);
+        }
     }
 
     fn close_desktop(&mut self, tab: TabId) {

@@ -26,12 +26,20 @@ use super::session::Meter;
 /// How long the RDP handshake may take once the session is open.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the window passes on to an open desktop, in order.
+#[derive(Debug)]
+pub(super) enum ToDesktop {
+    Input(Vec<DesktopInput>),
+    /// Text for the desktop's clipboard.
+    Clipboard(String),
+}
+
 /// Opens the desktop and runs it until `stop`, the input channel closing, or its end.
 pub(super) async fn run(
     client: Arc<ConsoleClient>,
     tab: TabId,
     request: DesktopRequest,
-    input: mpsc::UnboundedReceiver<Vec<DesktopInput>>,
+    input: mpsc::UnboundedReceiver<ToDesktop>,
     sink: EventSink,
     stop: CancellationToken,
 ) {
@@ -46,7 +54,7 @@ pub(super) async fn run(
 async fn open_and_serve(
     client: &ConsoleClient,
     request: &DesktopRequest,
-    mut input: mpsc::UnboundedReceiver<Vec<DesktopInput>>,
+    mut input: mpsc::UnboundedReceiver<ToDesktop>,
     sink: &EventSink,
     tab: TabId,
 ) -> String {
@@ -138,6 +146,7 @@ async fn open_and_serve(
                             request.screen.reset(width, height, desktop.rgba());
                             say(DesktopUpdate::Resized { width, height });
                         }
+                        DesktopEvent::Clipboard(text) => say(DesktopUpdate::Clipboard(text)),
                         DesktopEvent::Ended(why) => return format!("the desktop ended the session: {why}"),
                     }
                 }
@@ -146,12 +155,16 @@ async fn open_and_serve(
                     sink.repaint();
                 }
             }
-            batch = input.recv() => {
-                let Some(batch) = batch else {
-                    desktop.disconnect().await;
-                    return "closed".into();
+            message = input.recv() => {
+                let sent = match message {
+                    Some(ToDesktop::Input(batch)) => desktop.send_input(&batch).await,
+                    Some(ToDesktop::Clipboard(text)) => desktop.set_clipboard(text).await,
+                    None => {
+                        desktop.disconnect().await;
+                        return "closed".into();
+                    }
                 };
-                if let Err(e) = desktop.send_input(&batch).await {
+                if let Err(e) = sent {
                     return e.to_string();
                 }
             }

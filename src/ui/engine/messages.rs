@@ -50,6 +50,12 @@ pub enum Command {
         tab: TabId,
         input: Vec<DesktopInput>,
     },
+    /// Put text on a tab's desktop's clipboard (the operator pasted into the desktop); sent
+    /// before the paste keys that follow it.
+    DesktopClipboard {
+        tab: TabId,
+        text: String,
+    },
     /// End a tab's desktop (the tab stays).
     CloseDesktop {
         tab: TabId,
@@ -209,6 +215,8 @@ pub enum DesktopUpdate {
         width: u16,
         height: u16,
     },
+    /// Something was copied on the desktop: the window's clipboard takes the text.
+    Clipboard(String),
     /// The desktop could not open or has ended, and why.
     Ended(String),
 }

@@ -2,7 +2,9 @@
 //! password; the user is remembered per tenant, the password only while the tab is open),
 //! then the picture, scaled to fit the tab, taking the keyboard when clicked (Right Ctrl
 //! gives it back) and the pointer while over it. Only the changed part of the picture is
-//! uploaded to the texture each frame. A desktop that ends says why and offers Reconnect.
+//! uploaded to the texture each frame. Clipboard text goes both ways: a paste into the
+//! picture puts the window's text on the desktop's clipboard, and what is copied on the
+//! desktop lands on the window's. A desktop that ends says why and offers Reconnect.
 
 use eframe::egui;
 use std::sync::Arc;
@@ -55,6 +57,8 @@ pub struct DesktopPane {
     buttons_down: Vec<MouseButton>,
     /// The size the view had when last drawn: what a new connection asks for.
     pub view_size: (u16, u16),
+    /// The text last copied on the desktop (the window's clipboard has it too).
+    pub copied: Option<String>,
 }
 
 impl DesktopPane {
@@ -78,6 +82,7 @@ impl DesktopPane {
             pointer: None,
             buttons_down: Vec::new(),
             view_size: (1024, 768),
+            copied: None,
         }
     }
 
@@ -124,6 +129,14 @@ impl DesktopPane {
             DesktopUpdate::Resized { width, height } => {
                 self.size = (width, height);
                 Some(format!("desktop resized to {width}x{height}"))
+            }
+            DesktopUpdate::Clipboard(text) => {
+                let note = format!(
+                    "copied on the desktop: {} characters, now on this computer's clipboard",
+                    text.chars().count()
+                );
+                self.copied = Some(text);
+                Some(note)
             }
             DesktopUpdate::Ended(reason) => {
                 self.state = DesktopState::Ended(reason.clone());
@@ -395,7 +408,12 @@ pub fn picture_ui(
         let y = ((pos.y - rect.min.y) / scale).clamp(0.0, (h - 1) as f32);
         (x as u16, y as u16)
     };
-    let events = ui.input(|i| i.events.clone());
+    let (events, modifiers) = ui.input(|i| (i.events.clone(), i.modifiers));
+    if focused {
+        // Modifiers let go of since the last frame (Ctrl after a paste chord, which comes
+        // as a paste and not as keys) are let go of on the desktop too.
+        pane.keyboard.sync_modifiers(modifiers, input);
+    }
     for event in events {
         match event {
             Event::Key {
@@ -423,7 +441,12 @@ pub fn picture_ui(
             Event::Text(text) if focused => pane.keyboard.on_text(&text, input),
             Event::Copy if focused => pane.keyboard.on_shortcut(Key::C, input),
             Event::Cut if focused => pane.keyboard.on_shortcut(Key::X, input),
-            Event::Paste(_) if focused => pane.keyboard.on_shortcut(Key::V, input),
+            // The window's text goes to the desktop's clipboard first, then Ctrl+V pastes it
+            // there (egui sees a paste, not the keys, so the clipboard is current).
+            Event::Paste(text) if focused => {
+                actions.push(Action::Engine(Command::DesktopClipboard { tab: id, text }));
+                pane.keyboard.on_shortcut(Key::V, input);
+            }
             Event::PointerMoved(pos) if rect.contains(pos) => {
                 let at = to_remote(pos);
                 if pane.pointer != Some(at) {

@@ -19,6 +19,14 @@ const RIGHT_ALT: (u8, bool) = (0x38, true);
 const DELETE: (u8, bool) = (0x53, true);
 
 /// The scan code of a key and whether it is an extended (0xE0) one.
+/// Whether the window follows this key's press with the text it types (letters, digits,
+/// punctuation, space), as opposed to keys that type nothing (Enter, arrows, F-keys).
+fn makes_text(key: Key) -> bool {
+    use Key::*;
+    !matches!(key, ArrowDown | ArrowLeft | ArrowRight | ArrowUp)
+        && (key == Space || key.symbol_or_name().chars().count() == 1)
+}
+
 pub fn scancode(key: Key) -> Option<(u8, bool)> {
     use Key::*;
     let plain = |code| Some((code, false));
@@ -154,7 +162,7 @@ impl Keyboard {
 
     /// Presses or releases the left Shift, Ctrl and Alt so the remote side holds what
     /// `modifiers` says (for windows that report modifiers only as flags on other keys).
-    fn sync_modifiers(&mut self, modifiers: Modifiers, out: &mut Vec<DesktopInput>) {
+    pub fn sync_modifiers(&mut self, modifiers: Modifiers, out: &mut Vec<DesktopInput>) {
         for (wanted, left, right) in [
             (modifiers.shift, LEFT_SHIFT, RIGHT_SHIFT),
             (modifiers.ctrl, LEFT_CTRL, RIGHT_CTRL),
@@ -190,9 +198,10 @@ impl Keyboard {
         }
         self.sync_modifiers(modifiers, out);
         if pressed {
-            // Ctrl or Alt chords make no text; everything else does, and that text is this
-            // key's, already sent.
-            self.swallow_text = !(modifiers.ctrl || modifiers.alt || modifiers.command);
+            // The text a character key makes is this key's, already sent; Ctrl or Alt
+            // chords and keys such as Enter or the arrows make none.
+            self.swallow_text =
+                makes_text(key) && !(modifiers.ctrl || modifiers.alt || modifiers.command);
             // A repeat is a second press without a release, as a keyboard sends it.
             self.held.remove(&code);
         }
@@ -343,6 +352,12 @@ mod tests {
                 }
             ]
         );
+        // Enter types no text of its own, so text that follows it is not dropped.
+        out.clear();
+        keyboard.on_key(Key::Enter, true, Modifiers::NONE, &mut out);
+        keyboard.on_key(Key::Enter, false, Modifiers::NONE, &mut out);
+        keyboard.on_text("b", &mut out);
+        assert_eq!(out.len(), 4, "{out:?}");
     }
 
     #[test]
