@@ -96,6 +96,9 @@ pub fn init_tracing(cli: &Cli) {
         (1, _) => "debug",
         _ => "trace",
     };
+    // IronRDP's server warns of every bitmap that took over 10 ms to encode; for the lab's
+    // and the bench's desktops that is the normal case, not news.
+    let default = format!("{default},ironrdp_server::encoder=error");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
