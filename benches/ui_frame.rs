@@ -1,6 +1,8 @@
 //! Frame time of the console window with 10,000 tenants in the list: the egui pass
 //! (layout of the visible rows, view rebuilds after sorting and live changes) and its
-//! tessellation, timed over many frames. `cargo bench --bench ui_frame`.
+//! tessellation, timed over many frames; then with a 1920x1080 remote desktop open whose
+//! every pixel changes each frame (the texture upload included). `cargo bench --bench
+//! ui_frame`.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +11,8 @@ use egui_kittest::Harness;
 
 use rac::ui::ConsoleApp;
 use rac::ui::engine::ConnState;
+use rac::ui::session_tab::SessionTab;
+use rac::ui::session_tab::desktop::{DesktopPane, DesktopState};
 use rac::ui::tenant_list::SortKey;
 use rac::wire::protocol::{TenantInfo, TenantStatus};
 
@@ -148,4 +152,31 @@ fn main() {
         h.state_mut().tenants.search = format!("{}", i % 10);
     });
     stats("new search every frame: egui pass", pass);
+
+    // A desktop tab streaming: every frame, the whole 1920x1080 screen changes, as the
+    // engine paints it after decoding; the window uploads it and draws it scaled to fit.
+    let (w, h) = (1920u16, 1080u16);
+    let mut pane = DesktopPane::new("rdp".into(), "bench".into(), String::new());
+    pane.state = DesktopState::Live;
+    pane.size = (w, h);
+    let screen = pane.screen.clone();
+    let mut rgba = vec![0xffu8; usize::from(w) * usize::from(h) * 4];
+    screen.reset(w, h, &rgba);
+    {
+        let app = harness.state_mut();
+        app.tabs
+            .push(SessionTab::desktop_only(1, "bench-tenant".into(), pane));
+        app.active = Some(1);
+    }
+    harness.run_steps(3);
+    let (pass, tess) = time_frames(&mut harness, FRAMES, &mut |_, i| {
+        let shade = (i % 200) as u8;
+        for (j, pixel) in rgba.chunks_exact_mut(4).enumerate() {
+            pixel[0] = shade.wrapping_add(j as u8);
+            pixel[1] = shade;
+        }
+        screen.paint(&rgba, 0, 0, w - 1, h - 1);
+    });
+    stats("1080p desktop, all pixels every frame: pass", pass);
+    stats("1080p desktop: tessellation", tess);
 }

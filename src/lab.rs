@@ -13,6 +13,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod desktop;
+mod font;
+
 use crate::net::cloud_redirector::{self, SpEngine};
 use crate::net::console::ConsoleConfig;
 use crate::net::dial::Route;
@@ -23,7 +26,9 @@ use crate::net::tenant_redirector::{
 use crate::net::tls::Trust;
 use crate::sp::config::{SpConfig, StateDir};
 use crate::sp::registry::Registry;
-use crate::tenant::backup::{SERVICE_NAME, ServiceConfig, Store, generate_for_index};
+use crate::tenant::backup::{
+    BackupService, SERVICE_NAME, ServiceConfig, Store, generate_for_index,
+};
 use crate::util::now_unix_secs;
 
 /// What to build.
@@ -201,8 +206,10 @@ impl Lab {
         for (index, (name, secret, provider_access)) in secrets.into_iter().enumerate() {
             let backup = {
                 let name = name.clone();
-                crate::net::backup_host::host_backup_service(
-                    Store::new(backup_dir.join(format!("{name}.json"))),
+                let store = Store::new(backup_dir.join(format!("{name}.json")));
+                let path = store.path().display().to_string();
+                BackupService::open(
+                    store,
                     ServiceConfig {
                         // Lab job runs finish in a minute or two instead of an hour.
                         sim_speed: 30.0,
@@ -210,10 +217,14 @@ impl Lab {
                         ..ServiceConfig::default()
                     },
                     move || generate_for_index(index, &name, now_unix_secs()),
-                    &shutdown,
-                    &tracker,
-                )?
+                )
+                .with_context(|| format!("opening the backup service state {path}"))?
             };
+            tracker.spawn(crate::tenant::backup::simulate(
+                backup.clone(),
+                shutdown.clone(),
+            ));
+            let desktop = desktop::LabDesktop::new(&name, backup.clone());
             let config = RedirectorConfig {
                 tenant: name.clone(),
                 secret,
@@ -221,7 +232,7 @@ impl Lab {
                 trust: Trust::CaFile(init.ca_cert.clone()),
                 server_name: "localhost".into(),
                 allow_provider_access: provider_access,
-                services: lab_services(backup),
+                services: lab_services(&name, backup, desktop),
                 backoff_base: Duration::from_millis(200),
                 backoff_max: Duration::from_secs(5),
                 ..RedirectorConfig::defaults()
@@ -320,10 +331,25 @@ impl Drop for Lab {
     }
 }
 
-/// The services every lab tenant offers: its backup server, and an echo for tests.
-fn lab_services(backup: LocalHandler) -> std::collections::BTreeMap<String, ServiceTarget> {
+/// The services every lab tenant offers: its backup server, its desktop, and an echo for
+/// tests.
+fn lab_services(
+    tenant: &str,
+    backup: Arc<BackupService>,
+    desktop: Arc<desktop::LabDesktop>,
+) -> std::collections::BTreeMap<String, ServiceTarget> {
     let mut services = std::collections::BTreeMap::new();
-    services.insert(SERVICE_NAME.to_string(), ServiceTarget::Local(backup));
+    services.insert(
+        SERVICE_NAME.to_string(),
+        ServiceTarget::Local(crate::net::backup_host::handler(backup)),
+    );
+    services.insert(
+        crate::net::rdp::SERVICE_NAME.to_string(),
+        ServiceTarget::Local(crate::net::rdp::server::desktop_handler(
+            desktop,
+            vec![tenant.to_string()],
+        )),
+    );
     services.insert("echo".to_string(), ServiceTarget::Local(echo_service()));
     services
 }

@@ -368,3 +368,151 @@ fn a_port_forward_from_a_session_carries_bytes() {
     conn.read_exact(&mut back).expect("echo");
     assert_eq!(&back, b"through the tunnel");
 }
+
+/// Whether the tab's desktop picture shows `region` of what the lab draws for `scribbles`.
+fn desktop_shows(
+    h: &Harness<'static, ConsoleApp>,
+    tab: u64,
+    scribbles: &rac::lab::desktop::Scribbles,
+    region: rac::lab::desktop::Region,
+) -> bool {
+    use rac::lab::desktop as lab_desktop;
+    let Some(pane) = h.state().tab(tab).and_then(|t| t.desktop.as_ref()) else {
+        return false;
+    };
+    let (width, height) = (
+        usize::from(lab_desktop::WIDTH),
+        usize::from(lab_desktop::HEIGHT),
+    );
+    if pane.screen.size() != (width, height) {
+        return false;
+    }
+    let mut bgra = vec![0; width * height * 4];
+    let view = lab_desktop::ScreenView {
+        tenant: "acme".into(),
+        host: String::new(),
+        jobs: Vec::new(),
+    };
+    lab_desktop::draw_screen(&mut bgra, &view, scribbles, 0);
+    (region.y..region.y + region.height).all(|y| {
+        (region.x..region.x + region.width).all(|x| {
+            let at = (y * width + x) * 4;
+            pane.screen.pixel(x, y) == Some([bgra[at + 2], bgra[at + 1], bgra[at]])
+        })
+    })
+}
+
+#[test]
+fn the_desktop_view_shows_the_lab_screen_takes_input_and_closes_with_the_tab() {
+    use rac::lab::desktop::{self as lab_desktop, Scribbles};
+    let mut w = world(small_lab(false));
+    let h = &mut w.harness;
+    wait_for_tenants(h, 6);
+    assert!(
+        h.state()
+            .tenants
+            .get("acme")
+            .is_some_and(|t| t.services.iter().any(|s| s == "rdp")),
+        "lab tenants offer a desktop"
+    );
+    let tab = open_tenant(h, "acme");
+    wait_until(h, "the backup session to open", |h| {
+        h.state()
+            .tab(tab)
+            .is_some_and(|t| t.state == TabState::Open)
+    });
+    h.get_by_label("Desktop").click();
+    h.run_steps(2);
+    ui_support::fill(h, Role::TextInput, "User", "operator");
+    ui_support::fill(h, Role::PasswordInput, "Desktop password", "pw-never-saved");
+    h.get_by_label("Connect to the desktop").click();
+    wait_until(h, "the desktop to connect", |h| {
+        h.state()
+            .tab(tab)
+            .and_then(|t| t.desktop.as_ref())
+            .is_some_and(|d| d.is_live())
+    });
+    // The lab server's screen, its title in particular, is what the view holds.
+    wait_until(h, "the lab's title on the picture", |h| {
+        desktop_shows(
+            h,
+            tab,
+            &Scribbles::default(),
+            lab_desktop::title_region("acme"),
+        )
+    });
+    let remembered = h.state().settings.desktop_logins.values().next().cloned();
+    assert_eq!(remembered.map(|l| l.user), Some("operator".to_string()));
+    let saved = serde_json::to_string(&h.state().settings).expect("settings");
+    assert!(
+        !saved.contains("pw-never-saved"),
+        "the desktop password is not kept in the settings: {saved}"
+    );
+
+    // A click leaves a mark where it landed; the picture then takes the keyboard.
+    let picture = "Remote desktop (1024x768)";
+    h.get_by_label(picture).click();
+    h.run_steps(2);
+    assert!(
+        h.state().tab(tab).is_some_and(|t| t.desktop_has_keyboard()),
+        "clicking the picture gives it the keyboard"
+    );
+    wait_until(h, "a click mark near the middle of the screen", |h| {
+        let pane = h.state().tab(tab).and_then(|t| t.desktop.as_ref());
+        pane.is_some_and(|pane| {
+            (500..524)
+                .any(|x| (372..396).any(|y| pane.screen.pixel(x, y) == Some(lab_desktop::MARK)))
+        })
+    });
+    h.get_by_label(picture).type_text("Hi, lab!");
+    h.run_steps(1);
+    h.key_press(egui::Key::Enter);
+    h.run_steps(1);
+    let mut typed = Scribbles::default();
+    typed.type_text("Hi, lab!\n");
+    wait_until(h, "the typed text on the picture", |h| {
+        desktop_shows(h, tab, &typed, lab_desktop::TYPING)
+    });
+
+    // The clipboard both ways. A paste into the picture puts the window's text on the
+    // desktop's clipboard, then pastes it there (the lab types what Ctrl+V pastes)...
+    h.event(egui::Event::Paste("from the console".into()));
+    h.run_steps(1);
+    typed.receive_clipboard("from the console");
+    typed.type_text("from the console");
+    wait_until(h, "the pasted text on the picture", |h| {
+        desktop_shows(h, tab, &typed, lab_desktop::TYPING)
+    });
+    // ...and what is copied on the desktop (the lab's Ctrl+C copies the last line typed)
+    // lands on the window's clipboard.
+    h.key_press(egui::Key::Enter);
+    h.get_by_label(picture).type_text("copy me");
+    h.run_steps(1);
+    h.event(egui::Event::Copy);
+    wait_until(h, "the desktop's copy on the window's clipboard", |h| {
+        h.state()
+            .tab(tab)
+            .and_then(|t| t.desktop.as_ref())
+            .is_some_and(|d| d.copied.as_deref() == Some("copy me"))
+    });
+    // Right Ctrl gives the keyboard back, and the window's shortcuts work again.
+    h.key_press(egui::Key::ControlRight);
+    h.run_steps(2);
+    assert!(!h.state().tab(tab).is_some_and(|t| t.desktop_has_keyboard()));
+
+    // Closing the tab ends both of its sessions at the SP.
+    wait_until(h, "the SP to count two sessions", |h| {
+        h.state()
+            .tenants
+            .get("acme")
+            .is_some_and(|t| t.open_sessions == 2)
+    });
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::W);
+    wait_until(h, "the SP to count none", |h| {
+        h.state().tab(tab).is_none()
+            && h.state()
+                .tenants
+                .get("acme")
+                .is_some_and(|t| t.open_sessions == 0)
+    });
+}

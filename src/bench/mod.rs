@@ -8,6 +8,7 @@
 //! This file holds the options and runs the sections in order; `relay.rs` measures bytes
 //! through the relay, `tenants.rs` the idle tenants at scale.
 
+mod desktop;
 mod load;
 mod machine;
 mod procs;
@@ -90,6 +91,9 @@ pub enum Section {
     List,
     /// Time for every tenant to come back after the SP is killed and restarted.
     Storm,
+    /// Remote desktops: key-to-pixel latency, a 1080p full-screen stream, and the console's
+    /// memory and idle CPU per desktop.
+    Desktop,
 }
 
 /// The options with their defaults filled in.
@@ -103,6 +107,7 @@ struct Opts {
     opens: usize,
     gateway_conns: usize,
     slow_sessions: usize,
+    desktop: desktop::DesktopOpts,
     sections: Vec<Section>,
 }
 
@@ -135,6 +140,12 @@ impl Opts {
                 .unwrap_or((if q { 20 } else { GATEWAY_CONNS }).min(room / 2))
                 .max(1),
             slow_sessions: a.slow_sessions.unwrap_or(if q { 2 } else { 16 }).max(1),
+            desktop: desktop::DesktopOpts {
+                presses: if q { 20 } else { 300 },
+                stream_secs: if q { 2 } else { 10 },
+                held: 4,
+                idle_secs: if q { 3 } else { 10 },
+            },
             sections: if a.only.is_empty() {
                 Section::value_variants().to_vec()
             } else {
@@ -237,6 +248,11 @@ async fn bench(o: Opts) -> Result<Report> {
     )
     .await?;
 
+    // First in this process, so that no memory freed by other sections hides what the
+    // console's desktops take.
+    if o.has(Section::Desktop) {
+        desktop::desktop_section(&world, &o.desktop, &mut report, progress).await?;
+    }
     // First on a fresh SP, so no memory freed by earlier sessions hides what it takes.
     if o.has(Section::Slow) {
         progress("slow readers");

@@ -162,13 +162,22 @@ pub fn remove_executable_copy() {
 
 /// User plus system CPU seconds of a process, all its threads, dead ones included.
 pub fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// User plus system CPU seconds of the calling thread.
+pub fn thread_cpu_secs() -> Result<f64> {
+    stat_cpu_secs("/proc/thread-self/stat")
+}
+
+/// The user and system times of a `stat` file of /proc.
+fn stat_cpu_secs(path: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat"))?;
+        .ok_or_else(|| anyhow!("unexpected {path}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
     let tick = |i: usize| -> Result<f64> {
@@ -176,7 +185,7 @@ pub fn cpu_secs(pid: u32) -> Result<f64> {
             .get(i)
             .and_then(|f| f.parse::<u64>().ok())
             .map(|t| t as f64 / CLK_TCK)
-            .ok_or_else(|| anyhow!("no field {} in /proc/{pid}/stat", i + 3))
+            .ok_or_else(|| anyhow!("no field {} in {path}", i + 3))
     };
     Ok(tick(11)? + tick(12)?)
 }

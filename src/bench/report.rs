@@ -13,6 +13,8 @@ use super::machine::Machine;
 pub enum Check {
     /// The value must be at most this.
     AtMost(f64),
+    /// The value must be at least this.
+    AtLeast(f64),
     /// The ratio (value / direct) must be at least this.
     RatioAtLeast(f64),
 }
@@ -84,6 +86,7 @@ impl Report {
         let ratio = direct.and_then(|(d, _)| (d != 0.0).then_some(value / d));
         let pass = target.map(|(_, check)| match check {
             Check::AtMost(max) => value <= max,
+            Check::AtLeast(min) => value >= min,
             Check::RatioAtLeast(min) => ratio.is_some_and(|r| r >= min),
         });
         let figure = Figure {

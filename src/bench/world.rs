@@ -2,6 +2,7 @@
 //! process, the tenant services the sessions reach (in this process, on loopback), one full
 //! tenant redirector serving them, and a logged-in console.
 
+use super::desktop::{INPUT_SERVICE, InputDesktop, STREAM_SERVICE, StreamDesktop};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,9 @@ pub struct World {
     pub idle_tenants: Vec<(String, String)>,
     pub source_addr: SocketAddr,
     pub echo_addr: SocketAddr,
+    /// The bench desktops' RDP servers (also the bench tenant's desktop services).
+    pub input_desktop_addr: SocketAddr,
+    pub stream_desktop_addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -96,6 +100,8 @@ impl World {
         let tasks = TaskTracker::new();
         let source_addr = serve(&tasks, &shutdown, source_conn).await?;
         let echo_addr = serve(&tasks, &shutdown, echo_conn).await?;
+        let input_desktop_addr = desktop_service(&tasks, &shutdown, InputDesktop::new()).await?;
+        let stream_desktop_addr = desktop_service(&tasks, &shutdown, StreamDesktop::new()).await?;
 
         let sp = spawn_sp(&state, "127.0.0.1:0", dir.path())?;
         let sp_addr = sp.addr;
@@ -123,6 +129,12 @@ impl World {
             ServiceTarget::Tcp(source_addr.to_string()),
         );
         services.insert(ECHO.into(), ServiceTarget::Tcp(echo_addr.to_string()));
+        for (name, addr) in [
+            (INPUT_SERVICE, input_desktop_addr),
+            (STREAM_SERVICE, stream_desktop_addr),
+        ] {
+            services.insert(name.into(), ServiceTarget::Tcp(addr.to_string()));
+        }
         let config = RedirectorConfig {
             tenant: BENCH_TENANT.into(),
             secret: bench_secret,
@@ -163,6 +175,8 @@ impl World {
             idle_tenants: idle,
             source_addr,
             echo_addr,
+            input_desktop_addr,
+            stream_desktop_addr,
             shutdown,
             tasks,
             dir,
@@ -289,6 +303,23 @@ where
         }
     });
     Ok(addr)
+}
+
+/// Serves `desktop` over RDP on a port-0 loopback listener.
+async fn desktop_service(
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+    desktop: Arc<dyn crate::net::rdp::server::Desktop>,
+) -> Result<SocketAddr> {
+    let handler = crate::net::rdp::server::desktop_handler(desktop, vec!["localhost".into()]);
+    serve(tasks, shutdown, move |tcp| {
+        let handler = handler.clone();
+        async move {
+            handler(Box::new(tcp)).await;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Size of the buffers the services and load generators read and write with.

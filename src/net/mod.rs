@@ -10,6 +10,7 @@ pub mod dial;
 pub mod gateway;
 pub mod proxy_protocol;
 pub mod pushed_pool;
+pub mod rdp;
 pub mod splice;
 pub mod tenant_redirector;
 pub mod tls;

@@ -7,6 +7,12 @@ use super::export::ExportClick;
 #[derive(Debug)]
 pub enum Action {
     OpenTenant(String),
+    /// Connect the tab's desktop with the credentials its Desktop view holds.
+    OpenDesktop(TabId),
+    /// Forget the certificate pinned for the tab's desktop.
+    ForgetDesktopPin(TabId),
+    /// Show the tab's desktop alone on the whole screen, or stop.
+    ToggleFullscreen(TabId),
     CloseTab(TabId),
     Retry(TabId),
     ExportTenants,

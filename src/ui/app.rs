@@ -2,7 +2,7 @@
 //! a small time budget, and the panels' [`Action`](super::action::Action)s applied after drawing.
 
 use eframe::egui;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,10 @@ use super::connect_dialog::{ConnectDialog, Profile, connect_dialog_ui};
 use super::engine::{
     self, Command, ConnState, EngineHandle, Event, LabFacts, PathPurpose, Runtime, TabId,
 };
+use super::engine::{DesktopRequest, DesktopUpdate, SessionEvent};
 use super::export::{ExportClick, ExportForm, export_form_ui};
-use super::session_tab::{SessionTab, TabState, session_tab_ui};
+use super::session_tab::desktop::picture_ui;
+use super::session_tab::{DesktopPane, SessionTab, TabState, session_tab_ui};
 use super::status_bar::{StatusFacts, status_bar_ui};
 use super::tenant_list::{ListSettings, TenantList, tenant_list_ui};
 
@@ -40,6 +42,17 @@ pub struct Settings {
     pub list: ListSettings,
     pub profiles: Vec<Profile>,
     pub selected_profile: usize,
+    /// Per SP and tenant ("sp-address/tenant"): who logs in to its desktop.
+    pub desktop_logins: BTreeMap<String, DesktopLoginName>,
+    /// Per SP and tenant: the desktop certificate's SHA-256, pinned on first use.
+    pub desktop_pins: BTreeMap<String, String>,
+}
+
+/// The remembered part of a desktop login: never the password.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct DesktopLoginName {
+    pub user: String,
+    pub domain: String,
 }
 
 /// Lab window or a real SP.
@@ -71,6 +84,12 @@ pub struct ConsoleApp {
     applied_theme: Option<Theme>,
     /// While set, engine events wait in their channel (tests freeze the view for snapshots).
     pub paused: bool,
+    /// The tab whose desktop fills the screen.
+    pub fullscreen: Option<TabId>,
+    /// Desktop pins in the lab: its desktops' certificates are new each run, so they are
+    /// kept for this run only.
+    lab_pins: BTreeMap<String, String>,
+    ctx: egui::Context,
 }
 
 impl ConsoleApp {
@@ -102,6 +121,9 @@ impl ConsoleApp {
             notice: None,
             applied_theme: None,
             paused: false,
+            fullscreen: None,
+            lab_pins: BTreeMap::new(),
+            ctx: cc.egui_ctx.clone(),
         };
         if let Some(options) = lab_options {
             app.conn = ConnState::StartingLab;
@@ -152,6 +174,25 @@ impl ConsoleApp {
             Event::TenantChanged(t) => self.tenants.upsert(t),
             Event::TenantRemoved(name) => self.tenants.remove(&name),
             Event::Session(id, event) => {
+                if let SessionEvent::Desktop(DesktopUpdate::Connected {
+                    fingerprint,
+                    first_use: true,
+                    ..
+                }) = &event
+                    && let Some(tab) = self.tab(id)
+                {
+                    let key = self.desktop_key(&tab.tenant.clone());
+                    let pin = crate::wire::format_fingerprint(fingerprint);
+                    self.pins_mut().insert(key, pin);
+                }
+                if let SessionEvent::Desktop(DesktopUpdate::Clipboard(text)) = &event {
+                    self.ctx.copy_text(text.clone());
+                }
+                if let SessionEvent::Desktop(DesktopUpdate::Ended(_)) = &event
+                    && self.fullscreen == Some(id)
+                {
+                    self.set_fullscreen(None);
+                }
                 if let Some(tab) = self.tab_mut(id) {
                     tab.apply(event);
                 }
@@ -212,6 +253,10 @@ impl ConsoleApp {
     }
 
     fn shortcuts(&mut self, ctx: &egui::Context, actions: &mut Vec<Action>) {
+        if self.tabs.iter().any(|t| t.desktop_has_keyboard()) {
+            // The desktop takes every key until it gives the keyboard back.
+            return;
+        }
         let (find, close, next, prev) = ctx.input_mut(|i| {
             (
                 i.consume_key(Modifiers::COMMAND, Key::F),
@@ -278,6 +323,24 @@ impl ConsoleApp {
                         });
                     }
                 }
+                Action::OpenDesktop(id) => self.open_desktop(id),
+                Action::ForgetDesktopPin(id) => {
+                    if let Some(tenant) = self.tab(id).map(|t| t.tenant.clone()) {
+                        let key = self.desktop_key(&tenant);
+                        self.pins_mut().remove(&key);
+                        if let Some(pane) = self.tab_mut(id).and_then(|t| t.desktop.as_mut()) {
+                            pane.pinned = None;
+                        }
+                    }
+                }
+                Action::ToggleFullscreen(id) => {
+                    let next = if self.fullscreen == Some(id) {
+                        None
+                    } else {
+                        Some(id)
+                    };
+                    self.set_fullscreen(next);
+                }
                 Action::ExportTenants => {
                     if self.tenant_export.is_none() {
                         self.tenant_export = Some(ExportForm::new(
@@ -305,7 +368,8 @@ impl ConsoleApp {
         }
     }
 
-    /// A new tab for `name`, or the open one.
+    /// A new tab for `name`, or the open one. Its session goes to the backup service (or the
+    /// first other service); a tenant that offers a desktop gets the Desktop view too.
     fn open_tenant(&mut self, name: String) {
         if let Some(tab) = self
             .tabs
@@ -316,22 +380,122 @@ impl ConsoleApp {
             return;
         }
         let backup = crate::tenant::backup::SERVICE_NAME;
-        let service = match self.tenants.get(&name) {
-            Some(t) if !t.services.iter().any(|s| s == backup) && !t.services.is_empty() => {
-                t.services[0].clone()
-            }
-            _ => backup.to_string(),
+        let desktop_service = crate::net::rdp::SERVICE_NAME;
+        let services = self
+            .tenants
+            .get(&name)
+            .map(|t| t.services.clone())
+            .unwrap_or_default();
+        let service = if services.is_empty() || services.iter().any(|s| s == backup) {
+            Some(backup.to_string())
+        } else {
+            services.iter().find(|s| *s != desktop_service).cloned()
         };
+        let desktop = services
+            .iter()
+            .any(|s| s == desktop_service)
+            .then(|| self.desktop_pane(&name, desktop_service));
         let id = self.next_tab;
         self.next_tab += 1;
-        self.tabs
-            .push(SessionTab::new(id, name.clone(), service.clone()));
+        let tab = match (service, desktop) {
+            (None, Some(desktop)) => SessionTab::desktop_only(id, name.clone(), desktop),
+            (service, desktop) => {
+                let service = service.unwrap_or_else(|| backup.to_string());
+                self.engine.send(Command::OpenSession {
+                    tab: id,
+                    tenant: name.clone(),
+                    service: service.clone(),
+                });
+                let mut tab = SessionTab::new(id, name, service);
+                tab.desktop = desktop;
+                tab
+            }
+        };
+        self.tabs.push(tab);
         self.active = Some(id);
-        self.engine.send(Command::OpenSession {
-            tab: id,
-            tenant: name,
-            service,
-        });
+    }
+
+    /// Where a tenant's desktop login and pin are kept: per SP, since two SPs may each
+    /// have a tenant of that name.
+    fn desktop_key(&self, tenant: &str) -> String {
+        let sp = match (self.mode, &self.lab) {
+            (Mode::Lab, Some(lab)) => lab.sp.clone(),
+            _ => self
+                .settings
+                .profiles
+                .get(self.settings.selected_profile)
+                .map(|p| p.sp_address.clone())
+                .unwrap_or_default(),
+        };
+        format!("{sp}/{tenant}")
+    }
+
+    fn pins_mut(&mut self) -> &mut BTreeMap<String, String> {
+        match self.mode {
+            Mode::Lab => &mut self.lab_pins,
+            Mode::Console => &mut self.settings.desktop_pins,
+        }
+    }
+
+    fn desktop_pane(&mut self, tenant: &str, service: &str) -> DesktopPane {
+        let key = self.desktop_key(tenant);
+        let login = self
+            .settings
+            .desktop_logins
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        let mut pane = DesktopPane::new(service.to_string(), login.user, login.domain);
+        pane.pinned = self
+            .pins_mut()
+            .get(&key)
+            .and_then(|pin| crate::wire::parse_fingerprint(pin).ok());
+        pane
+    }
+
+    /// Sends the tab's desktop login to the engine and remembers the user name.
+    fn open_desktop(&mut self, id: TabId) {
+        let Some(tenant) = self.tab(id).map(|t| t.tenant.clone()) else {
+            return;
+        };
+        let key = self.desktop_key(&tenant);
+        let pin = self
+            .pins_mut()
+            .get(&key)
+            .and_then(|pin| crate::wire::parse_fingerprint(pin).ok());
+        let Some(pane) = self.tab_mut(id).and_then(|t| t.desktop.as_mut()) else {
+            return;
+        };
+        let user = pane.user.trim().to_string();
+        let domain = pane.domain.trim().to_string();
+        pane.pinned = pin;
+        pane.state = super::session_tab::DesktopState::Connecting("starting".into());
+        let request = DesktopRequest {
+            tenant,
+            service: pane.service.clone(),
+            login: crate::net::rdp::client::DesktopLogin {
+                user: user.clone(),
+                domain: (!domain.is_empty()).then(|| domain.clone()),
+                password: pane.password.clone(),
+            },
+            pin,
+            width: pane.view_size.0,
+            height: pane.view_size.1,
+            screen: pane.screen.clone(),
+        };
+        self.settings
+            .desktop_logins
+            .insert(key, DesktopLoginName { user, domain });
+        self.engine.send(Command::OpenDesktop { tab: id, request });
+    }
+
+    fn set_fullscreen(&mut self, tab: Option<TabId>) {
+        self.fullscreen = tab;
+        if let Some(id) = tab {
+            self.active = Some(id);
+        }
+        self.ctx
+            .send_viewport_cmd(egui::ViewportCommand::Fullscreen(tab.is_some()));
     }
 
     fn apply_theme(&mut self, ctx: &egui::Context) {
@@ -503,6 +667,56 @@ impl ConsoleApp {
     }
 }
 
+impl ConsoleApp {
+    /// Full screen: the one desktop, nothing else, and a way back. `false` when not in
+    /// full screen (or its tab is gone).
+    fn fullscreen_ui(&mut self, ui: &mut Ui, actions: &mut Vec<Action>) -> bool {
+        let Some(id) = self.fullscreen else {
+            return false;
+        };
+        let Some(tab) = self.tabs.iter_mut().find(|t| t.id == id) else {
+            self.set_fullscreen(None);
+            return false;
+        };
+        let Some(pane) = tab.desktop.as_mut().filter(|d| d.is_live()) else {
+            self.set_fullscreen(None);
+            return false;
+        };
+        egui::CentralPanel::default()
+            .frame(egui::Frame::NONE.fill(egui::Color32::BLACK))
+            .show(ui, |ui| {
+                ui.horizontal(|ui| {
+                    if ui
+                        .small_button("Exit full screen")
+                        .on_hover_text("Or Ctrl+Alt+Enter while the desktop has the keyboard")
+                        .clicked()
+                    {
+                        actions.push(Action::ToggleFullscreen(id));
+                    }
+                    ui.label(
+                        RichText::new(format!(
+                            "{} · {}",
+                            tab.tenant,
+                            if pane.grabbed {
+                                "Right Ctrl releases the keyboard"
+                            } else {
+                                "click the picture to type into the desktop"
+                            }
+                        ))
+                        .weak()
+                        .small(),
+                    );
+                });
+                let mut input = Vec::new();
+                picture_ui(ui, id, pane, actions, &mut input);
+                if !input.is_empty() {
+                    actions.push(Action::Engine(Command::DesktopInput { tab: id, input }));
+                }
+            });
+        true
+    }
+}
+
 fn waiting_ui(ui: &mut Ui, headline: &str, detail: &str) {
     ui.add_space(60.0);
     ui.vertical_centered(|ui| {
@@ -520,6 +734,10 @@ impl eframe::App for ConsoleApp {
         let mut actions = Vec::new();
         self.shortcuts(&ctx, &mut actions);
 
+        if self.fullscreen_ui(ui, &mut actions) {
+            self.apply(actions);
+            return;
+        }
         egui::Panel::top("top-bar").show(ui, |ui| self.top_bar_ui(ui, &mut actions));
         egui::Panel::bottom("status-bar").show(ui, |ui| {
             let online = self.tenants.online();

@@ -15,7 +15,9 @@ use tokio::net::TcpStream;
 
 use crate::wire::{fingerprint, format_fingerprint};
 
+mod rdp;
 mod records;
+pub use rdp::{DesktopCertificate, RdpTlsStream, desktop_client_upgrade, desktop_server_acceptor};
 pub use records::{RecordReader, RecordWriter, take_over};
 
 pub use tokio_rustls::TlsAcceptor;

@@ -15,8 +15,12 @@ use crate::lab::{Lab, LabOptions};
 use crate::net::console::{ConsoleClient, ConsoleConfig};
 
 use super::EventSink;
+use super::desktop_link::{self, ToDesktop};
 use super::feed;
-use super::messages::{BackupRequest, Command, ConnState, Event, PathPurpose, SessionEvent, TabId};
+use super::messages::{
+    BackupRequest, Command, ConnState, DesktopRequest, DesktopUpdate, Event, PathPurpose,
+    SessionEvent, TabId,
+};
 use super::session;
 
 /// A client ready to use, and the lab it logs in to (kept alive by the dispatcher).
@@ -39,6 +43,9 @@ struct Dispatcher {
     connection: Option<CancellationToken>,
     lab: Option<Lab>,
     tabs: HashMap<TabId, TabTasks>,
+    /// Each tab's desktop: its stop and its input. Apart from `tabs`, so retrying a tab's
+    /// session leaves its desktop alone.
+    desktops: HashMap<TabId, (CancellationToken, mpsc::UnboundedSender<ToDesktop>)>,
     next_forward: u64,
 }
 
@@ -57,6 +64,7 @@ pub(super) async fn dispatch(
         connection: None,
         lab: None,
         tabs: HashMap::new(),
+        desktops: HashMap::new(),
         next_forward: 1,
     };
     loop {
@@ -91,7 +99,16 @@ impl Dispatcher {
                 tenant,
                 service,
             } => self.open_session(tab, tenant, service),
-            Command::CloseSession { tab } => self.close_tab(tab),
+            Command::CloseSession { tab } => {
+                self.close_tab(tab);
+                self.close_desktop(tab);
+            }
+            Command::OpenDesktop { tab, request } => self.open_desktop(tab, request),
+            Command::DesktopInput { tab, input } => self.to_desktop(tab, ToDesktop::Input(input)),
+            Command::DesktopClipboard { tab, text } => {
+                self.to_desktop(tab, ToDesktop::Clipboard(text));
+            }
+            Command::CloseDesktop { tab } => self.close_desktop(tab),
             Command::Backup { tab, request } => self.backup(tab, request),
             Command::Forward {
                 tab,
@@ -194,6 +211,42 @@ impl Dispatcher {
             backup_rx,
             stop,
         ));
+    }
+
+    fn open_desktop(&mut self, tab: TabId, request: DesktopRequest) {
+        self.close_desktop(tab);
+        let Some(client) = self.client.clone() else {
+            self.sink.session(
+                tab,
+                SessionEvent::Desktop(DesktopUpdate::Ended("not connected to an SP yet".into())),
+            );
+            return;
+        };
+        let stop = self.stop.child_token();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.desktops.insert(tab, (stop.clone(), tx));
+        tokio::spawn(desktop_link::run(
+            client,
+            tab,
+            request,
+            rx,
+            self.sink.clone(),
+            stop,
+        ));
+    }
+
+    /// Passes something on to a tab's desktop, in order with what went before.
+    fn to_desktop(&self, tab: TabId, message: ToDesktop) {
+        if let Some((_, tx)) = self.desktops.get(&tab) {
+            // A desktop that has ended drops what comes after; its tab says it ended.
+            let _ = tx.send(message);
+        }
+    }
+
+    fn close_desktop(&mut self, tab: TabId) {
+        if let Some((stop, _)) = self.desktops.remove(&tab) {
+            stop.cancel();
+        }
     }
 
     fn close_tab(&mut self, tab: TabId) {

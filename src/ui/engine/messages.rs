@@ -2,10 +2,13 @@
 //! data, no tokio: the drawing modules import these and nothing else of the engine.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::lab::LabOptions;
 use crate::net::console::{ConsoleConfig, OpenStage};
+use crate::net::rdp::DesktopInput;
+use crate::net::rdp::client::{DesktopLogin, DesktopSecurity};
 use crate::net::tls::TlsInfo;
 use crate::tenant::backup::BackupAction;
 use crate::tenant::backup::Inventory;
@@ -32,8 +35,29 @@ pub enum Command {
         tenant: String,
         service: String,
     },
-    /// End a tab's session and its port forwards.
+    /// End a tab's session, its desktop and its port forwards.
     CloseSession {
+        tab: TabId,
+    },
+    /// Open a remote desktop for a tab, on a session of its own (the tab's other session
+    /// stays as it is).
+    OpenDesktop {
+        tab: TabId,
+        request: DesktopRequest,
+    },
+    /// Keyboard and pointer input for a tab's desktop, in order.
+    DesktopInput {
+        tab: TabId,
+        input: Vec<DesktopInput>,
+    },
+    /// Put text on a tab's desktop's clipboard (the operator pasted into the desktop); sent
+    /// before the paste keys that follow it.
+    DesktopClipboard {
+        tab: TabId,
+        text: String,
+    },
+    /// End a tab's desktop (the tab stays).
+    CloseDesktop {
         tab: TabId,
     },
     /// A request to the tenant's backup service over the tab's session.
@@ -75,6 +99,21 @@ impl std::fmt::Debug for Command {
         // Commands may carry a password: never print their fields.
         f.write_str("Command")
     }
+}
+
+/// A desktop to open. The login lives only in the engine's task once sent.
+pub struct DesktopRequest {
+    pub tenant: String,
+    pub service: String,
+    pub login: DesktopLogin,
+    /// The desktop certificate's SHA-256 seen before; another one is refused. `None` on
+    /// first use: whatever is presented is reported back for pinning.
+    pub pin: Option<[u8; 32]>,
+    /// The size asked for (the tab's); the desktop may answer with another.
+    pub width: u16,
+    pub height: u16,
+    /// Where the engine paints the picture.
+    pub screen: Arc<super::SharedScreen>,
 }
 
 /// Why a file dialog was opened; echoed back with the answer.
@@ -153,6 +192,42 @@ pub enum SessionEvent {
         forward: u64,
     },
     Closed(String),
+    Desktop(DesktopUpdate),
+}
+
+/// A tab's desktop, as the engine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DesktopUpdate {
+    /// How far opening has got, in words.
+    Stage(String),
+    Connected {
+        fingerprint: [u8; 32],
+        /// No pin was given: the window pins this certificate now.
+        first_use: bool,
+        security: DesktopSecurity,
+        width: u16,
+        height: u16,
+        session_id: String,
+    },
+    /// About once a second while connected.
+    Stats(DesktopStats),
+    Resized {
+        width: u16,
+        height: u16,
+    },
+    /// Something was copied on the desktop: the window's clipboard takes the text.
+    Clipboard(String),
+    /// The desktop could not open or has ended, and why.
+    Ended(String),
+}
+
+/// The last second of a desktop.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DesktopStats {
+    /// Screen updates decoded a second (each a batch of painted rectangles).
+    pub frames_per_sec: f64,
+    pub bytes_in_per_sec: f64,
+    pub bytes_out_per_sec: f64,
 }
 
 /// What the engine tells the window.

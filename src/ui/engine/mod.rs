@@ -10,6 +10,8 @@
 //! - `feed`: logging in and following the tenant list, reconnecting with backoff
 //! - `session`: one tab's session: open it, measure it, talk over it
 //! - `backup_link`: a session's conversation with the tenant backup service
+//! - `desktop_link`: a tab's remote desktop (RDP) on a session of its own
+//! - `screen`: the desktop picture the engine paints and the window uploads (no tokio)
 
 use eframe::egui;
 
@@ -19,15 +21,18 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 mod backup_link;
 mod commands;
+mod desktop_link;
 mod feed;
 pub mod messages;
+mod screen;
 mod session;
 
 pub use feed::describe_error;
 pub use messages::{
-    BackupRequest, BackupUpdate, Command, ConnState, Event, LabFacts, PathPurpose, RunChange,
-    Sample, SessionEvent, SessionFacts, TabId,
+    BackupRequest, BackupUpdate, Command, ConnState, DesktopRequest, DesktopStats, DesktopUpdate,
+    Event, LabFacts, PathPurpose, RunChange, Sample, SessionEvent, SessionFacts, TabId,
 };
+pub use screen::{Region, ScreenChange, SharedScreen};
 
 /// The runtime the engine's tasks run on. The window is handed one and passes it to [`start`].
 pub type Runtime = tokio::runtime::Handle;
@@ -57,6 +62,11 @@ impl EventSink {
 
     fn session(&self, tab: TabId, event: SessionEvent) {
         self.send(Event::Session(tab, event));
+    }
+
+    /// Wakes the window without an event (a desktop's picture changed).
+    fn repaint(&self) {
+        self.repaint.request_repaint();
     }
 }
 

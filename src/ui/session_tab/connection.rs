@@ -1,5 +1,7 @@
 //! The Connection view: how the session runs (route, TLS, the SP's certificate, bytes, round
-//! trip, stages), throughput and round trip over time, and local port forwards.
+//! trip, stages, the desktop's frames/s and bandwidth), throughput and round trip over time,
+//! and local port forwards. The round trip is the tab's session's: a desktop goes the same
+//! way, console to SP (or gateway) to tenant.
 
 use eframe::egui;
 
@@ -70,7 +72,15 @@ pub(super) fn connection_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec
                         .join(" · "),
                 );
                 ui.end_row();
+                if let Some(pane) = &tab.desktop {
+                    super::desktop::desktop_facts_ui(ui, pane);
+                }
             });
+    } else if let Some(pane) = &tab.desktop {
+        egui::Grid::new("connection-desktop")
+            .num_columns(2)
+            .striped(true)
+            .show(ui, |ui| super::desktop::desktop_facts_ui(ui, pane));
     }
     ui.add_space(8.0);
     plot_ui(ui, tab);

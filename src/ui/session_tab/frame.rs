@@ -5,8 +5,8 @@ use eframe::egui;
 
 use egui::{Color32, RichText, Ui};
 
-use super::{SessionTab, TabState, VIEWS, View};
-use super::{connection, infrastructure, jobs, opening, overview, runs};
+use super::{SessionTab, TabState, View};
+use super::{connection, desktop, infrastructure, jobs, opening, overview, runs};
 use crate::ui::action::Action;
 use crate::ui::engine::{BackupRequest, Command};
 
@@ -32,8 +32,9 @@ pub fn session_tab_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec<Actio
                     }
                 });
             }
+            let views: Vec<_> = tab.views().collect();
             ui.horizontal(|ui| {
-                for (i, (view, name)) in VIEWS.into_iter().enumerate() {
+                for (i, (view, name)) in views.iter().copied().enumerate() {
                     if ui
                         .selectable_label(tab.view == view, name)
                         .on_hover_text(format!("Alt+{}", i + 1))
@@ -43,20 +44,29 @@ pub fn session_tab_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec<Actio
                     }
                 }
             });
-            // Alt+1..5 switch views.
+            // Alt+1..6 switch views (not while the desktop has the keyboard: they are its keys).
             let keys = [
                 egui::Key::Num1,
                 egui::Key::Num2,
                 egui::Key::Num3,
                 egui::Key::Num4,
                 egui::Key::Num5,
+                egui::Key::Num6,
             ];
-            for (key, (view, _)) in keys.into_iter().zip(VIEWS) {
-                if ui.input_mut(|i| i.consume_key(egui::Modifiers::ALT, key)) {
+            for (key, (view, _)) in keys.into_iter().zip(views) {
+                if !tab.desktop_has_keyboard()
+                    && ui.input_mut(|i| i.consume_key(egui::Modifiers::ALT, key))
+                {
                     tab.view = view;
                 }
             }
             ui.separator();
+            if tab.view == View::Desktop {
+                // No scroll area: the picture fits the tab, and the wheel is the desktop's.
+                desktop::desktop_ui(ui, tab, actions);
+                confirm_ui(ui, tab, actions);
+                return;
+            }
             egui::ScrollArea::vertical()
                 .id_salt(("session-view", tab.id))
                 .auto_shrink(false)
@@ -66,6 +76,7 @@ pub fn session_tab_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec<Actio
                     View::Jobs => jobs::jobs_ui(ui, tab, actions),
                     View::Runs => runs::runs_ui(ui, tab, actions),
                     View::Connection => connection::connection_ui(ui, tab, actions),
+                    View::Desktop => {}
                 });
         }
     }

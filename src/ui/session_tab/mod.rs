@@ -18,6 +18,8 @@ use super::export::ExportForm;
 use crate::util::format;
 
 mod connection;
+pub mod desktop;
+mod desktop_keys;
 mod frame;
 mod infrastructure;
 mod jobs;
@@ -25,6 +27,7 @@ mod opening;
 mod overview;
 mod runs;
 
+pub use desktop::{DesktopPane, DesktopState};
 pub use frame::session_tab_ui;
 
 /// The views of an open session.
@@ -36,14 +39,17 @@ pub enum View {
     /// The job runs; the backup product calls them sessions, and so does the view's label.
     Runs,
     Connection,
+    /// The tenant server's screen (tenants that offer a desktop).
+    Desktop,
 }
 
-const VIEWS: [(View, &str); 5] = [
+const VIEWS: [(View, &str); 6] = [
     (View::Overview, "Overview"),
     (View::Infrastructure, "Infrastructure"),
     (View::Jobs, "Jobs"),
     (View::Runs, "Sessions"),
     (View::Connection, "Connection"),
+    (View::Desktop, "Desktop"),
 ];
 
 /// Where the tab is in its life.
@@ -98,6 +104,8 @@ pub struct SessionTab {
     /// The job run whose log is shown.
     pub selected_run: Option<String>,
     pub log_export: ExportForm,
+    /// The tenant's desktop, when it offers one.
+    pub desktop: Option<DesktopPane>,
 }
 
 /// Samples kept for the plot (one a second: an hour).
@@ -134,7 +142,30 @@ impl SessionTab {
             forward_listen: "127.0.0.1:0".into(),
             forward_error: None,
             selected_run: None,
+            desktop: None,
         }
+    }
+
+    /// A tab for a tenant that offers only a desktop: no session of its own, the Desktop
+    /// view opens one.
+    pub fn desktop_only(id: TabId, tenant: String, desktop: DesktopPane) -> Self {
+        let mut tab = SessionTab::new(id, tenant, desktop.service.clone());
+        tab.state = TabState::Open;
+        tab.view = View::Desktop;
+        tab.desktop = Some(desktop);
+        tab
+    }
+
+    /// The views this tab has: the Desktop view only where there is a desktop.
+    pub fn views(&self) -> impl Iterator<Item = (View, &'static str)> + '_ {
+        VIEWS
+            .into_iter()
+            .filter(|(view, _)| *view != View::Desktop || self.desktop.is_some())
+    }
+
+    /// Whether this tab's desktop holds the keyboard (the window's shortcuts then wait).
+    pub fn desktop_has_keyboard(&self) -> bool {
+        self.desktop.as_ref().is_some_and(|d| d.grabbed)
     }
 
     /// Back to the first stage, for Retry.
@@ -222,6 +253,11 @@ impl SessionTab {
             SessionEvent::Closed(reason) => {
                 self.note(reason.clone());
                 self.state = TabState::Closed(reason);
+            }
+            SessionEvent::Desktop(update) => {
+                if let Some(note) = self.desktop.as_mut().and_then(|d| d.apply(update)) {
+                    self.note(note);
+                }
             }
         }
     }
