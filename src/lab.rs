@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod desktop;
 mod font;
+mod scribbles;
 
 use crate::net::cloud_redirector::{self, SpEngine};
 use crate::net::console::ConsoleConfig;

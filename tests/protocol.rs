@@ -12,13 +12,13 @@ use common::wire::{
     hand_made_config, open_data, patient_open_config, ping,
 };
 use common::{
-    PATIENCE, TestSp, TestTenant, eventually, loopback, open_in_background, pattern, quick_config,
-    wait_status,
+    PATIENCE, TestSp, TestTenant, eventually, loopback, next_control, open_in_background, pattern,
+    quick_config, wait_status,
 };
 use rac::net::tenant_redirector::AgentState;
-use rac::net::tls::ReadAhead;
+use rac::net::tls::{ClientStream, ReadAhead};
 use rac::sp::config::SpConfig;
-use rac::wire::frame::{MAX_FRAME_LEN, write_frame};
+use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
 use rac::wire::protocol::{
     ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, Stage, TenantStatus, Welcome,
 };
@@ -558,11 +558,11 @@ async fn logged_out_is_followed_by_a_clean_close() {
         .expect("logout");
     let answer = last_frame_then_clean_end(&mut stream).await;
     assert_eq!(answer, json!({"type": "logged_out"}));
-    let reply = first_frame_reply(
-        &sp,
-        &json!({"version": 1, "role": "operator", "user": sp.operator, "token": token}),
-    )
-    .await;
+    let reply = sp
+        .first_frame_reply(
+            &json!({"version": 1, "role": "operator", "user": sp.operator, "token": token}),
+        )
+        .await;
     assert_eq!(reply["code"], "auth_failed", "{reply}");
 }
 
@@ -580,12 +580,12 @@ async fn unknown_fields_are_ignored_and_unknown_requests_refused() {
     // Online first, so the SP knows the tenant before the operator lists it.
     let mut control = sp.raw_control("acme", &secret).await;
     let token = operator_token(&sp).await;
-    let reply = first_frame_reply(
-        &sp,
-        &json!({"version": 1, "role": "operator", "user": sp.operator, "token": token,
+    let reply = sp
+        .first_frame_reply(
+            &json!({"version": 1, "role": "operator", "user": sp.operator, "token": token,
                 "from_a_later_version": {"x": 1}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(reply["type"], "welcome", "{reply}");
 
     let mut operator = operator_by_token(&sp, &token).await;

@@ -16,12 +16,13 @@ use super::connect_dialog::{ConnectDialog, Profile, connect_dialog_ui};
 use super::engine::{
     self, Command, ConnState, EngineHandle, Event, LabFacts, PathPurpose, Runtime, TabId,
 };
-use super::engine::{DesktopRequest, DesktopUpdate, SessionEvent};
+use super::engine::{DesktopUpdate, SessionEvent};
 use super::export::{ExportClick, ExportForm, export_form_ui};
-use super::session_tab::desktop::picture_ui;
-use super::session_tab::{DesktopPane, SessionTab, TabState, session_tab_ui};
+use super::session_tab::{SessionTab, TabState, session_tab_ui};
 use super::status_bar::{StatusFacts, status_bar_ui};
 use super::tenant_list::{ListSettings, TenantList, tenant_list_ui};
+
+mod desktops;
 
 /// How long one frame may spend applying engine events.
 const EVENT_BUDGET: Duration = Duration::from_millis(6);
@@ -415,89 +416,6 @@ impl ConsoleApp {
         self.active = Some(id);
     }
 
-    /// Where a tenant's desktop login and pin are kept: per SP, since two SPs may each
-    /// have a tenant of that name.
-    fn desktop_key(&self, tenant: &str) -> String {
-        let sp = match (self.mode, &self.lab) {
-            (Mode::Lab, Some(lab)) => lab.sp.clone(),
-            _ => self
-                .settings
-                .profiles
-                .get(self.settings.selected_profile)
-                .map(|p| p.sp_address.clone())
-                .unwrap_or_default(),
-        };
-        format!("{sp}/{tenant}")
-    }
-
-    fn pins_mut(&mut self) -> &mut BTreeMap<String, String> {
-        match self.mode {
-            Mode::Lab => &mut self.lab_pins,
-            Mode::Console => &mut self.settings.desktop_pins,
-        }
-    }
-
-    fn desktop_pane(&mut self, tenant: &str, service: &str) -> DesktopPane {
-        let key = self.desktop_key(tenant);
-        let login = self
-            .settings
-            .desktop_logins
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
-        let mut pane = DesktopPane::new(service.to_string(), login.user, login.domain);
-        pane.pinned = self
-            .pins_mut()
-            .get(&key)
-            .and_then(|pin| crate::wire::parse_fingerprint(pin).ok());
-        pane
-    }
-
-    /// Sends the tab's desktop login to the engine and remembers the user name.
-    fn open_desktop(&mut self, id: TabId) {
-        let Some(tenant) = self.tab(id).map(|t| t.tenant.clone()) else {
-            return;
-        };
-        let key = self.desktop_key(&tenant);
-        let pin = self
-            .pins_mut()
-            .get(&key)
-            .and_then(|pin| crate::wire::parse_fingerprint(pin).ok());
-        let Some(pane) = self.tab_mut(id).and_then(|t| t.desktop.as_mut()) else {
-            return;
-        };
-        let user = pane.user.trim().to_string();
-        let domain = pane.domain.trim().to_string();
-        pane.pinned = pin;
-        pane.state = super::session_tab::DesktopState::Connecting("starting".into());
-        let request = DesktopRequest {
-            tenant,
-            service: pane.service.clone(),
-            login: crate::net::rdp::client::DesktopLogin {
-                user: user.clone(),
-                domain: (!domain.is_empty()).then(|| domain.clone()),
-                password: pane.password.clone(),
-            },
-            pin,
-            width: pane.view_size.0,
-            height: pane.view_size.1,
-            screen: pane.screen.clone(),
-        };
-        self.settings
-            .desktop_logins
-            .insert(key, DesktopLoginName { user, domain });
-        self.engine.send(Command::OpenDesktop { tab: id, request });
-    }
-
-    fn set_fullscreen(&mut self, tab: Option<TabId>) {
-        self.fullscreen = tab;
-        if let Some(id) = tab {
-            self.active = Some(id);
-        }
-        self.ctx
-            .send_viewport_cmd(egui::ViewportCommand::Fullscreen(tab.is_some()));
-    }
-
     fn apply_theme(&mut self, ctx: &egui::Context) {
         if self.applied_theme != Some(self.settings.theme) {
             ctx.set_theme(match self.settings.theme {
@@ -664,56 +582,6 @@ impl ConsoleApp {
             }
         }
         tenant_list_ui(ui, &mut self.tenants, &mut self.settings.list, actions);
-    }
-}
-
-impl ConsoleApp {
-    /// Full screen: the one desktop, nothing else, and a way back. `false` when not in
-    /// full screen (or its tab is gone).
-    fn fullscreen_ui(&mut self, ui: &mut Ui, actions: &mut Vec<Action>) -> bool {
-        let Some(id) = self.fullscreen else {
-            return false;
-        };
-        let Some(tab) = self.tabs.iter_mut().find(|t| t.id == id) else {
-            self.set_fullscreen(None);
-            return false;
-        };
-        let Some(pane) = tab.desktop.as_mut().filter(|d| d.is_live()) else {
-            self.set_fullscreen(None);
-            return false;
-        };
-        egui::CentralPanel::default()
-            .frame(egui::Frame::NONE.fill(egui::Color32::BLACK))
-            .show(ui, |ui| {
-                ui.horizontal(|ui| {
-                    if ui
-                        .small_button("Exit full screen")
-                        .on_hover_text("Or Ctrl+Alt+Enter while the desktop has the keyboard")
-                        .clicked()
-                    {
-                        actions.push(Action::ToggleFullscreen(id));
-                    }
-                    ui.label(
-                        RichText::new(format!(
-                            "{} · {}",
-                            tab.tenant,
-                            if pane.grabbed {
-                                "Right Ctrl releases the keyboard"
-                            } else {
-                                "click the picture to type into the desktop"
-                            }
-                        ))
-                        .weak()
-                        .small(),
-                    );
-                });
-                let mut input = Vec::new();
-                picture_ui(ui, id, pane, actions, &mut input);
-                if !input.is_empty() {
-                    actions.push(Action::Engine(Command::DesktopInput { tab: id, input }));
-                }
-            });
-        true
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod client;
 mod clipboard;
+mod error;
 pub mod keys;
 pub mod server;
 mod stream;
