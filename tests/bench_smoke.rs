@@ -24,6 +24,15 @@ const FIGURES: &[&str] = &[
     "list_wire_kib",
     "storm_secs",
     "storm_refused",
+    "desktop_input_p50_ms",
+    "desktop_input_p99_ms",
+    "desktop_input_added_p50_ms",
+    "desktop_stream_fps",
+    "desktop_stream_fps_floor",
+    "desktop_stream_mbit",
+    "desktop_cpu_ms_per_frame",
+    "desktop_console_mib_each",
+    "desktop_idle_cpu_pct",
 ];
 
 #[test]

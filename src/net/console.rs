@@ -283,6 +283,10 @@ impl ConsoleClient {
                 Some(SessionMsg::Progress {
                     stage: Stage::WaitingForTenant,
                 }) => stage(OpenStage::WaitingForTenant, &mut stages),
+                // A later version's stage: nothing to show, keep waiting.
+                Some(SessionMsg::Progress {
+                    stage: Stage::Other,
+                }) => {}
                 Some(SessionMsg::Ready { session_id }) => {
                     stage(OpenStage::Spliced, &mut stages);
                     let tls = super::tls::client_info(&stream);

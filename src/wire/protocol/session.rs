@@ -28,4 +28,34 @@ pub enum SessionMsg {
 pub enum Stage {
     /// The SP accepted the request and sent `OpenData` to the tenant.
     WaitingForTenant,
+    /// A stage of a later version: a console shows nothing for it and keeps waiting.
+    #[serde(other)]
+    Other,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_of_a_later_version_reads_as_other() {
+        let msg: SessionMsg =
+            serde_json::from_str(r#"{"type":"progress","stage":"tenant_is_thinking"}"#)
+                .expect("an unknown stage still parses");
+        assert_eq!(
+            msg,
+            SessionMsg::Progress {
+                stage: Stage::Other
+            }
+        );
+        let known: SessionMsg =
+            serde_json::from_str(r#"{"type":"progress","stage":"waiting_for_tenant"}"#)
+                .expect("parse");
+        assert_eq!(
+            known,
+            SessionMsg::Progress {
+                stage: Stage::WaitingForTenant
+            }
+        );
+    }
 }
