@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::dial::Dialer;
-use crate::tenant::config::check_gateway_pool;
+use crate::tenant::config::{BadPool, check_gateway_pool};
 use crate::util::files::write_atomically;
 
 /// How long a pushed gateway may fail every dial before the tenant forgets it.
@@ -81,7 +81,7 @@ impl PushedPool {
         pushed: &[String],
         now: SystemTime,
         forget_after: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), BadPool> {
         check_gateway_pool(pushed)?;
         let now = unix(now);
         self.forgotten

@@ -176,17 +176,26 @@ pub const MAX_GATEWAY_LEN: usize = 255;
 /// most [`MAX_GATEWAY_LEN`] bytes; no path, user, space or control character). The SP is
 /// trusted to route the tenant, not to make it dial URLs or an unbounded list. Says what is
 /// wrong with the first bad entry.
-pub fn check_gateway_pool(pool: &[String]) -> Result<(), String> {
+pub fn check_gateway_pool(pool: &[String]) -> Result<(), BadPool> {
     if pool.len() > MAX_GATEWAY_POOL {
-        return Err(format!(
-            "{} entries, more than the {MAX_GATEWAY_POOL} allowed",
-            pool.len()
-        ));
+        return Err(BadPool::TooLong(pool.len()));
     }
     for entry in pool {
-        check_gateway(entry).map_err(|why| format!("entry {entry:?}: {why}"))?;
+        check_gateway(entry).map_err(|why| BadPool::Entry {
+            entry: entry.clone(),
+            why,
+        })?;
     }
     Ok(())
+}
+
+/// Why a pushed gateway pool is refused (whole).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadPool {
+    #[error("{0} entries, more than the {MAX_GATEWAY_POOL} allowed")]
+    TooLong(usize),
+    #[error("entry {entry:?}: {why}")]
+    Entry { entry: String, why: &'static str },
 }
 
 fn check_gateway(entry: &str) -> Result<(), &'static str> {
@@ -325,7 +334,10 @@ endpoints = ["sp:6180"]"#,
             "a..b:443",
         ] {
             let err = check_gateway_pool(&[bad.to_string()]).expect_err(bad);
-            assert!(err.contains("entry"), "{bad}: {err}");
+            assert!(
+                matches!(&err, BadPool::Entry { entry, .. } if entry == bad),
+                "{bad}: {err}"
+            );
         }
         let long = format!("{}.net:443", "a.".repeat(130));
         assert!(long.len() > MAX_GATEWAY_LEN);
@@ -334,7 +346,8 @@ endpoints = ["sp:6180"]"#,
         check_gateway_pool(&at_limit).expect("16 entries pass");
         let over: Vec<String> = (0..17).map(|i| format!("gw{i}.example.net:6180")).collect();
         let err = check_gateway_pool(&over).expect_err("17 entries");
-        assert!(err.contains("17 entries"), "{err}");
+        assert_eq!(err, BadPool::TooLong(17));
+        assert!(err.to_string().contains("17 entries"), "{err}");
     }
 
     #[test]

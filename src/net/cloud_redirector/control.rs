@@ -244,7 +244,7 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                                 let incoming = Incoming { shared, tenant, conn_id };
                                 (incoming.handle(msg, &mut ping_sent, &mut status), true)
                             }
-                            Err(problem) => (Some(bad_frame(tenant, &problem)), true),
+                            Err(problem) => (Some(bad_frame(tenant, &problem.0)), true),
                         },
                     }
                 }

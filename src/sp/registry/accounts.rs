@@ -55,7 +55,7 @@ impl Registry {
     pub fn add_operator(&self, name: &str, password: &str, tenants: &str) -> Result<()> {
         crate::wire::validate_name(name)?;
         let tenants = tenant_scope(tenants)?;
-        let hash = auth::hash_password(password).map_err(RegistryError::Hash)?;
+        let hash = auth::hash_password(password).map_err(|e| RegistryError::Hash(e.to_string()))?;
         let inserted = self.conn().execute(
             "INSERT OR IGNORE INTO operators (name, password_hash, tenants, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![name, hash, tenants, now_unix_secs() as i64],
@@ -71,7 +71,7 @@ impl Registry {
     /// poll. Returns how many tokens were revoked.
     pub fn set_operator_password(&self, name: &str, password: &str) -> Result<usize> {
         // The slow hash runs before the lock is taken.
-        let hash = auth::hash_password(password).map_err(RegistryError::Hash)?;
+        let hash = auth::hash_password(password).map_err(|e| RegistryError::Hash(e.to_string()))?;
         self.change_operator(name, "passwd", |tx| {
             tx.execute(
                 "UPDATE operators SET password_hash = ?2 WHERE name = ?1",

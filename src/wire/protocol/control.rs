@@ -1,6 +1,7 @@
 //! The tenant control connection after its welcome: [`ControlMsg`] frames both ways, how a
 //! bad one is reported, and the heartbeat rule each side keeps ([`HeartbeatClock`]).
 
+use super::error::Malformed;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -56,19 +57,19 @@ pub enum ControlMsg {
 ///
 /// The body must be a JSON object: serde would also take the tag-first array form
 /// (`["ping", 1]`), which PROTOCOL.md does not define.
-pub fn parse_control(body: &[u8]) -> Result<ControlMsg, String> {
+pub fn parse_control(body: &[u8]) -> Result<ControlMsg, Malformed> {
     if body.trim_ascii_start().first() != Some(&b'{') {
-        return Err("not a JSON object".to_string());
+        return Err(Malformed("not a JSON object".to_string()));
     }
     serde_json::from_slice(body).map_err(|e| {
         let problem = escape_untrusted(&e.to_string(), 200);
         let kind = serde_json::from_slice::<serde_json::Value>(body)
             .ok()
             .and_then(|v| v.get("type")?.as_str().map(|t| escape_untrusted(t, 40)));
-        match kind {
+        Malformed(match kind {
             Some(kind) => format!("\"{kind}\" frame: {problem}"),
             None => problem,
-        }
+        })
     })
 }
 

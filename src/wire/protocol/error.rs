@@ -104,3 +104,9 @@ mod tests {
         assert_eq!(text, r#""replaced""#);
     }
 }
+
+/// What is wrong with a frame or hello a peer sent, in one escaped line: the message of the
+/// `bad_request` that answers it, and of the log line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);

@@ -1,6 +1,7 @@
 //! The first frame of every connection ([`Hello`], naming its role and credentials), the
 //! rules its names and strings must keep, and the SP's first answer ([`HelloReply`]).
 
+use super::error::Malformed;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -38,9 +39,9 @@ struct HelloWire {
 }
 
 impl TryFrom<HelloWire> for Hello {
-    type Error = String;
+    type Error = Malformed;
 
-    fn try_from(wire: HelloWire) -> Result<Self, String> {
+    fn try_from(wire: HelloWire) -> Result<Self, Malformed> {
         let hello = Hello {
             version: wire.version,
             role: wire.role,
@@ -63,7 +64,7 @@ impl Hello {
     /// starting with a letter or digit), so a name can carry no terminal escape, newline or
     /// formula into a log line, the tenant list or a CSV export. Secrets, nonces and tokens
     /// are compared, never shown, and are not checked here.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Malformed> {
         match &self.role {
             Role::TenantControl {
                 tenant,
@@ -94,35 +95,35 @@ impl Hello {
 
 /// Checks a tenant's list of offered services (hello and `status`): at most
 /// [`MAX_SERVICES`] names, each by the name rule.
-pub fn validate_services(services: &[String]) -> Result<(), String> {
+pub fn validate_services(services: &[String]) -> Result<(), Malformed> {
     if services.len() > MAX_SERVICES {
-        return Err(format!(
+        return Err(Malformed(format!(
             "services: {} entries, at most {MAX_SERVICES} allowed",
             services.len()
-        ));
+        )));
     }
     services
         .iter()
         .try_for_each(|service| check_name("services", service))
 }
 
-fn check_name(field: &str, value: &str) -> Result<(), String> {
+fn check_name(field: &str, value: &str) -> Result<(), Malformed> {
     crate::wire::validate_name(value).map_err(|_| {
-        format!(
+        Malformed(format!(
             "{field}: \"{}\" is not a valid name (1 to 64 ASCII letters, digits, '.', '_' or '-', \
              starting with a letter or digit)",
             escape_untrusted(value, 80)
-        )
+        ))
     })
 }
 
-fn check_agent(agent: &str) -> Result<(), String> {
+fn check_agent(agent: &str) -> Result<(), Malformed> {
     let printable = agent.bytes().all(|b| (0x20..=0x7e).contains(&b));
     if agent.len() > MAX_AGENT_LEN || !printable {
-        return Err(format!(
+        return Err(Malformed(format!(
             "agent: \"{}\" is not valid (at most {MAX_AGENT_LEN} printable ASCII characters)",
             escape_untrusted(agent, 80)
-        ));
+        )));
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ mod operator;
 mod session;
 
 pub use control::{Beat, ControlMsg, HeartbeatClock, TENANT_REJECT_CODES, parse_control};
-pub use error::{ErrorCode, ErrorMsg};
+pub use error::{ErrorCode, ErrorMsg, Malformed};
 pub use hello::{Hello, HelloReply, MAX_AGENT_LEN, MAX_SERVICES, Role, Welcome, validate_services};
 pub use operator::{ApiRequest, ApiResponse, TenantInfo, TenantStatus};
 pub use session::{SessionMsg, Stage};
