@@ -30,14 +30,7 @@ pub const TEXT: [u8; 3] = [0xf2, 0xf2, 0xf2];
 pub const DIM_TEXT: [u8; 3] = [0xa8, 0xc4, 0xcf];
 pub const MARK: [u8; 3] = [0xff, 0xb0, 0x00];
 
-/// A rectangle of the screen, in pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Region {
-    pub x: usize,
-    pub y: usize,
-    pub width: usize,
-    pub height: usize,
-}
+pub use crate::net::rdp::Region;
 
 const TITLE_SCALE: usize = 4;
 const CLOCK_SCALE: usize = 3;

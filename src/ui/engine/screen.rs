@@ -9,14 +9,7 @@ use eframe::egui::{Color32, ColorImage};
 
 use crate::util::lock;
 
-/// A rectangle of pixels: left, top, width, height.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Region {
-    pub x: usize,
-    pub y: usize,
-    pub width: usize,
-    pub height: usize,
-}
+pub use crate::net::rdp::Region;
 
 impl Region {
     fn union(self, other: Region) -> Region {
