@@ -160,8 +160,8 @@ fn main() {
     pane.state = DesktopState::Live;
     pane.size = (w, h);
     let screen = pane.screen.clone();
-    let mut rgba = vec![0xffu8; usize::from(w) * usize::from(h) * 4];
-    screen.reset(w, h, &rgba);
+    let mut bgrx = vec![0xffu8; usize::from(w) * usize::from(h) * 4];
+    screen.reset(w, h, &bgrx);
     {
         let app = harness.state_mut();
         app.tabs
@@ -171,11 +171,11 @@ fn main() {
     harness.run_steps(3);
     let (pass, tess) = time_frames(&mut harness, FRAMES, &mut |_, i| {
         let shade = (i % 200) as u8;
-        for (j, pixel) in rgba.chunks_exact_mut(4).enumerate() {
+        for (j, pixel) in bgrx.chunks_exact_mut(4).enumerate() {
             pixel[0] = shade.wrapping_add(j as u8);
             pixel[1] = shade;
         }
-        screen.paint(&rgba, 0, 0, w - 1, h - 1);
+        screen.paint(&bgrx, 0, 0, w - 1, h - 1);
     });
     stats("1080p desktop, all pixels every frame: pass", pass);
     stats("1080p desktop: tessellation", tess);

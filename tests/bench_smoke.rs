@@ -30,6 +30,8 @@ const FIGURES: &[&str] = &[
     "desktop_stream_fps",
     "desktop_stream_fps_floor",
     "desktop_stream_mbit",
+    "desktop_stream_max_fps",
+    "desktop_stream_max_mbit",
     "desktop_cpu_ms_per_frame",
     "desktop_console_mib_each",
     "desktop_idle_cpu_pct",

@@ -785,10 +785,7 @@ async fn the_desktop_client_clicks_and_types_and_sees_its_marks() {
         .send_keys(&rac::net::rdp::keys::strokes_for_text("xy"))
         .await
         .expect("keys");
-    let marked = |d: &client::DesktopSession<_>| {
-        let i = (300 * WIDTH + 700) * 4;
-        d.rgba()[i..i + 3] == lab_desktop::MARK
-    };
+    let marked = |d: &client::DesktopSession<_>| d.rgb_at(700, 300) == Some(lab_desktop::MARK);
     let start = Instant::now();
     while !marked(&desktop) {
         assert!(

@@ -142,7 +142,8 @@ impl Opts {
             slow_sessions: a.slow_sessions.unwrap_or(if q { 2 } else { 16 }).max(1),
             desktop: desktop::DesktopOpts {
                 presses: if q { 20 } else { 300 },
-                stream_secs: if q { 2 } else { 10 },
+                stream_secs: if q { 2 } else { 4 },
+                rounds: if q { 1 } else { 5 },
                 held: 4,
                 idle_secs: if q { 3 } else { 10 },
             },

@@ -151,7 +151,7 @@ pub(super) async fn throughput_section(
 }
 
 /// The median of some measurements (the mean of the middle two for an even count).
-fn median(values: &mut [f64]) -> f64 {
+pub(super) fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }

@@ -52,6 +52,8 @@ pub struct World {
     /// The bench desktops' RDP servers (also the bench tenant's desktop services).
     pub input_desktop_addr: SocketAddr,
     pub stream_desktop_addr: SocketAddr,
+    /// The full-screen desktop behind `stream_desktop_addr` (its pace is set per run).
+    pub stream_desktop: Arc<StreamDesktop>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -101,7 +103,9 @@ impl World {
         let source_addr = serve(&tasks, &shutdown, source_conn).await?;
         let echo_addr = serve(&tasks, &shutdown, echo_conn).await?;
         let input_desktop_addr = desktop_service(&tasks, &shutdown, InputDesktop::new()).await?;
-        let stream_desktop_addr = desktop_service(&tasks, &shutdown, StreamDesktop::new()).await?;
+        let stream_desktop = StreamDesktop::new();
+        let stream_desktop_addr =
+            desktop_service(&tasks, &shutdown, stream_desktop.clone()).await?;
 
         let sp = spawn_sp(&state, "127.0.0.1:0", dir.path())?;
         let sp_addr = sp.addr;
@@ -177,6 +181,7 @@ impl World {
             echo_addr,
             input_desktop_addr,
             stream_desktop_addr,
+            stream_desktop,
             shutdown,
             tasks,
             dir,

@@ -119,7 +119,7 @@ pub async fn run(args: DesktopArgs) -> Result<ExitCode> {
         &args.screenshot,
         desktop.width(),
         desktop.height(),
-        desktop.rgba(),
+        &desktop.to_rgba(),
     )?;
     println!(
         "wrote {} ({}x{}; {:?}; desktop certificate {})",

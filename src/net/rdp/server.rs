@@ -34,6 +34,14 @@ pub trait Desktop: Send + Sync + 'static {
     /// Draws the whole screen as it is at `now_unix_secs` into `pixels` (BGRA, rows of
     /// `width * 4` bytes).
     fn draw(&self, now_unix_secs: u64, pixels: &mut [u8]);
+    /// The whole screen at `now_unix_secs` as a new buffer. A desktop that can build it
+    /// without drawing over zeroes first (a stream of whole frames) may say how.
+    fn frame(&self, now_unix_secs: u64) -> Vec<u8> {
+        let (width, height) = self.size();
+        let mut pixels = vec![0; usize::from(width) * BYTES_PER_PIXEL * usize::from(height)];
+        self.draw(now_unix_secs, &mut pixels);
+        pixels
+    }
     /// Input from a client.
     fn input(&self, event: DesktopInput);
     /// Changes whenever the picture changed for a reason other than time passing.
@@ -233,8 +241,10 @@ impl RdpServerDisplayUpdates for Updates {
         }
         let (width, height) = self.desktop.size();
         let stride = usize::from(width) * BYTES_PER_PIXEL;
-        let mut pixels = vec![0; stride * usize::from(height)];
-        self.desktop.draw(now_unix_secs(), &mut pixels);
+        let pixels = self.desktop.frame(now_unix_secs());
+        if pixels.len() != stride * usize::from(height) {
+            return Ok(None);
+        }
         let (Some(width), Some(height), Some(stride)) = (
             NonZeroU16::new(width),
             NonZeroU16::new(height),

@@ -110,7 +110,7 @@ async fn open_and_serve(
     }
     request
         .screen
-        .reset(desktop.width(), desktop.height(), desktop.rgba());
+        .reset(desktop.width(), desktop.height(), desktop.bgrx());
     say(DesktopUpdate::Connected {
         fingerprint,
         first_use: request.pin.is_none(),
@@ -139,11 +139,11 @@ async fn open_and_serve(
                 for event in events {
                     match event {
                         DesktopEvent::Painted { left, top, right, bottom } => {
-                            request.screen.paint(desktop.rgba(), left, top, right, bottom);
+                            request.screen.paint(desktop.bgrx(), left, top, right, bottom);
                             painted = true;
                         }
                         DesktopEvent::Resized { width, height } => {
-                            request.screen.reset(width, height, desktop.rgba());
+                            request.screen.reset(width, height, desktop.bgrx());
                             say(DesktopUpdate::Resized { width, height });
                         }
                         DesktopEvent::Clipboard(text) => say(DesktopUpdate::Clipboard(text)),

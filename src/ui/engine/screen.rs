@@ -38,8 +38,8 @@ pub struct ScreenChange {
 struct Inner {
     width: usize,
     height: usize,
-    /// RGB(A) as decoded, `width * 4` bytes a row.
-    rgba: Vec<u8>,
+    /// BGRX as decoded, `width * 4` bytes a row.
+    bgrx: Vec<u8>,
     dirty: Option<Region>,
     /// Rectangles painted so far (the Connection view's frames/s counts them).
     paints: u64,
@@ -52,14 +52,14 @@ pub struct SharedScreen {
 }
 
 impl SharedScreen {
-    /// A new picture of `width` x `height` from `rgba` (the whole screen is dirty).
-    pub fn reset(&self, width: u16, height: u16, rgba: &[u8]) {
+    /// A new picture of `width` x `height` from `bgrx` (the whole screen is dirty).
+    pub fn reset(&self, width: u16, height: u16, bgrx: &[u8]) {
         let mut inner = lock(&self.inner);
         inner.width = usize::from(width);
         inner.height = usize::from(height);
-        inner.rgba = rgba.to_vec();
+        inner.bgrx = bgrx.to_vec();
         let len = inner.width * inner.height * 4;
-        inner.rgba.resize(len, 0);
+        inner.bgrx.resize(len, 0);
         inner.dirty = Some(Region {
             x: 0,
             y: 0,
@@ -68,21 +68,21 @@ impl SharedScreen {
         });
     }
 
-    /// Copies the inclusive rectangle (`left`, `top`)–(`right`, `bottom`) of `rgba` (the
+    /// Copies the inclusive rectangle (`left`, `top`)–(`right`, `bottom`) of `bgrx` (the
     /// decoder's whole screen, same size as this one) in.
-    pub fn paint(&self, rgba: &[u8], left: u16, top: u16, right: u16, bottom: u16) {
+    pub fn paint(&self, bgrx: &[u8], left: u16, top: u16, right: u16, bottom: u16) {
         let mut inner = lock(&self.inner);
         let (width, height) = (inner.width, inner.height);
         let x = usize::from(left).min(width);
         let y = usize::from(top).min(height);
         let right = (usize::from(right) + 1).min(width);
         let bottom = (usize::from(bottom) + 1).min(height);
-        if x >= right || y >= bottom || rgba.len() < width * height * 4 {
+        if x >= right || y >= bottom || bgrx.len() < width * height * 4 {
             return;
         }
         for row in y..bottom {
             let span = row * width * 4 + x * 4..row * width * 4 + right * 4;
-            inner.rgba[span.clone()].copy_from_slice(&rgba[span]);
+            inner.bgrx[span.clone()].copy_from_slice(&bgrx[span]);
         }
         let region = Region {
             x,
@@ -101,11 +101,11 @@ impl SharedScreen {
         let mut pixels = Vec::with_capacity(region.width * region.height);
         for row in region.y..region.y + region.height {
             let start = (row * inner.width + region.x) * 4;
-            let line = &inner.rgba[start..start + region.width * 4];
-            // The decoder leaves alpha unset: every remote pixel is opaque.
+            let line = &inner.bgrx[start..start + region.width * 4];
+            // Every remote pixel is opaque.
             pixels.extend(
                 line.chunks_exact(4)
-                    .map(|p| Color32::from_rgb(p[0], p[1], p[2])),
+                    .map(|p| Color32::from_rgb(p[2], p[1], p[0])),
             );
         }
         Some(ScreenChange {
@@ -143,7 +143,7 @@ impl SharedScreen {
             return None;
         }
         let at = (y * inner.width + x) * 4;
-        Some([inner.rgba[at], inner.rgba[at + 1], inner.rgba[at + 2]])
+        Some([inner.bgrx[at + 2], inner.bgrx[at + 1], inner.bgrx[at]])
     }
 }
 
@@ -177,11 +177,12 @@ mod tests {
                 height: 3
             }
         );
-        assert_eq!(screen.pixel(2, 1), Some([10, 1, 2]));
-        assert_eq!(screen.pixel(5, 3), Some([29, 1, 2]));
+        // Decoded as B, G, R: read back as R, G, B.
+        assert_eq!(screen.pixel(2, 1), Some([2, 1, 10]));
+        assert_eq!(screen.pixel(5, 3), Some([2, 1, 29]));
         // Outside the painted rectangles, the old picture stays.
         assert_eq!(screen.pixel(3, 1), Some([0, 0, 0]));
-        assert_eq!(change.pixels.pixels[0], Color32::from_rgb(9, 1, 2));
+        assert_eq!(change.pixels.pixels[0], Color32::from_rgb(2, 1, 9));
         assert_eq!(screen.paints(), 2);
     }
 
