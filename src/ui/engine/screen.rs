@@ -1,5 +1,5 @@
 //! The picture of one remote desktop, shared by the engine task that decodes it and the
-//! window that shows it. The engine copies each painted rectangle in and widens a dirty
+//! window that shows it. The engine converts each painted rectangle in and widens a dirty
 //! rectangle; the window takes that rectangle once a frame and uploads only it to its
 //! texture. Plain std: a short lock on each side, no waiting.
 
@@ -25,6 +25,11 @@ impl Region {
     }
 }
 
+/// One decoded B, G, R, X pixel as the texture's colour (every remote pixel is opaque).
+fn color(p: &[u8]) -> Color32 {
+    Color32::from_rgb(p[2], p[1], p[0])
+}
+
 /// What changed since the window last looked.
 pub struct ScreenChange {
     /// The screen's size now; a size the texture does not have means "make a new one".
@@ -38,8 +43,9 @@ pub struct ScreenChange {
 struct Inner {
     width: usize,
     height: usize,
-    /// BGRX as decoded, `width * 4` bytes a row.
-    bgrx: Vec<u8>,
+    /// The picture as the texture takes it, `width` a row: the engine converts the decoder's
+    /// BGRX as it paints, so the window only copies rows.
+    pixels: Vec<Color32>,
     dirty: Option<Region>,
     /// Rectangles painted so far (the Connection view's frames/s counts them).
     paints: u64,
@@ -57,9 +63,9 @@ impl SharedScreen {
         let mut inner = lock(&self.inner);
         inner.width = usize::from(width);
         inner.height = usize::from(height);
-        inner.bgrx = bgrx.to_vec();
-        let len = inner.width * inner.height * 4;
-        inner.bgrx.resize(len, 0);
+        let len = inner.width * inner.height;
+        inner.pixels = bgrx.chunks_exact(4).take(len).map(color).collect();
+        inner.pixels.resize(len, Color32::BLACK);
         inner.dirty = Some(Region {
             x: 0,
             y: 0,
@@ -81,8 +87,11 @@ impl SharedScreen {
             return;
         }
         for row in y..bottom {
-            let span = row * width * 4 + x * 4..row * width * 4 + right * 4;
-            inner.bgrx[span.clone()].copy_from_slice(&bgrx[span]);
+            let (from, to) = (row * width + x, row * width + right);
+            let source = bgrx[from * 4..to * 4].chunks_exact(4);
+            for (pixel, p) in inner.pixels[from..to].iter_mut().zip(source) {
+                *pixel = color(p);
+            }
         }
         let region = Region {
             x,
@@ -100,13 +109,8 @@ impl SharedScreen {
         let region = inner.dirty.take()?;
         let mut pixels = Vec::with_capacity(region.width * region.height);
         for row in region.y..region.y + region.height {
-            let start = (row * inner.width + region.x) * 4;
-            let line = &inner.bgrx[start..start + region.width * 4];
-            // Every remote pixel is opaque.
-            pixels.extend(
-                line.chunks_exact(4)
-                    .map(|p| Color32::from_rgb(p[2], p[1], p[0])),
-            );
+            let start = row * inner.width + region.x;
+            pixels.extend_from_slice(&inner.pixels[start..start + region.width]);
         }
         Some(ScreenChange {
             size: [inner.width, inner.height],
@@ -142,8 +146,8 @@ impl SharedScreen {
         if x >= inner.width || y >= inner.height {
             return None;
         }
-        let at = (y * inner.width + x) * 4;
-        Some([inner.bgrx[at + 2], inner.bgrx[at + 1], inner.bgrx[at]])
+        let p = inner.pixels[y * inner.width + x];
+        Some([p.r(), p.g(), p.b()])
     }
 }
 
