@@ -1,14 +1,17 @@
 //! Admission: which connections still in their handshake the SP keeps when it has too many.
 //!
-//! The accept loop never waits: every connection is accepted and registered here until its
-//! hello is read. A source (an IPv4 address, an IPv6 /64) may keep `per_source` *silent*
+//! Every connection is accepted and registered here until its hello is read. A source (an IPv4 address, an IPv6 /64) may keep `per_source` *silent*
 //! connections (no byte received yet, for longer than `grace`); past that each new one
 //! displaces the source's oldest silent one, so a flood of idle sockets only ever displaces
 //! itself. Connections that talk are not held to the per-source cap: a NAT full of tenants
 //! reconnecting at once, or a console opening 200 sessions, is not an attack. All sources
 //! together hold at most `total`; at that cap the oldest silent connection of anyone gives way,
 //! and if none is silent, the oldest of the source holding the most (unless that is the
-//! newcomer's own: then the newcomer is refused).
+//! newcomer's own: then there is no room, and the accept loop waits for a place).
+//!
+//! "Silent" means a connection's task looked and found no byte (and, for the per-source cap,
+//! none came within the grace): in a reconnect storm the SP's tasks run behind the accept
+//! loop, and a tenant whose hello is already queued is not a silent socket.
 //!
 //! Behind a trusted gateway the first admission is of the gateway's address, with the global
 //! cap as its only limit; once the PROXY header names the client, the connection is moved to
@@ -46,7 +49,7 @@ pub struct Limits {
 pub enum Shed {
     /// Displaced: a newer connection needed its place (it had sent nothing).
     Displaced,
-    /// Refused at once: the table was full and the newcomer's source held the most.
+    /// Refused: no place came free for it within the handshake timeout.
     Refused,
     /// Closed by the caller for sending nothing within the first-byte deadline.
     Silent,
@@ -90,9 +93,24 @@ impl std::fmt::Display for Summary {
 struct Entry {
     source: IpAddr,
     silent: bool,
+    /// Its task has looked and found no byte waiting. Until then a connection never gives
+    /// way: in a reconnect storm the SP's tasks run seconds behind the accept loop, and a
+    /// tenant whose hello is already queued is not a silent socket.
+    looked: bool,
     since: Instant,
     evict: CancellationToken,
 }
+
+impl Entry {
+    /// Known silent, and (for the per-source cap, `grace` > 0) for longer than `grace`.
+    fn displaceable(&self, now: Instant, grace: Duration) -> bool {
+        self.silent && self.looked && now.duration_since(self.since) >= grace
+    }
+}
+
+/// How many silent connections, oldest first, the global cap looks through for one that may
+/// give way (bounds the time under the lock).
+const SCAN: usize = 1024;
 
 #[derive(Default)]
 struct Table {
@@ -143,6 +161,7 @@ impl Table {
             Entry {
                 source,
                 silent,
+                looked: false,
                 since,
                 evict,
             },
@@ -161,6 +180,12 @@ impl Table {
             }
         }
         Some(entry)
+    }
+
+    fn mark_looked(&mut self, id: u64) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.looked = true;
+        }
     }
 
     fn mark_talking(&mut self, id: u64) {
@@ -193,7 +218,7 @@ impl Table {
     }
 
     /// Keeps `source` at no more than `limits.per_source` silent connections: past it, its
-    /// oldest one that has been silent longer than the grace gives way.
+    /// oldest one known silent for longer than the grace gives way.
     fn trim_source(&mut self, source: IpAddr, limits: &Limits, now: Instant) {
         let Some(at) = self.by_source.get(&source) else {
             return;
@@ -206,18 +231,23 @@ impl Table {
             && self
                 .entries
                 .get(&id)
-                .is_some_and(|e| now.duration_since(e.since) >= limits.grace)
+                .is_some_and(|e| e.displaceable(now, limits.grace))
         {
             self.evict(id);
         }
     }
 
-    /// Makes room for one more connection under the global cap; false if there is none.
-    fn make_room_overall(&mut self, source: IpAddr, total: usize) -> bool {
-        if self.entries.len() < total {
+    /// Makes room for one more connection under the global cap; false if there is none now.
+    fn make_room_overall(&mut self, source: IpAddr, limits: &Limits, now: Instant) -> bool {
+        if self.entries.len() < limits.total {
             return true;
         }
-        if let Some(&id) = self.silent.first() {
+        let silent = self.silent.iter().take(SCAN).copied().find(|id| {
+            self.entries
+                .get(id)
+                .is_some_and(|e| e.displaceable(now, Duration::ZERO))
+        });
+        if let Some(id) = silent {
             self.evict(id);
             return true;
         }
@@ -260,7 +290,9 @@ impl Admission {
 
     /// Registers a connection just accepted from `peer`. `gateway` is true for a trusted
     /// gateway, whose address holds the connections of many clients: only the global cap
-    /// applies to it until [`Ticket::rekey`] names the client. `None`: refused, close it.
+    /// applies to it until [`Ticket::rekey`] names the client. `None`: no room now (every
+    /// place is held by a connection that talks, or may yet); the caller may wait for one,
+    /// and counts a refusal ([`Admission::count_shed`]) if it gives up.
     pub fn admit(self: &Arc<Self>, peer: IpAddr, gateway: bool) -> Option<Ticket> {
         let source = source_key(peer);
         let now = Instant::now();
@@ -268,8 +300,7 @@ impl Admission {
         if !gateway {
             table.trim_source(source, &self.limits, now);
         }
-        if !table.make_room_overall(source, self.limits.total) {
-            table.count_shed(source, Shed::Refused);
+        if !table.make_room_overall(source, &self.limits, now) {
             return None;
         }
         let evict = CancellationToken::new();
@@ -318,6 +349,13 @@ impl Ticket {
     /// Resolves when the connection has been displaced by a newer one: close it.
     pub fn evicted(&self) -> WaitForCancellationFuture<'_> {
         self.evict.cancelled()
+    }
+
+    /// The connection's task looked and no byte was waiting: it may give way at once.
+    pub fn looked_silent(&self) {
+        self.admission
+            .table()
+            .mark_looked(self.id.load(Ordering::Relaxed));
     }
 
     /// The connection sent its first byte: from now on it is not displaced for being silent.
@@ -382,7 +420,9 @@ mod tests {
     fn a_source_past_its_silent_cap_displaces_its_own_oldest_silent_connection() {
         let adm = admission(100, 2, Duration::ZERO);
         let first = adm.admit(ip(1), false).expect("room");
-        let _second = adm.admit(ip(1), false).expect("room");
+        let second = adm.admit(ip(1), false).expect("room");
+        first.looked_silent();
+        second.looked_silent();
         let third = adm
             .admit(ip(1), false)
             .expect("the oldest silent one makes room");
@@ -402,7 +442,11 @@ mod tests {
     fn connections_within_the_grace_or_talking_are_not_held_to_the_source_cap() {
         let adm = admission(100, 2, Duration::from_secs(3600));
         let young: Vec<Ticket> = (0..5)
-            .map(|_| adm.admit(ip(1), false).expect("room"))
+            .map(|_| {
+                let ticket = adm.admit(ip(1), false).expect("room");
+                ticket.looked_silent();
+                ticket
+            })
             .collect();
         assert!(
             young.iter().all(|t| !t.evict.is_cancelled()),
@@ -429,6 +473,7 @@ mod tests {
         let flood: Vec<Ticket> = (0..3)
             .map(|_| adm.admit(ip(1), false).expect("room"))
             .collect();
+        flood.iter().for_each(Ticket::looked_silent);
         let honest = adm.admit(ip(2), false).expect("room made");
         assert!(flood[0].evict.is_cancelled());
         assert!(!honest.evict.is_cancelled());
@@ -451,9 +496,28 @@ mod tests {
         let other = adm.admit(ip(3), false).expect("ip(1) still holds the most");
         other.talking();
         assert!(flood[1].evict.is_cancelled());
-        // ...but with one each, a newcomer is refused rather than take anyone's only place.
+        // ...but with one each, a newcomer gets no place rather than take anyone's only one
+        // (the accept loop waits for a place, and counts a refusal only if none comes).
         assert!(adm.admit(ip(2), false).is_none());
-        assert_eq!(adm.take_summary().refused, 1);
+        assert_eq!(adm.take_summary().refused, 0);
+    }
+
+    #[test]
+    fn a_storm_of_connections_not_yet_looked_at_keeps_its_places() {
+        // Tenants reconnecting faster than the SP's tasks run: their hellos are queued, but
+        // no task has looked. None gives way to a newcomer, however long they wait...
+        let adm = admission(3, 1, Duration::ZERO);
+        let storm: Vec<Ticket> = (1..=3)
+            .map(|n| adm.admit(ip(n), false).expect("room"))
+            .collect();
+        assert!(adm.admit(ip(4), false).is_none(), "no room, nobody kicked");
+        assert!(storm.iter().all(|t| !t.evict.is_cancelled()));
+        // ...while one its task found silent does, at once.
+        storm[1].looked_silent();
+        let newcomer = adm.admit(ip(4), false).expect("the silent one made room");
+        assert!(storm[1].evict.is_cancelled());
+        assert!(!storm[0].evict.is_cancelled() && !newcomer.evict.is_cancelled());
+        assert_eq!(adm.take_summary().displaced, 1);
     }
 
     #[test]
@@ -467,8 +531,11 @@ mod tests {
             5,
             "the gateway is not held to the per-source cap"
         );
-        through[0].rekey(ip(1));
-        through[1].rekey(ip(1));
+        // Each client connection is looked at again once the PROXY header named its client.
+        for t in &through[..2] {
+            t.rekey(ip(1));
+            t.looked_silent();
+        }
         through[2].rekey(ip(1));
         assert!(
             through[0].evict.is_cancelled(),

@@ -26,7 +26,7 @@ pub struct SpConfig {
     /// A connection that sends nothing for this long after connecting is closed.
     pub first_byte_timeout_secs: u64,
     /// Connections still in their handshake, over all sources. Past it the oldest silent
-    /// one is given up (`net::admission`); the accept loop never waits.
+    /// one is given up (`net::admission`); with none to give up, the accept loop waits for a place.
     pub max_pending_handshakes: usize,
     /// Connections that have sent nothing yet, from one source (an IPv4 address, an IPv6 /64;
     /// behind a trusted gateway, the client the PROXY header names). Past it a new one

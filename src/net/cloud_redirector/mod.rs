@@ -1,6 +1,6 @@
 //! The cloud redirector: the SP port. One TLS port takes every role; the first frame
-//! (`Hello`) says which. The accept loop only accepts, and never waits: the first byte (under
-//! a short deadline), the PROXY header, the TLS handshake and the hello run in the
+//! (`Hello`) says which. The accept loop only accepts (it waits only when admission has no
+//! place to free, see `admit`): the first byte (under a short deadline), the PROXY header, the TLS handshake and the hello run in the
 //! connection's own task under one timeout, and `net::admission` decides which of them to give
 //! up when too many are in flight.
 
@@ -11,6 +11,7 @@ mod session;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -168,7 +169,7 @@ pub async fn run(
 
     while let Some((tcp, peer)) = listener.next(&shutdown).await {
         let gateway = config.trusted_proxies.contains(&peer.ip());
-        let Some(ticket) = shared.admission.admit(peer.ip(), gateway) else {
+        let Some(ticket) = admit(&shared, peer, gateway).await else {
             // Refused: dropping the socket closes it; the summary counts it.
             continue;
         };
@@ -213,6 +214,29 @@ pub async fn run(
     Ok(())
 }
 
+/// A place in admission for a connection just accepted. When every place is held by a
+/// connection that talks or may yet (a reconnect storm outrunning the SP's tasks), the accept
+/// loop waits for one, and the connections behind wait in the kernel's backlog: known tenants
+/// reconnecting are slowed, not refused. Places free as handshakes end, so the wait is bounded
+/// by the handshake timeout; past it the connection is refused.
+async fn admit(shared: &Shared, peer: SocketAddr, gateway: bool) -> Option<Ticket> {
+    const RETRY: Duration = Duration::from_millis(5);
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(ticket) = shared.admission.admit(peer.ip(), gateway) {
+            return Some(ticket);
+        }
+        if started.elapsed() >= shared.sp.config.handshake_timeout() {
+            shared.admission.count_shed(peer.ip(), Shed::Refused);
+            return None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = shared.shutdown.cancelled() => return None,
+        }
+    }
+}
+
 /// The first byte, the PROXY header (from trusted gateways only), TLS, and the first frame.
 async fn handshake(
     shared: &Shared,
@@ -222,7 +246,7 @@ async fn handshake(
     ticket: &Ticket,
 ) -> Result<(ServerStream, SocketAddr, Hello)> {
     tcp.set_nodelay(true)?;
-    first_byte(shared, &tcp, peer).await?;
+    first_byte(shared, &tcp, peer, ticket).await?;
     let header = proxy_protocol::read_proxy_header(&mut tcp, shared.sp.config.handshake_timeout())
         .await
         .context("reading a PROXY header")?;
@@ -232,7 +256,7 @@ async fn handshake(
             let client = h.source.unwrap_or(peer);
             ticket.rekey(client.ip());
             // The gateway spoke for its client; the client itself must speak in time too.
-            first_byte(shared, &tcp, client).await?;
+            first_byte(shared, &tcp, client, ticket).await?;
             client
         }
         Some(_) => anyhow::bail!("PROXY header from {peer}, which is not a trusted gateway"),
@@ -255,10 +279,28 @@ async fn handshake(
 }
 
 /// Waits for a connection's first byte, under `first_byte_timeout_secs`: a socket that says
-/// nothing is closed long before the handshake timeout.
-async fn first_byte(shared: &Shared, tcp: &TcpStream, from: SocketAddr) -> Result<()> {
+/// nothing is closed long before the handshake timeout. If no byte is there at the first
+/// look, admission is told: that connection may give way to a newer one at once.
+async fn first_byte(
+    shared: &Shared,
+    tcp: &TcpStream,
+    from: SocketAddr,
+    ticket: &Ticket,
+) -> Result<()> {
     let mut byte = [0u8; 1];
-    match tokio::time::timeout(shared.sp.config.first_byte_timeout(), tcp.peek(&mut byte)).await {
+    let mut peek = std::pin::pin!(tokio::time::timeout(
+        shared.sp.config.first_byte_timeout(),
+        tcp.peek(&mut byte)
+    ));
+    let first_look = std::future::poll_fn(|cx| Poll::Ready(peek.as_mut().poll(cx))).await;
+    let peeked = match first_look {
+        Poll::Ready(peeked) => peeked,
+        Poll::Pending => {
+            ticket.looked_silent();
+            peek.await
+        }
+    };
+    match peeked {
         Ok(Ok(0)) => anyhow::bail!("closed before sending anything"),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e).context("waiting for the first byte"),
