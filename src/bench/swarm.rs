@@ -30,8 +30,8 @@ pub struct SwarmStats {
     pub online: AtomicUsize,
     /// Connects refused (nobody listening: the SP is down).
     pub connect_refused: AtomicU64,
-    /// Failures after the TCP connect (reset, closed or refused in the handshake or hello)
-    /// while `sp_up` was set: the SP refusing work it should take.
+    /// Failures (reset, closed or refused in the handshake or hello) of attempts begun and
+    /// ended while `sp_up` was set: the SP refusing work it should take.
     pub refused_while_up: AtomicU64,
     /// Any failure while the SP was down (expected in a restart).
     pub failed_while_down: AtomicU64,
@@ -146,11 +146,15 @@ impl LeanTenant {
                 None => None,
             };
             let started = Instant::now();
+            // Only an attempt made while the new SP listens can be refused by it: one made
+            // while the old SP was going down fails later, but not by the new SP's doing.
+            let up_at_start = self.stats.sp_up.load(Ordering::SeqCst);
             let result = tokio::select! {
                 r = self.connection(permit) => r,
                 _ = self.stop.cancelled() => return,
             };
-            let up = self.stats.sp_up.load(Ordering::SeqCst);
+            let up = up_at_start && self.stats.sp_up.load(Ordering::SeqCst);
+            let was_online = result.is_ok();
             match result {
                 Err(Failure::Refused) => {
                     self.stats.connect_refused.fetch_add(1, Ordering::Relaxed);
@@ -167,8 +171,15 @@ impl LeanTenant {
             if started.elapsed() >= Duration::from_secs(60) {
                 backoff.reset();
             }
+            // The tenant redirector's rule: a connection that was up and was lost is followed
+            // by a spread first reconnect.
+            let delay = if was_online {
+                backoff.after_lost_connection()
+            } else {
+                backoff.next_delay()
+            };
             tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = self.stop.cancelled() => return,
             }
         }

@@ -6,12 +6,16 @@
 //! itself. Connections that talk are not held to the per-source cap: a NAT full of tenants
 //! reconnecting at once, or a console opening 200 sessions, is not an attack. All sources
 //! together hold at most `total`; at that cap the oldest silent connection of anyone gives way,
-//! and if none is silent, the oldest of the source holding the most (unless that is the
-//! newcomer's own: then there is no room, and the accept loop waits for a place).
+//! and if none is silent, the oldest of a source holding twice its fair share or more (one
+//! source talking slowly does not keep the others out). Otherwise there is no room, and the
+//! accept loop waits for a place: in a reconnect storm from many sources nobody is cut off
+//! mid-handshake.
 //!
 //! "Silent" means a connection's task looked and found no byte (and, for the per-source cap,
-//! none came within the grace): in a reconnect storm the SP's tasks run behind the accept
-//! loop, and a tenant whose hello is already queued is not a silent socket.
+//! none came within the grace): in a reconnect storm the SP's tasks run behind the accept loop, and a tenant whose
+//! hello is already queued is not a silent socket. For the same reason a connection given up
+//! as silent is closed only if its socket still holds no byte when its task hears of it;
+//! otherwise it takes a place again, as talking ([`Ticket::readmit`]).
 //!
 //! Behind a trusted gateway the first admission is of the gateway's address, with the global
 //! cap as its only limit; once the PROXY header names the client, the connection is moved to
@@ -22,11 +26,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The unit a per-source cap counts: one IPv4 address, or one IPv6 /64 (the login limiter's
 /// rule, in one place).
@@ -98,7 +101,17 @@ struct Entry {
     /// tenant whose hello is already queued is not a silent socket.
     looked: bool,
     since: Instant,
+    tokens: Tokens,
+}
+
+/// How a connection's task hears that its place was given up.
+#[derive(Clone, Default)]
+struct Tokens {
+    /// Given up while talking (its source held twice its share): close.
     evict: CancellationToken,
+    /// Given up while known silent: close, unless the first bytes have come since the task
+    /// last looked (an SP behind in a storm looks late); then [`Ticket::readmit`].
+    silent: CancellationToken,
 }
 
 impl Entry {
@@ -141,13 +154,7 @@ impl Table {
         self.by_source.get(&source).map_or(0, |s| s.all.len())
     }
 
-    fn insert(
-        &mut self,
-        source: IpAddr,
-        silent: bool,
-        since: Instant,
-        evict: CancellationToken,
-    ) -> u64 {
+    fn insert(&mut self, source: IpAddr, silent: bool, since: Instant, tokens: Tokens) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         let at = self.by_source.entry(source).or_default();
@@ -163,7 +170,7 @@ impl Table {
                 silent,
                 looked: false,
                 since,
-                evict,
+                tokens,
             },
         );
         id
@@ -198,11 +205,19 @@ impl Table {
         }
     }
 
-    /// Gives up connection `id`: its task sees the eviction and closes it.
+    /// Gives up connection `id`, which is talking: its task sees the eviction and closes it.
     fn evict(&mut self, id: u64) {
         if let Some(entry) = self.remove(id) {
-            entry.evict.cancel();
+            entry.tokens.evict.cancel();
             self.count_shed(entry.source, Shed::Displaced);
+        }
+    }
+
+    /// Gives up connection `id`, known silent: its task checks for bytes that came since it
+    /// looked, and counts the displacement if there are none.
+    fn give_up_silent(&mut self, id: u64) {
+        if let Some(entry) = self.remove(id) {
+            entry.tokens.silent.cancel();
         }
     }
 
@@ -233,7 +248,7 @@ impl Table {
                 .get(&id)
                 .is_some_and(|e| e.displaceable(now, limits.grace))
         {
-            self.evict(id);
+            self.give_up_silent(id);
         }
     }
 
@@ -248,18 +263,26 @@ impl Table {
                 .is_some_and(|e| e.displaceable(now, Duration::ZERO))
         });
         if let Some(id) = silent {
-            self.evict(id);
+            self.give_up_silent(id);
             return true;
         }
-        // Everyone is talking: the source holding the most gives up its oldest, unless that
-        // is the newcomer's own source.
+        // Everyone is talking. A source holding at least twice its fair share (the cap over
+        // the sources, the newcomer's counted) gives up its oldest, unless it is the
+        // newcomer's own: one source that talks slowly does not keep everyone else out. In
+        // a reconnect storm from many sources none holds that much, and nobody is cut off
+        // mid-handshake; the newcomer waits for a place.
         let largest = self
             .by_source
             .iter()
             .max_by_key(|(_, at)| at.all.len())
             .map(|(ip, at)| (*ip, at.all.len(), at.all.first().copied()));
+        let sources = self.by_source.len() + usize::from(self.count(source) == 0);
         match largest {
-            Some((ip, n, Some(id))) if ip != source && n > self.count(source) + 1 => {
+            Some((ip, n, Some(id)))
+                if ip != source
+                    && n * sources >= 2 * limits.total
+                    && n > self.count(source) + 1 =>
+            {
                 self.evict(id);
                 true
             }
@@ -303,12 +326,11 @@ impl Admission {
         if !table.make_room_overall(source, &self.limits, now) {
             return None;
         }
-        let evict = CancellationToken::new();
-        let id = table.insert(source, true, now, evict.clone());
+        let tokens = Tokens::default();
+        let id = table.insert(source, true, now, tokens.clone());
         Some(Ticket {
             admission: self.clone(),
-            id: AtomicU64::new(id),
-            evict,
+            place: Mutex::new(Place { id, source, tokens }),
         })
     }
 
@@ -340,51 +362,101 @@ impl Admission {
 /// One admitted connection's place in the table; dropping it frees the place.
 pub struct Ticket {
     admission: Arc<Admission>,
-    /// Changes when [`Ticket::rekey`] moves the connection to its client's address.
-    id: AtomicU64,
-    evict: CancellationToken,
+    place: Mutex<Place>,
+}
+
+/// Where a ticket's entry is: its id and source change with [`Ticket::rekey`] and
+/// [`Ticket::readmit`].
+struct Place {
+    id: u64,
+    source: IpAddr,
+    tokens: Tokens,
 }
 
 impl Ticket {
-    /// Resolves when the connection has been displaced by a newer one: close it.
-    pub fn evicted(&self) -> WaitForCancellationFuture<'_> {
-        self.evict.cancelled()
+    fn place(&self) -> MutexGuard<'_, Place> {
+        crate::util::lock(&self.place)
+    }
+
+    fn id(&self) -> u64 {
+        self.place().id
+    }
+
+    /// Resolves when the connection, talking, was displaced by a newer one: close it.
+    pub fn evicted(&self) -> WaitForCancellationFutureOwned {
+        self.place().tokens.evict.clone().cancelled_owned()
+    }
+
+    /// Resolves when the connection was given up while known silent. Its task then closes
+    /// it ([`Ticket::displaced`]) or, if its first bytes are waiting after all, keeps it
+    /// ([`Ticket::readmit`]).
+    pub fn given_up_while_silent(&self) -> WaitForCancellationFutureOwned {
+        self.place().tokens.silent.clone().cancelled_owned()
+    }
+
+    /// Given up while silent, and nothing had come: counted as displaced.
+    pub fn displaced(&self) {
+        let source = self.place().source;
+        self.admission.count_shed(source, Shed::Displaced);
+    }
+
+    /// Given up while silent, but its first bytes had come since its task looked: it takes
+    /// a place again, as talking, even past the global cap. The cap is overrun only by
+    /// connections that have spoken, each at most once, so by at most the cap again.
+    pub fn readmit(&self) {
+        let mut place = self.place();
+        if !place.tokens.silent.is_cancelled() {
+            return; // still in its place
+        }
+        let tokens = Tokens {
+            evict: place.tokens.evict.clone(),
+            silent: CancellationToken::new(),
+        };
+        let mut table = self.admission.table();
+        place.id = table.insert(place.source, false, Instant::now(), tokens.clone());
+        place.tokens = tokens;
     }
 
     /// The connection's task looked and no byte was waiting: it may give way at once.
     pub fn looked_silent(&self) {
-        self.admission
-            .table()
-            .mark_looked(self.id.load(Ordering::Relaxed));
+        let id = self.id();
+        self.admission.table().mark_looked(id);
     }
 
     /// The connection sent its first byte: from now on it is not displaced for being silent.
     pub fn talking(&self) {
-        self.admission
-            .table()
-            .mark_talking(self.id.load(Ordering::Relaxed));
+        let id = self.id();
+        self.admission.table().mark_talking(id);
     }
 
     /// Moves the connection from the gateway's address to the client's, which the gateway's
     /// PROXY header named, under that client's cap.
     pub fn rekey(&self, client: IpAddr) {
         let source = source_key(client);
+        let mut place = self.place();
         let mut table = self.admission.table();
         // The id changes under the table's lock, so no other caller sees it half moved.
-        let Some(old) = table.remove(self.id.load(Ordering::Relaxed)) else {
-            // Already displaced; the caller sees `evicted` and closes.
+        let Some(old) = table.remove(place.id) else {
+            // Already given up; the caller hears of it and closes.
             return;
         };
         table.trim_source(source, &self.admission.limits, Instant::now());
-        let id = table.insert(source, old.silent, old.since, old.evict);
-        self.id.store(id, Ordering::Relaxed);
+        place.id = table.insert(source, old.silent, old.since, old.tokens);
+        place.source = source;
+    }
+
+    /// Given up, for either reason.
+    #[cfg(test)]
+    fn given_up(&self) -> bool {
+        let place = self.place();
+        place.tokens.evict.is_cancelled() || place.tokens.silent.is_cancelled()
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut table = self.admission.table();
-        table.remove(self.id.load(Ordering::Relaxed));
+        let id = self.id();
+        self.admission.table().remove(id);
     }
 }
 
@@ -426,8 +498,10 @@ mod tests {
         let third = adm
             .admit(ip(1), false)
             .expect("the oldest silent one makes room");
-        assert!(first.evict.is_cancelled(), "the oldest was displaced");
-        assert!(!third.evict.is_cancelled());
+        assert!(first.given_up(), "the oldest was displaced");
+        assert!(!third.given_up());
+        // Its task finds nothing waiting on the socket, closes it, and counts it.
+        first.displaced();
         assert_eq!(adm.pending(), 2);
         let summary = adm.take_summary();
         assert_eq!(summary.displaced, 1);
@@ -449,7 +523,7 @@ mod tests {
             })
             .collect();
         assert!(
-            young.iter().all(|t| !t.evict.is_cancelled()),
+            young.iter().all(|t| !t.given_up()),
             "a burst is not a flood"
         );
         let adm = admission(100, 2, Duration::ZERO);
@@ -461,7 +535,7 @@ mod tests {
             })
             .collect();
         assert!(
-            talking.iter().all(|t| !t.evict.is_cancelled()),
+            talking.iter().all(|t| !t.given_up()),
             "talking connections are never displaced by their own source"
         );
         assert_eq!(adm.pending(), 10);
@@ -475,31 +549,53 @@ mod tests {
             .collect();
         flood.iter().for_each(Ticket::looked_silent);
         let honest = adm.admit(ip(2), false).expect("room made");
-        assert!(flood[0].evict.is_cancelled());
-        assert!(!honest.evict.is_cancelled());
+        assert!(flood[0].given_up());
+        assert!(!honest.given_up());
         assert_eq!(adm.pending(), 3);
     }
 
     #[test]
-    fn at_the_global_cap_with_everyone_talking_the_largest_source_gives_way() {
-        let adm = admission(3, 10, Duration::ZERO);
-        let flood: Vec<Ticket> = (0..3)
+    fn at_the_global_cap_with_everyone_talking_a_source_past_twice_its_share_gives_way() {
+        let adm = admission(6, 10, Duration::ZERO);
+        let flood: Vec<Ticket> = (0..6)
             .map(|_| adm.admit(ip(1), false).expect("room"))
             .collect();
         flood.iter().for_each(Ticket::talking);
+        // ip(1) holds all six places; with a newcomer, its fair share is three.
         let honest = adm
             .admit(ip(2), false)
-            .expect("the largest source gave way");
+            .expect("the source holding everything gave way");
         honest.talking();
-        assert!(flood[0].evict.is_cancelled());
-        // Two from ip(1), one from ip(2): ip(1) gives way once more for a third source...
+        assert!(flood[0].given_up());
+        // Five of six for ip(1) among three sources (a share of two): it gives way again.
         let other = adm.admit(ip(3), false).expect("ip(1) still holds the most");
         other.talking();
-        assert!(flood[1].evict.is_cancelled());
-        // ...but with one each, a newcomer gets no place rather than take anyone's only one
-        // (the accept loop waits for a place, and counts a refusal only if none comes).
-        assert!(adm.admit(ip(2), false).is_none());
-        assert_eq!(adm.take_summary().refused, 0);
+        assert!(flood[1].given_up());
+        assert!(!honest.given_up());
+        assert_eq!(adm.take_summary().displaced, 2);
+    }
+
+    #[test]
+    fn a_reconnect_storm_from_many_sources_cuts_nobody_off_mid_handshake() {
+        // Eight sources, each holding about its share of the cap, all talking: a newcomer
+        // finds no room and waits (the accept loop retries), nobody is displaced, even from
+        // a source holding a few more than the newcomer's.
+        let adm = admission(16, 10, Duration::ZERO);
+        let counts = [3, 3, 2, 2, 2, 2, 1, 1];
+        let storm: Vec<Ticket> = counts
+            .iter()
+            .enumerate()
+            .flat_map(|(n, &k)| (0..k).map(move |_| n as u8 + 1))
+            .map(|n| adm.admit(ip(n), false).expect("room"))
+            .collect();
+        storm.iter().for_each(Ticket::talking);
+        assert!(adm.admit(ip(8), false).is_none(), "no room, nobody kicked");
+        assert!(
+            adm.admit(ip(9), false).is_none(),
+            "no room for a new source either"
+        );
+        assert!(storm.iter().all(|t| !t.given_up()));
+        assert_eq!(adm.take_summary(), Summary::default());
     }
 
     #[test]
@@ -511,13 +607,40 @@ mod tests {
             .map(|n| adm.admit(ip(n), false).expect("room"))
             .collect();
         assert!(adm.admit(ip(4), false).is_none(), "no room, nobody kicked");
-        assert!(storm.iter().all(|t| !t.evict.is_cancelled()));
+        assert!(storm.iter().all(|t| !t.given_up()));
         // ...while one its task found silent does, at once.
         storm[1].looked_silent();
         let newcomer = adm.admit(ip(4), false).expect("the silent one made room");
-        assert!(storm[1].evict.is_cancelled());
-        assert!(!storm[0].evict.is_cancelled() && !newcomer.evict.is_cancelled());
+        assert!(storm[1].given_up());
+        assert!(!storm[0].given_up() && !newcomer.given_up());
+        storm[1].displaced();
         assert_eq!(adm.take_summary().displaced, 1);
+    }
+
+    #[test]
+    fn a_connection_given_up_as_silent_whose_bytes_had_come_takes_a_place_again() {
+        let adm = admission(2, 10, Duration::ZERO);
+        let late = adm.admit(ip(1), false).expect("room");
+        let quiet = adm.admit(ip(2), false).expect("room");
+        late.looked_silent();
+        quiet.looked_silent();
+        let newcomer = adm
+            .admit(ip(3), false)
+            .expect("the oldest silent one made room");
+        assert!(late.given_up() && !quiet.given_up());
+        // Its task finds the first bytes there after all (it had looked too early).
+        late.readmit();
+        late.talking();
+        assert_eq!(adm.pending(), 3, "over the cap by the one that had spoken");
+        assert_eq!(adm.take_summary().displaced, 0, "nothing was shed");
+        // The next newcomer takes the place of the one that is really silent.
+        let next = adm.admit(ip(4), false).expect("room made");
+        assert!(quiet.given_up());
+        quiet.displaced();
+        assert_eq!(adm.take_summary().displaced, 1);
+        assert!(!late.given_up(), "readmitted, it keeps its new place");
+        drop((late, newcomer, next));
+        assert_eq!(adm.pending(), 0);
     }
 
     #[test]
@@ -538,11 +661,11 @@ mod tests {
         }
         through[2].rekey(ip(1));
         assert!(
-            through[0].evict.is_cancelled(),
+            through[0].given_up(),
             "the client's oldest silent one gave way"
         );
         through[3].rekey(ip(2));
-        assert!(!through[3].evict.is_cancelled());
+        assert!(!through[3].given_up());
         drop(through);
         assert_eq!(adm.pending(), 0, "every place is freed on drop");
     }

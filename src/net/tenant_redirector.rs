@@ -218,6 +218,7 @@ pub async fn run_with_consent(
         let started = Instant::now();
         let result =
             control_connection(&config, &dialer, &pool, &shutdown, &state, &sessions).await;
+        let was_online = matches!(*state.borrow(), AgentState::Online { .. });
         pool.review(&dialer);
         if shutdown.is_cancelled() {
             break;
@@ -234,6 +235,8 @@ pub async fn run_with_consent(
             .is_some_and(|e| e.downcast_ref::<Replaced>().is_some());
         let retry_in = if replaced {
             config.backoff_max
+        } else if was_online {
+            backoff.after_lost_connection()
         } else {
             backoff.next_delay()
         };

@@ -185,7 +185,7 @@ pub async fn run(
                     handshake(&shared, &acceptor, tcp, peer, &ticket),
                 )) => hello,
                 _ = ticket.evicted() => {
-                    tracing::debug!(%peer, "displaced by newer connections while silent");
+                    tracing::debug!(%peer, "displaced while talking: its source held more than twice its share");
                     return;
                 }
             };
@@ -297,7 +297,21 @@ async fn first_byte(
         Poll::Ready(peeked) => peeked,
         Poll::Pending => {
             ticket.looked_silent();
-            peek.await
+            loop {
+                tokio::select! {
+                    peeked = peek.as_mut() => break peeked,
+                    () = ticket.given_up_while_silent() => {
+                        // In a storm this task may run long after the bytes came: ask the
+                        // socket itself before closing a tenant that did speak.
+                        if bytes_waiting(tcp) {
+                            ticket.readmit();
+                            continue;
+                        }
+                        ticket.displaced();
+                        anyhow::bail!("displaced by newer connections while silent");
+                    }
+                }
+            }
         }
     };
     match peeked {
@@ -309,6 +323,18 @@ async fn first_byte(
             anyhow::bail!("sent nothing within the first-byte deadline")
         }
     }
+}
+
+/// Are bytes waiting on `tcp` now? Asked of the kernel (through a duplicate of the socket's
+/// descriptor), not of the runtime, whose view of readiness lags when it is busy.
+fn bytes_waiting(tcp: &TcpStream) -> bool {
+    use std::os::fd::AsFd;
+    let Ok(fd) = tcp.as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    // The duplicate shares the socket's non-blocking mode: this never waits.
+    let probe = std::net::TcpStream::from(fd);
+    matches!(probe.peek(&mut [0u8; 1]), Ok(n) if n > 0)
 }
 
 /// Logs what admission gave up, one line per interval, so a flood of sockets cannot flood the
