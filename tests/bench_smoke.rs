@@ -21,6 +21,7 @@ const FIGURES: &[&str] = &[
     "idle_kib_per_tenant",
     "heartbeat_cpu_pct_at_15000",
     "list_fetch_ms",
+    "list_first_rows_ms",
     "list_wire_kib",
     "storm_secs",
     "storm_refused",

@@ -7,7 +7,7 @@ use rac::net::cloud_redirector::parse_hello;
 use rac::wire::frame::{FrameError, MAX_FRAME_LEN, MAX_HELLO_LEN, encode_frame, read_frame};
 use rac::wire::protocol::{
     ApiRequest, ApiResponse, ControlMsg, ErrorCode, ErrorMsg, Hello, HelloReply, Role, SessionMsg,
-    Stage, TenantInfo, TenantStatus, Welcome,
+    Stage, TenantInfo, TenantPage, TenantStatus, Welcome,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -160,7 +160,8 @@ fn session_msg() -> impl Strategy<Value = SessionMsg> {
 
 fn api_request() -> impl Strategy<Value = ApiRequest> {
     prop_oneof![
-        any::<bool>().prop_map(|subscribe| ApiRequest::ListTenants { subscribe }),
+        (any::<bool>(), any::<bool>())
+            .prop_map(|(subscribe, compact)| ApiRequest::ListTenants { subscribe, compact }),
         Just(ApiRequest::Logout),
     ]
 }
@@ -212,6 +213,9 @@ fn api_response() -> impl Strategy<Value = ApiResponse> {
     prop_oneof![
         prop::collection::vec(tenant_info(), 0..4)
             .prop_map(|tenants| ApiResponse::Tenants { tenants }),
+        (prop::collection::vec(tenant_info(), 0..4), any::<u64>()).prop_map(|(tenants, now)| {
+            ApiResponse::TenantPage(TenantPage::paginate(&tenants, now).next().expect("a page"))
+        }),
         tenant_info().prop_map(|tenant| ApiResponse::TenantChanged { tenant }),
         text().prop_map(|name| ApiResponse::TenantRemoved { name }),
         Just(ApiResponse::LoggedOut),
@@ -243,6 +247,30 @@ fn through_frame<T: Serialize + DeserializeOwned>(msg: &T) -> T {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_compact_tenant_list_reads_back_as_its_tenants(
+        tenants in prop::collection::vec(tenant_info(), 0..40),
+        now in any::<u64>(),
+    ) {
+        // The SP stamps a snapshot as it takes it: no time in it is later than its `now`.
+        let tenants: Vec<TenantInfo> = tenants
+            .into_iter()
+            .map(|mut t| {
+                t.connected_since = t.connected_since.map(|at| at.min(now));
+                t.last_seen = t.last_seen.map(|at| at.min(now));
+                t
+            })
+            .collect();
+        let mut back = Vec::new();
+        for page in TenantPage::paginate(&tenants, now) {
+            let ApiResponse::TenantPage(page) = through_frame(&ApiResponse::TenantPage(page)) else {
+                panic!("a page reads back as a page");
+            };
+            back.extend(page.into_tenants().expect("every index in range"));
+        }
+        prop_assert_eq!(back, tenants);
+    }
 
     #[test]
     fn hello_round_trips_and_passes_the_sp_parse(role in role()) {

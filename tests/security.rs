@@ -510,7 +510,10 @@ async fn a_console_opens_and_sees_only_the_tenants_its_token_allows() {
     scoped.login("scoped-pw").await.expect("login");
     let mut feed = scoped.subscribe().await.expect("feed");
     match feed.next().await.expect("snapshot") {
-        Some(ApiResponse::Tenants { tenants }) => {
+        // One page: the window's feed asks for the compact form.
+        Some(ApiResponse::TenantPage(page)) => {
+            assert!(page.first && !page.more, "{page:?}");
+            let tenants = page.into_tenants().expect("a well-formed page");
             let names: Vec<_> = tenants.iter().map(|t| t.name.as_str()).collect();
             assert_eq!(names, vec!["mine"]);
         }
@@ -534,7 +537,8 @@ async fn a_console_opens_and_sees_only_the_tenants_its_token_allows() {
                         return;
                     }
                 }
-                Some(ApiResponse::Tenants { tenants }) => {
+                Some(ApiResponse::TenantPage(page)) => {
+                    let tenants = page.into_tenants().expect("a well-formed page");
                     assert!(tenants.iter().all(|t| t.name == "mine"), "{tenants:?}");
                 }
                 other => panic!("unexpected {other:?}"),
@@ -701,7 +705,14 @@ async fn api_requests_need_a_login_and_a_sane_frame() {
     let sp = TestSp::start(quick_config()).await;
     // A list request instead of a hello: refused as a malformed hello.
     let mut stream = sp.raw().await;
-    let reply: HelloReply = ask(&mut stream, &ApiRequest::ListTenants { subscribe: true }).await;
+    let reply: HelloReply = ask(
+        &mut stream,
+        &ApiRequest::ListTenants {
+            subscribe: true,
+            compact: false,
+        },
+    )
+    .await;
     assert!(
         matches!(
             reply_code(&reply),

@@ -490,7 +490,7 @@ async fn a_revoked_or_expired_token_loses_its_live_feed() {
     let mut feed = console.subscribe().await.expect("subscribe");
     assert!(matches!(
         next(&mut feed).await,
-        Ok(Some(ApiResponse::Tenants { .. }))
+        Ok(Some(ApiResponse::TenantPage(_)))
     ));
     let other = rac::sp::registry::Registry::open(&sp.state.registry()).expect("open");
     let revoked_at = Instant::now();
@@ -556,7 +556,7 @@ async fn hold(sp: &TestSp, user: &str, password: &str) -> Holding {
     let mut feed = console.subscribe().await.expect("subscribe");
     assert!(matches!(
         next(&mut feed).await,
-        Ok(Some(ApiResponse::Tenants { .. }))
+        Ok(Some(ApiResponse::TenantPage(_)))
     ));
     let session = console
         .open_session("acme", "echo", |_, _| {})

@@ -198,7 +198,7 @@ async fn a_status_flood_is_coalesced_and_the_last_status_wins() {
     let mut feed = console.subscribe().await.expect("feed");
     let snapshot = feed.next().await.expect("read").expect("snapshot");
     assert!(
-        matches!(snapshot, ApiResponse::Tenants { .. }),
+        matches!(snapshot, ApiResponse::TenantPage(_)),
         "{snapshot:?}"
     );
 

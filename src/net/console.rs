@@ -17,6 +17,7 @@ use super::tls::{ClientStream, TlsClient, TlsInfo, Trust};
 use crate::wire::frame::{self, FrameError, MAX_FRAME_LEN};
 use crate::wire::protocol::{
     ApiRequest, ApiResponse, ErrorCode, Hello, HelloReply, Role, SessionMsg, Stage, TenantInfo,
+    TenantPage,
 };
 
 /// Why a console request failed, in a form a UI can branch on; [`ConsoleError::retryable`]
@@ -143,6 +144,12 @@ pub struct TenantFeed {
     stream: ClientStream,
 }
 
+/// A compact page's tenants; a page that names what it does not hold is the SP's fault.
+pub fn page_rows(page: TenantPage) -> Result<Vec<TenantInfo>, ConsoleError> {
+    page.into_tenants()
+        .map_err(|e| ConsoleError::Protocol(format!("a malformed tenant list page: {e}")))
+}
+
 impl TenantFeed {
     /// The next snapshot or change; `None` when the SP closed the feed.
     pub async fn next(&mut self) -> Result<Option<ApiResponse>, ConsoleError> {
@@ -222,14 +229,27 @@ impl ConsoleClient {
     /// The tenant list once.
     pub async fn tenants(&self) -> Result<Vec<TenantInfo>, ConsoleError> {
         let mut feed = self.request_tenants(false).await?;
-        match feed.next().await? {
-            Some(ApiResponse::Tenants { tenants }) => Ok(tenants),
-            Some(ApiResponse::Error { code, message }) => {
-                Err(ConsoleError::Refused { code, message })
+        let mut all = Vec::new();
+        loop {
+            match feed.next().await? {
+                // An SP that does not know the compact form answers with the whole list.
+                Some(ApiResponse::Tenants { tenants }) => return Ok(tenants),
+                Some(ApiResponse::TenantPage(page)) => {
+                    let more = page.more;
+                    all.extend(page_rows(page)?);
+                    if !more {
+                        return Ok(all);
+                    }
+                }
+                Some(ApiResponse::Error { code, message }) => {
+                    return Err(ConsoleError::Refused { code, message });
+                }
+                other => {
+                    return Err(ConsoleError::Protocol(format!(
+                        "unexpected answer {other:?}"
+                    )));
+                }
             }
-            other => Err(ConsoleError::Protocol(format!(
-                "unexpected answer {other:?}"
-            ))),
         }
     }
 
@@ -240,7 +260,11 @@ impl ConsoleClient {
 
     async fn request_tenants(&self, subscribe: bool) -> Result<TenantFeed, ConsoleError> {
         let mut stream = self.token_connection().await?;
-        frame::write_frame(&mut stream, &ApiRequest::ListTenants { subscribe }).await?;
+        let request = ApiRequest::ListTenants {
+            subscribe,
+            compact: true,
+        };
+        frame::write_frame(&mut stream, &request).await?;
         Ok(TenantFeed { stream })
     }
 

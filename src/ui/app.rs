@@ -172,6 +172,7 @@ impl ConsoleApp {
             Event::Conn(state) => self.conn = state,
             Event::LabReady(facts) => self.lab = Some(facts),
             Event::Tenants(all) => self.tenants.set_all(all),
+            Event::MoreTenants(rows) => self.tenants.extend(rows),
             Event::TenantChanged(t) => self.tenants.upsert(t),
             Event::TenantRemoved(name) => self.tenants.remove(&name),
             Event::Session(id, event) => {

@@ -143,6 +143,12 @@ impl TenantList {
         self.last_rebuild = None;
     }
 
+    /// Adds the rest of a snapshot's rows as they arrive (the first page is on the screen;
+    /// the view takes the rest in at its rebuild pace).
+    pub fn extend(&mut self, tenants: Vec<TenantInfo>) {
+        tenants.into_iter().for_each(|t| self.upsert(t));
+    }
+
     pub fn upsert(&mut self, tenant: TenantInfo) {
         match self.by_name.get(&tenant.name) {
             Some(&i) => self.rows[i] = tenant,
@@ -623,6 +629,25 @@ mod tests {
             description: format!("about {name}"),
             ..TenantInfo::default()
         }
+    }
+
+    #[test]
+    fn the_first_page_shows_at_once_and_the_rest_joins_it() {
+        let mut list = TenantList::default();
+        let settings = ListSettings::default();
+        list.set_all(vec![tenant("globex", TenantStatus::Online, 0)]);
+        list.refresh_view(&settings);
+        assert!(list.received);
+        assert_eq!(list.visible_len(), 1, "the first page is on the screen");
+        list.extend(vec![
+            tenant("acme", TenantStatus::Online, 0),
+            tenant("globex", TenantStatus::Offline, 0),
+        ]);
+        assert_eq!(list.all().len(), 2, "a row named again replaces its first");
+        std::thread::sleep(REBUILD_EVERY);
+        list.refresh_view(&settings);
+        let names: Vec<_> = list.visible().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["acme", "globex"]);
     }
 
     #[test]

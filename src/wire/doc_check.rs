@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::frame::{MAX_FRAME_LEN, MAX_HELLO_LEN, encode_frame, read_frame};
 use super::protocol::{
     ApiRequest, ApiResponse, ControlMsg, ErrorCode, ErrorMsg, Hello, HelloReply, MAX_AGENT_LEN,
-    MAX_SERVICES, Role, SessionMsg, Stage, TENANT_REJECT_CODES, TenantInfo, TenantStatus, Welcome,
-    parse_control,
+    MAX_SERVICES, Role, SessionMsg, Stage, TENANT_REJECT_CODES, TenantInfo, TenantPage,
+    TenantStatus, Welcome, parse_control,
 };
 
 const DOC: &str = include_str!("../../docs/PROTOCOL.md");
@@ -243,7 +243,10 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
         add(session, Message::Session(&msg), json(&msg));
     }
     for msg in [
-        ApiRequest::ListTenants { subscribe: true },
+        ApiRequest::ListTenants {
+            subscribe: true,
+            compact: true,
+        },
         ApiRequest::Logout,
     ] {
         add(operator, Message::Request(&msg), json(&msg));
@@ -252,6 +255,11 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
         ApiResponse::Tenants {
             tenants: vec![info.clone()],
         },
+        ApiResponse::TenantPage(
+            TenantPage::paginate(std::slice::from_ref(&info), 1)
+                .next()
+                .expect("a page"),
+        ),
         ApiResponse::TenantChanged {
             tenant: info.clone(),
         },
@@ -338,6 +346,7 @@ fn message_index(message: Message<'_>) -> usize {
             ApiResponse::TenantRemoved { .. } => 32,
             ApiResponse::LoggedOut => 33,
             ApiResponse::Error { .. } => 34,
+            ApiResponse::TenantPage(_) => 35,
         },
         Message::Reply(msg) => match msg {
             HelloReply::Welcome(_) => 40,

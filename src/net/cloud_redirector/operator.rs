@@ -20,7 +20,9 @@ use crate::sp::Refusal;
 use crate::sp::presence::TenantEvent;
 use crate::sp::registry::Operator;
 use crate::wire::frame::{self, Connection, FrameError, MAX_HELLO_LEN};
-use crate::wire::protocol::{ApiRequest, ApiResponse, ErrorCode, HelloReply, TenantInfo, Welcome};
+use crate::wire::protocol::{
+    ApiRequest, ApiResponse, ErrorCode, HelloReply, TenantInfo, TenantPage, Welcome,
+};
 
 /// How long an operator connection may take to hear `shutting_down` when the SP stops.
 const SHUTDOWN_NOTICE: Duration = Duration::from_secs(1);
@@ -174,6 +176,7 @@ async fn requests(
     let mut conn = Connection::new(stream, MAX_HELLO_LEN);
     let allowed = |info: &TenantInfo| operator.may_open(&info.name);
     let mut events = None;
+    let mut compact = false;
     let expiry = tokio::time::sleep(until(expires_at));
     tokio::pin!(expiry);
     loop {
@@ -185,10 +188,12 @@ async fn requests(
                     let _ = send_error(conn.get_mut(), &refusal).await;
                     return Err(e);
                 }
-                Ok(Some(ApiRequest::ListTenants { subscribe })) => {
+                Ok(Some(ApiRequest::ListTenants { subscribe, compact: asked_compact })) => {
                     let (tenants, rx) = shared.sp.presence.snapshot_and_subscribe();
-                    let tenants = tenants.into_iter().filter(allowed).collect();
-                    conn.send(&ApiResponse::Tenants { tenants }).await?;
+                    // The form of this request's snapshot is the form of a subscriber's
+                    // later ones.
+                    compact = asked_compact;
+                    send_snapshot(&mut conn, tenants.into_iter().filter(allowed).collect(), compact).await?;
                     if subscribe {
                         events = Some(rx);
                     }
@@ -212,7 +217,8 @@ async fn requests(
                         // Too slow to follow every change: start over from a fresh snapshot.
                         let (tenants, rx) = shared.sp.presence.snapshot_and_subscribe();
                         events = Some(rx);
-                        ApiResponse::Tenants { tenants: tenants.into_iter().filter(allowed).collect() }
+                        send_snapshot(&mut conn, tenants.into_iter().filter(allowed).collect(), compact).await?;
+                        continue;
                     }
                     Err(RecvError::Closed) => return Ok(()),
                 };
@@ -241,6 +247,21 @@ async fn requests(
             }
         }
     }
+}
+
+/// A snapshot in the form the console asked for: one `tenants` frame, or compact pages.
+async fn send_snapshot(
+    conn: &mut Connection<ServerStream>,
+    tenants: Vec<TenantInfo>,
+    compact: bool,
+) -> Result<(), FrameError> {
+    if !compact {
+        return conn.send(&ApiResponse::Tenants { tenants }).await;
+    }
+    for page in TenantPage::paginate(&tenants, crate::util::now_unix_secs()) {
+        conn.send(&ApiResponse::TenantPage(page)).await?;
+    }
+    Ok(())
 }
 
 async fn next_event(

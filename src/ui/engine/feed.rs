@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lab::{Lab, LabOptions};
 use crate::net::backoff::Backoff;
-use crate::net::console::{ConsoleClient, ConsoleError};
+use crate::net::console::{ConsoleClient, ConsoleError, page_rows};
 use crate::wire::protocol::ApiResponse;
 
 use super::EventSink;
@@ -112,17 +112,31 @@ async fn login_and_follow(
     client.login(password).await?;
     let mut feed = client.subscribe().await?;
     let endpoint = client.config().route.endpoints().join(", ");
+    let went_live = |live_since: &mut Option<Instant>| {
+        if live_since.is_none() {
+            *live_since = Some(Instant::now());
+            sink.send(Event::Conn(ConnState::Live {
+                user: client.config().user.clone(),
+                endpoint: endpoint.clone(),
+            }));
+        }
+    };
     while let Some(message) = feed.next().await? {
         match message {
             ApiResponse::Tenants { tenants } => {
-                if live_since.is_none() {
-                    *live_since = Some(Instant::now());
-                    sink.send(Event::Conn(ConnState::Live {
-                        user: client.config().user.clone(),
-                        endpoint: endpoint.clone(),
-                    }));
-                }
+                went_live(live_since);
                 sink.send(Event::Tenants(tenants));
+            }
+            // The first page replaces the list and is shown at once; the rest add to it.
+            ApiResponse::TenantPage(page) => {
+                went_live(live_since);
+                let first = page.first;
+                let rows = page_rows(page)?;
+                sink.send(if first {
+                    Event::Tenants(rows)
+                } else {
+                    Event::MoreTenants(rows)
+                });
             }
             ApiResponse::TenantChanged { tenant } => sink.send(Event::TenantChanged(tenant)),
             ApiResponse::TenantRemoved { name } => sink.send(Event::TenantRemoved(name)),

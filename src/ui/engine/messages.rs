@@ -235,7 +235,10 @@ pub struct DesktopStats {
 pub enum Event {
     Conn(ConnState),
     LabReady(LabFacts),
+    /// A snapshot: the list starts over with these rows.
     Tenants(Vec<TenantInfo>),
+    /// More rows of the same snapshot.
+    MoreTenants(Vec<TenantInfo>),
     TenantChanged(TenantInfo),
     TenantRemoved(String),
     Session(TabId, SessionEvent),

@@ -18,12 +18,14 @@ mod error;
 mod hello;
 mod operator;
 mod session;
+mod tenant_page;
 
 pub use control::{Beat, ControlMsg, HeartbeatClock, TENANT_REJECT_CODES, parse_control};
 pub use error::{ErrorCode, ErrorMsg, Malformed};
 pub use hello::{Hello, HelloReply, MAX_AGENT_LEN, MAX_SERVICES, Role, Welcome, validate_services};
 pub use operator::{ApiRequest, ApiResponse, TenantInfo, TenantStatus};
 pub use session::{SessionMsg, Stage};
+pub use tenant_page::{PageError, ROWS_PER_PAGE, TenantPage, TenantRow};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused with
 /// [`ErrorCode::VersionMismatch`].

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ErrorCode, ErrorMsg};
+use super::{ErrorCode, ErrorMsg, TenantPage};
 
 /// Operator API requests, after a successful operator hello.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -14,6 +14,10 @@ pub enum ApiRequest {
     ListTenants {
         #[serde(default)]
         subscribe: bool,
+        /// Snapshots as [`TenantPage`]s instead of one `Tenants` frame (left off when
+        /// false, as an older console sends it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        compact: bool,
     },
     /// Ends the token now.
     Logout,
@@ -23,11 +27,22 @@ pub enum ApiRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ApiResponse {
-    Tenants { tenants: Vec<TenantInfo> },
-    TenantChanged { tenant: TenantInfo },
-    TenantRemoved { name: String },
+    Tenants {
+        tenants: Vec<TenantInfo>,
+    },
+    /// A page of a compact snapshot (`list_tenants` with `compact`).
+    TenantPage(TenantPage),
+    TenantChanged {
+        tenant: TenantInfo,
+    },
+    TenantRemoved {
+        name: String,
+    },
     LoggedOut,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Whether a tenant can be reached now.
