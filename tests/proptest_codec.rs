@@ -214,7 +214,7 @@ fn api_response() -> impl Strategy<Value = ApiResponse> {
         prop::collection::vec(tenant_info(), 0..4)
             .prop_map(|tenants| ApiResponse::Tenants { tenants }),
         (prop::collection::vec(tenant_info(), 0..4), any::<u64>()).prop_map(|(tenants, now)| {
-            ApiResponse::TenantPage(TenantPage::paginate(&tenants, now).next().expect("a page"))
+            ApiResponse::TenantPage(TenantPage::paginate(tenants, now).next().expect("a page"))
         }),
         tenant_info().prop_map(|tenant| ApiResponse::TenantChanged { tenant }),
         text().prop_map(|name| ApiResponse::TenantRemoved { name }),
@@ -263,7 +263,7 @@ proptest! {
             })
             .collect();
         let mut back = Vec::new();
-        for page in TenantPage::paginate(&tenants, now) {
+        for page in TenantPage::paginate(tenants.clone(), now) {
             let ApiResponse::TenantPage(page) = through_frame(&ApiResponse::TenantPage(page)) else {
                 panic!("a page reads back as a page");
             };

@@ -256,7 +256,7 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
             tenants: vec![info.clone()],
         },
         ApiResponse::TenantPage(
-            TenantPage::paginate(std::slice::from_ref(&info), 1)
+            TenantPage::paginate(vec![info.clone()], 1)
                 .next()
                 .expect("a page"),
         ),

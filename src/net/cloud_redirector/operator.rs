@@ -258,7 +258,7 @@ async fn send_snapshot(
     if !compact {
         return conn.send(&ApiResponse::Tenants { tenants }).await;
     }
-    for page in TenantPage::paginate(&tenants, crate::util::now_unix_secs()) {
+    for page in TenantPage::paginate(tenants, crate::util::now_unix_secs()) {
         conn.send(&ApiResponse::TenantPage(page)).await?;
     }
     Ok(())

@@ -108,38 +108,35 @@ impl<T: Clone + Eq + std::hash::Hash> Interner<T> {
 
 impl TenantPage {
     /// The pages of a snapshot taken at `now` (one, empty, for no tenants), each made only
-    /// when it is asked for: the first can be on the wire before the rest are encoded.
-    pub fn paginate(tenants: &[TenantInfo], now: u64) -> impl Iterator<Item = TenantPage> + '_ {
+    /// when it is asked for: the first can be on the wire before the rest are encoded. The
+    /// rows take the tenants' strings instead of copying them.
+    pub fn paginate(tenants: Vec<TenantInfo>, now: u64) -> impl Iterator<Item = TenantPage> {
         let pages = tenants.len().div_ceil(ROWS_PER_PAGE).max(1);
-        (0..pages).map(move |i| {
-            let rows = &tenants[(i * ROWS_PER_PAGE).min(tenants.len())
-                ..((i + 1) * ROWS_PER_PAGE).min(tenants.len())];
-            TenantPage {
-                first: i == 0,
-                more: i + 1 < pages,
-                ..TenantPage::of(rows, now)
-            }
+        let mut rest = tenants.into_iter();
+        (0..pages).map(move |i| TenantPage {
+            first: i == 0,
+            more: i + 1 < pages,
+            ..TenantPage::of(rest.by_ref().take(ROWS_PER_PAGE), now)
         })
     }
 
-    fn of(tenants: &[TenantInfo], now: u64) -> TenantPage {
+    fn of(tenants: impl Iterator<Item = TenantInfo>, now: u64) -> TenantPage {
         let mut agents = Interner::new();
         let mut sets = Interner::new();
         let ago = |t: Option<u64>| t.map(|t| now.saturating_sub(t));
         let rows = tenants
-            .iter()
             .map(|t| TenantRow {
-                name: t.name.clone(),
                 status: status_code(t.status),
                 provider_access: t.provider_access,
                 services: sets.intern(&t.services),
                 connected_ago: ago(t.connected_since),
                 last_seen_ago: ago(t.last_seen),
-                remote_addr: t.remote_addr.clone(),
                 agent: t.agent_version.as_ref().map(|a| agents.intern(a)),
                 heartbeat_rtt_us: t.heartbeat_rtt_ms.map(|ms| (ms * 1000.0).round() as u64),
                 open_sessions: t.open_sessions,
-                description: t.description.clone(),
+                name: t.name,
+                remote_addr: t.remote_addr,
+                description: t.description,
             })
             .collect();
         TenantPage {
@@ -356,7 +353,7 @@ mod tests {
             description: "Acme \"old\" Corp".into(),
             ..TenantInfo::default()
         });
-        let pages: Vec<TenantPage> = TenantPage::paginate(&tenants, 1_795_000_420).collect();
+        let pages: Vec<TenantPage> = TenantPage::paginate(tenants.clone(), 1_795_000_420).collect();
         assert_eq!(pages.len(), 3);
         assert_eq!(
             pages.iter().map(|p| (p.first, p.more)).collect::<Vec<_>>(),
@@ -374,7 +371,7 @@ mod tests {
     #[test]
     fn rows_leave_off_their_trailing_defaults() {
         let page = TenantPage::paginate(
-            &[TenantInfo {
+            vec![TenantInfo {
                 name: "gone".into(),
                 status: TenantStatus::Offline,
                 last_seen: Some(100),
@@ -387,7 +384,7 @@ mod tests {
         let wire = serde_json::to_string(&page.rows).expect("encode");
         assert_eq!(wire, r#"[["gone",1,0,0,null,60]]"#);
         let online = serde_json::to_string(
-            &TenantPage::paginate(&[online(7)], 1_795_000_420)
+            &TenantPage::paginate(vec![online(7)], 1_795_000_420)
                 .next()
                 .expect("one page"),
         )
