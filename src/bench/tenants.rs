@@ -222,7 +222,6 @@ async fn list_figures(world: &World, n: usize, report: &mut Report) -> Result<()
         None,
         Some(("≤ 1024 KiB", Check::AtMost(1024.0))),
     );
-
     Ok(())
 }
 
