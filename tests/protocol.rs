@@ -268,6 +268,59 @@ async fn a_silent_tenant_is_dropped_at_dead_after_not_a_heartbeat_later() {
     assert!(silent < Duration::from_secs(16), "{silent:?}");
 }
 
+/// PROTOCOL.md's heartbeats: the SP answers every `ping` with a `pong`, and sends a `ping` of
+/// its own right after the pong of the tenant's first ping and of every sixth after it (the
+/// round trip); a tenant that keeps pinging hears no other ping. A tenant that goes silent
+/// hears a ping 1¼ heartbeats after its last frame, then every heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sp_pings_with_every_sixth_pong_and_a_quiet_tenant_after_a_heartbeat_and_a_quarter() {
+    let heartbeat = Duration::from_secs(2);
+    let sp = TestSp::start(SpConfig {
+        heartbeat_secs: heartbeat.as_secs(),
+        dead_after_secs: 30,
+        ..quick_config()
+    })
+    .await;
+    let secret = sp.add_tenant("pinger");
+    let mut control = sp.raw_control("pinger", &secret).await;
+    let mut sp_pings = Vec::new();
+    for seq in 1..=13u64 {
+        write_frame(&mut control, &ControlMsg::Ping { seq })
+            .await
+            .expect("ping");
+        let pong: ControlMsg = expect_frame(&mut control, "pong").await;
+        assert!(
+            matches!(pong, ControlMsg::Pong { seq: s } if s == seq),
+            "{pong:?}"
+        );
+        if seq % 6 == 1 {
+            let ping: ControlMsg = expect_frame(&mut control, "the SP's ping").await;
+            let ControlMsg::Ping { seq: theirs } = ping else {
+                panic!("after pong {seq}: {ping:?}");
+            };
+            sp_pings.push(seq);
+            write_frame(&mut control, &ControlMsg::Pong { seq: theirs })
+                .await
+                .expect("pong");
+        }
+    }
+    assert_eq!(sp_pings, [1, 7, 13]);
+
+    // Silence: the next frames are the SP's pings, the first 2.5 s after our last frame.
+    let silent_from = Instant::now();
+    let mut at = Vec::new();
+    for _ in 0..2 {
+        let ping: ControlMsg = expect_frame(&mut control, "a ping for a quiet tenant").await;
+        assert!(matches!(ping, ControlMsg::Ping { .. }), "{ping:?}");
+        at.push(silent_from.elapsed());
+    }
+    eprintln!("the SP pinged a quiet tenant after {at:?}");
+    let slack = Duration::from_millis(50);
+    assert!(at[0] + slack >= heartbeat * 5 / 4, "{at:?}");
+    assert!(at[1] - at[0] + slack >= heartbeat, "{at:?}");
+    assert!(at[1] < Duration::from_secs(20), "{at:?}");
+}
+
 /// Point 5, the tenant's side: a redirector whose SP goes silent gives up on it
 /// `dead_after_secs` (from the welcome) after it last heard it, not a heartbeat later. The
 /// "SP" is a TLS server with the test SP's certificate that welcomes and then says nothing.

@@ -117,8 +117,27 @@ pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
     writer: &mut W,
     msg: &T,
 ) -> Result<(), FrameError> {
-    let buf = encode_frame(msg)?;
-    writer.write_all(&buf).await?;
+    write_encoded(writer, &encode_frame(msg)?).await
+}
+
+/// Encodes and writes frames back to back with a single write (one TLS record, one system
+/// call), then flushes.
+pub async fn write_frames<T: Serialize, W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    msgs: &[T],
+) -> Result<(), FrameError> {
+    let mut buf = Vec::new();
+    for msg in msgs {
+        buf.extend_from_slice(&encode_frame(msg)?);
+    }
+    write_encoded(writer, &buf).await
+}
+
+async fn write_encoded<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    buf: &[u8],
+) -> Result<(), FrameError> {
+    writer.write_all(buf).await?;
     writer.flush().await?;
     Ok(())
 }

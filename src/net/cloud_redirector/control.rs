@@ -18,9 +18,9 @@ use crate::wire::protocol::{
     escape_untrusted, parse_control, validate_services,
 };
 
-/// A tenant that keeps pinging is pinged back only every this many heartbeat ticks (for the
-/// round trip shown in the tenant list).
-const RTT_EVERY_TICKS: u64 = 6;
+/// A tenant that keeps pinging is pinged back (in the same record as the pong) on its first
+/// ping and then every this many, for the round trip shown in the tenant list.
+const RTT_EVERY_PINGS: u64 = 6;
 
 /// A tenant's `status` frames reach the presence table (and every operator's feed) at most
 /// once per this window; the latest one wins.
@@ -200,20 +200,30 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
         replaced,
     } = channel;
     let config = &shared.sp.config;
+    // The tenant pings every heartbeat and the SP's pongs prove the SP alive to it, so the
+    // SP pings only a tenant quiet for a heartbeat and a quarter (a tenant's ping is due
+    // after one), and measures the round trip by a ping sent with a pong. A tenant that
+    // keeps pinging never wakes this task's timer: per heartbeat, one wake-up for its ping.
+    let quiet = config.heartbeat() + config.heartbeat() / 4;
     let mut clock = HeartbeatClock::new(Instant::now(), config.heartbeat(), config.dead_after());
+    clock.heard_postponing_tick(Instant::now(), quiet);
     // One timer for the heartbeat ticks and the dead-peer deadline (see HeartbeatClock).
     let wake = tokio::time::sleep_until(clock.next_wake().into());
     tokio::pin!(wake);
+    // Kept across the loop's turns like the read: made once, not once per wake-up.
+    let cancelled = replaced.cancelled();
+    tokio::pin!(cancelled);
     let mut seq = 0u64;
-    let mut ticks = 0u64;
+    let mut pings_heard = 0u64;
     let mut ping_sent: Option<(u64, Instant)> = None;
     let mut status = StatusThrottle::default();
     loop {
         let read = frame::read_frame_bytes(&mut reader, MAX_HELLO_LEN);
         tokio::pin!(read);
         loop {
+            let mut rtt_ping = false;
             let (outgoing, read_done) = tokio::select! {
-                _ = replaced.cancelled() => {
+                _ = &mut cancelled => {
                     if shared.shutdown.is_cancelled() {
                         (Some(ControlMsg::Goodbye { code: ErrorCode::ShuttingDown, reason: "SP shutting down".into() }), false)
                     } else {
@@ -232,7 +242,8 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                 }
                 cmd = commands.recv() => (cmd.map(|m| *m), false),
                 msg = &mut read => {
-                    clock.heard(Instant::now());
+                    clock.heard_postponing_tick(Instant::now(), quiet);
+                    wake.as_mut().reset(clock.next_wake().into());
                     match msg {
                         Ok(None) => return "closed by the tenant".to_string(),
                         Err(e) if e.is_connection_lost() => return format!("connection lost: {e}"),
@@ -241,6 +252,10 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                         Err(e) => (Some(bad_frame(tenant, &e.to_string())), true),
                         Ok(Some(body)) => match parse_control(&body) {
                             Ok(msg) => {
+                                if matches!(msg, ControlMsg::Ping { .. }) {
+                                    pings_heard += 1;
+                                    rtt_ping = pings_heard % RTT_EVERY_PINGS == 1;
+                                }
                                 let incoming = Incoming { shared, tenant, conn_id };
                                 (incoming.handle(msg, &mut ping_sent, &mut status), true)
                             }
@@ -259,34 +274,32 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                     let now = Instant::now();
                     let beat = clock.wake(now);
                     wake.as_mut().reset(clock.next_wake().into());
-                    if beat == Beat::Dead {
-                        return format!("no heartbeat for {} s", config.dead_after_secs);
-                    }
-                    if beat == Beat::Tick {
-                        ticks += 1;
-                    }
-                    // The tenant's own pings prove it alive and our pongs prove us alive to
-                    // it: ping only a tenant that has been quiet for a whole interval, and
-                    // every RTT_EVERY_TICKS ticks to measure the round trip. Halves the
-                    // heartbeat frames of a large idle fleet.
-                    let quiet = now - clock.last_heard() >= config.heartbeat();
-                    if beat == Beat::Nothing || (!quiet && ticks % RTT_EVERY_TICKS != 1) {
-                        (None, false)
-                    } else {
-                        seq += 1;
-                        ping_sent = Some((seq, Instant::now()));
-                        (Some(ControlMsg::Ping { seq }), false)
+                    match beat {
+                        Beat::Dead => return format!("no heartbeat for {} s", config.dead_after_secs),
+                        // A tick comes only once the tenant has been quiet (see `quiet`).
+                        Beat::Tick => {
+                            seq += 1;
+                            ping_sent = Some((seq, Instant::now()));
+                            (Some(ControlMsg::Ping { seq }), false)
+                        }
+                        Beat::Nothing => (None, false),
                     }
                 }
             };
             if let Some(msg) = outgoing {
                 let goodbye = matches!(msg, ControlMsg::Goodbye { .. });
+                let mut msgs = vec![msg];
+                if rtt_ping {
+                    seq += 1;
+                    ping_sent = Some((seq, Instant::now()));
+                    msgs.push(ControlMsg::Ping { seq });
+                }
                 // A write may wait `dead_after` for a slow tenant, but once the SP shuts down
                 // only GOODBYE_DEADLINE more: a tenant that stopped reading cannot hold the
                 // shutdown (the goodbye itself, or a write already stuck, ends by then).
                 let write = tokio::time::timeout(
                     config.dead_after(),
-                    frame::write_frame(&mut writer, &msg),
+                    frame::write_frames(&mut writer, &msgs),
                 );
                 let cut = async {
                     shared.shutdown.cancelled().await;
@@ -300,7 +313,7 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                     Ok(Ok(())) if goodbye => {
                         // close_notify after the goodbye: the tenant reads a clean end.
                         let _ = tokio::time::timeout(GOODBYE_DEADLINE, writer.shutdown()).await;
-                        return format!("goodbye sent: {msg:?}");
+                        return format!("goodbye sent: {:?}", msgs[0]);
                     }
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return format!("write failed: {e}"),

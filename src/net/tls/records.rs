@@ -37,6 +37,10 @@ const MAX_PLAINTEXT: usize = 16 * 1024;
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// Once reads come back full, read this much at once.
 const STREAMING_READ: usize = 64 * 1024;
+/// Otherwise read at least this much: a control frame's record (a ping is about 60 bytes)
+/// arrives in one system call, and a read that comes back short tells tokio the socket is
+/// drained, so the next read waits for readiness instead of calling `recv` again.
+const SMALL_READ: usize = 512;
 
 const ALERT_CLOSE_NOTIFY: u8 = 0;
 const ALERT_LEVEL_WARNING: u8 = 1;
@@ -211,11 +215,11 @@ impl RecordReader {
         }
         .saturating_sub(self.filled)
         .max(1);
-        let want = if self.streaming {
-            needed.max(STREAMING_READ)
+        let want = needed.max(if self.streaming {
+            STREAMING_READ
         } else {
-            needed
-        };
+            SMALL_READ
+        });
         if self.buf.len() < self.filled + want {
             self.buf.resize(self.filled + want, 0);
         }

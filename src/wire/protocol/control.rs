@@ -139,6 +139,16 @@ impl HeartbeatClock {
         self.last_heard
     }
 
+    /// The peer sent a frame at `now`, and a peer that speaks needs no ping: the next tick
+    /// moves to `quiet` after it. For the side that pings only a quiet peer (the SP): with
+    /// its timer moved along (an extended deadline is a compare-and-swap in tokio), a peer
+    /// that keeps speaking never wakes it, and a quiet one is pinged every heartbeat from
+    /// `quiet` on.
+    pub fn heard_postponing_tick(&mut self, now: Instant, quiet: Duration) {
+        self.heard(now);
+        self.next_tick = self.next_tick.max(self.last_heard + quiet);
+    }
+
     /// When the peer is dead unless it speaks first.
     pub fn dead_at(&self) -> Instant {
         self.last_heard + self.dead_after
@@ -226,5 +236,43 @@ mod tests {
         // Never later than the deadline, whatever the heartbeat.
         let clock = HeartbeatClock::new(t0, secs(600), secs(5));
         assert_eq!(clock.next_wake(), t0 + secs(5));
+    }
+
+    #[test]
+    fn a_peer_that_speaks_postpones_the_tick_and_a_quiet_one_is_ticked_every_heartbeat() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let quiet = secs(25);
+        let mut clock = HeartbeatClock::new(t0, secs(20), secs(65));
+        clock.heard_postponing_tick(t0, quiet);
+        // A frame every 20 s: the wake-up is always 25 s after the latest one.
+        for n in 1..=5 {
+            clock.heard_postponing_tick(t0 + secs(20 * n), quiet);
+            assert_eq!(clock.next_wake(), t0 + secs(20 * n + 25), "{n}");
+        }
+        // Then silence: a tick 25 s after the last frame, then every 20 s, until dead.
+        let last = t0 + secs(100);
+        let mut wakes = Vec::new();
+        loop {
+            let at = clock.next_wake();
+            let beat = clock.wake(at);
+            wakes.push((at - last, beat));
+            if beat == Beat::Dead {
+                break;
+            }
+        }
+        assert_eq!(
+            wakes,
+            [
+                (secs(25), Beat::Tick),
+                (secs(45), Beat::Tick),
+                (secs(65), Beat::Dead),
+            ]
+        );
+        // A frame never brings the tick forward.
+        let mut clock = HeartbeatClock::new(t0, secs(20), secs(65));
+        clock.heard_postponing_tick(t0, secs(60));
+        clock.heard_postponing_tick(t0 + secs(1), secs(5));
+        assert_eq!(clock.next_wake(), t0 + secs(60));
     }
 }
