@@ -176,6 +176,7 @@ fn main() {
             pixel[1] = shade;
         }
         screen.paint(&bgrx, 0, 0, w - 1, h - 1);
+        screen.publish();
     });
     stats("1080p desktop, all pixels every frame: pass", pass);
     stats("1080p desktop: tessellation", tess);

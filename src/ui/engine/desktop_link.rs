@@ -151,6 +151,8 @@ async fn open_and_serve(
                     }
                 }
                 if painted {
+                    // The window's image is built here, off its thread.
+                    request.screen.publish();
                     updates += 1;
                     sink.repaint();
                 }

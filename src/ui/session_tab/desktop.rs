@@ -151,7 +151,8 @@ impl DesktopPane {
         self.state == DesktopState::Live
     }
 
-    /// Uploads what changed to the texture (all of it the first time or after a resize).
+    /// Moves what changed into the texture (all of it the first time or after a resize).
+    /// The engine built the image; nothing is copied here.
     fn upload(&mut self, ctx: &egui::Context) {
         let Some(change) = self.screen.take_change() else {
             return;
@@ -166,8 +167,11 @@ impl DesktopPane {
             {
                 self.texture = Some(ctx.load_texture("remote-desktop", change.pixels, options));
             }
-            // A part of a screen the texture does not match: ask for the whole next frame.
-            _ => self.screen.invalidate(),
+            // A part of a screen the texture does not match: ask for the whole again.
+            _ => {
+                self.screen.invalidate();
+                ctx.request_repaint();
+            }
         }
     }
 }
