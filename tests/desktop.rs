@@ -797,6 +797,8 @@ async fn the_desktop_client_clicks_and_types_and_sees_its_marks() {
             .await
             .expect("updates");
     }
+    // The client measured its own round trip: the click and the keys changed the picture.
+    assert!(desktop.round_trip().median().is_some());
     desktop.disconnect().await;
     lab.stop().await;
 }

@@ -500,6 +500,22 @@ fn the_desktop_view_shows_the_lab_screen_takes_input_and_closes_with_the_tab() {
     h.run_steps(2);
     assert!(!h.state().tab(tab).is_some_and(|t| t.desktop_has_keyboard()));
 
+    // The keys and the click were answered by picture changes: the desktop's own round
+    // trip, measured by the client, is in the Connection view.
+    wait_until(h, "the desktop's round trip", |h| {
+        h.state()
+            .tab(tab)
+            .and_then(|t| t.desktop.as_ref())
+            .is_some_and(|d| d.stats.round_trip_ms.is_some() && d.stats.round_trips > 0)
+    });
+    h.get_by_label("Connection").click();
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("to the next picture change, median of")
+            .is_some(),
+        "the Connection view shows the desktop's round trip"
+    );
+
     // Closing the tab ends both of its sessions at the SP.
     wait_until(h, "the SP to count two sessions", |h| {
         h.state()

@@ -26,6 +26,7 @@ use super::clipboard::{self, ClientBackend, Note};
 pub use super::error::DesktopError;
 use super::error::{connector_error, io_error, session_error};
 use super::keys::KeyStroke;
+use super::round_trip::InputRoundTrip;
 use super::stream::{ExpectRdp, SyncStream};
 use super::{DesktopInput, MouseButton};
 use crate::net::tls::{DesktopCertificate, RdpTlsStream, desktop_client_upgrade};
@@ -116,6 +117,7 @@ pub struct DesktopSession<S> {
     /// Where the pointer was last moved to: RDP puts a position on every pointer event.
     pointer: (u16, u16),
     clipboard: Clipboard,
+    round_trip: InputRoundTrip,
 }
 
 /// This side of the shared clipboard.
@@ -211,6 +213,7 @@ where
         channels,
         certificate,
         pointer: (0, 0),
+        round_trip: InputRoundTrip::default(),
         clipboard: Clipboard {
             notes,
             local: None,
@@ -318,6 +321,12 @@ where
         self.image.height()
     }
 
+    /// Round trips from a key or click to the picture's next change (the median of the
+    /// recent ones is the desktop's round trip).
+    pub fn round_trip(&self) -> &InputRoundTrip {
+        &self.round_trip
+    }
+
     /// The screen as decoded: B, G, R and an unused byte per pixel, row by row, `width * 4`
     /// bytes a row.
     pub fn bgrx(&self) -> &[u8] {
@@ -366,12 +375,15 @@ where
                     top,
                     right,
                     bottom,
-                }) => events.push(DesktopEvent::Painted {
-                    left,
-                    top,
-                    right,
-                    bottom,
-                }),
+                }) => {
+                    self.round_trip.painted(std::time::Instant::now());
+                    events.push(DesktopEvent::Painted {
+                        left,
+                        top,
+                        right,
+                        bottom,
+                    })
+                }
                 ActiveStageOutput::Terminate(reason) => {
                     events.push(DesktopEvent::Ended(reason.to_string()));
                 }
@@ -554,6 +566,7 @@ where
     /// Sends keyboard and pointer input in order. Buttons and the wheel act where the pointer
     /// last moved to.
     pub async fn send_input(&mut self, input: &[DesktopInput]) -> Result<(), DesktopError> {
+        self.round_trip.sent(input, std::time::Instant::now());
         let mut events = Vec::with_capacity(input.len());
         for event in input {
             match *event {

@@ -6,6 +6,7 @@ pub mod client;
 mod clipboard;
 mod error;
 pub mod keys;
+pub mod round_trip;
 pub mod server;
 mod stream;
 

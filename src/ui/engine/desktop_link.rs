@@ -183,6 +183,11 @@ async fn open_and_serve(
                     frames_per_sec: (now.3 - counted) as f64 / secs,
                     bytes_in_per_sec: (now.1 - read) as f64 / secs,
                     bytes_out_per_sec: (now.2 - written) as f64 / secs,
+                    round_trip_ms: desktop
+                        .round_trip()
+                        .median()
+                        .map(|d| d.as_secs_f64() * 1e3),
+                    round_trips: desktop.round_trip().samples(),
                 }));
                 last = now;
             }

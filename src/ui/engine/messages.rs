@@ -228,6 +228,10 @@ pub struct DesktopStats {
     pub frames_per_sec: f64,
     pub bytes_in_per_sec: f64,
     pub bytes_out_per_sec: f64,
+    /// The desktop's own round trip: the median time from a key or click to the picture's
+    /// next change, over the last `round_trips` ([`crate::net::rdp::round_trip`]).
+    pub round_trip_ms: Option<f64>,
+    pub round_trips: usize,
 }
 
 /// What the engine tells the window.

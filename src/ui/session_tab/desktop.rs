@@ -542,9 +542,50 @@ pub(super) fn desktop_facts_ui(ui: &mut Ui, pane: &DesktopPane) {
         DesktopState::Ended(reason) => format!("ended: {reason}"),
     });
     ui.end_row();
+    if pane.is_live() {
+        ui.label("Desktop round trip");
+        ui.label(desktop_round_trip(&pane.stats)).on_hover_text(
+            "From a key or click sent until the desktop's picture next changes: the relay \
+                 both ways, the desktop's reaction and its drawing. The median of the recent \
+                 ones, measured here.",
+        );
+        ui.end_row();
+    }
     if let Some(fp) = pane.presented {
         ui.label("Desktop certificate (SHA-256)");
         ui.label(RichText::new(format_fingerprint(&fp)).monospace().small());
         ui.end_row();
+    }
+}
+
+/// The desktop's round trip as the Connection view words it.
+pub fn desktop_round_trip(stats: &DesktopStats) -> String {
+    match stats.round_trip_ms {
+        Some(ms) => format!(
+            "{} (key or click to the next picture change, median of {})",
+            crate::util::format::round_trip(Some(ms)),
+            stats.round_trips
+        ),
+        None => "— (measured from the next key or click)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_round_trip_reads_as_measured() {
+        let mut stats = DesktopStats::default();
+        assert_eq!(
+            desktop_round_trip(&stats),
+            "— (measured from the next key or click)"
+        );
+        stats.round_trip_ms = Some(3.26);
+        stats.round_trips = 7;
+        assert_eq!(
+            desktop_round_trip(&stats),
+            "3.3 ms (key or click to the next picture change, median of 7)"
+        );
     }
 }
