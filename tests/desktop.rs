@@ -802,3 +802,91 @@ async fn the_desktop_client_clicks_and_types_and_sees_its_marks() {
     desktop.disconnect().await;
     lab.stop().await;
 }
+
+#[tokio::test]
+async fn the_lab_desktop_takes_the_size_the_client_asks_for() {
+    use rac::net::rdp::client::{self, DesktopLogin, DesktopOptions};
+    let lab = rac::lab::Lab::start(rac::lab::LabOptions {
+        tenants: 1,
+        gateways: 0,
+        ..rac::lab::LabOptions::default()
+    })
+    .await
+    .expect("lab");
+    let console = rac::net::console::ConsoleClient::new(lab.console_config()).expect("console");
+    console.login(&lab.password).await.expect("login");
+    let session = console
+        .open_session("acme", "rdp", |_, _| {})
+        .await
+        .expect("session");
+    let login = DesktopLogin {
+        user: "operator".into(),
+        domain: None,
+        password: "any".into(),
+    };
+    let mut desktop = tokio::time::timeout(
+        PATIENCE,
+        client::connect(session.stream, "acme", &login, &DesktopOptions::default()),
+    )
+    .await
+    .expect("connected in time")
+    .expect("connect");
+    let (own_width, own_height) = (lab_desktop::WIDTH, lab_desktop::HEIGHT);
+    assert_eq!((desktop.width(), desktop.height()), (own_width, own_height));
+    let quiet = Duration::from_millis(200);
+    // Display control opens once the session runs; ask as soon as it has.
+    let start = Instant::now();
+    while !desktop.request_size(1280, 720).await.expect("ask") {
+        assert!(start.elapsed() < PATIENCE, "display control never opened");
+        desktop.settle(quiet, quiet, true).await.expect("updates");
+    }
+    let start = Instant::now();
+    while (desktop.width(), desktop.height()) != (1280, 720) {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the desktop never took 1280x720"
+        );
+        desktop
+            .settle(quiet, PATIENCE, true)
+            .await
+            .expect("updates");
+    }
+    // Re-drawn at the new size: the lab's picture at the top left, the surround beyond it.
+    let start = Instant::now();
+    let surround = rac::net::rdp::server::SURROUND;
+    let expected = lab_picture("acme", &Scribbles::default());
+    let title = lab_desktop::title_region("acme");
+    let redrawn = |d: &client::DesktopSession<_>| {
+        d.rgb_at(1279, 719) == Some(surround)
+            && d.rgb_at(usize::from(own_width), 0) == Some(surround)
+            && (title.y..title.y + title.height).all(|y| {
+                (title.x..title.x + title.width)
+                    .all(|x| d.rgb_at(x, y) == Some(expected.pixel(x, y)))
+            })
+    };
+    while !redrawn(&desktop) {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the resized screen was never drawn"
+        );
+        desktop
+            .settle(quiet, PATIENCE, true)
+            .await
+            .expect("updates");
+    }
+    // Input lands where the picture shows it, as before.
+    desktop.click(700, 300).await.expect("click");
+    let start = Instant::now();
+    while desktop.rgb_at(700, 300) != Some(lab_desktop::MARK) {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the click's mark never came back"
+        );
+        desktop
+            .settle(quiet, PATIENCE, true)
+            .await
+            .expect("updates");
+    }
+    desktop.disconnect().await;
+    lab.stop().await;
+}

@@ -384,7 +384,9 @@ fn desktop_shows(
         usize::from(lab_desktop::WIDTH),
         usize::from(lab_desktop::HEIGHT),
     );
-    if pane.screen.size() != (width, height) {
+    // A desktop resized to the tab shows the lab's picture at its top left.
+    let (shown_width, shown_height) = pane.screen.size();
+    if shown_width < region.x + region.width || shown_height < region.y + region.height {
         return false;
     }
     let mut bgra = vec![0; width * height * 4];
@@ -499,6 +501,24 @@ fn the_desktop_view_shows_the_lab_screen_takes_input_and_closes_with_the_tab() {
     h.key_press(egui::Key::ControlRight);
     h.run_steps(2);
     assert!(!h.state().tab(tab).is_some_and(|t| t.desktop_has_keyboard()));
+
+    // Resize to the window: once the tab's size settles, the lab desktop takes it (display
+    // control), its picture at the top left.
+    h.get_by_label("Resize desktop to window").click();
+    wait_until(h, "the desktop to take the tab's size", |h| {
+        h.state()
+            .tab(tab)
+            .and_then(|t| t.desktop.as_ref())
+            .is_some_and(|d| {
+                let (w, h) = d.view_size;
+                d.size == d.view_size
+                    && d.size != (lab_desktop::WIDTH, lab_desktop::HEIGHT)
+                    && d.screen.size() == (usize::from(w), usize::from(h))
+            })
+    });
+    wait_until(h, "the lab's title on the resized picture", |h| {
+        desktop_shows(h, tab, &typed, lab_desktop::title_region("acme"))
+    });
 
     // The keys and the click were answered by picture changes: the desktop's own round
     // trip, measured by the client, is in the Connection view.

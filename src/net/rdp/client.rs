@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use ironrdp_cliprdr::CliprdrClient;
 use ironrdp_connector::sspi::generator::NetworkRequest;
 use ironrdp_connector::{ClientConnector, ConnectorResult, Credentials, DesktopSize, Sequence};
+use ironrdp_displaycontrol::client::DisplayControlClient;
+use ironrdp_displaycontrol::pdu::MonitorLayoutEntry;
+use ironrdp_dvc::DrdynvcClient;
 use ironrdp_pdu::geometry::InclusiveRectangle;
 use ironrdp_pdu::input::MousePdu;
 use ironrdp_pdu::input::fast_path::{FastPathInputEvent, KeyboardFlags};
@@ -158,7 +161,12 @@ where
     let client_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let (backend, notes) = ClientBackend::new();
     let mut connector = ClientConnector::new(config(login, options), client_addr)
-        .with_static_channel(CliprdrClient::new(Box::new(backend)));
+        .with_static_channel(CliprdrClient::new(Box::new(backend)))
+        // Display control (MS-RDPEDISP), on which a client asks for another desktop size.
+        .with_static_channel(
+            DrdynvcClient::new()
+                .with_dynamic_channel(DisplayControlClient::new(|_| Ok(Vec::new()))),
+        );
     let should_upgrade = ironrdp_tokio::connect_begin(&mut framed, &mut connector)
         .await
         .map_err(|e| connector_error(e, false))?;
@@ -399,6 +407,35 @@ where
         }
         self.serve_clipboard(&mut events).await?;
         Ok(events)
+    }
+
+    /// Whether the desktop has opened display control, so that [`Self::request_size`] can
+    /// ask it for another size.
+    pub fn can_resize(&mut self) -> bool {
+        self.stage
+            .get_dvc::<DisplayControlClient>()
+            .and_then(|dvc| dvc.channel_processor_downcast_ref::<DisplayControlClient>())
+            .is_some_and(DisplayControlClient::ready)
+    }
+
+    /// Asks the desktop to change its size to about `width` x `height` (made even and kept
+    /// within 200..=8192, as display control requires). False if the desktop has not opened
+    /// display control (yet). A desktop that follows answers with a reactivation: a
+    /// [`DesktopEvent::Resized`] out of [`Self::handle`].
+    pub async fn request_size(&mut self, width: u16, height: u16) -> Result<bool, DesktopError> {
+        if !self.can_resize() {
+            return Ok(false);
+        }
+        let (width, height) =
+            MonitorLayoutEntry::adjust_display_size(u32::from(width), u32::from(height));
+        match self.stage.encode_resize(width, height, None, None) {
+            Some(Ok(bytes)) => {
+                self.write(&bytes).await?;
+                Ok(true)
+            }
+            Some(Err(e)) => Err(session_error(e)),
+            None => Ok(false),
+        }
     }
 
     /// Puts `text` on the shared clipboard: the desktop is offered it (now, or once the

@@ -3,7 +3,9 @@
 //! is TLS with a self-signed certificate made the first time the desktop is opened; any user
 //! name and password are let in (the lab has no accounts on its desktops). Pictures go out as
 //! lossless bitmaps (RemoteFX is off), so what a client shows is exactly what was drawn.
-//! Clipboard text goes both ways (`clipboard.rs`).
+//! Clipboard text goes both ways (`clipboard.rs`). A client may ask for another screen size
+//! (display control): the desktop keeps drawing at its own size, at the top left of a
+//! screen of the size asked for, the rest filled with [`SURROUND`].
 
 use std::num::{NonZeroU16, NonZeroUsize};
 use std::sync::{Arc, OnceLock};
@@ -25,11 +27,15 @@ use crate::util::now_unix_secs;
 /// Bytes per pixel of a [`Desktop`]'s frame: B, G, R, A.
 pub const BYTES_PER_PIXEL: usize = 4;
 
+/// What a screen larger than its desktop shows beyond it, as R, G, B.
+pub const SURROUND: [u8; 3] = [0x30, 0x30, 0x30];
+
 pub use super::{DesktopInput, MouseButton};
 
 /// A screen to serve: it draws itself on request and takes input.
 pub trait Desktop: Send + Sync + 'static {
-    /// Width and height in pixels; fixed for the desktop's life.
+    /// Width and height in pixels; fixed for the desktop's life (a client asking for another
+    /// size gets this picture inside a screen of that size).
     fn size(&self) -> (u16, u16);
     /// Draws the whole screen as it is at `now_unix_secs` into `pixels` (BGRA, rows of
     /// `width * 4` bytes).
@@ -140,7 +146,10 @@ pub async fn serve_desktop(
         .with_addr(([127, 0, 0, 1], 0))
         .with_tls(tls)
         .with_input_handler(Input(desktop.clone()))
-        .with_display_handler(Display(desktop.clone()))
+        .with_display_handler(Display {
+            size: watch::Sender::new(desktop.size()),
+            desktop: desktop.clone(),
+        })
         .with_bitmap_codecs(codecs)
         .with_cliprdr_factory(Some(Box::new(ServerClipboard::new(desktop))))
         .build();
@@ -197,24 +206,53 @@ impl RdpServerInputHandler for Input {
     }
 }
 
-struct Display(Arc<dyn Desktop>);
+/// One connection's screen: the desktop's own size until the client asks for another.
+struct Display {
+    desktop: Arc<dyn Desktop>,
+    /// The size served; display control changes it, the updates follow.
+    size: watch::Sender<(u16, u16)>,
+}
 
 #[async_trait::async_trait]
 impl RdpServerDisplay for Display {
     async fn size(&mut self) -> DesktopSize {
-        let (width, height) = self.0.size();
+        let (width, height) = *self.size.borrow();
         DesktopSize { width, height }
     }
 
     async fn updates(&mut self) -> Result<Box<dyn RdpServerDisplayUpdates>> {
-        let mut tick = tokio::time::interval(self.0.refresh());
+        let mut tick = tokio::time::interval(self.desktop.refresh());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut size = self.size.subscribe();
+        let serving = *size.borrow_and_update();
         Ok(Box::new(Updates {
-            changes: self.0.changes(),
+            changes: self.desktop.changes(),
             announcing: true,
-            desktop: self.0.clone(),
+            desktop: self.desktop.clone(),
             tick,
+            size,
+            serving,
         }))
+    }
+
+    /// Display control: the client's primary monitor is the new size (the server then
+    /// resizes by a reactivation, and a new [`Updates`] serves it).
+    fn request_layout(&mut self, layout: ironrdp_displaycontrol::pdu::DisplayControlMonitorLayout) {
+        let Some(primary) = layout.monitors().iter().find(|m| m.is_primary()) else {
+            return;
+        };
+        let (width, height) = primary.dimensions();
+        let (width, height) =
+            ironrdp_displaycontrol::pdu::MonitorLayoutEntry::adjust_display_size(width, height);
+        let wanted = (
+            u16::try_from(width).unwrap_or(u16::MAX),
+            u16::try_from(height).unwrap_or(u16::MAX),
+        );
+        self.size.send_if_modified(|size| {
+            let changed = *size != wanted;
+            *size = wanted;
+            changed
+        });
     }
 }
 
@@ -225,6 +263,32 @@ struct Updates {
     changes: watch::Receiver<u64>,
     announcing: bool,
     tick: tokio::time::Interval,
+    size: watch::Receiver<(u16, u16)>,
+    /// The size these updates draw at.
+    serving: (u16, u16),
+}
+
+/// The desktop's frame at the top left of a `width` x `height` screen.
+fn placed(desktop: &dyn Desktop, width: u16, height: u16, now_unix_secs: u64) -> Vec<u8> {
+    let frame = desktop.frame(now_unix_secs);
+    let (own_width, own_height) = desktop.size();
+    if (own_width, own_height) == (width, height) {
+        return frame;
+    }
+    let [r, g, b] = SURROUND;
+    let (width, height) = (usize::from(width), usize::from(height));
+    let own_width = usize::from(own_width);
+    let mut pixels = [b, g, r, 0xff].repeat(width * height);
+    let (columns, rows) = (own_width.min(width), usize::from(own_height).min(height));
+    for row in 0..rows {
+        let from = row * own_width * BYTES_PER_PIXEL;
+        let to = row * width * BYTES_PER_PIXEL;
+        let Some(source) = frame.get(from..from + columns * BYTES_PER_PIXEL) else {
+            break;
+        };
+        pixels[to..to + columns * BYTES_PER_PIXEL].copy_from_slice(source);
+    }
+    pixels
 }
 
 #[async_trait::async_trait]
@@ -238,10 +302,19 @@ impl RdpServerDisplayUpdates for Updates {
                 // A desktop that stopped announcing changes still has its clock.
                 self.announcing = changed.is_ok();
             }
+            // The display lives as long as the connection, so the sender does too.
+            Ok(()) = self.size.changed() => {
+                let wanted = *self.size.borrow_and_update();
+                if wanted != self.serving {
+                    self.serving = wanted;
+                    let (width, height) = wanted;
+                    return Ok(Some(DisplayUpdate::Resize(DesktopSize { width, height })));
+                }
+            }
         }
-        let (width, height) = self.desktop.size();
+        let (width, height) = self.serving;
         let stride = usize::from(width) * BYTES_PER_PIXEL;
-        let pixels = self.desktop.frame(now_unix_secs());
+        let pixels = placed(self.desktop.as_ref(), width, height, now_unix_secs());
         if pixels.len() != stride * usize::from(height) {
             return Ok(None);
         }

@@ -108,6 +108,9 @@ impl Dispatcher {
             Command::DesktopClipboard { tab, text } => {
                 self.to_desktop(tab, ToDesktop::Clipboard(text));
             }
+            Command::DesktopResize { tab, width, height } => {
+                self.to_desktop(tab, ToDesktop::Resize { width, height });
+            }
             Command::CloseDesktop { tab } => self.close_desktop(tab),
             Command::Backup { tab, request } => self.backup(tab, request),
             Command::Forward {

@@ -26,12 +26,21 @@ use super::session::Meter;
 /// How long the RDP handshake may take once the session is open.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long after connecting a desktop may take to open display control before a size
+/// asked for is given up (scaled to fit instead).
+const DISPLAY_CONTROL_WAIT: Duration = Duration::from_secs(5);
+
 /// What the window passes on to an open desktop, in order.
 #[derive(Debug)]
 pub(super) enum ToDesktop {
     Input(Vec<DesktopInput>),
     /// Text for the desktop's clipboard.
     Clipboard(String),
+    /// A size to ask the desktop for (display control).
+    Resize {
+        width: u16,
+        height: u16,
+    },
 }
 
 /// Opens the desktop and runs it until `stop`, the input channel closing, or its end.
@@ -124,6 +133,10 @@ async fn open_and_serve(
     tick.tick().await;
     let mut last = (Instant::now(), 0u64, 0u64, 0u64);
     let mut updates = 0u64;
+    // A size asked for before the desktop opened display control waits for it a while.
+    let mut wanted_size: Option<(u16, u16)> = None;
+    let connected_at = Instant::now();
+    let mut said_cannot_resize = false;
     loop {
         tokio::select! {
             frame = desktop.read_frame() => {
@@ -150,6 +163,11 @@ async fn open_and_serve(
                         DesktopEvent::Ended(why) => return format!("the desktop ended the session: {why}"),
                     }
                 }
+                if wanted_size.is_some()
+                    && let Err(e) = resize(&mut desktop, &mut wanted_size).await
+                {
+                    return e.to_string();
+                }
                 if painted {
                     // The window's image is built here, off its thread.
                     request.screen.publish();
@@ -161,6 +179,10 @@ async fn open_and_serve(
                 let sent = match message {
                     Some(ToDesktop::Input(batch)) => desktop.send_input(&batch).await,
                     Some(ToDesktop::Clipboard(text)) => desktop.set_clipboard(text).await,
+                    Some(ToDesktop::Resize { width, height }) => {
+                        wanted_size = Some((width, height));
+                        resize(&mut desktop, &mut wanted_size).await
+                    }
                     None => {
                         desktop.disconnect().await;
                         return "closed".into();
@@ -171,6 +193,13 @@ async fn open_and_serve(
                 }
             }
             _ = tick.tick() => {
+                if wanted_size.is_some()
+                    && !said_cannot_resize
+                    && connected_at.elapsed() > DISPLAY_CONTROL_WAIT
+                {
+                    said_cannot_resize = true;
+                    say(DesktopUpdate::CannotResize);
+                }
                 let (at, read, written, counted) = last;
                 let secs = at.elapsed().as_secs_f64().max(1e-3);
                 let now = (
@@ -193,4 +222,21 @@ async fn open_and_serve(
             }
         }
     }
+}
+
+/// Asks the desktop for `wanted` if it has display control open; leaves it wanted if not.
+async fn resize<S>(
+    desktop: &mut client::DesktopSession<S>,
+    wanted: &mut Option<(u16, u16)>,
+) -> Result<(), crate::net::rdp::client::DesktopError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
+{
+    let Some((width, height)) = *wanted else {
+        return Ok(());
+    };
+    if desktop.request_size(width, height).await? {
+        *wanted = None;
+    }
+    Ok(())
 }

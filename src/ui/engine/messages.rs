@@ -56,6 +56,12 @@ pub enum Command {
         tab: TabId,
         text: String,
     },
+    /// Ask a tab's desktop for another size (display control): the tab's, once it settled.
+    DesktopResize {
+        tab: TabId,
+        width: u16,
+        height: u16,
+    },
     /// End a tab's desktop (the tab stays).
     CloseDesktop {
         tab: TabId,
@@ -215,6 +221,8 @@ pub enum DesktopUpdate {
         width: u16,
         height: u16,
     },
+    /// The desktop offers no display control: it keeps its size, scaled to fit the tab.
+    CannotResize,
     /// Something was copied on the desktop: the window's clipboard takes the text.
     Clipboard(String),
     /// The desktop could not open or has ended, and why.

@@ -1,8 +1,9 @@
 //! The Desktop view: the tenant server's screen over RDP. First the login (user, domain,
 //! password; the user is remembered per tenant, the password only while the tab is open),
-//! then the picture, scaled to fit the tab, taking the keyboard when clicked (Right Ctrl
-//! gives it back) and the pointer while over it. Only the changed part of the picture is
-//! uploaded to the texture each frame. Clipboard text goes both ways: a paste into the
+//! then the picture, scaled to fit the tab or (display control) the desktop resized to the
+//! tab once its size settles, taking the keyboard when clicked (Right Ctrl gives it back)
+//! and the pointer while over it. Only the changed part of the picture is uploaded to the
+//! texture each frame, as an image the engine built. Clipboard text goes both ways: a paste into the
 //! picture puts the window's text on the desktop's clipboard, and what is copied on the
 //! desktop lands on the window's. A desktop that ends says why and offers Reconnect.
 
@@ -22,6 +23,20 @@ use crate::wire::format_fingerprint;
 /// The key that gives the keyboard back to the window (as in Remmina and VirtualBox).
 pub const RELEASE_KEY: Key = Key::ControlRight;
 pub const RELEASE_KEY_NAME: &str = "Right Ctrl";
+
+/// How long the tab's size must stay put before the desktop is asked to follow it.
+const RESIZE_SETTLE_SECS: f64 = 0.3;
+
+/// How the picture meets the tab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fit {
+    /// The desktop keeps its size; the picture is scaled to fit the tab.
+    #[default]
+    Scale,
+    /// The desktop is asked for the tab's size (display control) once the tab's size has
+    /// settled, and shown pixel for pixel.
+    Resize,
+}
 
 /// Where a desktop is in its life.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +74,13 @@ pub struct DesktopPane {
     pub view_size: (u16, u16),
     /// The text last copied on the desktop (the window's clipboard has it too).
     pub copied: Option<String>,
+    pub fit: Fit,
+    /// False once the desktop said it offers no display control.
+    pub can_resize: bool,
+    /// The view's size and since when (egui's clock) it has been that, while it settles.
+    settling: Option<((u16, u16), f64)>,
+    /// The size last asked of the desktop.
+    asked: Option<(u16, u16)>,
 }
 
 impl DesktopPane {
@@ -83,6 +105,10 @@ impl DesktopPane {
             buttons_down: Vec::new(),
             view_size: (1024, 768),
             copied: None,
+            fit: Fit::default(),
+            can_resize: true,
+            settling: None,
+            asked: None,
         }
     }
 
@@ -108,6 +134,8 @@ impl DesktopPane {
                 self.security = Some(security);
                 self.size = (width, height);
                 self.state = DesktopState::Live;
+                self.can_resize = true;
+                self.asked = None;
                 let note = format!(
                     "desktop {width}x{height} open ({security:?}, session {session_id}){}",
                     if first_use {
@@ -129,6 +157,13 @@ impl DesktopPane {
             DesktopUpdate::Resized { width, height } => {
                 self.size = (width, height);
                 Some(format!("desktop resized to {width}x{height}"))
+            }
+            DesktopUpdate::CannotResize => {
+                self.can_resize = false;
+                Some(
+                    "the desktop offers no display control: it keeps its size, scaled to fit"
+                        .into(),
+                )
             }
             DesktopUpdate::Clipboard(text) => {
                 let note = format!(
@@ -321,6 +356,16 @@ fn live_ui(ui: &mut Ui, id: u64, pane: &mut DesktopPane, actions: &mut Vec<Actio
         {
             actions.push(Action::ToggleFullscreen(id));
         }
+        ui.selectable_value(&mut pane.fit, Fit::Scale, "Scale to fit")
+            .on_hover_text("The desktop keeps its size; the picture is scaled to the tab");
+        ui.add_enabled_ui(pane.can_resize, |ui| {
+            ui.selectable_value(&mut pane.fit, Fit::Resize, "Resize desktop to window")
+                .on_hover_text(
+                    "The desktop takes the tab's size (display control) once the tab's size \
+                     settles",
+                )
+                .on_disabled_hover_text("This desktop offers no display control");
+        });
         if ui.button("Disconnect").clicked() {
             actions.push(Action::Engine(Command::CloseDesktop { tab: id }));
             pane.state = DesktopState::Ended("disconnected by you".into());
@@ -355,18 +400,25 @@ pub fn picture_ui(
 ) {
     pane.upload(ui.ctx());
     let available = ui.available_size();
+    // Remote pixels are the screen's pixels, not egui's points.
+    let ppp = ui.ctx().pixels_per_point();
     pane.view_size = (
-        (available.x.max(640.0) as u16) & !1,
-        (available.y.max(480.0) as u16) & !1,
+        ((available.x * ppp).clamp(640.0, 8192.0) as u16) & !1,
+        ((available.y * ppp).clamp(480.0, 8192.0) as u16) & !1,
     );
+    follow_the_tab(ui, id, pane, actions);
     let (w, h) = pane.screen.size();
     if w == 0 || h == 0 {
         ui.spinner();
         return;
     }
-    let scale = (available.x / w as f32)
+    let mut scale = (available.x / w as f32)
         .min(available.y / h as f32)
         .max(0.05);
+    if pane.fit == Fit::Resize {
+        // Pixel for pixel once the desktop has the tab's size; smaller while it is larger.
+        scale = scale.min(1.0 / ppp);
+    }
     let size = Vec2::new(w as f32 * scale, h as f32 * scale);
     let (rect, response) = ui.allocate_exact_size(size, Sense::click_and_drag());
     let label = format!("Remote desktop ({w}x{h})");
@@ -509,6 +561,39 @@ pub fn picture_ui(
                 .retain(|e| !matches!(e, Event::Key { .. } | Event::Text(_)))
         });
         ui.input_mut(|i| i.modifiers = Modifiers::NONE);
+    }
+}
+
+/// In [`Fit::Resize`], asks the desktop for the tab's size once it has stayed put for
+/// [`RESIZE_SETTLE_SECS`] (a window being dragged asks once, at the end).
+fn follow_the_tab(ui: &Ui, id: u64, pane: &mut DesktopPane, actions: &mut Vec<Action>) {
+    if pane.fit != Fit::Resize || !pane.can_resize || !pane.is_live() {
+        pane.settling = None;
+        return;
+    }
+    let now = ui.input(|i| i.time);
+    let size = pane.view_size;
+    match pane.settling {
+        Some((settling, _)) if settling == size => {}
+        _ => pane.settling = Some((size, now)),
+    }
+    let since = pane.settling.map_or(now, |(_, since)| since);
+    if pane.size == size || pane.asked == Some(size) {
+        return;
+    }
+    let waited = now - since;
+    if waited >= RESIZE_SETTLE_SECS {
+        pane.asked = Some(size);
+        actions.push(Action::Engine(Command::DesktopResize {
+            tab: id,
+            width: size.0,
+            height: size.1,
+        }));
+    } else {
+        ui.ctx()
+            .request_repaint_after(std::time::Duration::from_secs_f64(
+                RESIZE_SETTLE_SECS - waited,
+            ));
     }
 }
 
