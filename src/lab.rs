@@ -18,7 +18,7 @@ mod font;
 mod scribbles;
 
 use crate::net::cloud_redirector::{self, SpEngine};
-use crate::net::console::ConsoleConfig;
+use crate::net::console::{ConsoleConfig, ConsoleKeys};
 use crate::net::dial::Route;
 use crate::net::gateway::{self, GatewayConfig};
 use crate::net::tenant_redirector::{
@@ -110,6 +110,8 @@ pub struct Lab {
     /// The SP's state dir (registry, certificates).
     pub state_dir: StateDir,
     agents: Vec<(String, watch::Receiver<AgentState>)>,
+    /// The window's key and tenant pins for this lab (in memory: a lab lives one run).
+    console_keys: ConsoleKeys,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     _dir: tempfile::TempDir,
@@ -258,6 +260,7 @@ impl Lab {
             tenants: online,
             state_dir: state,
             agents,
+            console_keys: ConsoleKeys::in_memory()?,
             shutdown,
             tracker,
             _dir: dir,
@@ -315,6 +318,7 @@ impl Lab {
             trust: Trust::CaFile(self.ca_cert.clone()),
             server_name: "localhost".into(),
             user: self.operator.clone(),
+            keys: self.console_keys.clone(),
         }
     }
 

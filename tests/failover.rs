@@ -113,6 +113,7 @@ async fn proxy_header_from_trusted_gateway_is_used_and_refused_from_others() {
             agent: "test".into(),
             services: vec![],
             provider_access: true,
+            tenant_key: rac::wire::format_fingerprint(&[1; 32]),
         });
         write_frame(&mut stream, &hello)
             .await

@@ -184,6 +184,7 @@ async fn a_killed_sp_process_loses_nothing_and_tenants_come_back() {
         trust: Trust::CaFile(ca.clone()),
         server_name: "localhost".into(),
         user: "admin".into(),
+        keys: rac::net::console::ConsoleKeys::in_memory().expect("console key"),
     })
     .expect("client");
     console.login(&password).await.expect("login");

@@ -72,6 +72,7 @@ fn role() -> impl Strategy<Value = Role> {
                     agent,
                     services,
                     provider_access,
+                    tenant_key: rac::wire::format_fingerprint(&[9; 32]),
                 }
             }),
         (name(), name(), text()).prop_map(|(tenant, session_id, nonce)| Role::TenantData {
@@ -88,7 +89,8 @@ fn role() -> impl Strategy<Value = Role> {
             |(user, password, token)| Role::Operator {
                 user,
                 password,
-                token
+                token,
+                console_key: None,
             }
         ),
     ]
@@ -102,10 +104,19 @@ fn hello_reply() -> impl Strategy<Value = HelloReply> {
             any::<u64>(),
             prop::collection::vec(text(), 0..3),
             prop::option::of(text()),
-            prop::option::of(any::<u64>())
+            prop::option::of(any::<u64>()),
+            (prop::option::of(text()), prop::option::of(any::<u64>()))
         )
             .prop_map(
-                |(server, heartbeat_secs, dead_after_secs, gateways, token, ttl)| {
+                |(
+                    server,
+                    heartbeat_secs,
+                    dead_after_secs,
+                    gateways,
+                    token,
+                    ttl,
+                    (grant_key, now),
+                )| {
                     HelloReply::Welcome(Welcome {
                         server,
                         heartbeat_secs,
@@ -113,6 +124,8 @@ fn hello_reply() -> impl Strategy<Value = HelloReply> {
                         gateways,
                         token,
                         token_expires_in_secs: ttl,
+                        grant_key,
+                        now,
                     })
                 }
             ),
@@ -125,11 +138,14 @@ fn control_msg() -> impl Strategy<Value = ControlMsg> {
     prop_oneof![
         any::<u64>().prop_map(|seq| ControlMsg::Ping { seq }),
         any::<u64>().prop_map(|seq| ControlMsg::Pong { seq }),
-        (text(), text(), text()).prop_map(|(session_id, nonce, service)| ControlMsg::OpenData {
-            session_id,
-            nonce,
-            service
-        }),
+        (text(), text(), text(), text(), text()).prop_map(
+            |(session_id, nonce, service, body, signature)| ControlMsg::OpenData {
+                session_id,
+                nonce,
+                service,
+                grant: rac::wire::protocol::Grant { body, signature },
+            }
+        ),
         (text(), error_code(), text()).prop_map(|(session_id, code, reason)| {
             ControlMsg::Reject {
                 session_id,
@@ -153,7 +169,12 @@ fn session_msg() -> impl Strategy<Value = SessionMsg> {
         Just(SessionMsg::Progress {
             stage: Stage::WaitingForTenant
         }),
-        text().prop_map(|session_id| SessionMsg::Ready { session_id }),
+        (text(), prop::option::of(text())).prop_map(|(session_id, tenant_key)| {
+            SessionMsg::Ready {
+                session_id,
+                tenant_key,
+            }
+        }),
         (error_code(), text()).prop_map(|(code, message)| SessionMsg::Error { code, message }),
     ]
 }
@@ -205,6 +226,7 @@ fn tenant_info() -> impl Strategy<Value = TenantInfo> {
                 provider_access,
                 heartbeat_rtt_ms,
                 open_sessions,
+                tenant_key: None,
             },
         )
 }

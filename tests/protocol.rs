@@ -350,6 +350,8 @@ async fn a_redirector_drops_a_silent_sp_at_dead_after() {
             gateways: vec![],
             token: None,
             token_expires_in_secs: None,
+            grant_key: None,
+            now: None,
         });
         write_frame(&mut stream, &welcome).await.expect("welcome");
         // Silent from here on, and reading nothing: the tenant's pings pile up unanswered.

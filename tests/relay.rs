@@ -274,6 +274,7 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
                 session_id,
                 nonce,
                 service,
+                ..
             } => {
                 assert_eq!(service, "echo");
                 break (session_id, nonce);
@@ -290,12 +291,14 @@ async fn nonces_are_single_use_bound_and_a_silent_tenant_times_out() {
         .await;
     assert_session_error(&reply, ErrorCode::BadNonce);
     // The right tenant with the right nonce gets the session...
-    let (reply, mut data) = sp.present_nonce("alpha", &session_id, &nonce).await;
+    let (reply, data) = sp.present_nonce("alpha", &session_id, &nonce).await;
     assert!(matches!(reply, SessionMsg::Ready { .. }), "{reply:?}");
-    let mut session = opening.await.expect("join").expect("session");
-    session.stream.write_all(b"x").await.expect("write");
+    // ...spliced to the console, whose end-to-end handshake (a TLS record) arrives on it.
+    let mut data = common::wire::after_ready(data);
     let mut b = [0u8; 1];
     data.read_exact(&mut b).await.expect("tenant side receives");
+    assert_eq!(b[0], 0x16, "a TLS handshake record from the console");
+    opening.abort();
     // ...once.
     let (reply, _) = sp.present_nonce("alpha", &session_id, &nonce).await;
     assert_session_error(&reply, ErrorCode::BadNonce);

@@ -145,6 +145,7 @@ async fn stalled_connections_are_cut_at_the_handshake_timeout_while_tenants_carr
                         user: "admin".into(),
                         password: Some("not the password".into()),
                         token: None,
+                        console_key: None,
                     }))
                     .expect("encode");
                     if let Stall::HalfHello = kind {
@@ -450,13 +451,16 @@ async fn a_tenant_cannot_receive_join_or_end_another_tenants_session() {
         agent: "usurper".into(),
         services: vec!["echo".into()],
         provider_access: true,
+        tenant_key: common::wire::test_tenant_key("alpha"),
     });
     let reply: HelloReply = ask(&mut usurper, &hello).await;
     assert_eq!(reply_code(&reply), Some(ErrorCode::AuthFailed));
 
     // Alpha's request is still pending: alpha's own data connection opens it.
-    let (reply, mut data) = sp.present_nonce("alpha", &session_id, &nonce).await;
+    let (reply, data) = sp.present_nonce("alpha", &session_id, &nonce).await;
     assert!(matches!(reply, SessionMsg::Ready { .. }), "{reply:?}");
+    let console_key = sp.console_keys.identity.fingerprint();
+    let mut data = common::wire::tenant_end_to_end(data, "alpha", console_key).await;
     let mut session = opening.await.expect("join").expect("session opened");
 
     // Beta goes away entirely; the session is untouched.
@@ -563,6 +567,7 @@ async fn a_console_opens_and_sees_only_the_tenants_its_token_allows() {
             user: user.into(),
             password: None,
             token: Some(token),
+            console_key: None,
         });
         let reply: HelloReply = ask(&mut stream, &hello).await;
         assert_eq!(reply_code(&reply), Some(ErrorCode::AuthFailed), "{user}");
@@ -726,6 +731,7 @@ async fn api_requests_need_a_login_and_a_sane_frame() {
         user: sp.operator.clone(),
         password: Some(sp.password.clone()),
         token: None,
+        console_key: None,
     });
     let reply: HelloReply = ask(&mut stream, &hello).await;
     assert_eq!(reply_code(&reply), None);

@@ -55,6 +55,7 @@ async fn concurrent_wrong_logins_from_one_address_are_checked_at_most_five_times
                     user: "admin".into(),
                     password: Some(format!("guess {i}")),
                     token: None,
+                    console_key: None,
                 });
                 // Connect first, then send every hello at once.
                 let mut stream = sp.raw_from(attacker).await;
@@ -209,6 +210,7 @@ async fn login_once(
         user: user.into(),
         password: Some(password.into()),
         token: None,
+        console_key: None,
     });
     write_frame(&mut stream, &hello)
         .await
@@ -353,6 +355,7 @@ async fn a_login_flood_stays_within_memory_and_an_honest_login_gets_in() {
         trust: Trust::CaFile(sp.ca.clone()),
         server_name: "localhost".into(),
         user: "admin".into(),
+        keys: rac::net::console::ConsoleKeys::in_memory().expect("console key"),
     })
     .expect("client");
     console

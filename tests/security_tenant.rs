@@ -10,16 +10,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::fake_sp::{FakeSp, FakeStream};
 use common::{PATIENCE, Proc, RAC, TestSp, eventually, quick_config, tcp_echo};
 use rac::net::console::ConsoleError;
 use rac::net::pushed_pool::PushedPool;
-use rac::net::tenant_redirector::{RedirectorConfig, ServiceTarget};
-use rac::net::tls::{ReadAhead, TlsClient, Trust};
-use rac::sp::config::{SpConfig, StateDir};
+use rac::net::tenant_redirector::ServiceTarget;
+use rac::net::tls::{TlsClient, Trust};
+use rac::sp::config::SpConfig;
 use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
-use rac::wire::protocol::{
-    ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, TenantStatus, Welcome,
-};
+use rac::wire::protocol::{ControlMsg, ErrorCode, Role, SessionMsg, TenantStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -91,83 +90,6 @@ async fn sessions_past_the_tenant_redirectors_cap_are_refused_busy() {
     echo_once(&mut third.stream, b"three").await;
 }
 
-/// A hand-made SP: real TLS with a real SP certificate, but the test writes every frame.
-struct FakeSp {
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    ca: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-type FakeStream = tokio_rustls::server::TlsStream<ReadAhead>;
-
-impl FakeSp {
-    async fn start() -> FakeSp {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = StateDir::new(dir.path().join("sp"));
-        let init = rac::sp::init_state_dir(&state, "admin", &[]).expect("init");
-        let acceptor = rac::net::tls::server_acceptor(&state.server_chain(), &state.server_key())
-            .expect("acceptor");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        FakeSp {
-            listener,
-            acceptor,
-            ca: init.ca_cert,
-            _dir: dir,
-        }
-    }
-
-    async fn accept(&self) -> (FakeStream, Hello) {
-        let (tcp, _) = tokio::time::timeout(PATIENCE, self.listener.accept())
-            .await
-            .expect("a connection in time")
-            .expect("accept");
-        let mut tls = self
-            .acceptor
-            .accept(ReadAhead::new(tcp))
-            .await
-            .expect("TLS");
-        let hello: Hello = read_frame(&mut tls, MAX_FRAME_LEN)
-            .await
-            .expect("read hello")
-            .expect("hello");
-        (tls, hello)
-    }
-
-    /// Accepts the tenant's control connection and welcomes it with `gateways`.
-    async fn control(&self, gateways: Vec<String>) -> FakeStream {
-        let (mut control, hello) = self.accept().await;
-        assert!(
-            matches!(hello.role, Role::TenantControl { .. }),
-            "{hello:?}"
-        );
-        let welcome = HelloReply::Welcome(Welcome {
-            server: "fake".into(),
-            heartbeat_secs: 30,
-            dead_after_secs: 95,
-            gateways,
-            token: None,
-            token_expires_in_secs: None,
-        });
-        write_frame(&mut control, &welcome).await.expect("welcome");
-        control
-    }
-
-    fn tenant_config(&self, services: BTreeMap<String, ServiceTarget>) -> RedirectorConfig {
-        RedirectorConfig {
-            tenant: "acme".into(),
-            secret: "00".repeat(32),
-            endpoints: vec![self.listener.local_addr().expect("addr").to_string()],
-            trust: Trust::CaFile(self.ca.clone()),
-            server_name: "localhost".into(),
-            services,
-            backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(500),
-            ..RedirectorConfig::defaults()
-        }
-    }
-}
-
 /// Sends a ping and waits for its pong: every frame sent before it has been handled.
 async fn round_trip(control: &mut FakeStream, seq: u64) {
     write_frame(control, &ControlMsg::Ping { seq })
@@ -201,12 +123,14 @@ async fn the_local_service_is_connected_only_after_the_sps_ready() {
     );
     let tenant = common::TestTenant::start(fake.tenant_config(services));
     let mut control = fake.control(Vec::new()).await;
+    let console = rac::net::tls::e2e::Identity::generate().expect("console key");
     write_frame(
         &mut control,
         &ControlMsg::OpenData {
             session_id: "s1".into(),
             nonce: "n1".into(),
             service: "svc".into(),
+            grant: fake.grant("s1", "svc", &console.fingerprint_text()),
         },
     )
     .await
@@ -225,17 +149,24 @@ async fn the_local_service_is_connected_only_after_the_sps_ready() {
         &mut data,
         &SessionMsg::Ready {
             session_id: "s1".into(),
+            tenant_key: None,
         },
     )
     .await
     .expect("ready");
+    // After `ready` the console's end-to-end handshake comes first; only then is the local
+    // service dialled.
+    let raw = rac::net::tls::e2e::leave_server(data).expect("boundary");
+    let (mut inner, _) = rac::net::tls::e2e::connect(raw, &console, None)
+        .await
+        .expect("end-to-end handshake");
     let local = TcpListener::from_std(local).expect("tokio listener");
     let (mut tcp, _) = tokio::time::timeout(PATIENCE, local.accept())
         .await
         .expect("the local service is dialled after ready")
         .expect("accept");
-    data.write_all(b"after ready").await.expect("write");
-    data.flush().await.expect("flush");
+    inner.write_all(b"after ready").await.expect("write");
+    inner.flush().await.expect("flush");
     let mut got = [0u8; 11];
     tokio::time::timeout(PATIENCE, tcp.read_exact(&mut got))
         .await

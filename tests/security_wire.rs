@@ -27,6 +27,7 @@ fn control(tenant: &str, secret: &str, agent: &str, services: Vec<String>) -> Ro
         agent: agent.into(),
         services,
         provider_access: true,
+        tenant_key: common::wire::test_tenant_key(tenant),
     }
 }
 

@@ -21,7 +21,7 @@ use super::procs;
 use super::relay::median;
 use super::report::{Check, Report};
 use super::world::{BENCH_TENANT, World};
-use crate::net::console::{ConsoleClient, ConsoleConfig};
+use crate::net::console::{ConsoleClient, ConsoleConfig, ConsoleKeys};
 use crate::net::dial::Route;
 use crate::net::rdp::client::{self, DesktopEvent, DesktopLogin, DesktopOptions, DesktopSession};
 use crate::net::rdp::server::{BYTES_PER_PIXEL, Desktop, DesktopInput};
@@ -455,6 +455,7 @@ fn start_lab(tenants: usize, log: &std::path::Path) -> Result<LabChild> {
             trust: Trust::CaFile(ca.into()),
             server_name: "localhost".into(),
             user,
+            keys: ConsoleKeys::in_memory()?,
         },
         password,
         tenants,

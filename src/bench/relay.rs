@@ -68,6 +68,9 @@ pub(super) async fn throughput_section(
     }
     let gw_cpu = gateway.cpu_secs()? - gw_cpu_before;
     let twenty = Some(("≥ 20% of direct", Check::RatioAtLeast(0.2)));
+    // Issue 17: with the SP copying ciphertext, one session stream keeps up with 30% of a
+    // plain loopback connection.
+    let thirty = Some(("≥ 30% of direct", Check::RatioAtLeast(0.3)));
     let gw_hop = Some(("≥ 80% of SP alone", Check::RatioAtLeast(0.8)));
     let direct_runs = &runs[0][0];
     report.note(
@@ -80,11 +83,11 @@ pub(super) async fn throughput_section(
     let [one, eight] = runs.map(|figure| figure.map(|mut r| median(&mut r)));
     report.add(
         "stream1_session_gbps",
-        "1 stream, console→SP→tenant (TLS both hops)",
+        "1 stream, console→SP→tenant (end to end; the SP copies)",
         "Gbit/s",
         one[1],
         Some((one[0], "loopback")),
-        twenty,
+        thirty,
     );
     report.add(
         "stream8_session_gbps",
@@ -141,7 +144,7 @@ pub(super) async fn throughput_section(
         "s/GB",
         sp_cpu / gb(sp_bytes),
         Some((own_cpu / gb(own_bytes), "loopback, both ends")),
-        None,
+        Some(("≤ direct, both ends", Check::RatioAtMost(1.0))),
     );
     report.note(
         "gateway_cpu_secs_per_gb",

@@ -17,6 +17,8 @@ pub enum Check {
     AtLeast(f64),
     /// The ratio (value / direct) must be at least this.
     RatioAtLeast(f64),
+    /// The ratio (value / direct) must be at most this.
+    RatioAtMost(f64),
 }
 
 /// One measured figure.
@@ -88,6 +90,7 @@ impl Report {
             Check::AtMost(max) => value <= max,
             Check::AtLeast(min) => value >= min,
             Check::RatioAtLeast(min) => ratio.is_some_and(|r| r >= min),
+            Check::RatioAtMost(max) => ratio.is_some_and(|r| r <= max),
         });
         let figure = Figure {
             label: label.to_string(),

@@ -215,6 +215,11 @@ impl LeanTenant {
             agent: format!("rac-bench/{}", crate::VERSION),
             services: vec!["backup".into()],
             provider_access: true,
+            // These tenants open no sessions, so no key pair: a fingerprint that stays the
+            // same across reconnects is what the SP records and checks.
+            tenant_key: crate::wire::format_fingerprint(&crate::wire::fingerprint(
+                format!("rac bench tenant key/{}", self.name).as_bytes(),
+            )),
         });
         frame::write_frame(&mut stream, &hello)
             .await

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::procs::RacProcess;
-use crate::net::console::{ConsoleClient, ConsoleConfig};
+use crate::net::console::{ConsoleClient, ConsoleConfig, ConsoleKeys};
 use crate::net::dial::Route;
 use crate::net::tenant_redirector::{self, AgentState, RedirectorConfig, ServiceTarget};
 use crate::net::tls::Trust;
@@ -114,6 +114,7 @@ impl World {
             trust: Trust::CaFile(init.ca_cert.clone()),
             server_name: "localhost".into(),
             user: OPERATOR.into(),
+            keys: ConsoleKeys::in_memory()?,
         })?;
         console.login(&init.password).await.context("logging in")?;
 
@@ -195,6 +196,7 @@ impl World {
             trust: Trust::CaFile(self.ca.clone()),
             server_name: "localhost".into(),
             user: OPERATOR.into(),
+            keys: ConsoleKeys::in_memory()?,
         })?;
         console.login(&self.password).await.context("logging in")?;
         Ok(console)

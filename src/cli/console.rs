@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use super::{Output, print_json, resolve};
-use crate::net::console::{ConsoleClient, ConsoleConfig};
+use crate::net::console::{ConsoleClient, ConsoleConfig, ConsoleKeys};
 use crate::net::dial::Route;
 use crate::net::tls::Trust;
 use crate::tenant::backup::{self, BackupAction, BackupClient, Inventory, SERVICE_NAME};
@@ -43,6 +43,14 @@ pub struct ClientArgs {
 pub struct TenantsArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Forget the key this console pinned for TENANT (its server was reinstalled and the
+    /// SP admin ran `rac sp tenant reset-key`); the next session pins the key presented then.
+    #[arg(long, value_name = "TENANT")]
+    pub forget_key: Option<String>,
+    /// Print this console's key fingerprint for --user (made now if there is none yet) and
+    /// exit: what a tenant lists in `operator_keys` to accept sessions from this console only.
+    #[arg(long)]
+    pub print_key: bool,
     #[command(flatten)]
     pub output: Output,
 }
@@ -111,11 +119,13 @@ impl ClientArgs {
                 .unwrap_or("localhost")
                 .to_string()
         });
+        let keys = ConsoleKeys::for_user(&self.user).context("this console's end-to-end key")?;
         Ok(ConsoleConfig {
             route,
             trust,
             server_name,
             user: self.user.clone(),
+            keys,
         })
     }
 
@@ -143,8 +153,33 @@ fn password() -> Result<String> {
 
 /// `rac tenants`: the tenant list as a table or JSON.
 pub(super) async fn tenants(args: TenantsArgs) -> Result<ExitCode> {
+    if args.print_key {
+        let keys = ConsoleKeys::for_user(&args.client.user).context("this console's key")?;
+        println!("{}", keys.identity.fingerprint_text());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(tenant) = &args.forget_key {
+        let client = ConsoleClient::new(args.client.console_config()?)?;
+        let had = client
+            .forget_tenant_key(tenant)
+            .context("updating the pinned tenant keys")?;
+        println!(
+            "{}",
+            if had {
+                format!(
+                    "forgot the key pinned for {tenant}; the next session pins the key it presents"
+                )
+            } else {
+                format!("no key was pinned for {tenant}")
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = args.client.login().await?;
-    let tenants = client.tenants().await.context("reading the tenant list")?;
+    let tenants = client
+        .tenants_in_full()
+        .await
+        .context("reading the tenant list")?;
     if args.output.json {
         print_json(&tenants)?;
         return Ok(ExitCode::SUCCESS);

@@ -87,6 +87,11 @@ pub enum SpTenantCommand {
         /// Free text shown in the tenant list.
         #[arg(long, default_value = "")]
         description: String,
+        /// The tenant redirector's key fingerprint (SHA-256, as `rac tenant` logs it at
+        /// start), when known in advance: then its very first connection must present it.
+        /// Without it, the first key the tenant presents is recorded.
+        #[arg(long, value_name = "SHA256")]
+        tenant_key: Option<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -113,6 +118,15 @@ pub enum SpTenantCommand {
     },
     /// Remove a tenant account.
     Remove {
+        /// The tenant's name.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Forget a tenant's recorded key (its server was reinstalled): the next key it presents
+    /// is recorded. Consoles that pinned the old key refuse the new one until their operator
+    /// forgets it too (`rac tenants --forget-key`).
+    ResetKey {
         /// The tenant's name.
         name: String,
         #[command(flatten)]
@@ -249,9 +263,18 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 name,
                 state,
                 description,
+                tenant_key,
                 output,
             } => {
-                let secret = state.registry()?.add_tenant(&name, &description)?;
+                let tenant_key = tenant_key
+                    .map(|k| crate::wire::parse_fingerprint(&k).map(|fp| crate::wire::format_fingerprint(&fp)))
+                    .transpose()
+                    .context("--tenant-key must be a SHA-256 fingerprint (64 hex digits, colons allowed)")?;
+                let secret = state.registry()?.add_tenant_with_key(
+                    &name,
+                    &description,
+                    tenant_key.as_deref(),
+                )?;
                 if output.json {
                     print_json(&serde_json::json!({"tenant": name, "secret": secret}))?;
                 } else {
@@ -292,6 +315,13 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
             SpTenantCommand::Remove { name, state } => {
                 state.registry()?.remove_tenant(&name)?;
                 println!("tenant {name} removed");
+            }
+            SpTenantCommand::ResetKey { name, state } => {
+                state.registry()?.reset_tenant_key(&name)?;
+                println!(
+                    "tenant {name}'s key forgotten: the next key it presents is recorded \
+                     (a running SP picks this up within a second)"
+                );
             }
             SpTenantCommand::RotateSecret {
                 name,

@@ -17,7 +17,15 @@ data connection and connects it to a local service named in [services]; it liste
 Limits on what the SP can make it do:
   - at most max_sessions sessions at once (default 64); further requests are refused with
     `busy` (\"the tenant redirector ... is at its session cap\");
-  - a local service is connected only after the SP has answered `ready` on the data connection;
+  - nothing is opened without the SP's grant for that very session: signed by the SP's grant
+    key (pinned on first contact in <config>.sp-grant-key), for this tenant and service, not
+    expired, never used before; with operator_keys set (the tenant lock), only for a console
+    key listed there;
+  - every session is end-to-end encrypted with the console key the grant names (this side's
+    key: <config>.key.pem, made on first start; --print-key shows its fingerprint): the SP
+    copies ciphertext;
+  - a local service is connected only after the SP has answered `ready` on the data connection
+    and the console's end-to-end handshake succeeded;
   - a gateway pool the SP pushes is used only if it has at most 16 entries, each a plain
     host:port (port 1-65535, at most 255 bytes, no path or space); otherwise it is logged and
     ignored as a whole. A pushed gateway that fails every dial for a day is forgotten; with
@@ -37,11 +45,21 @@ pub struct TenantArgs {
     /// The tenant's TOML config.
     #[arg(long)]
     pub config: PathBuf,
+    /// Print this tenant's key fingerprint (made now if there is none yet) and exit: what
+    /// `rac sp tenant add --tenant-key` takes, and what consoles pin.
+    #[arg(long)]
+    pub print_key: bool,
 }
 
 /// Runs the redirector (and the backup service it hosts) until SIGINT/SIGTERM.
 pub(super) async fn run(args: TenantArgs) -> Result<ExitCode> {
     let file = crate::tenant::config::TenantConfig::load(&args.config)?;
+    if args.print_key {
+        let path = file.key_file.clone().unwrap_or_default();
+        let key = crate::net::tls::e2e::Identity::load_or_create(&path)?;
+        println!("{}", key.fingerprint_text());
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut config =
         crate::net::tenant_redirector::RedirectorConfig::from_file(&file, &args.config)?;
     let shutdown = crate::signal::shutdown_on_signal();

@@ -1,6 +1,7 @@
 //! The console's side of the wire, without a window: log in, read the tenant list, open a
-//! session to a tenant service (steps 4, 5 and 8 from the console's seat), and forward a
-//! local port through sessions (`rac connect`). The CLI and the egui console both use it.
+//! session to a tenant service (steps 4, 5 and 8 from the console's seat) and end it in an
+//! end-to-end channel with the tenant, and forward a local port through sessions
+//! (`rac connect`). The CLI and the egui console both use it.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use super::acceptor::Acceptor;
 use super::dial::{DialError, Dialer, Route};
-use super::splice::{Counters, splice};
+use super::known_tenants::KnownTenants;
+use super::splice::{Counters, Strict, splice};
+use super::tls::e2e::{self, E2eError, Identity};
 use super::tls::{ClientStream, TlsClient, TlsInfo, Trust};
 use crate::wire::frame::{self, FrameError, MAX_FRAME_LEN};
 use crate::wire::protocol::{
@@ -37,12 +40,20 @@ pub enum ConsoleError {
     Protocol(String),
     #[error("not logged in")]
     NotLoggedIn,
+    /// The end-to-end channel with the tenant could not be set up (a key that is not the
+    /// pinned one, a failed handshake).
+    #[error(transparent)]
+    EndToEnd(#[from] E2eError),
 }
 
 impl ConsoleError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ConsoleError::Refused { code, .. } => Some(*code),
+            // The console's own finding, with the SP's word for it.
+            ConsoleError::EndToEnd(E2eError::TenantKeyChanged { .. }) => {
+                Some(ErrorCode::TenantKeyChanged)
+            }
             _ => None,
         }
     }
@@ -60,6 +71,7 @@ impl ConsoleError {
             ),
             ConsoleError::ConnectionLost(_) => true,
             ConsoleError::Protocol(_) | ConsoleError::NotLoggedIn => false,
+            ConsoleError::EndToEnd(e) => matches!(e, E2eError::Handshake(_)),
         }
     }
 }
@@ -82,6 +94,52 @@ pub struct ConsoleConfig {
     /// The name on the SP's certificate.
     pub server_name: String,
     pub user: String,
+    /// This console's key and the tenant keys it has pinned.
+    pub keys: ConsoleKeys,
+}
+
+/// A console's end-to-end identity: its key pair (one per operator and machine) and the
+/// tenant keys it has pinned.
+#[derive(Clone, Debug)]
+pub struct ConsoleKeys {
+    pub identity: Arc<Identity>,
+    pub known: Arc<KnownTenants>,
+}
+
+impl ConsoleKeys {
+    /// A key and pins for this run only (the lab's window, tests, benches).
+    pub fn in_memory() -> Result<Self, E2eError> {
+        Ok(ConsoleKeys {
+            identity: Arc::new(Identity::generate()?),
+            known: Arc::new(KnownTenants::in_memory()),
+        })
+    }
+
+    /// The key of `user` in `dir` (`keys/console-USER.pem`, made on first use, 0600) and the
+    /// pins in `dir/known_tenants.json`.
+    pub fn in_dir(dir: &std::path::Path, user: &str) -> Result<Self, E2eError> {
+        let identity =
+            Identity::load_or_create(&dir.join("keys").join(format!("console-{user}.pem")))?;
+        let known_path = dir.join("known_tenants.json");
+        let known =
+            KnownTenants::in_file(known_path.clone()).map_err(|source| E2eError::KeyFile {
+                path: known_path.display().to_string(),
+                source,
+            })?;
+        Ok(ConsoleKeys {
+            identity: Arc::new(identity),
+            known: Arc::new(known),
+        })
+    }
+
+    /// In the platform config dir ([`crate::util::config_dir`]), or in memory when there is
+    /// none (no home directory).
+    pub fn for_user(user: &str) -> Result<Self, E2eError> {
+        match crate::util::config_dir() {
+            Some(dir) => Self::in_dir(&dir, user),
+            None => Self::in_memory(),
+        }
+    }
 }
 
 impl fmt::Debug for ConsoleConfig {
@@ -121,9 +179,23 @@ pub struct Session {
     /// The SP address or gateway that carried it.
     pub endpoint: String,
     pub via_gateway: bool,
+    /// The console's TLS to the SP, up to `ready`.
     pub tls: TlsInfo,
+    /// The end-to-end channel with the tenant that carries the session.
+    pub e2e: EndToEnd,
     /// Each stage with the time since `connect()` began.
     pub stages: Vec<(OpenStage, Duration)>,
+}
+
+/// The end-to-end channel of a session, as the Connection view shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndToEnd {
+    pub version: String,
+    pub cipher: String,
+    /// SHA-256 of the tenant's key, `AB:CD:..`.
+    pub tenant_key: String,
+    /// The key was pinned by this session (first use); else it matched an earlier pin.
+    pub pinned_now: bool,
 }
 
 /// A logged-in console. Cheap to share: every request opens its own connection.
@@ -131,6 +203,9 @@ pub struct ConsoleClient {
     config: ConsoleConfig,
     dialer: Arc<Dialer>,
     token: Mutex<Option<String>>,
+    /// Names this SP among the console's tenant pins: the SHA-256 of the CA or certificate
+    /// it is trusted by.
+    sp_id: String,
 }
 
 impl fmt::Debug for ConsoleClient {
@@ -160,11 +235,27 @@ impl TenantFeed {
 impl ConsoleClient {
     pub fn new(config: ConsoleConfig) -> Result<Arc<Self>, super::tls::TlsError> {
         let tls = TlsClient::new(&config.trust, &config.server_name)?;
+        let sp_id = match &config.trust {
+            Trust::CaFile(path) => super::tls::pem_fingerprint(path)?,
+            Trust::Pinned(fp) => crate::wire::format_fingerprint(fp),
+        };
         Ok(Arc::new(ConsoleClient {
             dialer: Dialer::new(&config.route, tls),
             config,
             token: Mutex::new(None),
+            sp_id,
         }))
+    }
+
+    /// Forgets the key pinned for `tenant` of this SP, so the next session pins the key the
+    /// tenant presents then. Returns whether one was pinned.
+    pub fn forget_tenant_key(&self, tenant: &str) -> std::io::Result<bool> {
+        self.config.keys.known.forget(&self.sp_id, tenant)
+    }
+
+    /// The key pinned for `tenant` of this SP, if any.
+    pub fn pinned_tenant_key(&self, tenant: &str) -> Option<[u8; 32]> {
+        self.config.keys.known.get(&self.sp_id, tenant)
     }
 
     pub fn config(&self) -> &ConsoleConfig {
@@ -190,6 +281,7 @@ impl ConsoleClient {
                 user: self.config.user.clone(),
                 password: Some(password.to_string()),
                 token: None,
+                console_key: Some(self.config.keys.identity.fingerprint_text()),
             })
             .await?;
         let token = welcome
@@ -222,13 +314,23 @@ impl ConsoleClient {
             user: self.config.user.clone(),
             password: None,
             token: Some(self.token()?),
+            console_key: None,
         };
         Ok(self.operator_connection(role).await?.0)
     }
 
-    /// The tenant list once.
+    /// The tenant list once, in compact pages (without the tenants' keys).
     pub async fn tenants(&self) -> Result<Vec<TenantInfo>, ConsoleError> {
-        let mut feed = self.request_tenants(false).await?;
+        self.tenants_in(true).await
+    }
+
+    /// The tenant list once, every field (each tenant's key fingerprint too): `rac tenants`.
+    pub async fn tenants_in_full(&self) -> Result<Vec<TenantInfo>, ConsoleError> {
+        self.tenants_in(false).await
+    }
+
+    async fn tenants_in(&self, compact: bool) -> Result<Vec<TenantInfo>, ConsoleError> {
+        let mut feed = self.request_tenants(false, compact).await?;
         let mut all = Vec::new();
         loop {
             match feed.next().await? {
@@ -255,15 +357,16 @@ impl ConsoleClient {
 
     /// The tenant list, then its changes, until dropped.
     pub async fn subscribe(&self) -> Result<TenantFeed, ConsoleError> {
-        self.request_tenants(true).await
+        self.request_tenants(true, true).await
     }
 
-    async fn request_tenants(&self, subscribe: bool) -> Result<TenantFeed, ConsoleError> {
+    async fn request_tenants(
+        &self,
+        subscribe: bool,
+        compact: bool,
+    ) -> Result<TenantFeed, ConsoleError> {
         let mut stream = self.token_connection().await?;
-        let request = ApiRequest::ListTenants {
-            subscribe,
-            compact: true,
-        };
+        let request = ApiRequest::ListTenants { subscribe, compact };
         frame::write_frame(&mut stream, &request).await?;
         Ok(TenantFeed { stream })
     }
@@ -311,15 +414,20 @@ impl ConsoleClient {
                 Some(SessionMsg::Progress {
                     stage: Stage::Other,
                 }) => {}
-                Some(SessionMsg::Ready { session_id }) => {
+                Some(SessionMsg::Ready {
+                    session_id,
+                    tenant_key,
+                }) => {
                     stage(OpenStage::Spliced, &mut stages);
                     let tls = super::tls::client_info(&stream);
+                    let (stream, e2e) = self.end_to_end(stream, tenant, tenant_key).await?;
                     return Ok(Session {
                         stream,
                         session_id,
                         endpoint: dialed.endpoint,
                         via_gateway: dialed.via_gateway,
                         tls,
+                        e2e,
                         stages,
                     });
                 }
@@ -333,6 +441,49 @@ impl ConsoleClient {
                 }
             }
         }
+    }
+}
+
+impl ConsoleClient {
+    /// After `ready`: leaves the SP's TLS and runs the end-to-end handshake with the tenant.
+    /// The tenant's key must be the one pinned for it; the first time, the one the SP has on
+    /// record (if it says), and it is pinned then.
+    async fn end_to_end(
+        &self,
+        stream: ClientStream,
+        tenant: &str,
+        on_record: Option<String>,
+    ) -> Result<(ClientStream, EndToEnd), ConsoleError> {
+        let raw = e2e::leave_client(stream)?;
+        let pinned = self.pinned_tenant_key(tenant);
+        let on_record = match on_record {
+            Some(text) => Some(crate::wire::parse_fingerprint(&text).map_err(|_| {
+                ConsoleError::Protocol("ready: tenant_key is not a fingerprint".into())
+            })?),
+            None => None,
+        };
+        let expected = match (pinned, on_record) {
+            (Some(pin), _) => Some((pin, true)),
+            (None, Some(record)) => Some((record, false)),
+            (None, None) => None,
+        };
+        let (stream, presented) = e2e::connect(raw, &self.config.keys.identity, expected).await?;
+        if pinned.is_none() {
+            tracing::info!(?tenant, key = %crate::wire::format_fingerprint(&presented), "pinned the tenant's key (first use)");
+            if let Err(e) = self.config.keys.known.pin(&self.sp_id, tenant, &presented) {
+                tracing::warn!(?tenant, "could not keep the tenant's key pin: {e}");
+            }
+        }
+        let info = super::tls::client_info(&stream);
+        Ok((
+            stream,
+            EndToEnd {
+                version: info.version,
+                cipher: info.cipher,
+                tenant_key: crate::wire::format_fingerprint(&presented),
+                pinned_now: pinned.is_none(),
+            },
+        ))
     }
 }
 
@@ -359,7 +510,7 @@ pub async fn forward(
             match client.open_session(&tenant, &service, |_, _| {}).await {
                 Ok(session) => {
                     tracing::info!(%peer, ?tenant, ?service, via = %session.endpoint, "forwarding");
-                    let report = splice(local, session.stream, &Counters::default(), &shutdown).await;
+                    let report = splice(local, Strict(session.stream), &Counters::default(), &shutdown).await;
                     tracing::info!(%peer, sent = report.a_to_b, received = report.b_to_a, "connection closed");
                 }
                 Err(e) => tracing::warn!(%peer, ?tenant, ?service, "session failed: {e}"),

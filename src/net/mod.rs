@@ -8,6 +8,7 @@ pub mod cloud_redirector;
 pub mod console;
 pub mod dial;
 pub mod gateway;
+pub mod known_tenants;
 pub mod proxy_protocol;
 pub mod pushed_pool;
 pub mod rdp;

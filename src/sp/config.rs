@@ -164,6 +164,10 @@ impl StateDir {
     pub fn config(&self) -> PathBuf {
         self.root.join("sp.toml")
     }
+    /// The key the SP signs session grants with (Ed25519, PKCS#8 DER, 0600).
+    pub fn grant_key(&self) -> PathBuf {
+        self.root.join("grant.key")
+    }
 
     /// Fails with a hint when `rac sp init` has not been run here. Also makes the dir
     /// private (0700) if it is not, with a warning: it holds the CA key and the registry.

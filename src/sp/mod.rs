@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::wire::protocol::ErrorCode;
+use crate::wire::protocol::{ErrorCode, GRANT_MAX_SECS, Grant, GrantBody, GrantKey};
 use config::{SpConfig, StateDir};
 use presence::{Kick, Presence};
 use registry::{Operator, Registry, TokenCheck};
@@ -53,6 +53,19 @@ pub struct SpService {
     config_path: Option<std::path::PathBuf>,
     config_text: std::sync::Mutex<String>,
     gateways: std::sync::RwLock<Vec<String>>,
+    /// Signs every session's grant (`grant.key` in the state dir).
+    grant_key: GrantKey,
+    /// Tenant keys seen for the first time, not yet in the registry: written in one
+    /// transaction by [`flush_tenant_keys`](Self::flush_tenant_keys), so a first start of
+    /// 15,000 tenants is not 15,000 synced commits.
+    new_tenant_keys: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+/// A session the SP allows (step 5): who asks, and the console key its grant will name.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    pub operator: Operator,
+    pub console_key: String,
 }
 
 /// What `rac sp init` made.
@@ -93,6 +106,7 @@ pub fn init_state_dir(
     .with_context(|| format!("writing {}", state.server_chain().display()))?;
     pki::write_private(&state.server_key(), &certs.server_key_pem)?;
     let registry = Registry::open(&state.registry()).context("creating the registry")?;
+    load_or_create_grant_key(&state.grant_key())?;
     let password = auth::random_hex_16();
     registry.add_operator(operator, &password, "*")?;
     let ca_fingerprint = certs.ca_fingerprint.clone();
@@ -104,6 +118,23 @@ pub fn init_state_dir(
     })
 }
 
+/// The SP's grant key from `path`, or a new one written there (0600): a state dir made
+/// before grants existed gets its key on its first start after the upgrade.
+fn load_or_create_grant_key(path: &std::path::Path) -> Result<GrantKey> {
+    match std::fs::read(path) {
+        Ok(der) => {
+            GrantKey::from_pkcs8(&der).with_context(|| format!("reading {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = GrantKey::generate()?;
+            pki::write_private_bytes(path, key.to_pkcs8())?;
+            tracing::info!(path = %path.display(), "made the SP's grant-signing key");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 impl SpService {
     /// Opens the service on an initialized state dir.
     pub fn open(state: &StateDir) -> Result<Arc<Self>> {
@@ -112,18 +143,24 @@ impl SpService {
         let registry = Registry::open(&state.registry())
             .with_context(|| format!("opening {}", state.registry().display()))?;
         let text = std::fs::read_to_string(state.config()).unwrap_or_default();
-        let mut service = Self::build(config, registry)?;
+        let grant_key = load_or_create_grant_key(&state.grant_key())?;
+        let mut service = Self::build(config, registry, grant_key)?;
         service.config_path = Some(state.config());
         service.config_text = std::sync::Mutex::new(text);
         Ok(Arc::new(service))
     }
 
     /// A service on an open registry with settings given in code (the lab, tests).
+    /// Its grant key lives in memory only.
     pub fn with_registry(config: SpConfig, registry: Registry) -> Result<Arc<Self>> {
-        Ok(Arc::new(Self::build(config, registry)?))
+        Ok(Arc::new(Self::build(
+            config,
+            registry,
+            GrantKey::generate()?,
+        )?))
     }
 
-    fn build(config: SpConfig, registry: Registry) -> Result<Self> {
+    fn build(config: SpConfig, registry: Registry, grant_key: GrantKey) -> Result<Self> {
         config.validate()?;
         let interrupted = registry.close_interrupted_sessions()?;
         if interrupted > 0 {
@@ -147,7 +184,45 @@ impl SpService {
             seen_data_version: AtomicI64::new(seen),
             config_path: None,
             config_text: std::sync::Mutex::new(String::new()),
+            grant_key,
+            new_tenant_keys: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The grant key's public half, hex, as tenants pin it.
+    pub fn grant_public_key(&self) -> String {
+        self.grant_key.public_hex()
+    }
+
+    /// Signs the grant for one session, valid for [`GRANT_MAX_SECS`].
+    pub fn grant(&self, session_id: &str, tenant: &str, service: &str, who: &Authorized) -> Grant {
+        self.grant_key.sign(&GrantBody {
+            session_id: session_id.to_string(),
+            tenant: tenant.to_string(),
+            service: service.to_string(),
+            operator: who.operator.name.clone(),
+            console_key: who.console_key.clone(),
+            expires: crate::util::now_unix_secs() + GRANT_MAX_SECS,
+        })
+    }
+
+    /// Writes the tenant keys seen for the first time since the last call (the registry
+    /// poll calls it). A failed write keeps them for the next call.
+    pub fn flush_tenant_keys(&self) -> Result<usize> {
+        let keys = std::mem::take(&mut *crate::util::lock(&self.new_tenant_keys));
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        match self.registry.record_tenant_keys(&keys) {
+            Ok(n) => {
+                tracing::info!(recorded = n, "recorded first-seen tenant keys");
+                Ok(n)
+            }
+            Err(e) => {
+                crate::util::lock(&self.new_tenant_keys).extend(keys);
+                Err(e.into())
+            }
+        }
     }
 
     /// The cloud gateway pool handed to tenants now.
@@ -196,14 +271,47 @@ impl SpService {
     /// ([`Presence::connect_checked`]), so a `rotate-secret` or `disable` that lands after
     /// [`authenticate_tenant`](Self::authenticate_tenant) is never missed. Refuses with the
     /// same codes as `authenticate_tenant`. Returns the connection's id.
+    ///
+    /// The tenant's key is checked in the same step: the first key a tenant presents is
+    /// recorded (in memory at once, in the registry at the next
+    /// [`flush_tenant_keys`](Self::flush_tenant_keys)); another key afterwards is refused
+    /// with `tenant_key_changed` until an admin runs `rac sp tenant reset-key`.
     pub fn admit_tenant(
         &self,
         tenant: &str,
         secret: &str,
+        tenant_key: &str,
         live: presence::Live,
     ) -> Result<u64, Refusal> {
-        self.presence
-            .connect_checked(tenant, live, |account| check_tenant(account, secret))
+        let key = crate::wire::parse_fingerprint(tenant_key)
+            .map(|fp| crate::wire::format_fingerprint(&fp))
+            .map_err(|_| Refusal::new(ErrorCode::BadRequest, "tenant_key is not a fingerprint"))?;
+        self.presence.connect_checked(tenant, live, |account| {
+            check_tenant(account.as_deref(), secret)?;
+            let Some(account) = account else {
+                return Ok(());
+            };
+            match &account.tenant_key {
+                Some(recorded) if *recorded != key => {
+                    tracing::error!(?tenant, recorded = %recorded, presented = %key, "tenant refused: its key is not the one on record");
+                    Err(Refusal::new(
+                        ErrorCode::TenantKeyChanged,
+                        format!(
+                            "tenant {tenant} presented key {key}, but the SP has {recorded} on \
+                             record; if the tenant's server was reinstalled, an SP admin runs \
+                             `rac sp tenant reset-key {tenant}`"
+                        ),
+                    ))
+                }
+                Some(_) => Ok(()),
+                None => {
+                    tracing::info!(?tenant, key = %key, "recording the tenant's key (first sight)");
+                    account.tenant_key = Some(key.clone());
+                    crate::util::lock(&self.new_tenant_keys).push((tenant.to_string(), key.clone()));
+                    Ok(())
+                }
+            }
+        })
     }
 
     /// Admits a password login from `source`, quickly (call it from async code): counts the
@@ -243,13 +351,21 @@ impl SpService {
         password: &str,
         source: IpAddr,
     ) -> Result<(String, u64), Refusal> {
-        self.begin_login(source)?.finish(user, password)
+        self.begin_login(source)?.finish(user, password, None)
     }
 
     /// Resolves a session token to its operator.
     pub fn check_token(&self, token: &str) -> Result<Operator, Refusal> {
+        self.check_token_key(token).map(|(operator, _)| operator)
+    }
+
+    /// Resolves a session token to its operator and the console key its login registered.
+    fn check_token_key(&self, token: &str) -> Result<(Operator, Option<String>), Refusal> {
         match self.registry.check_token(token).map_err(internal)? {
-            TokenCheck::Valid(op) => Ok(op),
+            TokenCheck::Valid {
+                operator,
+                console_key,
+            } => Ok((operator, console_key)),
             TokenCheck::Expired => Err(Refusal::plain(ErrorCode::TokenExpired)),
             TokenCheck::Unknown => Err(Refusal::new(
                 ErrorCode::AuthFailed,
@@ -264,8 +380,8 @@ impl SpService {
         token: &str,
         tenant: &str,
         service: &str,
-    ) -> Result<Operator, Refusal> {
-        let operator = self.check_token(token)?;
+    ) -> Result<Authorized, Refusal> {
+        let (operator, console_key) = self.check_token_key(token)?;
         if !operator.may_open(tenant) {
             return Err(Refusal::new(
                 ErrorCode::AccessDenied,
@@ -280,7 +396,12 @@ impl SpService {
         })?;
         info.check_open(service)
             .map_err(|e| Refusal::new(e.code, e.message))?;
-        Ok(operator)
+        let console_key =
+            console_key.ok_or_else(|| Refusal::plain(ErrorCode::ConsoleKeyMissing))?;
+        Ok(Authorized {
+            operator,
+            console_key,
+        })
     }
 
     /// Picks up accounts changed by other processes (`rac sp tenant ...`). Returns the
@@ -303,9 +424,14 @@ pub struct LoginAttempt {
 }
 
 impl LoginAttempt {
-    /// Checks the password (Argon2id: slow, call from a blocking thread) and issues a token.
-    /// Returns the new token and its lifetime.
-    pub fn finish(mut self, user: &str, password: &str) -> Result<(String, u64), Refusal> {
+    /// Checks the password (Argon2id: slow, call from a blocking thread) and issues a token,
+    /// bound to the console key the console named. Returns the new token and its lifetime.
+    pub fn finish(
+        mut self,
+        user: &str,
+        password: &str,
+        console_key: Option<&str>,
+    ) -> Result<(String, u64), Refusal> {
         let sp = &self.sp;
         let source = self.source;
         let account = match sp.registry.operator_password_hash(user) {
@@ -338,10 +464,12 @@ impl LoginAttempt {
         let ttl = sp.config.token_ttl_secs;
         // Issued only if the password is still the one just checked: a `rac sp operator
         // passwd` (or `remove`) while the check ran leaves the old password without a token.
-        match sp
-            .registry
-            .create_token_for_password(user, &hash, Duration::from_secs(ttl))
-        {
+        match sp.registry.create_token_for_password(
+            user,
+            &hash,
+            Duration::from_secs(ttl),
+            console_key,
+        ) {
             Ok(Some(token)) => {
                 tracing::info!(%source, ?user, "operator logged in");
                 Ok((token, ttl))
@@ -381,6 +509,8 @@ fn internal(err: impl std::fmt::Display) -> Refusal {
 mod tests {
     use super::*;
 
+    const KEY: &str = "aa00000000000000000000000000000000000000000000000000000000000000";
+
     fn live() -> presence::Live {
         presence::Live {
             remote_addr: "127.0.0.1:1".into(),
@@ -413,10 +543,37 @@ mod tests {
         admin.set_enabled("acme", false).expect("disable");
         assert_eq!(sp.refresh_accounts().expect("refresh").len(), 1);
         let refused = sp
-            .admit_tenant("acme", &secret, live())
+            .admit_tenant("acme", &secret, KEY, live())
             .expect_err("refused");
         assert_eq!(refused.code, ErrorCode::TenantDisabled);
         assert_eq!(sp.presence.online_count(), 0);
+    }
+
+    #[test]
+    fn a_tenants_first_key_is_recorded_and_another_is_refused_until_reset() {
+        let (_dir, sp, admin) = sp_and_admin();
+        let secret = admin.add_tenant("acme", "").expect("add");
+        sp.refresh_accounts().expect("refresh");
+        sp.admit_tenant("acme", &secret, KEY, live())
+            .expect("first key");
+        assert_eq!(sp.flush_tenant_keys().expect("flush"), 1);
+        let stored = admin.tenants().expect("tenants")[0].tenant_key.clone();
+        let expected = crate::wire::format_fingerprint(
+            &crate::wire::parse_fingerprint(KEY).expect("fingerprint"),
+        );
+        assert_eq!(stored.as_deref(), Some(expected.as_str()));
+        let other = "bb".repeat(32);
+        let refused = sp
+            .admit_tenant("acme", &secret, &other, live())
+            .expect_err("another key");
+        assert_eq!(refused.code, ErrorCode::TenantKeyChanged);
+        // The same key in another form is the same key.
+        sp.admit_tenant("acme", &secret, &expected, live())
+            .expect("same key");
+        admin.reset_tenant_key("acme").expect("reset");
+        sp.refresh_accounts().expect("refresh");
+        sp.admit_tenant("acme", &secret, &other, live())
+            .expect("a new key after the reset");
     }
 
     #[test]
@@ -427,14 +584,17 @@ mod tests {
         sp.authenticate_tenant("acme", &old).expect("authenticated");
         let new = admin.rotate_secret("acme").expect("rotate");
         sp.refresh_accounts().expect("refresh");
-        let refused = sp.admit_tenant("acme", &old, live()).expect_err("refused");
+        let refused = sp
+            .admit_tenant("acme", &old, KEY, live())
+            .expect_err("refused");
         assert_eq!(refused.code, ErrorCode::AuthFailed);
         assert_eq!(sp.presence.online_count(), 0);
         // The new secret is admitted; an unknown tenant keeps its code.
-        sp.admit_tenant("acme", &new, live()).expect("admitted");
+        sp.admit_tenant("acme", &new, KEY, live())
+            .expect("admitted");
         assert_eq!(sp.presence.online_count(), 1);
         let unknown = sp
-            .admit_tenant("nobody", &new, live())
+            .admit_tenant("nobody", &new, KEY, live())
             .expect_err("unknown");
         assert_eq!(unknown.code, ErrorCode::AuthFailed);
     }

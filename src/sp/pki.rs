@@ -67,6 +67,11 @@ pub fn generate(extra_sans: &[String]) -> Result<SpCertificates> {
 
 /// Writes a file readable by its owner only (keys, secrets).
 pub fn write_private(path: &Path, contents: &str) -> Result<()> {
+    write_private_bytes(path, contents.as_bytes())
+}
+
+/// [`write_private`] for binary contents.
+pub fn write_private_bytes(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -78,7 +83,7 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     let mut file = options
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())
+    file.write_all(contents)
         .with_context(|| format!("writing {}", path.display()))?;
     file.sync_all()?;
     Ok(())

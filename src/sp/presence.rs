@@ -78,6 +78,7 @@ impl Entry {
             provider_access: live.is_some_and(|l| l.live.provider_access),
             heartbeat_rtt_ms: live.and_then(|l| l.rtt_ms),
             open_sessions: self.open_sessions,
+            tenant_key: self.account.tenant_key.clone(),
         }
     }
 }
@@ -213,15 +214,16 @@ impl Presence {
     /// the table's lock: an account change applied by [`sync_accounts`](Self::sync_accounts)
     /// (a disable, a rotated secret) lands either before the check, which then refuses, or
     /// after the tenant is online, where its kick finds the connection. `admit` sees `None`
-    /// for an unknown tenant. Returns the id of this connection.
+    /// for an unknown tenant, and may note what it learned in the account (a tenant's first
+    /// key). Returns the id of this connection.
     pub fn connect_checked<E>(
         &self,
         name: &str,
         live: Live,
-        admit: impl FnOnce(Option<&TenantAccount>) -> Result<(), E>,
+        admit: impl FnOnce(Option<&mut TenantAccount>) -> Result<(), E>,
     ) -> Result<u64, E> {
         let mut inner = self.lock();
-        admit(inner.tenants.get(name).map(|e| &e.account))?;
+        admit(inner.tenants.get_mut(name).map(|e| &mut e.account))?;
         let conn_id = inner.next_conn_id;
         inner.next_conn_id += 1;
         if let Some(entry) = inner.tenants.get_mut(name) {
@@ -338,6 +340,7 @@ mod tests {
             created_at: 0,
             last_seen: None,
             secret_hash: hash.into(),
+            tenant_key: None,
         }
     }
 

@@ -44,6 +44,22 @@ pub struct TenantConfig {
     /// forgotten after a day unreachable); false: only `endpoints` are ever dialled.
     #[serde(default = "default_true")]
     pub follow_gateway_pool: bool,
+    /// The tenant's own key, which ends every session's end-to-end channel on this side
+    /// (made on first start, 0600). Default: `<this file>.key.pem`. Relative to this file.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The tenant lock: if not empty, only consoles holding one of these keys (SHA-256
+    /// fingerprints, as the console shows its own) may open a session, whatever the SP
+    /// grants.
+    #[serde(default)]
+    pub operator_keys: Vec<String>,
+}
+
+/// `path` with `suffix` added to its file name (`tenant.toml` → `tenant.toml.key.pem`).
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Default of [`TenantConfig::max_sessions`].
@@ -101,6 +117,11 @@ impl TenantConfig {
         {
             backup.state_file = base.join(&backup.state_file);
         }
+        config.key_file = Some(match config.key_file.take() {
+            Some(file) if file.is_relative() => base.join(file),
+            Some(file) => file,
+            None => beside(path, ".key.pem"),
+        });
         config
             .validate()
             .with_context(|| format!("checking {}", path.display()))?;
@@ -134,6 +155,10 @@ impl TenantConfig {
                 bail!("service {name} = {addr:?} must be host:port");
             }
         }
+        for key in &self.operator_keys {
+            crate::wire::parse_fingerprint(key)
+                .with_context(|| format!("operator_keys: {key:?} is not a SHA-256 fingerprint"))?;
+        }
         if self.max_sessions == 0 {
             bail!("max_sessions must be at least 1 (it caps the sessions open at once)");
         }
@@ -143,6 +168,14 @@ impl TenantConfig {
             );
         }
         Ok(())
+    }
+
+    /// The tenant lock's keys, parsed (validated already).
+    pub fn operator_keys(&self) -> Vec<[u8; 32]> {
+        self.operator_keys
+            .iter()
+            .filter_map(|k| crate::wire::parse_fingerprint(k).ok())
+            .collect()
     }
 
     /// The TLS server name to expect on the SP's certificate.

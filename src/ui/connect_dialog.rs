@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use egui::{RichText, Ui};
 use serde::{Deserialize, Serialize};
 
-use crate::net::console::ConsoleConfig;
+use crate::net::console::{ConsoleConfig, ConsoleKeys};
 use crate::net::dial::Route;
 use crate::net::tls::{self, Trust};
 
@@ -111,11 +111,15 @@ impl Profile {
         if self.operator.trim().is_empty() {
             return Err("enter the operator name".into());
         }
+        let user = self.operator.trim().to_string();
+        let keys = ConsoleKeys::for_user(&user)
+            .map_err(|e| format!("this console's end-to-end key: {e}"))?;
         Ok(ConsoleConfig {
             route,
             trust,
             server_name: self.server_name.trim().to_string(),
-            user: self.operator.trim().to_string(),
+            user,
+            keys,
         })
     }
 }

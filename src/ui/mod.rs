@@ -81,5 +81,5 @@ fn native_options(title: &str) -> eframe::NativeOptions {
 
 /// `<config dir>/rac/console.ron` (e.g. `~/.config/rac/console.ron` on Linux).
 pub fn settings_path() -> Option<std::path::PathBuf> {
-    directories::ProjectDirs::from("net", "rac", "rac").map(|d| d.config_dir().join("console.ron"))
+    crate::util::config_dir().map(|d| d.join("console.ron"))
 }

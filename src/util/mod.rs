@@ -17,6 +17,15 @@ pub fn now_unix_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// The console's folder for its settings and keys: `RAC_CONFIG_DIR` when set (tests, a
+/// second identity), else the platform's config dir (`~/.config/rac` on Linux).
+pub fn config_dir() -> Option<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os("RAC_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return Some(dir.into());
+    }
+    directories::ProjectDirs::from("net", "rac", "rac").map(|d| d.config_dir().to_path_buf())
+}
+
 /// Locks `m`, also when an earlier holder panicked. Only for data every critical section
 /// leaves consistent at each step (a map insert or remove, a counter): the panic cannot have
 /// left it half changed.

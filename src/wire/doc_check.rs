@@ -55,6 +55,9 @@ every_code!(
     ShuttingDown,
     Internal,
     Replaced,
+    TenantKeyChanged,
+    GrantRefused,
+    ConsoleKeyMissing,
 );
 
 /// A value's wire form, as a JSON value.
@@ -181,6 +184,7 @@ fn the_reject_table_is_the_whitelist() {
 fn samples() -> Vec<(&'static str, usize, Value)> {
     let info = TenantInfo {
         name: "acme".into(),
+        tenant_key: Some("k".into()),
         ..TenantInfo::default()
     };
     let error = ErrorMsg {
@@ -194,6 +198,8 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
         gateways: vec![],
         token: Some("t".into()),
         token_expires_in_secs: Some(1),
+        grant_key: Some("ab".repeat(32)),
+        now: Some(1),
     };
     let control = "## Tenant control connection (steps 2, 3, 6, 7)";
     let session = "## Opening a session (steps 5 to 9)";
@@ -210,6 +216,10 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
             session_id: "s".into(),
             nonce: "n".into(),
             service: "backup".into(),
+            grant: crate::wire::protocol::Grant {
+                body: "{}".into(),
+                signature: "00".into(),
+            },
         },
         ControlMsg::Reject {
             session_id: "s".into(),
@@ -234,6 +244,7 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
         },
         SessionMsg::Ready {
             session_id: "s".into(),
+            tenant_key: Some("k".into()),
         },
         SessionMsg::Error {
             code: ErrorCode::BadNonce,
@@ -287,6 +298,7 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
             agent: "a".into(),
             services: vec![],
             provider_access: true,
+            tenant_key: "k".into(),
         },
         Role::TenantData {
             tenant: "acme".into(),
@@ -302,6 +314,7 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
             user: "admin".into(),
             password: Some("p".into()),
             token: Some("t".into()),
+            console_key: Some("k".into()),
         },
     ] {
         add(hello, Message::Role(&role), json(&Hello::new(role.clone())));
@@ -420,7 +433,11 @@ fn every_stage_and_tenant_field_is_documented() {
     assert!(opening.contains(&format!("`{stage}`")), "stage {stage}");
 
     let operator = section("## Operator API (step 4)");
-    let info = json(&TenantInfo::default());
+    // Every optional field set, so that none is left off the wire.
+    let info = json(&TenantInfo {
+        tenant_key: Some("k".into()),
+        ..TenantInfo::default()
+    });
     let fields: BTreeSet<String> = info.as_object().expect("object").keys().cloned().collect();
     let documented = first_cells(operator, "| field | online |");
     assert_eq!(documented, fields, "the TenantInfo table");

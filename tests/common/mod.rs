@@ -4,6 +4,7 @@
 //! bare FIN) in `wire.rs`.
 #![allow(dead_code)]
 
+pub mod fake_sp;
 pub mod gateway;
 pub mod wire;
 
@@ -179,6 +180,8 @@ pub struct TestSp {
     pub config: SpConfig,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The consoles' key and tenant pins (one console identity per test SP).
+    pub console_keys: rac::net::console::ConsoleKeys,
     _dir: tempfile::TempDir,
 }
 
@@ -203,6 +206,7 @@ impl TestSp {
         let shutdown = CancellationToken::new();
         let task = spawn_sp(&state, config.clone(), listener, shutdown.clone());
         TestSp {
+            console_keys: rac::net::console::ConsoleKeys::in_memory().expect("console key"),
             addr,
             ca: init.ca_cert,
             operator: init.operator,
@@ -252,6 +256,7 @@ impl TestSp {
             trust: Trust::CaFile(self.ca.clone()),
             server_name: "localhost".into(),
             user: self.operator.clone(),
+            keys: self.console_keys.clone(),
         }
     }
 
@@ -433,6 +438,7 @@ impl TestSp {
             user: user.into(),
             password: Some(password.into()),
             token: None,
+            console_key: None,
         });
         wire::ask(&mut stream, &hello).await
     }

@@ -68,9 +68,54 @@ pub async fn control_hello(
         agent: agent.into(),
         services: services.iter().map(|s| s.to_string()).collect(),
         provider_access: true,
+        tenant_key: test_tenant_key(tenant),
     });
     let welcome: HelloReply = ask(stream, &hello).await;
     assert!(matches!(welcome, HelloReply::Welcome(_)), "{welcome:?}");
+}
+
+/// A hand-made tenant's key: one per tenant name for the whole test process, so its hellos
+/// always present the same key and [`tenant_end_to_end`] can prove it.
+pub fn test_tenant_identity(tenant: &str) -> std::sync::Arc<rac::net::tls::e2e::Identity> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static KEYS: OnceLock<Mutex<HashMap<String, Arc<rac::net::tls::e2e::Identity>>>> =
+        OnceLock::new();
+    let mut keys = KEYS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    keys.entry(tenant.to_string())
+        .or_insert_with(|| Arc::new(rac::net::tls::e2e::Identity::generate().expect("key")))
+        .clone()
+}
+
+/// The key fingerprint a hand-made tenant presents in its control hello.
+pub fn test_tenant_key(tenant: &str) -> String {
+    test_tenant_identity(tenant).fingerprint_text()
+}
+
+/// The tenant's end of a session a hand-made tenant's data connection carries: after
+/// `ready`, the end-to-end handshake with the console holding `console_key`.
+pub async fn tenant_end_to_end(
+    data: ClientStream,
+    tenant: &str,
+    console_key: [u8; 32],
+) -> rac::net::tls::ServerStream {
+    rac::net::tls::e2e::accept(
+        after_ready(data),
+        &test_tenant_identity(tenant),
+        console_key,
+    )
+    .await
+    .expect("end-to-end handshake with the console")
+}
+
+/// Takes a hand-made connection out of the SP's TLS after `ready`: what both ends exchange
+/// from there on goes through the SP as it is (a real console and tenant run their
+/// end-to-end handshake over it).
+pub fn after_ready(stream: ClientStream) -> rac::net::tls::ReadAhead {
+    rac::net::tls::e2e::leave_client(stream).expect("at a record boundary after ready")
 }
 
 /// A console's session hello for `tenant`'s `echo` service; the SP's first answer.

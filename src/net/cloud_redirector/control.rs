@@ -38,12 +38,15 @@ pub(super) async fn serve(
     stream: ServerStream,
     tenant: String,
     secret: String,
+    tenant_key: String,
     live: Live,
 ) {
     // Boxed: the admission's state (a whole rustls connection, the welcome) is freed once it
     // is done, and the task keeps only the steady loop's state for as long as the tenant
     // stays connected.
-    let Some(admitted) = Box::pin(admit(&shared, stream, &tenant, &secret, live)).await else {
+    let Some(admitted) =
+        Box::pin(admit(&shared, stream, &tenant, &secret, &tenant_key, live)).await
+    else {
         return;
     };
     let conn_id = admitted.conn_id;
@@ -105,6 +108,7 @@ async fn admit(
     mut stream: ServerStream,
     tenant: &str,
     secret: &str,
+    tenant_key: &str,
     live: Live,
 ) -> Option<Admitted> {
     let mut auth = shared.sp.authenticate_tenant(tenant, secret);
@@ -130,14 +134,17 @@ async fn admit(
     // disable after the check above is either seen here, or kicks this very connection.
     let admitted = {
         let mut controls = lock(&shared.controls);
-        shared.sp.admit_tenant(tenant, secret, live).map(|conn_id| {
-            let handle = ControlHandle {
-                conn_id,
-                tx,
-                replaced: replaced.clone(),
-            };
-            (conn_id, controls.insert(tenant.to_string(), handle))
-        })
+        shared
+            .sp
+            .admit_tenant(tenant, secret, tenant_key, live)
+            .map(|conn_id| {
+                let handle = ControlHandle {
+                    conn_id,
+                    tx,
+                    replaced: replaced.clone(),
+                };
+                (conn_id, controls.insert(tenant.to_string(), handle))
+            })
     };
     let conn_id = match admitted {
         Ok((conn_id, old)) => {
@@ -169,6 +176,8 @@ async fn admit(
         gateways: shared.sp.gateways(),
         token: None,
         token_expires_in_secs: None,
+        grant_key: Some(shared.sp.grant_public_key()),
+        now: Some(crate::util::now_unix_secs()),
     });
     // The welcome goes out through rustls; then the connection carries on with only its
     // record keys (`tls::take_over`), so an idle tenant holds no TLS buffers at all. The

@@ -416,6 +416,7 @@ fn dispatch(
             agent,
             services,
             provider_access,
+            tenant_key,
         } => {
             let live = crate::sp::presence::Live {
                 remote_addr: client.to_string(),
@@ -423,7 +424,9 @@ fn dispatch(
                 services,
                 provider_access,
             };
-            tracker.spawn(control::serve(shared, stream, tenant, secret, live));
+            tracker.spawn(control::serve(
+                shared, stream, tenant, secret, tenant_key, live,
+            ));
         }
         Role::TenantData {
             tenant,
@@ -447,9 +450,18 @@ fn dispatch(
             user,
             password,
             token,
+            console_key,
         } => {
             tracker.spawn(operator::serve(
-                shared, stream, client, user, password, token,
+                shared,
+                stream,
+                client,
+                operator::Credentials {
+                    user,
+                    password,
+                    token,
+                    console_key,
+                },
             ));
         }
     }
@@ -477,6 +489,11 @@ async fn watch_registry(shared: Arc<Shared>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shared.shutdown.cancelled() => return,
+        }
+        // First-seen tenant keys go to the registry before it is read back, so the read
+        // does not take them away from the presence table.
+        if let Err(e) = shared.sp.flush_tenant_keys() {
+            tracing::error!("recording tenant keys: {e:#}");
         }
         match shared.sp.refresh_accounts() {
             Ok(kicks) => kicks.iter().for_each(|k| shared.kick(k)),
@@ -524,7 +541,7 @@ mod tests {
         assert!(err.message.contains("99"), "{}", err.message);
         let err = parse_hello(b"\x00garbage").expect_err("garbage");
         assert_eq!(err.code, ErrorCode::BadRequest);
-        let err = parse_hello(br#"{"version": 1, "role": "tenant_data"}"#).expect_err("fields");
+        let err = parse_hello(br#"{"version": 2, "role": "tenant_data"}"#).expect_err("fields");
         assert_eq!(err.code, ErrorCode::BadRequest);
         for (body, words) in [
             (&br#"[1]"#[..], "not a JSON object"),
@@ -540,7 +557,11 @@ mod tests {
             assert_eq!(err.code, ErrorCode::BadRequest, "{}", err.message);
             assert!(err.message.contains(words), "{}", err.message);
         }
-        let ok = parse_hello(br#"{"version":1,"role":"operator","user":"u","password":"p"}"#)
+        // A version-1 peer (before end-to-end sessions) is told the version differs.
+        let old = parse_hello(br#"{"version":1,"role":"operator","user":"u","password":"p"}"#)
+            .expect_err("v1");
+        assert_eq!(old.code, ErrorCode::VersionMismatch);
+        let ok = parse_hello(br#"{"version":2,"role":"operator","user":"u","password":"p"}"#)
             .expect("valid");
         assert_eq!(ok.role.name(), "operator");
     }

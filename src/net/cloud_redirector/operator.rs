@@ -27,25 +27,42 @@ use crate::wire::protocol::{
 /// How long an operator connection may take to hear `shutting_down` when the SP stops.
 const SHUTDOWN_NOTICE: Duration = Duration::from_secs(1);
 
+/// What an operator hello carries.
+pub(super) struct Credentials {
+    pub user: String,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// The console's key, bound to the token a password login issues.
+    pub console_key: Option<String>,
+}
+
 pub(super) async fn serve(
     shared: Arc<Shared>,
     mut stream: ServerStream,
     client: SocketAddr,
-    user: String,
-    password: Option<String>,
-    token: Option<String>,
+    credentials: Credentials,
 ) {
+    let Credentials {
+        user,
+        password,
+        token,
+        console_key,
+    } = credentials;
     let login = match (password, token) {
         // Admitted (or refused: rate_limited, busy) before any thread or memory is spent.
         (Some(password), _) => match shared.sp.begin_login(client.ip()) {
             Ok(attempt) => {
                 let user = user.clone();
-                tokio::task::spawn_blocking(move || attempt.finish(&user, &password))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Refusal::new(ErrorCode::Internal, "login check failed"))
-                    })
-                    .and_then(|(token, ttl)| Ok((shared.sp.check_token(&token)?, token, Some(ttl))))
+                // One form for every stored key (`AB:CD:..`), whatever form the console sent.
+                let console_key = console_key
+                    .and_then(|k| crate::wire::parse_fingerprint(&k).ok())
+                    .map(|fp| crate::wire::format_fingerprint(&fp));
+                tokio::task::spawn_blocking(move || {
+                    attempt.finish(&user, &password, console_key.as_deref())
+                })
+                .await
+                .unwrap_or_else(|_| Err(Refusal::new(ErrorCode::Internal, "login check failed")))
+                .and_then(|(token, ttl)| Ok((shared.sp.check_token(&token)?, token, Some(ttl))))
             }
             Err(refusal) => Err(refusal),
         },
@@ -95,6 +112,8 @@ pub(super) async fn serve(
         token: Some(token.clone()),
         // A token login says how long the token has left, as a password login does.
         token_expires_in_secs: Some(ttl.unwrap_or_else(|| until(expires_at).as_secs())),
+        grant_key: None,
+        now: None,
     });
     if frame::write_frame(&mut stream, &welcome).await.is_err() {
         return;

@@ -1,16 +1,19 @@
 //! Console sessions at the SP (steps 5, 6 and 8): the console's connection is held while the
-//! tenant is asked for a data connection; the nonce it brings back is matched (single use,
-//! short-lived, bound to that tenant); then the two are spliced and the session audited.
+//! tenant is asked for a data connection, with a grant the SP signs for this one session; the
+//! nonce the tenant brings back is matched (single use, short-lived, bound to that tenant);
+//! then both connections leave the SP's TLS, and the SP copies the bytes of the end-to-end
+//! channel between them (which it cannot read) until the session ends, and audits it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
 use super::{DataOutcome, Pending, ServerStream, Shared, lock, send_error};
 use crate::net::splice::{Counters, Side, SpliceEnd, splice};
+use crate::net::tls;
 use crate::sp::registry::{Party, SessionOutcome};
 use crate::sp::{Refusal, auth};
 use crate::wire::frame;
@@ -36,15 +39,16 @@ pub(super) async fn console(
     tenant: String,
     service: String,
 ) {
-    let operator = match shared.sp.authorize_session(&token, &tenant, &service) {
-        Ok(op) => op,
+    let who = match shared.sp.authorize_session(&token, &tenant, &service) {
+        Ok(who) => who,
         Err(refusal) => {
             tracing::info!(%client, ?tenant, ?service, reason = ?refusal.message, "session refused");
             let _ = send_error(&mut stream, &refusal).await;
             return;
         }
     };
-    let data = match request_data_connection(&shared, &mut stream, &tenant, &service).await {
+    let data = request_data_connection(&shared, &mut stream, &tenant, &service, &who).await;
+    let (session_id, mut data) = match data {
         Ok(data) => data,
         Err(refusal) => {
             tracing::info!(%client, ?tenant, ?service, reason = ?refusal.message, "session failed");
@@ -52,7 +56,7 @@ pub(super) async fn console(
             return;
         }
     };
-    let (session_id, mut data, early) = data;
+    let operator = &who.operator;
 
     let audit_id =
         match shared
@@ -73,57 +77,62 @@ pub(super) async fn console(
                 return;
             }
         };
-    let ready = SessionMsg::Ready {
+    let to_console = SessionMsg::Ready {
         session_id: session_id.clone(),
+        tenant_key: shared
+            .sp
+            .presence
+            .account(&tenant)
+            .and_then(|a| a.tenant_key),
     };
-    // What the console sent while it waited goes to the tenant right behind `ready`.
-    let to_tenant = async {
-        frame::write_frame(&mut data, &ready).await?;
-        if !early.is_empty() {
-            data.write_all(&early).await?;
-            data.flush().await?;
+    let to_tenant = SessionMsg::Ready {
+        session_id: session_id.clone(),
+        tenant_key: None,
+    };
+    // `ready` is the last record of the SP's TLS on both connections; from the next byte on
+    // they carry the end-to-end channel, which the SP copies without reading.
+    let (a, b) = tokio::join!(
+        frame::write_frame(&mut stream, &to_console),
+        frame::write_frame(&mut data, &to_tenant)
+    );
+    let raw = match (a, b) {
+        (Err(e), _) => Err((Side::A, format!("sending ready: {e}"))),
+        (_, Err(e)) => Err((Side::B, format!("sending ready: {e}"))),
+        _ => match (tls::e2e::leave_server(stream), tls::e2e::leave_server(data)) {
+            (Err(e), _) => Err((Side::A, e.to_string())),
+            (_, Err(e)) => Err((Side::B, e.to_string())),
+            (Ok(console), Ok(tenant)) => Ok((console, tenant)),
+        },
+    };
+    let report = match raw {
+        Err((side, error)) => {
+            let report = crate::net::splice::SpliceReport {
+                a_to_b: 0,
+                b_to_a: 0,
+                end: SpliceEnd::Failed { side, error },
+            };
+            (report, false)
         }
-        Ok::<_, frame::FrameError>(())
-    };
-    let (to_console, to_tenant) = tokio::join!(frame::write_frame(&mut stream, &ready), to_tenant);
-    let ready_failed = match (to_console, to_tenant) {
-        (Err(e), _) => Some((Side::A, e)),
-        (_, Err(e)) => Some((Side::B, e)),
-        _ => None,
-    };
-    let report = if let Some((side, e)) = ready_failed {
-        let report = crate::net::splice::SpliceReport {
-            a_to_b: 0,
-            b_to_a: 0,
-            end: SpliceEnd::Failed {
-                side,
-                error: format!("sending ready: {e}"),
-            },
-        };
-        (report, false)
-    } else {
-        tracing::info!(operator = ?operator.name, ?tenant, ?service, ?session_id, "session spliced");
-        shared.sp.presence.session_delta(&tenant, true);
-        let tenant_cancel = shared.sessions_token(&tenant);
-        let cancel = tenant_cancel.child_token();
-        let number = shared
-            .next_session
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        lock(&shared.live_sessions).insert(
-            number,
-            super::LiveSession {
-                token: token.clone(),
-                cancel: cancel.clone(),
-            },
-        );
-        let counters = Counters::default();
-        counters
-            .a_to_b
-            .store(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let report = splice(stream, data, &counters, &cancel).await;
-        lock(&shared.live_sessions).remove(&number);
-        shared.sp.presence.session_delta(&tenant, false);
-        (report, tenant_cancel.is_cancelled())
+        Ok((console, tenant_side)) => {
+            tracing::info!(operator = ?operator.name, ?tenant, ?service, ?session_id, "session spliced");
+            shared.sp.presence.session_delta(&tenant, true);
+            let tenant_cancel = shared.sessions_token(&tenant);
+            let cancel = tenant_cancel.child_token();
+            let number = shared
+                .next_session
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            lock(&shared.live_sessions).insert(
+                number,
+                super::LiveSession {
+                    token: token.clone(),
+                    cancel: cancel.clone(),
+                },
+            );
+            let report = splice(console, tenant_side, &Counters::default(), &cancel).await;
+            lock(&shared.live_sessions).remove(&number);
+            shared.sp.presence.session_delta(&tenant, false);
+            (report, tenant_cancel.is_cancelled())
+        }
     };
     let (report, tenant_ended) = report;
     // The splice's side A is the console, side B the tenant's data channel.
@@ -223,20 +232,18 @@ async fn close_audit_row<E: std::fmt::Display>(
     }
 }
 
-/// Most bytes a console may send before `ready` that the SP holds for the tenant; past them
-/// it stops reading the console until the splice (and so cannot notice it leave).
-const MAX_EARLY_BYTES: usize = 64 * 1024;
-
-/// Steps 6 to 8: asks the tenant for a data connection and waits for it, while watching the
-/// console: one that closes (or half-closes) its side has stopped waiting, and its nonce dies
-/// at once. Bytes it sends meanwhile are kept for the tenant. Returns the session id, the
-/// data connection and those bytes.
+/// Steps 6 to 8: asks the tenant for a data connection, with the session's grant, and
+/// waits for it while watching the console: one that closes (or half-closes) its side has
+/// stopped waiting, and its nonce dies at once. A console must send nothing more before
+/// `ready` (its next bytes belong to the end-to-end channel); one that does is refused.
+/// Returns the session id and the data connection.
 async fn request_data_connection(
     shared: &Shared,
     console: &mut ServerStream,
     tenant: &str,
     service: &str,
-) -> Result<(String, ServerStream, Vec<u8>), Refusal> {
+    who: &crate::sp::Authorized,
+) -> Result<(String, ServerStream), Refusal> {
     let offline = || {
         Refusal::new(
             ErrorCode::TenantOffline,
@@ -262,11 +269,13 @@ async fn request_data_connection(
         shared,
         session_id: session_id.clone(),
     };
+    let grant = shared.sp.grant(&session_id, tenant, service, who);
     control
         .send(Box::new(ControlMsg::OpenData {
             session_id: session_id.clone(),
             nonce,
             service: service.to_string(),
+            grant,
         }))
         .await
         .map_err(|_| offline())?;
@@ -280,17 +289,16 @@ async fn request_data_connection(
     .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("console went away: {e}")))?;
 
     let cancel = shared.sessions_token(tenant);
-    let mut early = Vec::new();
     tokio::select! {
         outcome = rx => match outcome {
-            Ok(DataOutcome::Connected(data)) => Ok((session_id, *data, early)),
+            Ok(DataOutcome::Connected(data)) => Ok((session_id, *data)),
             Ok(DataOutcome::Rejected(refusal)) => Err(refusal),
             Err(_) => Err(Refusal::new(
                 ErrorCode::TenantOffline,
                 format!("tenant {tenant} went offline before it answered"),
             )),
         },
-        gone = console_left(console, &mut early) => Err(Refusal::new(
+        gone = console_left(console) => Err(Refusal::new(
             ErrorCode::BadRequest,
             format!("the console stopped waiting: {gone}"),
         )),
@@ -305,24 +313,17 @@ async fn request_data_connection(
     }
 }
 
-/// Reads what a waiting console sends into `early` (up to [`MAX_EARLY_BYTES`]); completes,
-/// saying how, only when the console has ended its side (close_notify, a bare FIN, a reset).
-/// Cancel-safe: a read either took bytes into `early` or none.
-async fn console_left(console: &mut ServerStream, early: &mut Vec<u8>) -> String {
-    let mut buf = [0u8; 4096];
-    loop {
-        let room = MAX_EARLY_BYTES - early.len();
-        if room == 0 {
-            return std::future::pending().await;
+/// Completes, saying how, when a waiting console ends its side (close_notify, a bare FIN, a
+/// reset) or breaks the protocol by sending data before `ready`.
+async fn console_left(console: &mut ServerStream) -> String {
+    let mut buf = [0u8; 1];
+    match console.read(&mut buf).await {
+        Ok(0) => "it closed its connection".to_string(),
+        Ok(_) => "it sent data before ready (a console must wait for ready)".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "it closed its connection (no close_notify)".to_string()
         }
-        match console.read(&mut buf[..room.min(4096)]).await {
-            Ok(0) => return "it closed its connection".to_string(),
-            Ok(n) => early.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return "it closed its connection (no close_notify)".to_string();
-            }
-            Err(e) => return format!("its connection failed: {e}"),
-        }
+        Err(e) => format!("its connection failed: {e}"),
     }
 }
 

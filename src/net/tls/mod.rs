@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::wire::{fingerprint, format_fingerprint};
 
+pub mod e2e;
 mod rdp;
 mod records;
 pub use rdp::{DesktopCertificate, RdpTlsStream, desktop_client_upgrade, desktop_server_acceptor};
@@ -393,19 +394,69 @@ pub const READ_AHEAD: usize = 64 * 1024;
 /// buffer. The buffer exists only while data flows: it is freed when the socket has nothing
 /// more to give, so an idle connection (thousands of tenant control connections) holds none
 /// and a heartbeat frame is read without allocating.
+///
+/// While the stream carries the relay's own TLS (every connection to the SP port, from the
+/// first byte to `ready`), it hands rustls one TLS record at a time and never a byte past
+/// the end of a record ([`RecordCursor`]). So when a session leaves that TLS after `ready`,
+/// nothing of the end-to-end channel that follows has been swallowed by rustls: it is all
+/// still here, and [`set_raw`](Self::set_raw) lets it through as plain bytes.
 pub struct ReadAhead {
     tcp: TcpStream,
     buf: Vec<u8>,
     pos: usize,
+    /// `Some` while record-bounded.
+    records: Option<RecordCursor>,
+}
+
+/// Where a TLS byte stream is between record boundaries: collecting a 5-byte record header,
+/// or inside a record body.
+#[derive(Debug, Default, Clone, Copy)]
+struct RecordCursor {
+    header: [u8; 5],
+    header_len: usize,
+    body_left: usize,
+}
+
+impl RecordCursor {
+    /// How many bytes may be handed out before the next boundary.
+    fn allowance(&self) -> usize {
+        if self.body_left > 0 {
+            self.body_left
+        } else {
+            5 - self.header_len
+        }
+    }
+
+    /// Notes bytes handed out (at most [`allowance`](Self::allowance) of them).
+    fn consume(&mut self, bytes: &[u8]) {
+        if self.body_left > 0 {
+            self.body_left -= bytes.len();
+            return;
+        }
+        self.header[self.header_len..self.header_len + bytes.len()].copy_from_slice(bytes);
+        self.header_len += bytes.len();
+        if self.header_len == 5 {
+            self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+            self.header_len = 0;
+        }
+    }
 }
 
 impl ReadAhead {
+    /// A stream that starts record-bounded (it is about to carry TLS).
     pub fn new(tcp: TcpStream) -> Self {
         ReadAhead {
             tcp,
             buf: Vec::new(),
             pos: 0,
+            records: Some(RecordCursor::default()),
         }
+    }
+
+    /// From here on the stream is plain bytes: reads are no longer cut at record boundaries.
+    /// Call it only at a record boundary (after TLS was taken apart at one).
+    pub fn set_raw(&mut self) {
+        self.records = None;
     }
 
     /// The socket underneath.
@@ -429,6 +480,9 @@ impl AsyncRead for ReadAhead {
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         let this = self.get_mut();
+        if this.records.is_some() {
+            return this.poll_read_record_bounded(cx, out);
+        }
         loop {
             if this.pos < this.buf.len() {
                 let n = out.remaining().min(this.buf.len() - this.pos);
@@ -465,6 +519,59 @@ impl AsyncRead for ReadAhead {
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     this.buf = Vec::new();
+                    continue;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl ReadAhead {
+    /// Reads from the socket into the buffer and hands out no more than the rest of the
+    /// current record (or of its header). Only the handshake and the relay's few frames come
+    /// this way, so the buffer is freed whenever it is emptied.
+    fn poll_read_record_bounded(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let Some(cursor) = self.records.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            if self.pos < self.buf.len() {
+                let n = out
+                    .remaining()
+                    .min(self.buf.len() - self.pos)
+                    .min(cursor.allowance());
+                let bytes = &self.buf[self.pos..self.pos + n];
+                cursor.consume(bytes);
+                out.put_slice(bytes);
+                self.pos += n;
+                if self.pos == self.buf.len() {
+                    self.buf = Vec::new();
+                    self.pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if out.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if self.tcp.poll_read_ready(cx)?.is_pending() {
+                return Poll::Pending;
+            }
+            self.buf.reserve(16 * 1024 + 5);
+            match self.tcp.try_read_buf(&mut self.buf) {
+                Ok(0) => {
+                    self.buf = Vec::new();
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Nothing came: an idle connection holds no buffer while it waits.
+                    self.buf = Vec::new();
                     continue;
                 }
                 Err(e) => return Poll::Ready(Err(e)),

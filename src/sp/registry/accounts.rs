@@ -18,6 +18,9 @@ pub struct TenantAccount {
     pub description: String,
     pub created_at: u64,
     pub last_seen: Option<u64>,
+    /// SHA-256 of the tenant redirector's public key (`AB:CD:..`), recorded on first sight;
+    /// `None` until the tenant first connects, or after `rac sp tenant reset-key`.
+    pub tenant_key: Option<String>,
     #[serde(skip)]
     pub secret_hash: String,
 }
@@ -192,11 +195,22 @@ impl Registry {
 
     /// Adds a tenant and returns its new secret (shown once, never stored).
     pub fn add_tenant(&self, name: &str, description: &str) -> Result<String> {
+        self.add_tenant_with_key(name, description, None)
+    }
+
+    /// Adds a tenant whose key is known in advance (`rac sp tenant add --tenant-key`): its
+    /// first connection must already present that key.
+    pub fn add_tenant_with_key(
+        &self,
+        name: &str,
+        description: &str,
+        tenant_key: Option<&str>,
+    ) -> Result<String> {
         crate::wire::validate_name(name)?;
         let secret = auth::random_hex_32();
         let inserted = self.conn().execute(
-            "INSERT OR IGNORE INTO tenants (name, secret_hash, description, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![name, auth::sha256_hex(&secret), description, now_unix_secs() as i64],
+            "INSERT OR IGNORE INTO tenants (name, secret_hash, description, created_at, tenant_key) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, auth::sha256_hex(&secret), description, now_unix_secs() as i64, tenant_key],
         )?;
         if inserted == 0 {
             return Err(RegistryError::TenantExists(name.to_string()));
@@ -238,6 +252,37 @@ impl Registry {
         Ok(())
     }
 
+    /// Forgets a tenant's recorded key, so the next key it presents is recorded instead
+    /// (`rac sp tenant reset-key`, after the tenant's server was reinstalled).
+    pub fn reset_tenant_key(&self, name: &str) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE tenants SET tenant_key = NULL WHERE name = ?1",
+            params![name],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::UnknownTenant(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Records first-seen tenant keys, all in one transaction; a tenant that has a key on
+    /// record already keeps it. Returns how many were written.
+    pub fn record_tenant_keys(&self, keys: &[(String, String)]) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut written = 0;
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE tenants SET tenant_key = ?2 WHERE name = ?1 AND tenant_key IS NULL",
+            )?;
+            for (name, key) in keys {
+                written += stmt.execute(params![name, key])?;
+            }
+        }
+        tx.commit()?;
+        Ok(written)
+    }
+
     pub fn set_last_seen(&self, name: &str, at: u64) -> Result<()> {
         self.conn().execute(
             "UPDATE tenants SET last_seen = ?2 WHERE name = ?1",
@@ -250,7 +295,7 @@ impl Registry {
     pub fn tenants(&self) -> Result<Vec<TenantAccount>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, enabled, description, created_at, last_seen, secret_hash FROM tenants ORDER BY name",
+            "SELECT name, enabled, description, created_at, last_seen, secret_hash, tenant_key FROM tenants ORDER BY name",
         )?;
         let rows = stmt.query_map([], |row| {
             Ok(TenantAccount {
@@ -260,6 +305,7 @@ impl Registry {
                 created_at: row.get::<_, i64>(3)? as u64,
                 last_seen: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
                 secret_hash: row.get(5)?,
+                tenant_key: row.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -330,7 +376,7 @@ mod tests {
         );
         // A login that checked the old password while it changed gets no token.
         assert_eq!(
-            reg.create_token_for_password("alice", &old_hash, ttl)
+            reg.create_token_for_password("alice", &old_hash, ttl, None)
                 .expect("create"),
             None
         );
@@ -339,10 +385,15 @@ mod tests {
             .expect("hash")
             .expect("stored");
         let token = reg
-            .create_token_for_password("alice", &new_hash, ttl)
+            .create_token_for_password("alice", &new_hash, ttl, Some("AB"))
             .expect("create")
             .expect("current password");
         assert!(reg.token_expires_at(&token).expect("expiry").is_some());
+        // The token carries the key of the console that logged in.
+        assert!(matches!(
+            reg.check_token(&token).expect("check"),
+            TokenCheck::Valid { console_key: Some(k), .. } if k == "AB"
+        ));
 
         assert_eq!(
             reg.set_operator_tenants("alice", " globex , initech ")

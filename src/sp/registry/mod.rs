@@ -19,7 +19,7 @@ use rusqlite::Connection;
 
 pub use accounts::{Operator, TenantAccount, tenant_scope};
 pub use audit::{AuditEntry, Party, SessionOutcome};
-use schema::{SCHEMA, create_private};
+use schema::{SCHEMA, add_missing_columns, create_private};
 pub use schema::{registry_files, tighten};
 pub use tokens::TokenCheck;
 
@@ -69,6 +69,7 @@ impl Registry {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        add_missing_columns(&conn)?;
         // SQLite creates `-wal` and `-shm` with the database file's mode; tighten ones left
         // by an older version or another tool.
         for file in registry_files(path) {

@@ -18,12 +18,14 @@ CREATE TABLE IF NOT EXISTS tenants (
     enabled INTEGER NOT NULL DEFAULT 1,
     description TEXT NOT NULL DEFAULT '',
     created_at INTEGER NOT NULL,
-    last_seen INTEGER
+    last_seen INTEGER,
+    tenant_key TEXT
 );
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
     operator TEXT NOT NULL,
-    expires_at INTEGER NOT NULL
+    expires_at INTEGER NOT NULL,
+    console_key TEXT
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -38,6 +40,31 @@ CREATE TABLE IF NOT EXISTS audit (
     outcome TEXT NOT NULL
 );
 ";
+
+/// Columns added since the first release, for registries made before them: (table, column,
+/// its declaration).
+pub(super) const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("tenants", "tenant_key", "TEXT"),
+    ("tokens", "console_key", "TEXT"),
+];
+
+/// Adds the [`ADDED_COLUMNS`] a registry lacks (an upgrade; nothing else changes).
+pub(super) fn add_missing_columns(conn: &rusqlite::Connection) -> Result<()> {
+    for (table, column, declaration) in ADDED_COLUMNS {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let names = stmt.query_map([], |row| row.get::<_, String>(1))?;
+        let mut present = false;
+        for name in names {
+            present |= name? == column;
+        }
+        if !present {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+            ))?;
+        }
+    }
+    Ok(())
+}
 
 /// The registry file and the companions SQLite keeps beside it in WAL mode.
 pub fn registry_files(path: &Path) -> [std::path::PathBuf; 3] {

@@ -11,7 +11,12 @@ use crate::util::now_unix_secs;
 /// What a presented token is worth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenCheck {
-    Valid(Operator),
+    /// A live token, with the console key its login registered (none for a token made
+    /// without a login, e.g. by tests or an older console).
+    Valid {
+        operator: Operator,
+        console_key: Option<String>,
+    },
     Expired,
     Unknown,
 }
@@ -47,24 +52,29 @@ impl Registry {
     /// Issues a token as [`create_token`](Self::create_token) does, but only while the
     /// operator's stored password hash is still `password_hash` (the one a login just checked):
     /// `None` if the password changed or the operator was removed meanwhile.
+    ///
+    /// `console_key` is the fingerprint of the key the logging-in console holds: every session
+    /// opened with this token is granted to that key alone.
     pub fn create_token_for_password(
         &self,
         operator: &str,
         password_hash: &str,
         ttl: Duration,
+        console_key: Option<&str>,
     ) -> Result<Option<String>> {
         let token = auth::random_hex_32();
         let now = now_unix_secs();
         let conn = self.conn();
         forget_long_expired(&conn, now)?;
         let inserted = conn.execute(
-            "INSERT INTO tokens (token_hash, operator, expires_at)
-             SELECT ?1, name, ?3 FROM operators WHERE name = ?2 AND password_hash = ?4",
+            "INSERT INTO tokens (token_hash, operator, expires_at, console_key)
+             SELECT ?1, name, ?3, ?5 FROM operators WHERE name = ?2 AND password_hash = ?4",
             params![
                 auth::sha256_hex(&token),
                 operator,
                 (now + ttl.as_secs()) as i64,
-                password_hash
+                password_hash,
+                console_key
             ],
         )?;
         Ok((inserted == 1).then_some(token))
@@ -84,21 +94,23 @@ impl Registry {
     }
 
     pub fn check_token(&self, token: &str) -> Result<TokenCheck> {
-        let row: Option<(i64, String, Option<String>)> = self
+        type Row = (i64, String, Option<String>, Option<String>);
+        let row: Option<Row> = self
             .conn()
             .query_row(
-                "SELECT t.expires_at, t.operator, o.tenants FROM tokens t
+                "SELECT t.expires_at, t.operator, o.tenants, t.console_key FROM tokens t
                  LEFT JOIN operators o ON o.name = t.operator WHERE t.token_hash = ?1",
                 params![auth::sha256_hex(token)],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
             )
             .optional()?;
         Ok(match row {
-            None | Some((_, _, None)) => TokenCheck::Unknown,
-            Some((expires_at, _, _)) if (expires_at as u64) <= now_unix_secs() => {
-                TokenCheck::Expired
-            }
-            Some((_, name, Some(tenants))) => TokenCheck::Valid(Operator { name, tenants }),
+            None | Some((_, _, None, _)) => TokenCheck::Unknown,
+            Some((expires_at, ..)) if (expires_at as u64) <= now_unix_secs() => TokenCheck::Expired,
+            Some((_, name, Some(tenants), console_key)) => TokenCheck::Valid {
+                operator: Operator { name, tenants },
+                console_key,
+            },
         })
     }
 
@@ -146,7 +158,10 @@ mod tests {
             .expect("token");
         assert_eq!(
             reg.check_token(&token).expect("check"),
-            TokenCheck::Valid(op)
+            TokenCheck::Valid {
+                operator: op,
+                console_key: None,
+            }
         );
         reg.revoke_token(&token).expect("revoke");
         assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Unknown);

@@ -94,6 +94,13 @@ impl Dispatcher {
             Command::StartLab(options) => self.start_lab(options),
             Command::Connect { config, password } => self.connect(config, password),
             Command::Disconnect => self.disconnect(),
+            Command::ForgetTenantKey { tenant } => {
+                if let Some(client) = &self.client
+                    && let Err(e) = client.forget_tenant_key(&tenant)
+                {
+                    tracing::warn!(?tenant, "could not forget the tenant's key: {e}");
+                }
+            }
             Command::OpenSession {
                 tab,
                 tenant,

@@ -39,6 +39,11 @@ pub enum Command {
     CloseSession {
         tab: TabId,
     },
+    /// Forget the key pinned for a tenant (its server was reinstalled): the next session
+    /// pins the key presented then.
+    ForgetTenantKey {
+        tenant: String,
+    },
     /// Open a remote desktop for a tab, on a session of its own (the tab's other session
     /// stays as it is).
     OpenDesktop {
@@ -162,7 +167,10 @@ pub struct SessionFacts {
     pub session_id: String,
     pub endpoint: String,
     pub via_gateway: bool,
+    /// The console's TLS to the SP, up to `ready`.
     pub tls: TlsInfo,
+    /// The channel with the tenant that carries the session.
+    pub e2e: crate::net::console::EndToEnd,
 }
 
 /// One measurement of a session, about once a second.

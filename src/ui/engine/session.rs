@@ -55,6 +55,7 @@ pub(super) async fn run_session(
             endpoint: session.endpoint.clone(),
             via_gateway: session.via_gateway,
             tls: session.tls.clone(),
+            e2e: session.e2e.clone(),
         }),
     );
     let meter = Meter::default();

@@ -1,4 +1,5 @@
-//! The Connection view: how the session runs (route, TLS, the SP's certificate, bytes, round
+//! The Connection view: how the session runs (route, the end-to-end channel and the tenant's
+//! key, TLS to the SP, the SP's certificate, bytes, round
 //! trip, stages, the desktop's frames/s and bandwidth), throughput and round trip over time,
 //! and local port forwards. The round trip is the tab's session's: a desktop goes the same
 //! way, console to SP (or gateway) to tenant.
@@ -28,7 +29,26 @@ pub(super) fn connection_ui(ui: &mut Ui, tab: &mut SessionTab, actions: &mut Vec
                 ui.label("Session id");
                 ui.label(RichText::new(&facts.session_id).monospace());
                 ui.end_row();
-                ui.label("TLS");
+                ui.label("Encryption");
+                ui.label(
+                    RichText::new(format!(
+                        "end-to-end encrypted with the tenant ({} · {}); the SP copies ciphertext",
+                        facts.e2e.version, facts.e2e.cipher
+                    ))
+                    .strong(),
+                );
+                ui.end_row();
+                ui.label("Tenant key (SHA-256)");
+                ui.horizontal(|ui| {
+                    ui.label(RichText::new(&facts.e2e.tenant_key).monospace().small());
+                    ui.label(if facts.e2e.pinned_now {
+                        "pinned now (first use)"
+                    } else {
+                        "matches the key pinned before"
+                    });
+                });
+                ui.end_row();
+                ui.label("TLS to the SP");
                 ui.label(format!(
                     "{} · {}{}",
                     facts.tls.version,

@@ -79,6 +79,15 @@ fn advice(code: Option<ErrorCode>) -> &'static str {
         }
         Some(ErrorCode::ServiceNotOffered) => "The tenant does not offer this service to consoles.",
         Some(ErrorCode::TokenExpired) | Some(ErrorCode::AuthFailed) => "Log in again.",
+        Some(ErrorCode::TenantKeyChanged) => {
+            "The tenant's server presented another key than the one this console pinned. Someone may be between you and the tenant. Only if you know its server was reinstalled (ask the tenant), forget the pinned key and retry."
+        }
+        Some(ErrorCode::GrantRefused) => {
+            "The tenant checked the SP's permission for this session and refused it (see the reason above); its redirector's log says more."
+        }
+        Some(ErrorCode::ConsoleKeyMissing) => {
+            "Log out and in again: the login registers this console's key."
+        }
         _ => "",
     }
 }
@@ -112,6 +121,19 @@ pub(super) fn failure_ui(
         .on_hover_text("Ask the SP for the session again")
         .clicked()
     {
+        actions.push(Action::Retry(tab.id));
+    }
+    if code == Some(ErrorCode::TenantKeyChanged)
+        && ui
+            .button("Forget the pinned key and retry")
+            .on_hover_text("Pin the key the tenant presents now")
+            .clicked()
+    {
+        actions.push(Action::Engine(
+            crate::ui::engine::Command::ForgetTenantKey {
+                tenant: tab.tenant.clone(),
+            },
+        ));
         actions.push(Action::Retry(tab.id));
     }
     ui.add_space(12.0);

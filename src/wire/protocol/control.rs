@@ -24,6 +24,9 @@ pub enum ControlMsg {
         session_id: String,
         nonce: String,
         service: String,
+        /// The SP's signed permission for this one session (see [`Grant`](super::Grant)):
+        /// the tenant opens nothing without a valid one.
+        grant: super::Grant,
     },
     /// Tenant → SP: the tenant will not open that session (step 7). The SP passes on only
     /// the codes of [`TENANT_REJECT_CODES`]; a code this build does not know parses as
@@ -76,12 +79,13 @@ pub fn parse_control(body: &[u8]) -> Result<ControlMsg, Malformed> {
 /// The codes a tenant may give in `reject`, each about the tenant's own side. Any other code
 /// (`token_expired`, `auth_failed`, an unknown word) would let a tenant put words in the SP's
 /// mouth; the SP replaces it with [`ErrorCode::TenantRejected`].
-pub const TENANT_REJECT_CODES: [ErrorCode; 5] = [
+pub const TENANT_REJECT_CODES: [ErrorCode; 6] = [
     ErrorCode::ServiceUnavailable,
     ErrorCode::ServiceNotOffered,
     ErrorCode::ProviderAccessDisabled,
     ErrorCode::Busy,
     ErrorCode::Overloaded,
+    ErrorCode::GrantRefused,
 ];
 
 /// Reads a `reject` code leniently: any JSON value that is not a known code is

@@ -42,6 +42,13 @@ pub enum ErrorCode {
     /// this one's place. The tenant should not reconnect at once (it would replace the
     /// newcomer in turn): two redirectors run with one tenant's secret.
     Replaced,
+    /// A tenant's control hello named another key than the one the SP recorded for it.
+    TenantKeyChanged,
+    /// The tenant refused the SP's grant for a session (bad signature, another tenant or
+    /// service, expired, used before, or a console key the tenant does not accept).
+    GrantRefused,
+    /// The session's token was issued to a console that registered no key at login.
+    ConsoleKeyMissing,
     /// A code this build does not know. Never sent.
     #[serde(other)]
     Other,
@@ -72,6 +79,13 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "server is shutting down",
             ErrorCode::Internal => "internal server error",
             ErrorCode::Replaced => "replaced by a newer connection of the same tenant",
+            ErrorCode::TenantKeyChanged => {
+                "the tenant's key is not the one on record; an SP admin must reset it"
+            }
+            ErrorCode::GrantRefused => "the tenant refused the SP's grant for this session",
+            ErrorCode::ConsoleKeyMissing => {
+                "this console registered no key at login; log in again with a current console"
+            }
             ErrorCode::Other => "refused (a reason this version does not know)",
         }
     }

@@ -70,10 +70,12 @@ impl Hello {
                 tenant,
                 agent,
                 services,
+                tenant_key,
                 ..
             } => {
                 check_name("tenant", tenant)?;
                 check_agent(agent)?;
+                check_key("tenant_key", tenant_key)?;
                 validate_services(services)
             }
             Role::TenantData {
@@ -88,9 +90,24 @@ impl Hello {
                 check_name("tenant", tenant)?;
                 check_name("service", service)
             }
-            Role::Operator { .. } => Ok(()),
+            Role::Operator { console_key, .. } => match console_key {
+                Some(key) => check_key("console_key", key),
+                None => Ok(()),
+            },
         }
     }
+}
+
+/// A key fingerprint: 32 bytes as `AB:CD:..` or plain hex ([`crate::wire::parse_fingerprint`]).
+fn check_key(field: &str, value: &str) -> Result<(), Malformed> {
+    crate::wire::parse_fingerprint(value)
+        .map(|_| ())
+        .map_err(|_| {
+            Malformed(format!(
+                "{field}: \"{}\" is not a SHA-256 fingerprint (32 bytes in hex)",
+                escape_untrusted(value, 100)
+            ))
+        })
 }
 
 /// Checks a tenant's list of offered services (hello and `status`): at most
@@ -146,6 +163,10 @@ pub enum Role {
         agent: String,
         services: Vec<String>,
         provider_access: bool,
+        /// SHA-256 of the tenant redirector's public key (its SubjectPublicKeyInfo), `AB:CD:..`:
+        /// the key that ends every session's end-to-end channel on the tenant's side. The SP
+        /// records it on first sight and refuses another one afterwards.
+        tenant_key: String,
     },
     /// A tenant redirector's data connection for one session (step 7).
     TenantData {
@@ -167,6 +188,11 @@ pub enum Role {
         password: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// SHA-256 of this console's public key (`AB:CD:..`). A password login binds it to
+        /// the token it gets: every grant for a session opened with that token names this
+        /// key, and the tenant accepts no other in the end-to-end handshake.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        console_key: Option<String>,
     },
 }
 
@@ -190,6 +216,7 @@ impl fmt::Debug for Role {
                 agent,
                 services,
                 provider_access,
+                tenant_key,
                 ..
             } => f
                 .debug_struct("TenantControl")
@@ -198,6 +225,7 @@ impl fmt::Debug for Role {
                 .field("agent", agent)
                 .field("services", services)
                 .field("provider_access", provider_access)
+                .field("tenant_key", tenant_key)
                 .finish(),
             Role::TenantData {
                 tenant, session_id, ..
@@ -242,6 +270,14 @@ pub struct Welcome {
     /// Operator: seconds until the token expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expires_in_secs: Option<u64>,
+    /// Tenant control: the SP's grant-signing key (Ed25519 public key, hex), which the
+    /// tenant pins on first sight and checks every session's grant against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_key: Option<String>,
+    /// Tenant control: the SP's clock (seconds since the Unix epoch) when it answered, so a
+    /// tenant whose clock is off judges a grant's expiry by the SP's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now: Option<u64>,
 }
 
 /// The first answer to a tenant-control or operator hello.
@@ -267,7 +303,7 @@ mod tests {
         let json = serde_json::to_value(&hello).expect("serialize");
         assert_eq!(
             json,
-            serde_json::json!({"version": 1, "role": "console_session", "token": "t",
+            serde_json::json!({"version": 2, "role": "console_session", "token": "t",
                 "tenant": "acme", "service": "backup"})
         );
         let back: Hello = serde_json::from_value(json).expect("parse");
@@ -282,11 +318,13 @@ mod tests {
             agent: "x".into(),
             services: vec![],
             provider_access: true,
+            tenant_key: "00".repeat(32),
         });
         let op = Role::Operator {
             user: "root".into(),
             password: Some("hunter2".into()),
             token: None,
+            console_key: None,
         };
         let text = format!("{hello:?} {op:?}");
         assert!(
@@ -317,6 +355,7 @@ mod tests {
             agent: agent.into(),
             services: services.iter().map(|s| s.to_string()).collect(),
             provider_access: true,
+            tenant_key: "00".repeat(32),
         })
     }
 

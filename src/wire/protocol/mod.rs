@@ -5,16 +5,18 @@
 //! follows depends on the role:
 //! - tenant control: [`Welcome`] or [`ErrorMsg`], then [`ControlMsg`] frames both ways;
 //! - tenant data and console session: zero or more [`SessionMsg::Progress`] then
-//!   [`SessionMsg::Ready`] (after which the stream is raw bytes) or [`SessionMsg::Error`];
+//!   [`SessionMsg::Ready`] (after which the TCP connection carries the end-to-end channel
+//!   between console and tenant, which the SP only copies) or [`SessionMsg::Error`];
 //! - operator: [`Welcome`] or [`ErrorMsg`], then [`ApiRequest`] / [`ApiResponse`] frames.
 //!
 //! One file per part of the conversation: `hello.rs` (the first frame and its answer),
 //! `control.rs` (the tenant control connection), `session.rs` (sessions and data connections
 //! before the splice), `operator.rs` (the operator API and the tenant list), `error.rs` (the
-//! refusal codes). Everything is re-exported here: callers name `wire::protocol::X`.
+//! refusal codes), `grant.rs` (the SP's signed permission for one session). Everything is re-exported here: callers name `wire::protocol::X`.
 
 mod control;
 mod error;
+mod grant;
 mod hello;
 mod operator;
 mod session;
@@ -22,6 +24,7 @@ mod tenant_page;
 
 pub use control::{Beat, ControlMsg, HeartbeatClock, TENANT_REJECT_CODES, parse_control};
 pub use error::{ErrorCode, ErrorMsg, Malformed};
+pub use grant::{GRANT_MAX_SECS, Grant, GrantBody, GrantError, GrantKey, parse_grant_key};
 pub use hello::{Hello, HelloReply, MAX_AGENT_LEN, MAX_SERVICES, Role, Welcome, validate_services};
 pub use operator::{ApiRequest, ApiResponse, TenantInfo, TenantStatus};
 pub use session::{SessionMsg, Stage};
@@ -29,7 +32,7 @@ pub use tenant_page::{PageError, ROWS_PER_PAGE, TenantPage, TenantRow};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused with
 /// [`ErrorCode::VersionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A peer's string made safe to show to an operator or write to a log: everything but
 /// printable ASCII is escaped (`\n`, `\u{1b}`, `\u{202e}`; a backslash as `\\`), and the

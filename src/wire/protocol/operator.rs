@@ -87,6 +87,10 @@ pub struct TenantInfo {
     pub heartbeat_rtt_ms: Option<f64>,
     #[serde(default)]
     pub open_sessions: u32,
+    /// SHA-256 of the tenant redirector's public key as the SP recorded it (`AB:CD:..`); in
+    /// the full list only, not in compact pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_key: Option<String>,
 }
 
 impl TenantInfo {

@@ -12,9 +12,16 @@ pub enum SessionMsg {
     Progress {
         stage: Stage,
     },
-    /// Spliced: from the next byte on, the stream is the tenant service's raw bytes.
+    /// Spliced: this is the last TLS record the SP sends on this connection, and the last
+    /// either side reads or writes through the SP's TLS. From the next byte on, the TCP
+    /// connection carries the end-to-end channel between console and tenant, which the SP
+    /// copies without reading.
     Ready {
         session_id: String,
+        /// Console only: the tenant key the SP has on record for this tenant, for a console
+        /// that has not pinned one yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant_key: Option<String>,
     },
     Error {
         code: ErrorCode,

@@ -203,6 +203,7 @@ impl TenantPage {
                     heartbeat_rtt_ms: row.heartbeat_rtt_us.map(|us| us as f64 / 1000.0),
                     open_sessions: row.open_sessions,
                     name: row.name,
+                    tenant_key: None,
                 })
             })
             .collect()
@@ -335,6 +336,7 @@ mod tests {
             provider_access: true,
             heartbeat_rtt_ms: Some(0.137),
             open_sessions: (n % 3) as u32,
+            tenant_key: None,
         }
     }
 

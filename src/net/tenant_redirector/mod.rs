@@ -8,6 +8,12 @@
 //! short list of plain `host:port` entries and forgotten entry by entry when unreachable for a
 //! day ([`super::pushed_pool`]), and the tenant's consent can be withdrawn while it
 //! runs ([`run_with_consent`]), which ends the sessions already open.
+//!
+//! Nothing is opened without the SP's grant for that very session (`grants.rs`), and every
+//! session ends in an end-to-end channel with the console key the grant names: the SP sees
+//! only ciphertext.
+
+mod grants;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,7 +31,8 @@ use tokio_util::task::TaskTracker;
 use super::backoff::Backoff;
 use super::dial::{Dialer, Route};
 use super::pushed_pool::{FORGET_AFTER, PoolKeeper};
-use super::splice::{Counters, splice};
+use super::splice::{Counters, Strict, splice};
+use super::tls::e2e::{self, Identity};
 use super::tls::{Stream, TlsClient, Trust};
 use crate::tenant::config::{DEFAULT_MAX_SESSIONS, TenantConfig};
 use crate::wire::frame::{self, Connection, MAX_FRAME_LEN};
@@ -33,6 +40,7 @@ use crate::wire::protocol::{
     Beat, ControlMsg, ErrorCode, HeartbeatClock, Hello, HelloReply, Role, SessionMsg,
     escape_untrusted,
 };
+use grants::{GrantGate, SpView};
 
 /// How long open sessions may run on after shutdown (SIGTERM) before they are cut.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,6 +92,13 @@ pub struct RedirectorConfig {
     pub healthy_after: Duration,
     /// At shutdown, open sessions may run this long to their end; then they are cut.
     pub drain_timeout: Duration,
+    /// The tenant's key file (made on first start); `None`: a key in memory for this run
+    /// (the lab, tests).
+    pub key_file: Option<PathBuf>,
+    /// Where the SP's grant key is pinned on first sight; `None`: pinned for this run only.
+    pub grant_pin_file: Option<PathBuf>,
+    /// The tenant lock: when not empty, the only console keys a grant may name.
+    pub operator_keys: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for RedirectorConfig {
@@ -104,8 +119,7 @@ impl RedirectorConfig {
             (None, Some(fp)) => Trust::Pinned(crate::wire::parse_fingerprint(fp)?),
             (None, None) => return Err(anyhow!("no ca_cert or ca_fingerprint")),
         };
-        let mut pool_file = config_path.as_os_str().to_owned();
-        pool_file.push(".gateways.json");
+        let pool_file = crate::tenant::config::beside(config_path, ".gateways.json");
         Ok(RedirectorConfig {
             tenant: config.name.clone(),
             secret: config.secret.clone(),
@@ -118,9 +132,12 @@ impl RedirectorConfig {
                 .iter()
                 .map(|(name, addr)| (name.clone(), ServiceTarget::Tcp(addr.clone())))
                 .collect(),
-            pool_file: Some(PathBuf::from(pool_file)),
+            pool_file: Some(pool_file),
             max_sessions: config.max_sessions,
             follow_gateway_pool: config.follow_gateway_pool,
+            key_file: config.key_file.clone(),
+            grant_pin_file: Some(crate::tenant::config::beside(config_path, ".sp-grant-key")),
+            operator_keys: config.operator_keys(),
             ..RedirectorConfig::defaults()
         })
     }
@@ -143,6 +160,9 @@ impl RedirectorConfig {
             backoff_max: Duration::from_secs(30),
             healthy_after: Duration::from_secs(60),
             drain_timeout: DRAIN_TIMEOUT,
+            key_file: None,
+            grant_pin_file: None,
+            operator_keys: Vec::new(),
         }
     }
 }
@@ -188,6 +208,16 @@ pub async fn run_with_consent(
     consent: watch::Receiver<bool>,
 ) -> Result<()> {
     let tls = TlsClient::new(&config.trust, &config.server_name).context("setting up TLS")?;
+    let identity = match &config.key_file {
+        Some(file) => Identity::load_or_create(file),
+        None => Identity::generate(),
+    }
+    .context("the tenant's end-to-end key")?;
+    tracing::info!(tenant = %config.tenant, key = %identity.fingerprint_text(), "tenant key");
+    let keys = Arc::new(Keys {
+        identity,
+        gate: GrantGate::new(config.grant_pin_file.clone(), config.operator_keys.clone()),
+    });
     let dialer = Dialer::new(&Route::Gateways(config.endpoints.clone()), tls);
     let pool = PoolKeeper::start(
         &config.tenant,
@@ -204,6 +234,7 @@ pub async fn run_with_consent(
         slots: Arc::new(Semaphore::new(config.max_sessions.max(1))),
         consent: consent.clone(),
         withdrawn: Arc::new(std::sync::Mutex::new(cut.child_token())),
+        keys,
     };
     let config = Arc::new(config);
     let _watcher = super::AbortOnDrop(tokio::spawn(end_sessions_on_withdrawal(
@@ -288,6 +319,13 @@ struct Sessions {
     /// holds the token that was current when it started. Each is a child of the drain's
     /// cut, so the end of a drain cancels them all.
     withdrawn: Arc<std::sync::Mutex<CancellationToken>>,
+    keys: Arc<Keys>,
+}
+
+/// The tenant's own key and its checks of the SP's grants.
+struct Keys {
+    identity: Identity,
+    gate: GrantGate,
 }
 
 impl Sessions {
@@ -355,6 +393,7 @@ async fn control_connection(
         agent: format!("rac-tenant/{}", crate::VERSION),
         services: config.services.keys().cloned().collect(),
         provider_access: *consent.borrow_and_update(),
+        tenant_key: sessions.keys.identity.fingerprint_text(),
     });
     conn.send(&hello).await?;
     let reply = tokio::time::timeout(Duration::from_secs(15), conn.next::<HelloReply>())
@@ -368,6 +407,10 @@ async fn control_connection(
         }
     };
     pool.pushed(dialer, &welcome.gateways);
+    let sp = sessions
+        .keys
+        .gate
+        .welcome(welcome.grant_key.as_deref(), welcome.now);
     tracing::info!(tenant = %config.tenant, %endpoint, "connected to the SP");
     state.send_replace(AgentState::Online {
         endpoint: endpoint.clone(),
@@ -403,8 +446,9 @@ async fn control_connection(
                     Ok(Some(msg)) => match msg {
                         ControlMsg::Ping { seq } => Some(ControlMsg::Pong { seq }),
                         ControlMsg::Pong { .. } => None,
-                        ControlMsg::OpenData { session_id, nonce, service } => {
-                            start_session(config, dialer, sessions, session_id, nonce, service, &outgoing_tx)
+                        ControlMsg::OpenData { session_id, nonce, service, grant } => {
+                            let request = Request { session_id, nonce, service, grant };
+                            start_session(config, dialer, sessions, &sp, request, &outgoing_tx)
                         }
                         ControlMsg::Gateways { gateways } => {
                             pool.pushed(dialer, &gateways);
@@ -446,16 +490,46 @@ async fn control_connection(
     }
 }
 
-/// Starts one session's task, or answers `busy` at once when `max_sessions` are open.
+/// One `open_data` as it arrived.
+struct Request {
+    session_id: String,
+    nonce: String,
+    service: String,
+    grant: crate::wire::protocol::Grant,
+}
+
+/// Checks the request's grant, then starts one session's task; answers `grant_refused` at
+/// once for a grant that fails a check, and `busy` when `max_sessions` are open.
 fn start_session(
     config: &Arc<RedirectorConfig>,
     dialer: &Arc<Dialer>,
     sessions: &Sessions,
-    session_id: String,
-    nonce: String,
-    service: String,
+    sp: &SpView,
+    request: Request,
     control: &mpsc::Sender<ControlMsg>,
 ) -> Option<ControlMsg> {
+    let Request {
+        session_id,
+        nonce,
+        service,
+        grant,
+    } = request;
+    let accepted = match sessions
+        .keys
+        .gate
+        .check(sp, &grant, &config.tenant, &service, &session_id)
+    {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::warn!(tenant = %config.tenant, service = ?service, "session refused: {e}");
+            return Some(ControlMsg::Reject {
+                session_id,
+                code: ErrorCode::GrantRefused,
+                reason: format!("tenant {} refused the grant: {e}", config.tenant),
+            });
+        }
+    };
+    tracing::info!(tenant = %config.tenant, service = ?service, operator = ?accepted.body.operator, console_key = %crate::wire::format_fingerprint(&accepted.console_key), "session granted");
     let Ok(slot) = sessions.slots.clone().try_acquire_owned() else {
         tracing::warn!(tenant = %config.tenant, service = ?service, max_sessions = config.max_sessions, "session refused: at the session cap");
         return Some(ControlMsg::Reject {
@@ -475,8 +549,15 @@ fn start_session(
         service,
         consent,
         withdrawn,
+        console_key: accepted.console_key,
     };
-    let task = open_session(config.clone(), dialer.clone(), request, control.clone());
+    let task = open_session(
+        config.clone(),
+        dialer.clone(),
+        sessions.keys.clone(),
+        request,
+        control.clone(),
+    );
     sessions.tracker.spawn(async move {
         task.await;
         drop(slot);
@@ -492,6 +573,8 @@ struct SessionRequest {
     consent: bool,
     /// Cancelled when consent is withdrawn while the session runs, or at the drain's end.
     withdrawn: CancellationToken,
+    /// The one console key the grant allows at the other end.
+    console_key: [u8; 32],
 }
 
 /// Steps 7 and 9 for one session: the checks, the data channel, `ready`, and only then the
@@ -500,6 +583,7 @@ struct SessionRequest {
 async fn open_session(
     config: Arc<RedirectorConfig>,
     dialer: Arc<Dialer>,
+    keys: Arc<Keys>,
     request: SessionRequest,
     control: mpsc::Sender<ControlMsg>,
 ) {
@@ -509,6 +593,7 @@ async fn open_session(
         service,
         consent,
         withdrawn,
+        console_key,
     } = request;
     let reject = |code: ErrorCode, reason: String| {
         tracing::info!(tenant = %config.tenant, service = ?service, "session refused: {reason}");
@@ -579,7 +664,26 @@ async fn open_session(
             return;
         }
     }
-    tracing::debug!(tenant = %config.tenant, service = ?service, session_id = ?session_id, "session spliced");
+    // The SP's TLS ends with `ready`; the console's end-to-end handshake follows.
+    let inner = async {
+        let raw = e2e::leave_client(data)?;
+        e2e::accept(raw, &keys.identity, console_key).await
+    };
+    let data = tokio::select! {
+        inner = tokio::time::timeout(Duration::from_secs(15), inner) => match inner {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::warn!(tenant = %config.tenant, service = ?service, "session refused: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(tenant = %config.tenant, service = ?service, "the console did not complete the end-to-end handshake");
+                return;
+            }
+        },
+        _ = withdrawn.cancelled() => return,
+    };
+    tracing::debug!(tenant = %config.tenant, service = ?service, session_id = ?session_id, "session spliced end to end");
     match target {
         ServiceTarget::Tcp(addr) => {
             let tcp = tokio::select! {
@@ -598,7 +702,7 @@ async fn open_session(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            splice(data, tcp, &Counters::default(), &withdrawn).await;
+            splice(Strict(data), tcp, &Counters::default(), &withdrawn).await;
         }
         ServiceTarget::Local(handler) => {
             tokio::select! {
