@@ -114,7 +114,7 @@ async fn a_killed_tenant_ends_the_console_stream_promptly() {
         entries.into_iter().next().filter(|e| e.ended_at.is_some())
     })
     .await;
-    assert_eq!(row.bytes_to_tenant, 6);
+    common::assert_carried(row.bytes_to_tenant, 6);
 }
 
 /// Every waiting delay a tenant redirector reports from now on.
@@ -252,7 +252,8 @@ async fn a_killed_sp_process_loses_nothing_and_tenants_come_back() {
     let (interrupted, closed) = (&entries[0], &entries[1]);
     assert_eq!(closed.tenant, "t0");
     assert_eq!(closed.outcome, "closed");
-    assert_eq!((closed.bytes_to_tenant, closed.bytes_from_tenant), (3, 3));
+    common::assert_carried(closed.bytes_to_tenant, 3);
+    common::assert_carried(closed.bytes_from_tenant, 3);
     assert_eq!(interrupted.tenant, "t1");
     assert!(interrupted.ended_at.is_some());
     assert!(

@@ -606,9 +606,10 @@ async fn tokens_expire_and_can_be_revoked() {
     assert_eq!(refused_code(short.tenants().await), ErrorCode::TokenExpired);
 
     // Revoked by the SP (as `rac sp operator` does through the registry).
+    let console_key = sp.console_keys.identity.fingerprint_text();
     let long = sp
         .registry
-        .create_token("admin", Duration::from_secs(3600))
+        .create_token_with_key("admin", Duration::from_secs(3600), Some(&console_key))
         .expect("token");
     let revoked = ConsoleClient::new(sp.console_config()).expect("client");
     revoked.set_token(long.clone());

@@ -108,6 +108,7 @@ impl FakeSp {
             services,
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),
+            identity: Some(super::wire::test_tenant_identity("acme")),
             ..RedirectorConfig::defaults()
         }
     }

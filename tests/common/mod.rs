@@ -289,6 +289,8 @@ impl TestSp {
             services,
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),
+            // One key per tenant name in a test: a restarted tenant is the same tenant.
+            identity: Some(wire::test_tenant_identity(name)),
             ..RedirectorConfig::defaults()
         }
     }
@@ -438,7 +440,7 @@ impl TestSp {
             user: user.into(),
             password: Some(password.into()),
             token: None,
-            console_key: None,
+            console_key: Some(self.console_keys.identity.fingerprint_text()),
         });
         wire::ask(&mut stream, &hello).await
     }
@@ -515,4 +517,15 @@ where
     let got: [u8; 32] = hasher.finalize().into();
     assert_eq!(got, sent, "echoed bytes differ from the bytes sent");
     got
+}
+
+/// Panics unless `counted` (what the SP's audit counted one way) fits a session that carried
+/// `plaintext` bytes that way: the SP counts the end-to-end channel as it copied it, so the
+/// TLS records' headers and tags and the handshake (certificates) come on top, a few KiB.
+pub fn assert_carried(counted: u64, plaintext: u64) {
+    let most = plaintext + plaintext / 50 + 8 * 1024;
+    assert!(
+        (plaintext..=most).contains(&counted),
+        "the SP counted {counted} bytes for {plaintext} bytes of plaintext (expected {plaintext} to {most})"
+    );
 }

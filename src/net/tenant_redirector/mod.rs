@@ -92,9 +92,12 @@ pub struct RedirectorConfig {
     pub healthy_after: Duration,
     /// At shutdown, open sessions may run this long to their end; then they are cut.
     pub drain_timeout: Duration,
-    /// The tenant's key file (made on first start); `None`: a key in memory for this run
-    /// (the lab, tests).
+    /// The tenant's key file (made on first start); `None`: `identity`, or a key in memory
+    /// for this run (the lab).
     pub key_file: Option<PathBuf>,
+    /// A key made by the caller, kept across runs in one process (tests that restart a
+    /// tenant); used when there is no `key_file`.
+    pub identity: Option<Arc<Identity>>,
     /// Where the SP's grant key is pinned on first sight; `None`: pinned for this run only.
     pub grant_pin_file: Option<PathBuf>,
     /// The tenant lock: when not empty, the only console keys a grant may name.
@@ -161,6 +164,7 @@ impl RedirectorConfig {
             healthy_after: Duration::from_secs(60),
             drain_timeout: DRAIN_TIMEOUT,
             key_file: None,
+            identity: None,
             grant_pin_file: None,
             operator_keys: Vec::new(),
         }
@@ -208,11 +212,11 @@ pub async fn run_with_consent(
     consent: watch::Receiver<bool>,
 ) -> Result<()> {
     let tls = TlsClient::new(&config.trust, &config.server_name).context("setting up TLS")?;
-    let identity = match &config.key_file {
-        Some(file) => Identity::load_or_create(file),
-        None => Identity::generate(),
-    }
-    .context("the tenant's end-to-end key")?;
+    let identity = match (&config.key_file, &config.identity) {
+        (Some(file), _) => Arc::new(Identity::load_or_create(file).context("the tenant's key")?),
+        (None, Some(identity)) => identity.clone(),
+        (None, None) => Arc::new(Identity::generate().context("the tenant's key")?),
+    };
     tracing::info!(tenant = %config.tenant, key = %identity.fingerprint_text(), "tenant key");
     let keys = Arc::new(Keys {
         identity,
@@ -324,7 +328,7 @@ struct Sessions {
 
 /// The tenant's own key and its checks of the SP's grants.
 struct Keys {
-    identity: Identity,
+    identity: Arc<Identity>,
     gate: GrantGate,
 }
 

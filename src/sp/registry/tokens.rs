@@ -34,16 +34,28 @@ fn forget_long_expired(conn: &Connection, now: u64) -> Result<()> {
 impl Registry {
     /// Issues a session token valid for `ttl`. Only its hash is stored.
     pub fn create_token(&self, operator: &str, ttl: Duration) -> Result<String> {
+        self.create_token_with_key(operator, ttl, None)
+    }
+
+    /// [`create_token`](Self::create_token) bound to a console key: sessions opened with it
+    /// are granted to that key.
+    pub fn create_token_with_key(
+        &self,
+        operator: &str,
+        ttl: Duration,
+        console_key: Option<&str>,
+    ) -> Result<String> {
         let token = auth::random_hex_32();
         let now = now_unix_secs();
         let conn = self.conn();
         forget_long_expired(&conn, now)?;
         conn.execute(
-            "INSERT INTO tokens (token_hash, operator, expires_at) VALUES (?1, ?2, ?3)",
+            "INSERT INTO tokens (token_hash, operator, expires_at, console_key) VALUES (?1, ?2, ?3, ?4)",
             params![
                 auth::sha256_hex(&token),
                 operator,
-                (now + ttl.as_secs()) as i64
+                (now + ttl.as_secs()) as i64,
+                console_key
             ],
         )?;
         Ok(token)
