@@ -42,6 +42,7 @@ fn tenants(now: u64) -> Vec<TenantInfo> {
             provider_access: i % 23 != 0,
             heartbeat_rtt_ms: Some((i % 97) as f64 / 10.0),
             open_sessions: (i % 11 == 0) as u32,
+            tenant_key: None,
         })
         .collect()
 }

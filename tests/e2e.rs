@@ -25,9 +25,11 @@ use tokio::net::{TcpListener, TcpStream};
 /// that side sees), and can flip one bit of the stream toward the client.
 struct Tap {
     addr: SocketAddr,
-    /// Each connection's bytes: (client to target, target to client).
-    conns: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
+    conns: Captured,
 }
+
+/// Each connection's bytes through a [`Tap`]: (client to target, target to client).
+type Captured = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
 
 impl Tap {
     /// A tap in front of `target`; `flip_at`: the offset in the target-to-client direction
@@ -92,7 +94,7 @@ impl Tap {
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    record: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
+    record: Captured,
     (index, toward_client): (usize, bool),
     flip: Option<(usize, Arc<Mutex<usize>>)>,
 ) {

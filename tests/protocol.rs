@@ -20,7 +20,7 @@ use rac::net::tls::{ClientStream, ReadAhead};
 use rac::sp::config::SpConfig;
 use rac::wire::frame::{MAX_FRAME_LEN, read_frame, write_frame};
 use rac::wire::protocol::{
-    ControlMsg, ErrorCode, Hello, HelloReply, Role, SessionMsg, Stage, TenantStatus, Welcome,
+    ControlMsg, ErrorCode, HelloReply, SessionMsg, Stage, TenantStatus, Welcome,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
