@@ -128,6 +128,14 @@ fn curl_reaches_a_tenant_web_server_through_rac_connect() {
     assert_eq!(acme["services"], serde_json::json!(["backup", "web"]));
     assert_eq!(acme["provider_access"], true);
     assert!(acme["connected_since"].is_u64() && acme["remote_addr"].is_string());
+    // The key the SP recorded for the tenant is the one `rac tenant` made beside its config.
+    let key = run_ok(&mut rac(&[
+        "tenant",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--print-key",
+    ]));
+    assert_eq!(acme["tenant_key"], key.trim(), "{acme}");
 
     // Wrong password: a clear message and a non-zero exit.
     let out = list("nope");
