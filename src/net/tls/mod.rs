@@ -39,7 +39,14 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
+/// The one crypto provider, made once: every session's end-to-end handshake builds its own
+/// configurations from it.
 fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER.get_or_init(make_provider).clone()
+}
+
+fn make_provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     // AES-128-GCM first (rustls' default order starts with AES-256): 10 AES rounds instead of
     // 14 per block, and a relayed byte goes through four AES-GCM passes. Still TLS 1.3 AEAD.
