@@ -347,6 +347,15 @@ fn a_port_forward_from_a_session_carries_bytes() {
     });
     h.get_by_label("Connection").click();
     h.run_steps(2);
+    // Issue 17: the session is end to end, and this first one pinned the tenant's key.
+    assert!(
+        shown(h, "end-to-end encrypted with the tenant"),
+        "the Connection view says the session is end to end"
+    );
+    assert!(
+        shown(h, "pinned now (first use)"),
+        "and that it pinned the key"
+    );
     h.get_by_role_and_label(Role::TextInput, "Service").focus();
     h.run_steps(1);
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
