@@ -72,19 +72,6 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
 
 /// [`write_private`] for binary contents.
 pub fn write_private_bytes(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.sync_all()?;
-    Ok(())
+    crate::util::files::write_private(path, contents)
+        .with_context(|| format!("writing {}", path.display()))
 }

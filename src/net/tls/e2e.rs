@@ -113,7 +113,8 @@ impl Identity {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(file_error)?;
                 }
-                write_private(path, &key.serialize_pem()).map_err(file_error)?;
+                crate::util::files::write_private(path, key.serialize_pem().as_bytes())
+                    .map_err(file_error)?;
                 tracing::info!(path = %path.display(), "made a new end-to-end key");
                 Self::from_key(key)
             }
@@ -151,20 +152,6 @@ impl Identity {
             PrivateKeyDer::Pkcs8(self.key.clone_key()),
         )
     }
-}
-
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
 }
 
 fn tighten(path: &Path) -> std::io::Result<()> {
@@ -323,19 +310,6 @@ fn refused() -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
 }
 
-fn tls13_signature(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls13_signature(
-        message,
-        cert,
-        dss,
-        &provider().signature_verification_algorithms,
-    )
-}
-
 impl ServerCertVerifier for TenantKeyVerifier {
     fn verify_server_cert(
         &self,
@@ -368,13 +342,11 @@ impl ServerCertVerifier for TenantKeyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_signature(message, cert, dss)
+        super::tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        super::signature_schemes()
     }
 }
 
@@ -420,13 +392,11 @@ impl ClientCertVerifier for ConsoleKeyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13_signature(message, cert, dss)
+        super::tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        super::signature_schemes()
     }
 }
 

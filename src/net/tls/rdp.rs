@@ -41,9 +41,7 @@ where
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(std::io::Error::other)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyDesktopCertificate {
-            provider: provider(),
-        }))
+        .with_custom_certificate_verifier(Arc::new(AnyDesktopCertificate))
         .with_no_client_auth();
     // CredSSP does not support TLS session resumption (MS-CSSP 3.1.5).
     config.resumption = rustls::client::Resumption::disabled();
@@ -109,9 +107,7 @@ pub fn desktop_server_acceptor(
 /// Accepts any certificate (RDP's are self-signed; the caller compares the fingerprint),
 /// but verifies that the handshake was signed by that certificate's key.
 #[derive(Debug)]
-struct AnyDesktopCertificate {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
+struct AnyDesktopCertificate;
 
 impl ServerCertVerifier for AnyDesktopCertificate {
     fn verify_server_cert(
@@ -131,12 +127,7 @@ impl ServerCertVerifier for AnyDesktopCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        super::tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -145,18 +136,11 @@ impl ServerCertVerifier for AnyDesktopCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        super::tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        super::signature_schemes()
     }
 }
 
