@@ -744,9 +744,13 @@ fn rac_desktop_types_on_the_lab_desktop() {
     assert!(err.contains("does not answer like an RDP server"), "{err}");
 }
 
-#[tokio::test]
-async fn the_desktop_client_clicks_and_types_and_sees_its_marks() {
-    use rac::net::rdp::client::{self, DesktopLogin, DesktopOptions, Settled};
+/// A one-tenant lab and a desktop client connected to its tenant's `rdp` service through the
+/// lab's SP.
+async fn lab_desktop() -> (
+    rac::lab::Lab,
+    rac::net::rdp::client::DesktopSession<rac::net::tls::ClientStream>,
+) {
+    use rac::net::rdp::client::{self, DesktopLogin, DesktopOptions};
     let lab = rac::lab::Lab::start(rac::lab::LabOptions {
         tenants: 1,
         gateways: 0,
@@ -765,13 +769,20 @@ async fn the_desktop_client_clicks_and_types_and_sees_its_marks() {
         domain: None,
         password: "any".into(),
     };
-    let mut desktop = tokio::time::timeout(
+    let desktop = tokio::time::timeout(
         PATIENCE,
         client::connect(session.stream, "acme", &login, &DesktopOptions::default()),
     )
     .await
     .expect("connected in time")
     .expect("connect");
+    (lab, desktop)
+}
+
+#[tokio::test]
+async fn the_desktop_client_clicks_and_types_and_sees_its_marks() {
+    use rac::net::rdp::client::{self, Settled};
+    let (lab, mut desktop) = lab_desktop().await;
     let quiet = Duration::from_millis(500);
     assert_ne!(
         desktop
@@ -805,32 +816,7 @@ async fn the_desktop_client_clicks_and_types_and_sees_its_marks() {
 
 #[tokio::test]
 async fn the_lab_desktop_takes_the_size_the_client_asks_for() {
-    use rac::net::rdp::client::{self, DesktopLogin, DesktopOptions};
-    let lab = rac::lab::Lab::start(rac::lab::LabOptions {
-        tenants: 1,
-        gateways: 0,
-        ..rac::lab::LabOptions::default()
-    })
-    .await
-    .expect("lab");
-    let console = rac::net::console::ConsoleClient::new(lab.console_config()).expect("console");
-    console.login(&lab.password).await.expect("login");
-    let session = console
-        .open_session("acme", "rdp", |_, _| {})
-        .await
-        .expect("session");
-    let login = DesktopLogin {
-        user: "operator".into(),
-        domain: None,
-        password: "any".into(),
-    };
-    let mut desktop = tokio::time::timeout(
-        PATIENCE,
-        client::connect(session.stream, "acme", &login, &DesktopOptions::default()),
-    )
-    .await
-    .expect("connected in time")
-    .expect("connect");
+    let (lab, mut desktop) = lab_desktop().await;
     let (own_width, own_height) = (lab_desktop::WIDTH, lab_desktop::HEIGHT);
     assert_eq!((desktop.width(), desktop.height()), (own_width, own_height));
     let quiet = Duration::from_millis(200);
@@ -856,7 +842,7 @@ async fn the_lab_desktop_takes_the_size_the_client_asks_for() {
     let surround = rac::net::rdp::server::SURROUND;
     let expected = lab_picture("acme", &Scribbles::default());
     let title = lab_desktop::title_region("acme");
-    let redrawn = |d: &client::DesktopSession<_>| {
+    let redrawn = |d: &rac::net::rdp::client::DesktopSession<_>| {
         d.rgb_at(1279, 719) == Some(surround)
             && d.rgb_at(usize::from(own_width), 0) == Some(surround)
             && (title.y..title.y + title.height).all(|y| {
