@@ -12,6 +12,7 @@ pub mod known_tenants;
 pub mod proxy_protocol;
 pub mod pushed_pool;
 pub mod rdp;
+pub mod socket_splice;
 pub mod splice;
 pub mod tenant_redirector;
 pub mod tls;

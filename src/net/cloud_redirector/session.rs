@@ -12,7 +12,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
 use super::{DataOutcome, Pending, ServerStream, Shared, lock, send_error};
-use crate::net::splice::{Counters, Side, SpliceEnd, splice};
+use crate::net::socket_splice::{RawSide, splice_sockets};
+use crate::net::splice::{Counters, Side, SpliceEnd};
 use crate::net::tls;
 use crate::sp::registry::{Party, SessionOutcome};
 use crate::sp::{Refusal, auth};
@@ -128,7 +129,17 @@ pub(super) async fn console(
                     cancel: cancel.clone(),
                 },
             );
-            let report = splice(console, tenant_side, &Counters::default(), &cancel).await;
+            let raw = |stream: tls::ReadAhead| {
+                let (tcp, pending) = stream.into_parts();
+                RawSide { tcp, pending }
+            };
+            let report = splice_sockets(
+                raw(console),
+                raw(tenant_side),
+                &Counters::default(),
+                &cancel,
+            )
+            .await;
             lock(&shared.live_sessions).remove(&number);
             shared.sp.presence.session_delta(&tenant, false);
             (report, tenant_cancel.is_cancelled())
