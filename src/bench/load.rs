@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::world::{ECHO, IO_BUF, SOURCE};
-use crate::net::console::ConsoleClient;
+use crate::net::console::{ConsoleClient, OpenStage};
 use crate::net::tls::Stream;
 
 /// How a load generator reaches the tenant service.
@@ -83,15 +83,51 @@ pub async fn throughput(path: &Path, service: &str, streams: usize, total: u64) 
 
 /// From `connect()` to the first byte of the echo service's answer to one byte.
 pub async fn open_once(path: &Path) -> Result<Duration> {
+    Ok(open_timed(path).await?.first_byte)
+}
+
+/// When each step of one open was done, from `connect()`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenTimes {
+    /// TCP and TLS to the SP done, the request sent (zero for a direct path).
+    pub request_sent: Duration,
+    /// `ready` received: the tenant's data connection is spliced.
+    pub spliced: Duration,
+    /// The end-to-end handshake with the tenant done.
+    pub end_to_end: Duration,
+    /// The echo's answer to one byte received.
+    pub first_byte: Duration,
+}
+
+/// Opens a session to the echo service (or connects to it directly) and times each step.
+pub async fn open_timed(path: &Path) -> Result<OpenTimes> {
     let started = Instant::now();
-    let mut stream = path.open(ECHO).await?;
+    let mut times = OpenTimes::default();
+    let mut stream: Box<dyn Stream> = match path {
+        Path::Direct(_) => path.open(ECHO).await?,
+        Path::Session(console) => {
+            let session = console
+                .open_session(super::world::BENCH_TENANT, ECHO, |_, _| {})
+                .await
+                .context("opening a session to the echo service")?;
+            for (stage, at) in &session.stages {
+                match stage {
+                    OpenStage::RequestSent => times.request_sent = *at,
+                    OpenStage::Spliced => times.spliced = *at,
+                    OpenStage::WaitingForTenant => {}
+                }
+            }
+            times.end_to_end = started.elapsed();
+            Box::new(session.stream)
+        }
+    };
     stream.write_all(b"?").await?;
     stream.flush().await?;
     let mut byte = [0u8; 1];
     stream.read_exact(&mut byte).await?;
-    let elapsed = started.elapsed();
+    times.first_byte = started.elapsed();
     let _ = stream.shutdown().await;
-    Ok(elapsed)
+    Ok(times)
 }
 
 /// The `q` quantile (0..=1) of sorted durations, in milliseconds.

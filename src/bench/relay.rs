@@ -184,14 +184,39 @@ pub(super) async fn open_section(
         }
     }
     let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut steps = Vec::with_capacity(o.opens);
     for _ in 0..o.opens {
-        for (path, times) in paths.iter().zip(times.iter_mut()) {
-            times.push(load::open_once(path).await?);
+        for (i, (path, times)) in paths.iter().zip(times.iter_mut()).enumerate() {
+            let timed = load::open_timed(path).await?;
+            times.push(timed.first_byte);
+            if i == 1 {
+                steps.push(timed);
+            }
         }
     }
     for t in &mut times {
         t.sort();
     }
+    // Where the SP route's median open goes, step by step.
+    let step_ms = |f: fn(&load::OpenTimes) -> Duration| {
+        median(
+            &mut steps
+                .iter()
+                .map(|t| f(t).as_secs_f64() * 1e3)
+                .collect::<Vec<_>>(),
+        )
+    };
+    report.note(
+        "open_steps_p50_ms",
+        format!(
+            "TCP+TLS to the SP and request sent {:.2}, ready (tenant's data connection spliced) {:.2}, \
+             end-to-end handshake done {:.2}, first byte {:.2}",
+            step_ms(|t| t.request_sent),
+            step_ms(|t| t.spliced),
+            step_ms(|t| t.end_to_end),
+            step_ms(|t| t.first_byte),
+        ),
+    );
     let q = |i: usize, q: f64| load::quantile_ms(&times[i], q);
     let p50 = Some(("≤ 1.5 ms", Check::AtMost(1.5)));
     let p99 = Some(("≤ 4 ms", Check::AtMost(4.0)));

@@ -76,8 +76,8 @@ pub fn key_fingerprint(cert_der: &[u8]) -> Result<[u8; 32], E2eError> {
 
 /// A long-lived key pair (ECDSA P-256) and a self-signed certificate made for it each run.
 pub struct Identity {
-    cert: CertificateDer<'static>,
-    key: PrivatePkcs8KeyDer<'static>,
+    /// The self-signed certificate and its key, ready to sign: parsed once, not per session.
+    certified: Arc<rustls::sign::CertifiedKey>,
     fingerprint: [u8; 32],
 }
 
@@ -130,9 +130,13 @@ impl Identity {
             .map_err(|e| E2eError::Key(e.to_string()))?;
         let cert = cert.der().clone();
         let fingerprint = key_fingerprint(cert.as_ref())?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signer = provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| E2eError::Key(e.to_string()))?;
         Ok(Identity {
-            cert,
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            certified: Arc::new(rustls::sign::CertifiedKey::new(vec![cert], signer)),
             fingerprint,
         })
     }
@@ -146,11 +150,8 @@ impl Identity {
         format_fingerprint(&self.fingerprint)
     }
 
-    fn chain(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        (
-            vec![self.cert.clone()],
-            PrivateKeyDer::Pkcs8(self.key.clone_key()),
-        )
+    fn resolver(&self) -> Arc<rustls::sign::SingleCertAndKey> {
+        Arc::new(rustls::sign::SingleCertAndKey::from(self.certified.clone()))
     }
 }
 
@@ -215,15 +216,12 @@ pub async fn connect(
         expected,
         seen: Mutex::new(None),
     });
-    let (chain, key) = console.chain();
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| E2eError::Handshake(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| E2eError::Handshake(e.to_string()))?;
-    let mut config = config;
+        .with_client_cert_resolver(console.resolver());
     config.resumption = rustls::client::Resumption::disabled();
     let name = ServerName::try_from(INNER_NAME).map_err(|e| E2eError::Handshake(e.to_string()))?;
     let result = tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -250,13 +248,11 @@ pub async fn accept(
         granted: console_key,
         presented: Mutex::new(None),
     });
-    let (chain, key) = tenant.chain();
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| E2eError::Handshake(e.to_string()))?
         .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(chain, key)
-        .map_err(|e| E2eError::Handshake(e.to_string()))?;
+        .with_cert_resolver(tenant.resolver());
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     match tokio_rustls::TlsAcceptor::from(Arc::new(config))

@@ -109,19 +109,20 @@ impl Registry {
         service: &str,
         console_addr: &str,
     ) -> Result<i64> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO audit (operator, tenant, service, console_addr, started_at, outcome)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'open')",
-            params![
-                operator,
-                tenant,
-                service,
-                console_addr,
-                now_unix_secs() as i64
-            ],
-        )?;
-        Ok(conn.last_insert_rowid())
+        self.write_unsynced(|conn| {
+            conn.execute(
+                "INSERT INTO audit (operator, tenant, service, console_addr, started_at, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'open')",
+                params![
+                    operator,
+                    tenant,
+                    service,
+                    console_addr,
+                    now_unix_secs() as i64
+                ],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
     }
 
     /// Records how a session ended (or why it never started).
@@ -132,18 +133,20 @@ impl Registry {
         bytes_from_tenant: u64,
         outcome: &SessionOutcome,
     ) -> Result<()> {
-        self.conn().execute(
-            "UPDATE audit SET ended_at = ?2, bytes_to_tenant = ?3, bytes_from_tenant = ?4, outcome = ?5
-             WHERE id = ?1",
-            params![
-                id,
-                now_unix_secs() as i64,
-                bytes_to_tenant as i64,
-                bytes_from_tenant as i64,
-                outcome.to_string()
-            ],
-        )?;
-        Ok(())
+        self.write_unsynced(|conn| {
+            conn.execute(
+                "UPDATE audit SET ended_at = ?2, bytes_to_tenant = ?3, bytes_from_tenant = ?4, outcome = ?5
+                 WHERE id = ?1",
+                params![
+                    id,
+                    now_unix_secs() as i64,
+                    bytes_to_tenant as i64,
+                    bytes_from_tenant as i64,
+                    outcome.to_string()
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Sessions left open by a previous run that stopped abruptly are closed as such.

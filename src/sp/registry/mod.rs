@@ -11,8 +11,9 @@ mod audit;
 mod schema;
 mod tokens;
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -53,15 +54,63 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 /// awaits while holding it; the slow password hash runs outside the lock.
 pub struct Registry {
     conn: Mutex<Connection>,
+    wal: Arc<WalSync>,
+}
+
+/// How long a session's audit row may stay in the OS's cache before it is on disk.
+pub const AUDIT_SYNCED_WITHIN: Duration = Duration::from_secs(1);
+
+/// Syncs the write-ahead log after session audit rows, which commit without waiting for the
+/// disk (see [`Registry::write_unsynced`]).
+struct WalSync {
+    path: PathBuf,
+    dirty: AtomicBool,
+}
+
+impl WalSync {
+    /// Syncs the log if a row was written since the last sync.
+    fn sync(&self) -> std::io::Result<()> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let synced = std::fs::File::open(&self.path).and_then(|wal| wal.sync_data());
+        if synced.is_err() {
+            self.dirty.store(true, Ordering::Release);
+        }
+        synced
+    }
+
+    /// Syncs every [`AUDIT_SYNCED_WITHIN`] on a thread of its own, as long as the registry
+    /// is open.
+    fn start(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("registry-sync".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(AUDIT_SYNCED_WITHIN);
+                    let Some(wal) = weak.upgrade() else { return };
+                    if let Err(e) = wal.sync() {
+                        tracing::error!("syncing the registry's log to disk failed: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(
+                "no thread to sync the registry's log: {e}; audit rows are synced as they are written"
+            );
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl Registry {
     /// Opens (creating if needed) the registry at `path`. The file and its `-wal` and `-shm`
     /// companions are made readable by their owner only (0600; an existing looser file is
     /// tightened, with a warning): they hold the password and secret hashes and the audit
-    /// log. Every commit is synced to disk (`synchronous=FULL`): writes are rare (account
-    /// changes, logins, session start and end), and an acknowledged change must survive a
-    /// power loss, not only a crash.
+    /// log. Account changes and logins are synced to disk as they commit
+    /// (`synchronous=FULL`): an acknowledged change must survive a power loss, not only a
+    /// crash. Session audit rows are not waited for ([`Registry::write_unsynced`]).
     pub fn open(path: &Path) -> Result<Self> {
         create_private(path)?;
         let conn = Connection::open(path)?;
@@ -72,12 +121,41 @@ impl Registry {
         add_missing_columns(&conn)?;
         // SQLite creates `-wal` and `-shm` with the database file's mode; tighten ones left
         // by an older version or another tool.
+        let [_, wal, _] = registry_files(path);
         for file in registry_files(path) {
             tighten(&file, 0o600)?;
         }
+        let wal = Arc::new(WalSync {
+            path: wal,
+            dirty: AtomicBool::new(false),
+        });
+        wal.start();
         Ok(Registry {
             conn: Mutex::new(conn),
+            wal,
         })
+    }
+
+    /// Runs a write that commits without syncing to disk: a session's audit rows, written
+    /// on the way to its first byte, where an fsync (milliseconds on many disks) would be
+    /// most of the time a console waits. The row is in the OS's cache when this returns, so
+    /// a crash of the SP loses nothing; the log is synced within [`AUDIT_SYNCED_WITHIN`]
+    /// (or by the next synced commit), so a power loss loses at most that last second.
+    fn write_unsynced<T>(&self, write: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.conn();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let written = write(&conn);
+        let restored = conn.pragma_update(None, "synchronous", "FULL");
+        self.wal.dirty.store(true, Ordering::Release);
+        let written = written?;
+        restored?;
+        Ok(written)
+    }
+
+    /// Whether every audit row written so far is on disk.
+    #[cfg(test)]
+    fn audit_synced(&self) -> bool {
+        !self.wal.dirty.load(Ordering::Acquire)
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -94,6 +172,14 @@ impl Registry {
     }
 }
 
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Err(e) = self.wal.sync() {
+            tracing::error!("syncing the registry's log to disk failed: {e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,14 +191,30 @@ mod tests {
         (dir, reg)
     }
 
-    #[test]
-    fn every_commit_is_synced_to_disk() {
-        let (_dir, reg) = registry();
-        let level: i64 = reg
-            .conn()
+    fn sync_level(reg: &Registry) -> i64 {
+        reg.conn()
             .query_row("PRAGMA synchronous", [], |row| row.get(0))
-            .expect("pragma");
-        assert_eq!(level, 2, "synchronous=FULL (2), not NORMAL (1)");
+            .expect("pragma")
+    }
+
+    #[test]
+    fn account_changes_are_synced_as_they_commit_and_audit_rows_soon_after() {
+        let (_dir, reg) = registry();
+        assert_eq!(sync_level(&reg), 2, "synchronous=FULL (2), not NORMAL (1)");
+        reg.add_tenant("acme", "").expect("add");
+        assert!(reg.audit_synced(), "an account change needs no later sync");
+        reg.audit_start("op", "acme", "backup", "127.0.0.1:1")
+            .expect("audit row");
+        assert_eq!(sync_level(&reg), 2, "back to FULL after an audit row");
+        // The sync thread catches up within a second; allow for a slow machine.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !reg.audit_synced() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the audit row was never synced"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     #[cfg(unix)]
