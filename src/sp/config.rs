@@ -168,6 +168,10 @@ impl StateDir {
     pub fn grant_key(&self) -> PathBuf {
         self.root.join("grant.key")
     }
+    /// The key the SP seals its TLS session tickets with (hex, 0600; `net::tls::tickets`).
+    pub fn ticket_key(&self) -> PathBuf {
+        self.root.join("ticket.key")
+    }
 
     /// Fails with a hint when `rac sp init` has not been run here. Also makes the dir
     /// private (0700) if it is not, with a warning: it holds the CA key and the registry.

@@ -44,8 +44,10 @@ impl SpEngine {
     /// Loads an SP from its state dir (made by `rac sp init`).
     pub fn open(state: &StateDir) -> Result<Self> {
         let service = SpService::open(state)?;
-        let acceptor = tls::server_acceptor(&state.server_chain(), &state.server_key())
-            .context("loading the SP's certificate")?;
+        let tickets = tls::tickets::TicketKey::load_or_create(&state.ticket_key())?;
+        let acceptor =
+            tls::server_acceptor_with_tickets(&state.server_chain(), &state.server_key(), tickets)
+                .context("loading the SP's certificate")?;
         Ok(SpEngine { service, acceptor })
     }
 }

@@ -18,6 +18,7 @@ use crate::wire::{fingerprint, format_fingerprint};
 pub mod e2e;
 mod rdp;
 mod records;
+pub mod tickets;
 pub use rdp::{DesktopCertificate, RdpTlsStream, desktop_client_upgrade, desktop_server_acceptor};
 pub use records::{RecordReader, RecordWriter, take_over};
 
@@ -75,8 +76,21 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// The SP's acceptor: server chain (server certificate, then CA) and key from PEM files.
+/// The SP's acceptor: server chain (server certificate, then CA) and key from PEM files,
+/// with a ticket key of this process only (tests, tools).
 pub fn server_acceptor(chain_pem: &Path, key_pem: &Path) -> Result<TlsAcceptor, TlsError> {
+    let tickets = tickets::TicketKey::generate()
+        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    server_acceptor_with_tickets(chain_pem, key_pem, tickets)
+}
+
+/// The SP's acceptor with the ticket key of its state dir, so that tenants reconnecting
+/// after a restart resume their TLS sessions.
+pub fn server_acceptor_with_tickets(
+    chain_pem: &Path,
+    key_pem: &Path,
+    tickets: tickets::TicketKey,
+) -> Result<TlsAcceptor, TlsError> {
     let chain = read_certs(chain_pem)?;
     let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|source| TlsError::Read {
         path: key_pem.display().to_string(),
@@ -86,9 +100,10 @@ pub fn server_acceptor(chain_pem: &Path, key_pem: &Path) -> Result<TlsAcceptor, 
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    // Stateless session tickets: resumed handshakes for tenant data connections skip the
-    // certificate signature, and the SP keeps no per-client session cache.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    // Stateless session tickets: resumed handshakes (tenant data connections, reconnects
+    // after a restart) skip the certificate signature and its check, and the SP keeps no
+    // per-client session cache.
+    config.ticketer = Arc::new(tickets);
     config.send_tls13_tickets = 1;
     // Long-lived idle connections carry on without rustls' connection state (`records`).
     config.enable_secret_extraction = true;
