@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 /// Longest a grant may live: the SP issues grants for this long, and a tenant refuses one
 /// whose expiry lies further ahead.
 pub const GRANT_MAX_SECS: u64 = 60;
+/// What whole-second clocks may put between the SP's `now` and the tenant's estimate of it.
+const CLOCK_ROUNDING_SECS: u64 = 1;
 
 /// What an Ed25519 grant signature covers, before the body.
 const SIGNING_CONTEXT: &[u8] = b"rac grant v1\n";
@@ -121,7 +123,9 @@ impl GrantBody {
         if self.expires <= sp_now {
             return Err(GrantError::Expired(sp_now - self.expires));
         }
-        if self.expires - sp_now > GRANT_MAX_SECS {
+        // The tenant knows the SP's clock to the whole second (the welcome's `now`), so a
+        // grant signed for exactly GRANT_MAX_SECS may look one second longer.
+        if self.expires - sp_now > GRANT_MAX_SECS + CLOCK_ROUNDING_SECS {
             return Err(GrantError::TooLong(self.expires - sp_now));
         }
         Ok(())
@@ -262,6 +266,13 @@ mod tests {
         assert_eq!(
             b.check("acme", "backup", "s1", 900),
             Err(GrantError::TooLong(160))
+        );
+        // Whole-second clocks: a 60 s grant may look 61 s long to the tenant, not 62.
+        let expires = b.expires;
+        assert_eq!(b.check("acme", "backup", "s1", expires - 61), Ok(()));
+        assert_eq!(
+            b.check("acme", "backup", "s1", expires - 62),
+            Err(GrantError::TooLong(62))
         );
     }
 }
