@@ -139,11 +139,32 @@ impl Presence {
         self.lock().tenants.get(name).map(Entry::info)
     }
 
-    /// The whole list now, and a receiver for every change after it.
-    pub fn snapshot_and_subscribe(&self) -> (Vec<TenantInfo>, broadcast::Receiver<TenantEvent>) {
+    /// A receiver for every change from now on. A list read in [`chunk_after`] steps after
+    /// it misses no change: one made before a tenant's row was read is in the row and comes
+    /// again as an event (the same state twice, harmless); one made after it comes as an event.
+    ///
+    /// [`chunk_after`]: Self::chunk_after
+    pub fn subscribe(&self) -> broadcast::Receiver<TenantEvent> {
+        let _inner = self.lock();
+        self.events.subscribe()
+    }
+
+    /// Up to `max` tenants in name order after `after` (from the first with `None`). The
+    /// lock is held for one chunk, not for the whole list: heartbeats and session opens
+    /// wait for a thousand rows at most.
+    pub fn chunk_after(&self, after: Option<&str>, max: usize) -> Vec<TenantInfo> {
+        use std::ops::Bound;
         let inner = self.lock();
-        let rx = self.events.subscribe();
-        (inner.tenants.values().map(Entry::info).collect(), rx)
+        let from = match after {
+            Some(name) => Bound::Excluded(name),
+            None => Bound::Unbounded,
+        };
+        inner
+            .tenants
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(max)
+            .map(|(_, entry)| entry.info())
+            .collect()
     }
 
     #[cfg(test)]
@@ -354,9 +375,27 @@ mod tests {
     }
 
     #[test]
+    fn the_list_reads_in_chunks_in_name_order_from_a_cursor() {
+        let names = ["delta", "alpha", "echo", "charlie", "bravo"];
+        let presence = Presence::new(names.iter().map(|n| account(n, true, "h")).collect());
+        let names_of =
+            |chunk: Vec<TenantInfo>| chunk.into_iter().map(|t| t.name).collect::<Vec<_>>();
+        assert_eq!(names_of(presence.chunk_after(None, 2)), ["alpha", "bravo"]);
+        assert_eq!(
+            names_of(presence.chunk_after(Some("bravo"), 2)),
+            ["charlie", "delta"]
+        );
+        assert_eq!(names_of(presence.chunk_after(Some("delta"), 2)), ["echo"]);
+        assert!(presence.chunk_after(Some("echo"), 2).is_empty());
+        // A cursor between names (one removed meanwhile) goes on from the next.
+        assert_eq!(names_of(presence.chunk_after(Some("b"), 1)), ["bravo"]);
+    }
+
+    #[test]
     fn connect_disconnect_publish_changes() {
         let presence = Presence::new(vec![account("acme", true, "h")]);
-        let (snapshot, mut rx) = presence.snapshot_and_subscribe();
+        let mut rx = presence.subscribe();
+        let snapshot = presence.chunk_after(None, 10);
         assert_eq!(snapshot[0].status, TenantStatus::Offline);
         let id = presence.connect("acme", live()).expect("known tenant");
         match rx.try_recv().expect("event") {

@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{LiveSession, ServerStream, Shared, lock, send_error};
 use crate::sp::Refusal;
-use crate::sp::presence::TenantEvent;
+use crate::sp::presence::{Presence, TenantEvent};
 use crate::sp::registry::Operator;
 use crate::wire::frame::{self, Connection, FrameError, MAX_HELLO_LEN};
 use crate::wire::protocol::{
-    ApiRequest, ApiResponse, ErrorCode, HelloReply, TenantInfo, TenantPage, Welcome,
+    ApiRequest, ApiResponse, ErrorCode, HelloReply, ROWS_PER_PAGE, TenantInfo, TenantPage, Welcome,
 };
 
 /// How long an operator connection may take to hear `shutting_down` when the SP stops.
@@ -208,11 +208,11 @@ async fn requests(
                     return Err(e);
                 }
                 Ok(Some(ApiRequest::ListTenants { subscribe, compact: asked_compact })) => {
-                    let (tenants, rx) = shared.sp.presence.snapshot_and_subscribe();
+                    let rx = shared.sp.presence.subscribe();
                     // The form of this request's snapshot is the form of a subscriber's
                     // later ones.
                     compact = asked_compact;
-                    send_snapshot(&mut conn, tenants.into_iter().filter(allowed).collect(), compact).await?;
+                    send_snapshot(&mut conn, &shared.sp.presence, &allowed, compact).await?;
                     if subscribe {
                         events = Some(rx);
                     }
@@ -234,9 +234,8 @@ async fn requests(
                     Ok(_) => continue,
                     Err(RecvError::Lagged(_)) => {
                         // Too slow to follow every change: start over from a fresh snapshot.
-                        let (tenants, rx) = shared.sp.presence.snapshot_and_subscribe();
-                        events = Some(rx);
-                        send_snapshot(&mut conn, tenants.into_iter().filter(allowed).collect(), compact).await?;
+                        events = Some(shared.sp.presence.subscribe());
+                        send_snapshot(&mut conn, &shared.sp.presence, &allowed, compact).await?;
                         continue;
                     }
                     Err(RecvError::Closed) => return Ok(()),
@@ -268,19 +267,60 @@ async fn requests(
     }
 }
 
-/// A snapshot in the form the console asked for: one `tenants` frame, or compact pages.
+/// A snapshot in the form the console asked for: one `tenants` frame, or compact pages, each
+/// read from the presence table and sent before the next is read (the first page goes out
+/// at once, and the table is never locked for the whole list).
 async fn send_snapshot(
     conn: &mut Connection<ServerStream>,
-    tenants: Vec<TenantInfo>,
+    presence: &Presence,
+    allowed: &impl Fn(&TenantInfo) -> bool,
     compact: bool,
 ) -> Result<(), FrameError> {
+    let mut cursor: Option<String> = None;
+    // The next rows the operator may see, and whether the table has more after them.
+    let next_rows = |cursor: &mut Option<String>| loop {
+        let chunk = presence.chunk_after(cursor.as_deref(), ROWS_PER_PAGE);
+        let end = chunk.len() < ROWS_PER_PAGE;
+        if let Some(last) = chunk.last() {
+            *cursor = Some(last.name.clone());
+        }
+        let rows: Vec<TenantInfo> = chunk.into_iter().filter(|t| allowed(t)).collect();
+        if end || !rows.is_empty() {
+            return (rows, !end);
+        }
+    };
     if !compact {
-        return conn.send(&ApiResponse::Tenants { tenants }).await;
+        let mut tenants = Vec::new();
+        loop {
+            let (rows, more) = next_rows(&mut cursor);
+            tenants.extend(rows);
+            if !more {
+                return conn.send(&ApiResponse::Tenants { tenants }).await;
+            }
+        }
     }
-    for page in TenantPage::paginate(tenants, crate::util::now_unix_secs()) {
+    let now = crate::util::now_unix_secs();
+    let (mut rows, mut more) = next_rows(&mut cursor);
+    let mut first = true;
+    loop {
+        // Read ahead one chunk: a page says whether another follows.
+        let (next, next_more) = if more {
+            next_rows(&mut cursor)
+        } else {
+            (Vec::new(), false)
+        };
+        let last = next.is_empty();
+        let page = TenantPage {
+            first,
+            more: !last,
+            ..TenantPage::of(rows.into_iter(), now)
+        };
         conn.send(&ApiResponse::TenantPage(page)).await?;
+        if last {
+            return Ok(());
+        }
+        (rows, more, first) = (next, next_more, false);
     }
-    Ok(())
 }
 
 async fn next_event(

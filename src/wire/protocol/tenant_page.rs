@@ -120,7 +120,8 @@ impl TenantPage {
         })
     }
 
-    fn of(tenants: impl Iterator<Item = TenantInfo>, now: u64) -> TenantPage {
+    /// One page of `tenants` (its `first` and `more` left for the caller to set).
+    pub fn of(tenants: impl Iterator<Item = TenantInfo>, now: u64) -> TenantPage {
         let mut agents = Interner::new();
         let mut sets = Interner::new();
         let ago = |t: Option<u64>| t.map(|t| now.saturating_sub(t));
