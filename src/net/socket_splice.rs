@@ -1,8 +1,8 @@
 //! Joining two plain TCP sockets inside the kernel: each direction moves through a pipe with
 //! splice(2), socket → pipe → socket, so the bytes are never copied into this process (on
 //! Linux the pipe only holds references to the received pages). What the SP does with a
-//! session after `ready`, where it copies an end-to-end channel it cannot read, and what a
-//! gateway does with every connection.
+//! session after `ready`, where it copies an end-to-end channel it cannot read. (Gateways
+//! still copy through their own buffers: they watch each connection's activity as it goes.)
 //!
 //! Same contract as [`splice`](super::splice::splice): both directions run until each has
 //! ended, a half-close is passed on, bytes are counted as they go, and `cancel` stops it. A
@@ -80,7 +80,7 @@ async fn run(a: RawSide, b: RawSide, counters: &Counters, cancel: &CancellationT
     }
 }
 
-/// A pipe's two ends, non-blocking.
+/// A pipe's two ends, non-blocking: bytes go `into` it and come `out`.
 struct Pipe {
     out: rustix::fd::OwnedFd,
     into: rustix::fd::OwnedFd,

@@ -73,7 +73,12 @@ impl WalSync {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let synced = std::fs::File::open(&self.path).and_then(|wal| wal.sync_data());
+        let synced = match std::fs::File::open(&self.path) {
+            Ok(wal) => wal.sync_data(),
+            // No log (yet, or any more): nothing of it to sync.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
         if synced.is_err() {
             self.dirty.store(true, Ordering::Release);
         }
@@ -82,9 +87,9 @@ impl WalSync {
 
     /// Syncs every [`AUDIT_SYNCED_WITHIN`] on a thread of its own, as long as the registry
     /// is open.
-    fn start(self: &Arc<Self>) {
+    fn start(self: &Arc<Self>) -> std::io::Result<()> {
         let weak = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("registry-sync".into())
             .spawn(move || {
                 loop {
@@ -94,13 +99,8 @@ impl WalSync {
                         tracing::error!("syncing the registry's log to disk failed: {e}");
                     }
                 }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(
-                "no thread to sync the registry's log: {e}; audit rows are synced as they are written"
-            );
-            self.dirty.store(true, Ordering::Release);
-        }
+            })
+            .map(drop)
     }
 }
 
@@ -129,7 +129,10 @@ impl Registry {
             path: wal,
             dirty: AtomicBool::new(false),
         });
-        wal.start();
+        wal.start().map_err(|source| RegistryError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Registry {
             conn: Mutex::new(conn),
             wal,
