@@ -657,3 +657,47 @@ async fn a_gateway_serves_its_metrics_and_health() {
     }
     promtool_check(&text);
 }
+
+/// `/v1/openapi.json`: the document derived from the code names every path of the API, each
+/// with its methods, and the bearer scheme; it needs no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_path() {
+    let admin = Admin::start().await;
+    let (status, doc) = send(admin.http.get(format!("{}/v1/openapi.json", admin.base))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{doc}"
+    );
+    for (path, methods) in [
+        ("/v1/server", &["get"][..]),
+        ("/v1/tenants", &["get", "post"]),
+        ("/v1/tenants/{name}", &["get", "delete"]),
+        ("/v1/tenants/{name}/disable", &["post"]),
+        ("/v1/tenants/{name}/enable", &["post"]),
+        ("/v1/tenants/{name}/rotate-secret", &["post"]),
+        ("/v1/tenants/{name}/reset-key", &["post"]),
+        ("/v1/operators", &["get", "post"]),
+        ("/v1/operators/{name}", &["delete"]),
+        ("/v1/operators/{name}/passwd", &["post"]),
+        ("/v1/operators/{name}/tenants", &["put"]),
+        ("/v1/operators/{name}/revoke", &["post"]),
+        ("/v1/sessions", &["get"]),
+        ("/v1/sessions/{id}", &["get", "delete"]),
+        ("/v1/audit", &["get"]),
+        ("/v1/gateways", &["get"]),
+    ] {
+        for method in methods {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} missing"
+            );
+        }
+    }
+    assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(16));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["components"]["schemas"]["AdminError"].is_object());
+}

@@ -14,7 +14,7 @@ use crate::wire::protocol::ErrorCode;
 /// Why an admin request failed: stable codes a script can branch on. The codes the SP
 /// protocol has too (`bad_request`, `auth_failed`, `access_denied`, `unknown_tenant`,
 /// `internal`) keep its names and meaning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminCode {
     BadRequest,
@@ -46,7 +46,7 @@ impl From<ErrorCode> for AdminCode {
 }
 
 /// A failed admin request: its code and words for a person.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error, utoipa::ToSchema)]
 #[error("{message}")]
 pub struct AdminError {
     pub code: AdminCode,

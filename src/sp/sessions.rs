@@ -33,7 +33,7 @@ pub struct LiveSession {
 }
 
 /// A session as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub session_id: String,
     pub tenant: String,

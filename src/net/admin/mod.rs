@@ -8,7 +8,7 @@ mod probes;
 mod sp;
 
 pub use probes::{TenantFigures, gateway_metrics};
-pub use sp::{AdminState, router as sp_router, run_sp};
+pub use sp::{AdminState, openapi, router as sp_router, run_sp};
 
 use std::net::SocketAddr;
 

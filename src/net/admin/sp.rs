@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, JsonBody, QueryArgs, finish, healthz, metrics_response};
 use crate::sp::SpService;
-use crate::sp::admin::{Admin, AdminCode, TenantQuery};
-use crate::sp::registry::{Actor, AdminScope, AuditQuery, TenantAccount};
+use crate::sp::admin::{Admin, AdminCode, AdminError, TenantQuery};
+use crate::sp::registry::{Actor, AdminScope, AuditPage, AuditQuery, Operator, TenantAccount};
+use crate::sp::sessions::SessionView;
 use crate::util::lock;
 use crate::wire::protocol::TenantStatus;
 
@@ -119,7 +120,8 @@ pub fn router(state: AdminState) -> Router {
         ));
     let open = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi_json));
     finish(v1.merge(open).with_state(state))
 }
 
@@ -202,6 +204,16 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 /// The server itself.
+#[utoipa::path(
+    get,
+    path = "/v1/server",
+    tag = "server",
+    summary = "Version, node, uptime, tenants online, sessions active",
+    responses(
+        (status = 200, description = "the server", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+    )
+)]
 async fn server(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let sp = &state.sp;
     let now = crate::util::now_unix_secs();
@@ -228,7 +240,7 @@ fn node_name() -> String {
 }
 
 /// A tenant as the API shows it: its account and, while it is connected, its live state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct TenantRow {
     name: String,
     enabled: bool,
@@ -236,6 +248,8 @@ struct TenantRow {
     created_at: u64,
     last_seen: Option<u64>,
     tenant_key: Option<String>,
+    /// `online`, `offline` or `disabled`.
+    #[schema(value_type = String)]
     status: TenantStatus,
     connected_since: Option<u64>,
     remote_addr: Option<String>,
@@ -278,17 +292,35 @@ fn tenant_row(sp: &SpService, account: TenantAccount) -> TenantRow {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TenantsArgs {
+    /// Only enabled (`true`) or disabled (`false`) tenants.
     enabled: Option<bool>,
     /// Names containing this text.
     name: Option<String>,
+    /// `online`, `offline` or `disabled`.
+    #[param(value_type = Option<String>)]
     status: Option<TenantStatus>,
+    /// Names after this one: the previous page's `next`.
     after: Option<String>,
+    /// Rows in the page (default 100, at most 1000).
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    tag = "tenants",
+    summary = "Tenants by name, one page, with their live state",
+    params(TenantsArgs),
+    responses(
+        (status = 200, description = "`{tenants: [TenantRow], next}`: `next` is the `after` of the next page", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 400, description = "malformed JSON, an unknown field, a bad name", body = AdminError),
+    )
+)]
 async fn tenants(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -319,6 +351,18 @@ async fn tenants(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{name}",
+    tag = "tenants",
+    summary = "One tenant",
+    params(("name" = String, Path, description = "the tenant's name")),
+    responses(
+        (status = 200, description = "the tenant", body = TenantRow),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 404, description = "no such tenant", body = AdminError),
+    )
+)]
 async fn tenant(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -332,7 +376,7 @@ async fn tenant(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTenant {
     name: String,
@@ -341,6 +385,20 @@ struct NewTenant {
     tenant_key: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    tag = "tenants",
+    summary = "Add a tenant; its secret is in this answer only",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "`{tenant, secret}`", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 400, description = "malformed JSON, an unknown field, a bad name", body = AdminError),
+        (status = 409, description = "a tenant of that name exists", body = AdminError),
+    )
+)]
 async fn add_tenant(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -369,6 +427,19 @@ async fn change<T: Send + 'static>(
     blocking(move || work(&Admin::new(&sp.registry, by))).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{name}/disable",
+    tag = "tenants",
+    summary = "Disable a tenant: its connection and sessions end",
+    params(("name" = String, Path, description = "the tenant's name")),
+    responses(
+        (status = 200, description = "disabled", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 404, description = "no such tenant", body = AdminError),
+    )
+)]
 async fn disable_tenant(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -379,6 +450,19 @@ async fn disable_tenant(
     Ok(Json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{name}/enable",
+    tag = "tenants",
+    summary = "Enable a tenant again",
+    params(("name" = String, Path, description = "the tenant's name")),
+    responses(
+        (status = 200, description = "enabled", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 404, description = "no such tenant", body = AdminError),
+    )
+)]
 async fn enable_tenant(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -389,6 +473,19 @@ async fn enable_tenant(
     Ok(Json(answer))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{name}",
+    tag = "tenants",
+    summary = "Remove a tenant account",
+    params(("name" = String, Path, description = "the tenant's name")),
+    responses(
+        (status = 200, description = "removed", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 404, description = "no such tenant", body = AdminError),
+    )
+)]
 async fn remove_tenant(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -399,6 +496,19 @@ async fn remove_tenant(
     Ok(Json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{name}/rotate-secret",
+    tag = "tenants",
+    summary = "Issue a new secret (in this answer only); the old one stops working",
+    params(("name" = String, Path, description = "the tenant's name")),
+    responses(
+        (status = 200, description = "`{tenant, secret}`", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 404, description = "no such tenant", body = AdminError),
+    )
+)]
 async fn rotate_secret(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -409,6 +519,19 @@ async fn rotate_secret(
     Ok(Json(json!({"tenant": tenant, "secret": secret})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{name}/reset-key",
+    tag = "tenants",
+    summary = "Forget the recorded key of a tenant: the next one it presents is recorded",
+    params(("name" = String, Path, description = "the tenant's name")),
+    responses(
+        (status = 200, description = "forgotten", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 404, description = "no such tenant", body = AdminError),
+    )
+)]
 async fn reset_key(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -419,6 +542,16 @@ async fn reset_key(
     Ok(Json(answer))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/operators",
+    tag = "operators",
+    summary = "Operators and their tenant scopes",
+    responses(
+        (status = 200, description = "`{operators: [Operator]}`", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+    )
+)]
 async fn operators(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -427,7 +560,7 @@ async fn operators(
     Ok(Json(json!({"operators": operators})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewOperator {
     name: String,
@@ -440,6 +573,20 @@ fn every_tenant() -> String {
     "*".to_string()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/operators",
+    tag = "operators",
+    summary = "Add an operator; the generated password is in this answer only",
+    request_body = NewOperator,
+    responses(
+        (status = 201, description = "`{operator, password}`", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 400, description = "malformed JSON, an unknown field, a bad name", body = AdminError),
+        (status = 409, description = "an operator of that name exists", body = AdminError),
+    )
+)]
 async fn add_operator(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -456,13 +603,28 @@ async fn add_operator(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Passwd {
     /// The new password (at least 12 characters); left out, one is generated and returned.
     password: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{name}/passwd",
+    tag = "operators",
+    summary = "Set or generate a password; revokes their tokens",
+    params(("name" = String, Path, description = "the operator's name")),
+    request_body = Passwd,
+    responses(
+        (status = 200, description = "`{operator, tokens_revoked, password?}` (password only when generated)", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 400, description = "malformed JSON, an unknown field, a bad name", body = AdminError),
+        (status = 404, description = "no such operator", body = AdminError),
+    )
+)]
 async fn passwd(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -481,13 +643,28 @@ async fn passwd(
     Ok(Json(answer))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Scope {
     /// `*`, a comma-separated list of tenant names, or empty for none.
     tenants: String,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/operators/{name}/tenants",
+    tag = "operators",
+    summary = "Set which tenants an operator may open; revokes their tokens",
+    params(("name" = String, Path, description = "the operator's name")),
+    request_body = Scope,
+    responses(
+        (status = 200, description = "`{operator, tenants, tokens_revoked}`", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 400, description = "malformed JSON, an unknown field, a bad name", body = AdminError),
+        (status = 404, description = "no such operator", body = AdminError),
+    )
+)]
 async fn set_tenants(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -505,6 +682,19 @@ async fn set_tenants(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{name}/revoke",
+    tag = "operators",
+    summary = "Revoke every token of an operator",
+    params(("name" = String, Path, description = "the operator's name")),
+    responses(
+        (status = 200, description = "`{operator, tokens_revoked}`", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 404, description = "no such operator", body = AdminError),
+    )
+)]
 async fn revoke(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -517,6 +707,19 @@ async fn revoke(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/operators/{name}",
+    tag = "operators",
+    summary = "Remove an operator and their tokens",
+    params(("name" = String, Path, description = "the operator's name")),
+    responses(
+        (status = 200, description = "`{operator, removed, tokens_revoked}`", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 404, description = "no such operator", body = AdminError),
+    )
+)]
 async fn remove_operator(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -529,10 +732,32 @@ async fn remove_operator(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    tag = "sessions",
+    summary = "Sessions being relayed now, with bytes so far and route",
+    responses(
+        (status = 200, description = "`{sessions: [SessionView]}`", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+    )
+)]
 async fn sessions(State(state): State<AdminState>) -> Json<serde_json::Value> {
     Json(json!({"sessions": state.sp.sessions.list()}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    summary = "One live session",
+    params(("id" = String, Path, description = "the session id")),
+    responses(
+        (status = 200, description = "the session", body = SessionView),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 404, description = "no such live session", body = AdminError),
+    )
+)]
 async fn session(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -554,6 +779,19 @@ fn no_session(id: &str) -> ApiError {
 
 /// Ends a live session. Its splice is cancelled at once; its audit row closes as
 /// `ended: by admin (admin token NAME)`.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    summary = "End a live session now; its audit row names the token",
+    params(("id" = String, Path, description = "the session id")),
+    responses(
+        (status = 202, description = "`{session_id, ending}`", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+        (status = 404, description = "no such live session", body = AdminError),
+    )
+)]
 async fn end_session(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -569,18 +807,38 @@ async fn end_session(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditArgs {
+    /// Rows of this tenant.
     tenant: Option<String>,
+    /// Rows of this operator.
     operator: Option<String>,
+    /// Rows started at or after this time (Unix seconds).
     since: Option<u64>,
+    /// Rows started before this time (Unix seconds).
     until: Option<u64>,
+    /// Rows whose outcome starts with this text (`closed`, `failed`, `ended`, `open`).
     outcome: Option<String>,
+    /// Rows older than this id: the previous page's `next`.
     before: Option<i64>,
+    /// Rows in the page (default 100, at most 1000).
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    summary = "The audit log, newest first, one page",
+    params(AuditArgs),
+    responses(
+        (status = 200, description = "a page; `next` is the `before` of the next", body = AuditPage),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 400, description = "malformed JSON, an unknown field, a bad name", body = AdminError),
+    )
+)]
 async fn audit(
     State(state): State<AdminState>,
     Extension(by): Extension<Actor>,
@@ -598,6 +856,16 @@ async fn audit(
     change(state, by, move |a| a.audit(&query)).await.map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/gateways",
+    tag = "server",
+    summary = "The gateway pool handed to tenants and the trusted gateways as this SP saw them",
+    responses(
+        (status = 200, description = "`{pool, trusted: [{address, connections, last_seen}]}`", body = serde_json::Value),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+    )
+)]
 async fn gateways(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let trusted: Vec<serde_json::Value> = state
         .sp
@@ -612,4 +880,77 @@ async fn gateways(State(state): State<AdminState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(json!({"pool": state.sp.gateways(), "trusted": trusted}))
+}
+
+/// The API's OpenAPI document, derived from the handlers above and their types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "rac SP admin API",
+        description = "The admin listener of `rac sp run --admin`: accounts, live sessions, the audit log. Every path needs `Authorization: Bearer TOKEN` (`rac sp admin-token create`); a read-only token may only GET. Errors are `{code, message}`. `/healthz`, `/readyz` and this document need no token; `/metrics` is Prometheus' text format."
+    ),
+    paths(
+        server,
+        tenants,
+        tenant,
+        add_tenant,
+        disable_tenant,
+        enable_tenant,
+        remove_tenant,
+        rotate_secret,
+        reset_key,
+        operators,
+        add_operator,
+        passwd,
+        set_tenants,
+        revoke,
+        remove_operator,
+        sessions,
+        session,
+        end_session,
+        audit,
+        gateways
+    ),
+    components(schemas(
+        TenantRow,
+        NewTenant,
+        NewOperator,
+        Passwd,
+        Scope,
+        Operator,
+        SessionView,
+        AuditPage,
+        crate::sp::registry::AuditEntry,
+        AdminError,
+        AdminCode
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// Declares the bearer token scheme the document's `security` names.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of the SP's admin API, as JSON.
+pub fn openapi() -> String {
+    use utoipa::OpenApi;
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi()).into_response()
 }

@@ -26,7 +26,7 @@ pub struct TenantAccount {
 }
 
 /// An operator allowed to use consoles, and which tenants they may open.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Operator {
     pub name: String,
     /// `*` for every tenant, else a comma-separated list of tenant names.

@@ -9,7 +9,7 @@ use super::{Registry, Result};
 use crate::util::now_unix_secs;
 
 /// One audited console session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub operator: String,
@@ -146,7 +146,7 @@ pub struct AuditQuery {
 }
 
 /// One page of the audit log and the cursor of the next (`None`: this was the last).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     pub next: Option<i64>,
