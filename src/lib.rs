@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod lab;
+pub mod metrics;
 pub mod net;
 pub mod signal;
 pub mod sp;

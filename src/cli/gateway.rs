@@ -34,6 +34,9 @@ pub struct GatewayArgs {
     /// On SIGTERM, let open connections finish for this many seconds.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_secs: u64,
+    /// Serve /metrics and /healthz here (host:port, or a port on 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
 }
 
 /// Resolves the addresses, checks the limits, serves until SIGINT/SIGTERM and drains.
@@ -53,6 +56,35 @@ pub(super) async fn run(args: GatewayArgs) -> Result<ExitCode> {
     let addr = resolve(&args.listen).await?;
     let listener = crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
     eprintln!("gateway listening on {}", listener.local_addr()?);
-    crate::net::gateway::run(config, listener, crate::signal::shutdown_on_signal()).await?;
+    let stats = std::sync::Arc::new(crate::net::gateway::GatewayStats::default());
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    let _admin = match &args.admin {
+        Some(admin) => {
+            let addr = crate::sp::config::parse_admin_listen(admin)?;
+            let admin_listener = crate::net::admin::bind(addr).await?;
+            eprintln!(
+                "gateway admin listening on {}",
+                admin_listener.local_addr()?
+            );
+            let stats = stats.clone();
+            let router =
+                crate::net::admin::probe_router(move || crate::net::admin::gateway_metrics(&stats));
+            Some(tokio::spawn(crate::net::admin::serve(
+                router,
+                admin_listener,
+                admin_stop.clone(),
+            )))
+        }
+        None => None,
+    };
+    let served = crate::net::gateway::run_with_stats(
+        config,
+        listener,
+        crate::signal::shutdown_on_signal(),
+        stats,
+    )
+    .await;
+    admin_stop.cancel();
+    served?;
     Ok(ExitCode::SUCCESS)
 }

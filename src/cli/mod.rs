@@ -81,6 +81,13 @@ pub enum Command {
     Console,
     /// Measure throughput, session-open latency and idle-tenant cost against direct loopback.
     Bench(crate::bench::BenchArgs),
+    /// Write the man pages (rac.1 and one per subcommand) into a folder, for packages.
+    #[command(hide = true)]
+    Man {
+        /// The folder to write them into (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
 }
 
 /// Logs go to stderr: stdout is for results scripts read.
@@ -137,6 +144,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }),
         Some(Command::Lab(args)) => runtime()?.block_on(lab::headless(args)),
         Some(Command::Sp(cmd)) => sp::run(cmd),
+        Some(Command::Man { out }) => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("writing man pages into {}", out.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Gateway(args)) => runtime()?.block_on(gateway::run(args)),
         Some(Command::Tenant(args)) => runtime()?.block_on(tenant::run(args)),
         Some(Command::Tenants(args)) => runtime()?.block_on(console::tenants(args)),

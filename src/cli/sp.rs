@@ -10,8 +10,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use super::{Output, print_json, runtime};
+use crate::sp::admin::Admin;
 use crate::sp::config::StateDir;
-use crate::sp::registry::Registry;
+use crate::sp::registry::{Actor, AdminScope, Registry};
 
 /// The SP's state dir: every `rac sp` command works on one.
 #[derive(Debug, Args)]
@@ -66,6 +67,9 @@ pub enum SpCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Manage the admin API's bearer tokens.
+    #[command(subcommand)]
+    AdminToken(SpAdminTokenCommand),
     /// Serve the SP port.
     Run {
         #[command(flatten)]
@@ -73,6 +77,40 @@ pub enum SpCommand {
         /// Address to listen on (host:port, or a port for all interfaces).
         #[arg(long, default_value = "0.0.0.0:6180")]
         listen: String,
+        /// Also serve the admin listener (REST API v1, /metrics, /healthz, /readyz) here:
+        /// host:port, or a port on 127.0.0.1. Overrides `[admin] listen` in sp.toml.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpAdminTokenCommand {
+    /// Create a token for the admin API; prints it once (only its hash is stored).
+    Create {
+        /// The token's name, written to the audit log with every change made with it.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+        /// The token may only read (GET): lists, the audit log, metrics.
+        #[arg(long)]
+        read_only: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List the admin tokens (names and scopes, never the tokens).
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Revoke an admin token: it stops working at its next request.
+    Revoke {
+        /// The token's name.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
     },
 }
 
@@ -266,15 +304,9 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 tenant_key,
                 output,
             } => {
-                let tenant_key = tenant_key
-                    .map(|k| crate::wire::parse_fingerprint(&k).map(|fp| crate::wire::format_fingerprint(&fp)))
-                    .transpose()
-                    .context("--tenant-key must be a SHA-256 fingerprint (64 hex digits, colons allowed)")?;
-                let secret = state.registry()?.add_tenant_with_key(
-                    &name,
-                    &description,
-                    tenant_key.as_deref(),
-                )?;
+                let registry = state.registry()?;
+                let secret =
+                    local(&registry).add_tenant(&name, &description, tenant_key.as_deref())?;
                 if output.json {
                     print_json(&serde_json::json!({"tenant": name, "secret": secret}))?;
                 } else {
@@ -283,7 +315,7 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 }
             }
             SpTenantCommand::List { state, output } => {
-                let tenants = state.registry()?.tenants()?;
+                let tenants = local(&state.registry()?).all_tenants()?;
                 if output.json {
                     print_json(&tenants)?;
                 } else {
@@ -305,19 +337,19 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 }
             }
             SpTenantCommand::Disable { name, state } => {
-                state.registry()?.set_enabled(&name, false)?;
+                local(&state.registry()?).set_tenant_enabled(&name, false)?;
                 println!("tenant {name} disabled (a running SP drops its connection and sessions)");
             }
             SpTenantCommand::Enable { name, state } => {
-                state.registry()?.set_enabled(&name, true)?;
+                local(&state.registry()?).set_tenant_enabled(&name, true)?;
                 println!("tenant {name} enabled");
             }
             SpTenantCommand::Remove { name, state } => {
-                state.registry()?.remove_tenant(&name)?;
+                local(&state.registry()?).remove_tenant(&name)?;
                 println!("tenant {name} removed");
             }
             SpTenantCommand::ResetKey { name, state } => {
-                state.registry()?.reset_tenant_key(&name)?;
+                local(&state.registry()?).reset_tenant_key(&name)?;
                 println!(
                     "tenant {name}'s key forgotten: the next key it presents is recorded \
                      (a running SP picks this up within a second)"
@@ -328,7 +360,7 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 state,
                 output,
             } => {
-                let secret = state.registry()?.rotate_secret(&name)?;
+                let secret = local(&state.registry()?).rotate_secret(&name)?;
                 if output.json {
                     print_json(&serde_json::json!({"tenant": name, "secret": secret}))?;
                 } else {
@@ -345,8 +377,7 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 tenants,
                 output,
             } => {
-                let password = crate::sp::auth::random_hex_16();
-                state.registry()?.add_operator(&name, &password, &tenants)?;
+                let password = local(&state.registry()?).add_operator(&name, &tenants)?;
                 if output.json {
                     print_json(&serde_json::json!({"operator": name, "password": password}))?;
                 } else {
@@ -354,7 +385,7 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 }
             }
             SpOperatorCommand::List { state, output } => {
-                let operators = state.registry()?.operators()?;
+                let operators = local(&state.registry()?).operators()?;
                 if output.json {
                     print_json(&operators)?;
                 } else {
@@ -364,7 +395,7 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 }
             }
             SpOperatorCommand::Revoke { name, state } => {
-                let n = state.registry()?.revoke_operator_tokens_audited(&name)?;
+                let n = local(&state.registry()?).revoke_operator(&name)?;
                 println!(
                     "revoked {n} token(s) of {name} (a running SP ends their sessions and feeds)"
                 );
@@ -375,25 +406,26 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 output,
             } => {
                 let registry = state.registry()?;
-                let (password, generated) = new_operator_password(&name)?;
-                let n = registry.set_operator_password(&name, &password)?;
+                let chosen = chosen_operator_password(&name)?;
+                let (generated, n) =
+                    local(&registry).set_operator_password(&name, chosen.as_deref())?;
                 match (output.json, generated) {
-                    (true, true) => print_json(&serde_json::json!({
+                    (true, Some(password)) => print_json(&serde_json::json!({
                         "operator": name, "password": password, "tokens_revoked": n,
                     }))?,
-                    (true, false) => print_json(&serde_json::json!({
+                    (true, None) => print_json(&serde_json::json!({
                         "operator": name, "tokens_revoked": n,
                     }))?,
-                    (false, true) => println!(
+                    (false, Some(password)) => println!(
                         "new password for {name}: {password}   (shown once)\nrevoked {n} token(s) (a running SP ends their sessions and feeds)"
                     ),
-                    (false, false) => println!(
+                    (false, None) => println!(
                         "password of {name} changed; revoked {n} token(s) (a running SP ends their sessions and feeds)"
                     ),
                 }
             }
             SpOperatorCommand::Remove { name, state } => {
-                let n = state.registry()?.remove_operator(&name)?;
+                let n = local(&state.registry()?).remove_operator(&name)?;
                 println!(
                     "operator {name} removed; revoked {n} token(s) (a running SP ends their sessions and feeds)"
                 );
@@ -403,7 +435,7 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 tenants,
                 state,
             } => {
-                let n = state.registry()?.set_operator_tenants(&name, &tenants)?;
+                let n = local(&state.registry()?).set_operator_tenants(&name, &tenants)?;
                 println!(
                     "operator {name} may now open: {}; revoked {n} token(s) (a running SP ends their sessions and feeds)",
                     if tenants.trim().is_empty() {
@@ -438,19 +470,59 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 }
             }
         }
-        SpCommand::Run { state, listen } => {
+        SpCommand::AdminToken(cmd) => admin_token(cmd)?,
+        SpCommand::Run {
+            state,
+            listen,
+            admin,
+        } => {
             let addr = crate::sp::config::parse_listen(&listen)?;
             let engine = crate::net::cloud_redirector::SpEngine::open(&state.dir())?;
+            let admin = admin
+                .or_else(|| {
+                    engine
+                        .service
+                        .config
+                        .admin
+                        .as_ref()
+                        .map(|a| a.listen.clone())
+                })
+                .map(|a| crate::sp::config::parse_admin_listen(&a))
+                .transpose()?;
             return runtime()?.block_on(async move {
                 let listener =
                     crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
                 eprintln!("SP listening on {}", listener.local_addr()?);
-                crate::net::cloud_redirector::run(
+                // The admin listener outlives the SP port by the drain, so `/readyz` says
+                // `503` while the SP shuts down; it stops when `run` returns.
+                let admin_stop = tokio_util::sync::CancellationToken::new();
+                let admin_task = match admin {
+                    Some(admin) => {
+                        let admin_listener = crate::net::admin::bind(admin).await?;
+                        eprintln!("SP admin listening on {}", admin_listener.local_addr()?);
+                        Some(tokio::spawn(crate::net::admin::run_sp(
+                            engine.service.clone(),
+                            admin_listener,
+                            admin_stop.clone(),
+                        )))
+                    }
+                    None => None,
+                };
+                let served = crate::net::cloud_redirector::run(
                     engine,
                     listener,
                     crate::signal::shutdown_on_signal(),
                 )
-                .await?;
+                .await;
+                admin_stop.cancel();
+                if let Some(task) = admin_task {
+                    match task.await {
+                        Ok(Err(e)) => tracing::error!("admin listener: {e:#}"),
+                        Err(e) => tracing::error!("admin listener: {e}"),
+                        Ok(Ok(())) => {}
+                    }
+                }
+                served?;
                 Ok(ExitCode::SUCCESS)
             });
         }
@@ -458,12 +530,67 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The shortest operator password `rac sp operator passwd` takes from a person.
-const MIN_CHOSEN_PASSWORD_LEN: usize = 12;
+/// Account administration from this host's command line.
+fn local(registry: &Registry) -> Admin<'_> {
+    Admin::new(registry, Actor::Local)
+}
 
-/// A new operator password: from RAC_PASSWORD, else asked twice on the terminal (empty:
-/// generate), else generated. `true` with a generated one, which the caller prints once.
-fn new_operator_password(name: &str) -> Result<(String, bool)> {
+/// `rac sp admin-token ...`.
+fn admin_token(cmd: SpAdminTokenCommand) -> Result<()> {
+    match cmd {
+        SpAdminTokenCommand::Create {
+            name,
+            state,
+            read_only,
+            output,
+        } => {
+            let scope = if read_only {
+                AdminScope::ReadOnly
+            } else {
+                AdminScope::ReadWrite
+            };
+            let token = state
+                .registry()?
+                .create_admin_token(&name, scope, &Actor::Local)?;
+            if output.json {
+                print_json(&serde_json::json!({
+                    "name": name, "scope": scope, "token": token,
+                }))?;
+            } else {
+                println!("admin token {name} ({}) created", scope.as_str());
+                println!("token: {token}   (shown once: send it as `Authorization: Bearer TOKEN`)");
+            }
+        }
+        SpAdminTokenCommand::List { state, output } => {
+            let tokens = state.registry()?.admin_tokens()?;
+            if output.json {
+                print_json(&tokens)?;
+            } else {
+                println!("{:<24} {:<11} {:<20} LAST USED", "NAME", "SCOPE", "CREATED");
+                for t in tokens {
+                    println!(
+                        "{:<24} {:<11} {:<20} {}",
+                        t.name,
+                        t.scope.as_str(),
+                        crate::util::format::date_time(t.created_at),
+                        t.last_used
+                            .map(crate::util::format::date_time)
+                            .unwrap_or_else(|| "never".into()),
+                    );
+                }
+            }
+        }
+        SpAdminTokenCommand::Revoke { name, state } => {
+            state.registry()?.revoke_admin_token(&name, &Actor::Local)?;
+            println!("admin token {name} revoked");
+        }
+    }
+    Ok(())
+}
+
+/// A chosen operator password: from RAC_PASSWORD, else asked twice on the terminal (empty:
+/// generate), else none (`None`: generate one, which the caller prints once).
+fn chosen_operator_password(name: &str) -> Result<Option<String>> {
     let chosen = if let Ok(pw) = std::env::var("RAC_PASSWORD") {
         if pw.is_empty() {
             bail!("RAC_PASSWORD is empty; unset it to have a password generated");
@@ -484,13 +611,6 @@ fn new_operator_password(name: &str) -> Result<(String, bool)> {
     } else {
         String::new()
     };
-    if chosen.is_empty() {
-        return Ok((crate::sp::auth::random_hex_16(), true));
-    }
-    if chosen.chars().count() < MIN_CHOSEN_PASSWORD_LEN {
-        bail!(
-            "the new password is too short: use at least {MIN_CHOSEN_PASSWORD_LEN} characters; nothing changed"
-        );
-    }
-    Ok((chosen, false))
+    // Its length is checked where the API's is (`sp::admin`).
+    Ok((!chosen.is_empty()).then_some(chosen))
 }

@@ -97,8 +97,23 @@ pub(super) async fn run(args: TenantArgs) -> Result<ExitCode> {
         consent,
         shutdown.clone(),
     ));
-    let (state, _) =
+    let (state, state_rx) =
         tokio::sync::watch::channel(crate::net::tenant_redirector::AgentState::Connecting);
+    if let Some(admin) = &file.admin {
+        let addr = crate::sp::config::parse_admin_listen(&admin.listen)?;
+        let admin_listener = crate::net::admin::bind(addr).await?;
+        eprintln!("tenant admin listening on {}", admin_listener.local_addr()?);
+        let figures = std::sync::Arc::new(crate::net::admin::TenantFigures::default());
+        tracker.spawn(figures.clone().follow(state_rx, shutdown.clone()));
+        let consent = consent_rx.clone();
+        let router = crate::net::admin::probe_router(move || figures.render(*consent.borrow()));
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = crate::net::admin::serve(router, admin_listener, stop).await {
+                tracing::error!("admin listener: {e:#}");
+            }
+        });
+    }
     crate::net::tenant_redirector::run_with_consent(config, shutdown, state, consent_rx).await?;
     tracker.close();
     tracker.wait().await;

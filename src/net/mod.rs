@@ -1,6 +1,7 @@
 //! Everything that touches a socket: TLS, the redirectors, the gateway and the dialers.
 
 pub mod acceptor;
+pub mod admin;
 pub mod admission;
 pub mod backoff;
 pub mod backup_host;

@@ -43,6 +43,28 @@ pub struct SpConfig {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Milliseconds between checks of the registry file for changes by other processes.
     pub registry_poll_millis: u64,
+    /// `[admin]`: the admin listener (REST API, `/metrics`, `/healthz`, `/readyz`); off
+    /// unless set here or with `rac sp run --admin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]` in `sp.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port`, or a bare port on the loopback address (`6181` = `127.0.0.1:6181`).
+    pub listen: String,
+}
+
+/// Parses an admin listener's address: `host:port`, or a bare port on the loopback address
+/// (the admin API is local unless asked otherwise).
+pub fn parse_admin_listen(text: &str) -> Result<SocketAddr> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .with_context(|| format!("{text:?} is not an address like 127.0.0.1:6181"))
 }
 
 impl Default for SpConfig {
@@ -65,6 +87,7 @@ impl Default for SpConfig {
             gateways: Vec::new(),
             trusted_proxies: Vec::new(),
             registry_poll_millis: 500,
+            admin: None,
         }
     }
 }
@@ -108,6 +131,9 @@ impl SpConfig {
             if value == 0 {
                 bail!("{name} must be greater than 0");
             }
+        }
+        if let Some(admin) = &self.admin {
+            parse_admin_listen(&admin.listen).context("[admin] listen")?;
         }
         for gateway in &self.gateways {
             if !gateway.contains(':') {
@@ -230,6 +256,14 @@ mod tests {
         let bad: SpConfig =
             toml::from_str("heartbeat_secs = 5\ndead_after_secs = 5").expect("parse");
         assert!(bad.validate().is_err());
+        let admin: SpConfig = toml::from_str("[admin]\nlisten = \"6181\"").expect("parse");
+        admin.validate().expect("valid");
+        assert_eq!(
+            parse_admin_listen(&admin.admin.expect("admin").listen).expect("addr"),
+            "127.0.0.1:6181".parse::<SocketAddr>().expect("addr")
+        );
+        let text = toml::to_string(&SpConfig::default()).expect("toml");
+        assert!(!text.contains("admin"), "{text}");
     }
 
     #[test]

@@ -2,19 +2,22 @@
 //! the rules that decide whether a console may open a tenant. It knows no sockets:
 //! `net::cloud_redirector` hosts it on the wire.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod pki;
 pub mod presence;
 pub mod registry;
+pub mod sessions;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::metrics::{Shed, SpMetrics};
 use crate::wire::protocol::{ErrorCode, GRANT_MAX_SECS, Grant, GrantBody, GrantKey};
 use config::{SpConfig, StateDir};
 use presence::{Kick, Presence};
@@ -59,6 +62,29 @@ pub struct SpService {
     /// transaction by [`flush_tenant_keys`](Self::flush_tenant_keys), so a first start of
     /// 15,000 tenants is not 15,000 synced commits.
     new_tenant_keys: std::sync::Mutex<Vec<(String, String)>>,
+    /// Connections from each trusted gateway since the start.
+    gateways_seen: std::sync::Mutex<std::collections::HashMap<IpAddr, GatewaySeen>>,
+    /// This node's metrics (`/metrics` on the admin listener).
+    pub metrics: Arc<SpMetrics>,
+    /// The sessions being relayed now.
+    pub sessions: sessions::SessionTable,
+    /// The registry file (`None` for a service built on an open registry).
+    registry_path: Option<std::path::PathBuf>,
+    /// When this service started (Unix seconds).
+    pub started_at: u64,
+    /// Set while the SP port accepts connections.
+    serving: AtomicBool,
+    /// Set once the SP began to shut down.
+    draining: AtomicBool,
+}
+
+/// What the SP has seen of one trusted gateway since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GatewaySeen {
+    /// Connections accepted from it.
+    pub connections: u64,
+    /// When the last one came (Unix seconds; 0: none yet).
+    pub last_seen: u64,
 }
 
 /// A session the SP allows (step 5): who asks, and the console key its grant will name.
@@ -146,6 +172,7 @@ impl SpService {
         let grant_key = load_or_create_grant_key(&state.grant_key())?;
         let mut service = Self::build(config, registry, grant_key)?;
         service.config_path = Some(state.config());
+        service.registry_path = Some(state.registry());
         service.config_text = std::sync::Mutex::new(text);
         Ok(Arc::new(service))
     }
@@ -171,6 +198,8 @@ impl SpService {
         }
         let presence = Presence::new(registry.tenants()?);
         let seen = registry.data_version()?;
+        let metrics = Arc::new(SpMetrics::new());
+        registry.observe_writes(metrics.registry_write_seconds.clone());
         Ok(SpService {
             limiter: auth::LoginLimiter::new(
                 config.login_max_failures,
@@ -186,7 +215,38 @@ impl SpService {
             config_text: std::sync::Mutex::new(String::new()),
             grant_key,
             new_tenant_keys: std::sync::Mutex::new(Vec::new()),
+            gateways_seen: std::sync::Mutex::default(),
+            metrics,
+            sessions: sessions::SessionTable::default(),
+            registry_path: None,
+            started_at: crate::util::now_unix_secs(),
+            serving: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// The registry file, for a probe of its own (`None` for a service built on an open
+    /// registry).
+    pub fn registry_path(&self) -> Option<&std::path::Path> {
+        self.registry_path.as_deref()
+    }
+
+    /// The SP port accepts connections (`true`) or no longer does.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    /// The SP began to shut down: it takes no new connections and lets sessions end.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// The grant key's public half, hex, as tenants pin it.
@@ -266,6 +326,40 @@ impl SpService {
         check_tenant(self.presence.account(tenant).as_ref(), secret)
     }
 
+    /// A control connection's admission, in the metrics ([`admit_tenant`](Self::admit_tenant)
+    /// counts its own; the caller counts a refusal of
+    /// [`authenticate_tenant`](Self::authenticate_tenant)).
+    pub fn count_control(&self, result: Result<(), &Refusal>) {
+        use crate::metrics::ControlResult;
+        self.metrics.control(match result {
+            Ok(()) => ControlResult::Admitted,
+            Err(r) => match r.code {
+                ErrorCode::AuthFailed => ControlResult::AuthFailed,
+                ErrorCode::TenantDisabled => ControlResult::TenantDisabled,
+                ErrorCode::TenantKeyChanged => ControlResult::TenantKeyChanged,
+                _ => ControlResult::Other,
+            },
+        });
+    }
+
+    /// Notes a connection accepted from a trusted gateway (`/v1/gateways`).
+    pub fn note_gateway(&self, gateway: IpAddr) {
+        let mut seen = crate::util::lock(&self.gateways_seen);
+        let entry = seen.entry(gateway).or_default();
+        entry.connections += 1;
+        entry.last_seen = crate::util::now_unix_secs();
+    }
+
+    /// The trusted gateways, with what this SP has seen of each since it started.
+    pub fn gateways_seen(&self) -> Vec<(IpAddr, GatewaySeen)> {
+        let seen = crate::util::lock(&self.gateways_seen);
+        self.config
+            .trusted_proxies
+            .iter()
+            .map(|ip| (*ip, seen.get(ip).cloned().unwrap_or_default()))
+            .collect()
+    }
+
     /// Admits a tenant's control connection: checks its secret and enabled flag again,
     /// against the account as it is at this moment, and marks it online in the same step
     /// ([`Presence::connect_checked`]), so a `rotate-secret` or `disable` that lands after
@@ -285,7 +379,19 @@ impl SpService {
     ) -> Result<u64, Refusal> {
         let key = crate::wire::parse_fingerprint(tenant_key)
             .map(|fp| crate::wire::format_fingerprint(&fp))
-            .map_err(|_| Refusal::new(ErrorCode::BadRequest, "tenant_key is not a fingerprint"))?;
+            .map_err(|_| Refusal::new(ErrorCode::BadRequest, "tenant_key is not a fingerprint"));
+        let admitted = key.and_then(|key| self.admit_tenant_key(tenant, secret, key, live));
+        self.count_control(admitted.as_ref().map(|_| ()));
+        admitted
+    }
+
+    fn admit_tenant_key(
+        &self,
+        tenant: &str,
+        secret: &str,
+        key: String,
+        live: presence::Live,
+    ) -> Result<u64, Refusal> {
         self.presence.connect_checked(tenant, live, |account| {
             check_tenant(account.as_deref(), secret)?;
             let Some(account) = account else {
@@ -322,6 +428,7 @@ impl SpService {
     /// [`LoginAttempt::finish`].
     pub fn begin_login(self: &Arc<Self>, source: IpAddr) -> Result<LoginAttempt, Refusal> {
         if let Err(wait) = self.limiter.begin(source) {
+            self.metrics.shed(Shed::LoginRateLimited);
             tracing::warn!(%source, "login refused: too many failures from this address");
             return Err(Refusal::new(
                 ErrorCode::RateLimited,
@@ -333,6 +440,7 @@ impl SpService {
         }
         let Some(permit) = self.checker.try_acquire(self.limiter.is_known(source)) else {
             self.limiter.forgive(source);
+            self.metrics.shed(Shed::LoginBusy);
             tracing::debug!(%source, "login refused: every password check slot is busy");
             return Err(Refusal::plain(ErrorCode::Busy));
         };
@@ -451,6 +559,7 @@ impl LoginAttempt {
         };
         drop(self.permit);
         let (Some(hash), true) = (account, checked) else {
+            sp.metrics.login(false);
             tracing::warn!(%source, ?user, "failed login");
             return Err(Refusal::new(
                 ErrorCode::AuthFailed,
@@ -471,6 +580,7 @@ impl LoginAttempt {
             console_key,
         ) {
             Ok(Some(token)) => {
+                sp.metrics.login(true);
                 tracing::info!(%source, ?user, "operator logged in");
                 Ok((token, ttl))
             }

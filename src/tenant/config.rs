@@ -53,6 +53,17 @@ pub struct TenantConfig {
     /// grants.
     #[serde(default)]
     pub operator_keys: Vec<String>,
+    /// `[admin]`: serve `/metrics` and `/healthz` (off unless set).
+    #[serde(default)]
+    pub admin: Option<AdminListen>,
+}
+
+/// `[admin]` in a tenant's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminListen {
+    /// `host:port`, or a bare port on the loopback address.
+    pub listen: String,
 }
 
 /// `path` with `suffix` added to its file name (`tenant.toml` → `tenant.toml.key.pem`).

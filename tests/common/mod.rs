@@ -180,6 +180,8 @@ pub struct TestSp {
     pub config: SpConfig,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The running SP's backup service (what its admin listener serves).
+    pub service: Arc<rac::sp::SpService>,
     /// The consoles' key and tenant pins (one console identity per test SP).
     pub console_keys: rac::net::console::ConsoleKeys,
     _dir: tempfile::TempDir,
@@ -204,8 +206,9 @@ impl TestSp {
         let addr = listener.local_addr().expect("addr");
         let registry = Registry::open(&state.registry()).expect("registry");
         let shutdown = CancellationToken::new();
-        let task = spawn_sp(&state, config.clone(), listener, shutdown.clone());
+        let (service, task) = spawn_sp(&state, config.clone(), listener, shutdown.clone());
         TestSp {
+            service,
             console_keys: rac::net::console::ConsoleKeys::in_memory().expect("console key"),
             addr,
             ca: init.ca_cert,
@@ -228,7 +231,7 @@ impl TestSp {
             .await
             .expect("rebind same port");
         self.shutdown = CancellationToken::new();
-        self.task = spawn_sp(
+        (self.service, self.task) = spawn_sp(
             &self.state,
             self.config.clone(),
             listener,
@@ -308,10 +311,17 @@ fn spawn_sp(
     config: SpConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+) -> (
+    Arc<rac::sp::SpService>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     std::fs::write(state.config(), toml::to_string(&config).expect("toml")).expect("write sp.toml");
     let engine = SpEngine::open(state).expect("open SP");
-    tokio::spawn(cloud_redirector::run(engine, listener, shutdown))
+    let service = engine.service.clone();
+    (
+        service,
+        tokio::spawn(cloud_redirector::run(engine, listener, shutdown)),
+    )
 }
 
 /// A running tenant redirector.

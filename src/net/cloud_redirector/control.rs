@@ -123,6 +123,7 @@ async fn admit(
     }
     let addr = live.remote_addr.clone();
     if let Err(refusal) = auth {
+        shared.sp.count_control(Err(&refusal));
         tracing::warn!(?tenant, %addr, reason = ?refusal.message, "tenant refused");
         let _ = send_error(&mut stream, &refusal).await;
         return None;
@@ -420,11 +421,9 @@ impl Incoming<'_> {
                 if let Some((sent_seq, at)) = *ping_sent
                     && sent_seq == seq
                 {
-                    shared.sp.presence.set_rtt(
-                        tenant,
-                        conn_id,
-                        at.elapsed().as_secs_f64() * 1000.0,
-                    );
+                    let rtt = at.elapsed().as_secs_f64();
+                    shared.sp.metrics.heartbeat_rtt_seconds.observe(rtt);
+                    shared.sp.presence.set_rtt(tenant, conn_id, rtt * 1000.0);
                     *ping_sent = None;
                 }
                 None

@@ -25,6 +25,7 @@ use super::acceptor::Acceptor;
 use super::admission::{self, Admission, Shed, Ticket};
 use super::proxy_protocol;
 use super::tls::{self, ServerStream, TlsAcceptor};
+use crate::metrics::{HandshakeFailure, Shed as ShedMetric};
 use crate::sp::config::StateDir;
 use crate::sp::presence::{Kick, KickReason};
 use crate::sp::{Refusal, SpService};
@@ -168,9 +169,13 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "SP listening");
     }
+    shared.sp.set_serving(true);
 
     while let Some((tcp, peer)) = listener.next(&shutdown).await {
         let gateway = config.trusted_proxies.contains(&peer.ip());
+        if gateway {
+            shared.sp.note_gateway(peer.ip());
+        }
         let Some(ticket) = admit(&shared, peer, gateway).await else {
             // Refused: dropping the socket closes it; the summary counts it.
             continue;
@@ -187,6 +192,7 @@ pub async fn run(
                     handshake(&shared, &acceptor, tcp, peer, &ticket),
                 )) => hello,
                 _ = ticket.evicted() => {
+                    shared.sp.metrics.shed(ShedMetric::Displaced);
                     tracing::debug!(%peer, "displaced while talking: its source held more than twice its share");
                     return;
                 }
@@ -194,15 +200,28 @@ pub async fn run(
             drop(ticket);
             match hello {
                 Ok(Ok((stream, client, hello))) => {
-                    dispatch(&role_tracker, shared, stream, client, hello)
+                    let via = (client != peer).then_some(peer);
+                    dispatch(&role_tracker, shared, stream, client, via, hello)
                 }
-                // Debug-escaped: the error may quote bytes the peer sent.
-                Ok(Err(e)) => tracing::debug!(%peer, error = ?format!("{e:#}"), "connection refused during handshake"),
-                Err(_) => tracing::debug!(%peer, "handshake timed out"),
+                Ok(Err(Failed(why, e))) => {
+                    match why {
+                        Some(why) => shared.sp.metrics.handshake_failed(why),
+                        None => shared.sp.metrics.shed(ShedMetric::Displaced),
+                    }
+                    // Debug-escaped: the error may quote bytes the peer sent.
+                    tracing::debug!(%peer, error = ?format!("{e:#}"), "connection refused during handshake");
+                }
+                Err(_) => {
+                    shared.sp.metrics.handshake_failed(HandshakeFailure::Timeout);
+                    tracing::debug!(%peer, "handshake timed out");
+                }
             }
         });
     }
 
+    // Not ready from here on (`/readyz`): no new connections, sessions end.
+    shared.sp.set_serving(false);
+    shared.sp.set_draining();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
         .await
@@ -230,6 +249,7 @@ async fn admit(shared: &Shared, peer: SocketAddr, gateway: bool) -> Option<Ticke
         }
         if started.elapsed() >= shared.sp.config.handshake_timeout() {
             shared.admission.count_shed(peer.ip(), Shed::Refused);
+            shared.sp.metrics.shed(ShedMetric::AdmissionFull);
             return None;
         }
         tokio::select! {
@@ -239,6 +259,15 @@ async fn admit(shared: &Shared, peer: SocketAddr, gateway: bool) -> Option<Ticke
     }
 }
 
+/// A connection given up during its handshake: at which stage (for the metrics; `None`:
+/// displaced by newer connections while silent), and why.
+struct Failed(Option<HandshakeFailure>, anyhow::Error);
+
+/// Tags a stage's error with the stage.
+fn at<T>(why: HandshakeFailure, result: Result<T>) -> Result<T, Failed> {
+    result.map_err(|e| Failed(Some(why), e))
+}
+
 /// The first byte, the PROXY header (from trusted gateways only), TLS, and the first frame.
 async fn handshake(
     shared: &Shared,
@@ -246,13 +275,16 @@ async fn handshake(
     mut tcp: TcpStream,
     peer: SocketAddr,
     ticket: &Ticket,
-) -> Result<(ServerStream, SocketAddr, Hello)> {
-    tcp.set_nodelay(true)?;
+) -> Result<(ServerStream, SocketAddr, Hello), Failed> {
+    at(
+        HandshakeFailure::Silent,
+        tcp.set_nodelay(true).map_err(Into::into),
+    )?;
     first_byte(shared, &tcp, peer, ticket).await?;
     let header = proxy_protocol::read_proxy_header(&mut tcp, shared.sp.config.handshake_timeout())
         .await
-        .context("reading a PROXY header")?;
-    let client = match header {
+        .context("reading a PROXY header");
+    let client = match at(HandshakeFailure::Proxy, header)? {
         None => peer,
         Some(h) if shared.sp.config.trusted_proxies.contains(&peer.ip()) => {
             let client = h.source.unwrap_or(peer);
@@ -261,21 +293,34 @@ async fn handshake(
             first_byte(shared, &tcp, client, ticket).await?;
             client
         }
-        Some(_) => anyhow::bail!("PROXY header from {peer}, which is not a trusted gateway"),
+        Some(_) => {
+            return at(
+                HandshakeFailure::Proxy,
+                Err(anyhow::anyhow!(
+                    "PROXY header from {peer}, which is not a trusted gateway"
+                )),
+            );
+        }
     };
     ticket.talking();
-    let mut stream = acceptor
+    let stream = acceptor
         .accept(tls::ReadAhead::new(tcp))
         .await
-        .context("TLS handshake")?;
+        .context("TLS handshake");
+    let mut stream = at(HandshakeFailure::Tls, stream)?;
     let body = frame::read_frame_bytes(&mut stream, MAX_HELLO_LEN)
-        .await?
-        .context("closed before saying hello")?;
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|body| body.context("closed before saying hello"));
+    let body = at(HandshakeFailure::BadHello, body)?;
     match parse_hello(&body) {
         Ok(hello) => Ok((stream, client, hello)),
         Err(refusal) => {
             let _ = send_error(&mut stream, &refusal).await;
-            Err(anyhow::anyhow!("{}", refusal.message))
+            at(
+                HandshakeFailure::BadHello,
+                Err(anyhow::anyhow!("{}", refusal.message)),
+            )
         }
     }
 }
@@ -288,7 +333,8 @@ async fn first_byte(
     tcp: &TcpStream,
     from: SocketAddr,
     ticket: &Ticket,
-) -> Result<()> {
+) -> Result<(), Failed> {
+    let silent = |e: anyhow::Error| Failed(Some(HandshakeFailure::Silent), e);
     let mut byte = [0u8; 1];
     let mut peek = std::pin::pin!(tokio::time::timeout(
         shared.sp.config.first_byte_timeout(),
@@ -310,19 +356,23 @@ async fn first_byte(
                             continue;
                         }
                         ticket.displaced();
-                        anyhow::bail!("displaced by newer connections while silent");
+                        return Err(Failed(None, anyhow::anyhow!("displaced by newer connections while silent")));
                     }
                 }
             }
         }
     };
     match peeked {
-        Ok(Ok(0)) => anyhow::bail!("closed before sending anything"),
+        Ok(Ok(0)) => Err(silent(anyhow::anyhow!("closed before sending anything"))),
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e).context("waiting for the first byte"),
+        Ok(Err(e)) => Err(silent(
+            anyhow::Error::from(e).context("waiting for the first byte"),
+        )),
         Err(_) => {
             shared.admission.count_shed(from.ip(), Shed::Silent);
-            anyhow::bail!("sent nothing within the first-byte deadline")
+            Err(silent(anyhow::anyhow!(
+                "sent nothing within the first-byte deadline"
+            )))
         }
     }
 }
@@ -408,6 +458,7 @@ fn dispatch(
     shared: Arc<Shared>,
     stream: ServerStream,
     client: SocketAddr,
+    via: Option<SocketAddr>,
     hello: Hello,
 ) {
     tracing::debug!(%client, role = hello.role.name(), "hello");
@@ -445,7 +496,12 @@ fn dispatch(
             service,
         } => {
             tracker.spawn(session::console(
-                shared, stream, client, token, tenant, service,
+                shared,
+                stream,
+                session::ConsoleAddr { client, via },
+                token,
+                tenant,
+                service,
             ));
         }
         Role::Operator {
@@ -502,6 +558,9 @@ async fn watch_registry(shared: Arc<Shared>) {
             Err(e) => tracing::error!("reading the registry: {e:#}"),
         }
         end_sessions_of_revoked_tokens(&shared);
+        // For `/metrics` and `/v1/server`: one look per poll, none per connection.
+        let connected = lock(&shared.controls).len();
+        shared.sp.metrics.tenants_connected.set(connected as i64);
         if let Some(gateways) = shared.sp.reload_gateways() {
             for handle in lock(&shared.controls).values() {
                 let _ = handle.tx.try_send(Box::new(ControlMsg::Gateways {

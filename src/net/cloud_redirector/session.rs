@@ -12,10 +12,12 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
 use super::{DataOutcome, Pending, ServerStream, Shared, lock, send_error};
+use crate::metrics::SessionEnd;
 use crate::net::socket_splice::{RawSide, splice_sockets};
 use crate::net::splice::{Counters, Side, SpliceEnd};
 use crate::net::tls;
 use crate::sp::registry::{Party, SessionOutcome};
+use crate::sp::sessions::LiveSession;
 use crate::sp::{Refusal, auth};
 use crate::wire::frame;
 use crate::wire::protocol::{ControlMsg, ErrorCode, SessionMsg, Stage};
@@ -32,17 +34,29 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// Where a console connection came from.
+pub(super) struct ConsoleAddr {
+    /// The console (behind a gateway, the client its PROXY header named).
+    pub client: SocketAddr,
+    /// The trusted gateway it came through, if any.
+    pub via: Option<SocketAddr>,
+}
+
 pub(super) async fn console(
     shared: Arc<Shared>,
     mut stream: ServerStream,
-    client: SocketAddr,
+    from: ConsoleAddr,
     token: String,
     tenant: String,
     service: String,
 ) {
+    let started = Instant::now();
+    let client = from.client;
+    let metrics = &shared.sp.metrics;
     let who = match shared.sp.authorize_session(&token, &tenant, &service) {
         Ok(who) => who,
         Err(refusal) => {
+            metrics.session_end(SessionEnd::Refused);
             tracing::info!(%client, ?tenant, ?service, reason = ?refusal.message, "session refused");
             let _ = send_error(&mut stream, &refusal).await;
             return;
@@ -52,6 +66,7 @@ pub(super) async fn console(
     let (session_id, mut data) = match data {
         Ok(data) => data,
         Err(refusal) => {
+            metrics.session_end(SessionEnd::Refused);
             tracing::info!(%client, ?tenant, ?service, reason = ?refusal.message, "session failed");
             let _ = send_error(&mut stream, &refusal).await;
             return;
@@ -68,6 +83,7 @@ pub(super) async fn console(
             Ok(id) => id,
             Err(e) => {
                 // No session without its audit record.
+                metrics.session_end(SessionEnd::Refused);
                 tracing::error!("audit log write failed: {e}");
                 let refusal =
                     Refusal::new(ErrorCode::Internal, "the SP could not write its audit log");
@@ -112,9 +128,12 @@ pub(super) async fn console(
                 b_to_a: 0,
                 end: SpliceEnd::Failed { side, error },
             };
-            (report, false)
+            (report, false, None)
         }
         Ok((console, tenant_side)) => {
+            metrics
+                .session_setup_seconds
+                .observe(started.elapsed().as_secs_f64());
             tracing::info!(operator = ?operator.name, ?tenant, ?service, ?session_id, "session spliced");
             shared.sp.presence.session_delta(&tenant, true);
             let tenant_cancel = shared.sessions_token(&tenant);
@@ -129,23 +148,33 @@ pub(super) async fn console(
                     cancel: cancel.clone(),
                 },
             );
+            let counters = Counters::default();
+            let listed = shared.sp.sessions.insert(LiveSession::new(
+                session_id.clone(),
+                tenant.clone(),
+                operator.name.clone(),
+                service.clone(),
+                client.to_string(),
+                from.via.map(|gateway| gateway.ip().to_string()),
+                (counters.a_to_b.clone(), counters.b_to_a.clone()),
+                cancel.clone(),
+            ));
+            metrics.sessions_active.inc();
             let raw = |stream: tls::ReadAhead| {
                 let (tcp, pending) = stream.into_parts();
                 RawSide { tcp, pending }
             };
-            let report = splice_sockets(
-                raw(console),
-                raw(tenant_side),
-                &Counters::default(),
-                &cancel,
-            )
-            .await;
+            let report =
+                splice_sockets(raw(console), raw(tenant_side), &counters, &cancel).await;
+            metrics.sessions_active.dec();
+            let ended_by = listed.ended_by();
+            drop(listed);
             lock(&shared.live_sessions).remove(&number);
             shared.sp.presence.session_delta(&tenant, false);
-            (report, tenant_cancel.is_cancelled())
+            (report, tenant_cancel.is_cancelled(), ended_by)
         }
     };
-    let (report, tenant_ended) = report;
+    let (report, tenant_ended, ended_by) = report;
     // The splice's side A is the console, side B the tenant's data channel.
     let who = |side: &Side| match side {
         Side::A => Party::Console,
@@ -160,10 +189,23 @@ pub(super) async fn console(
             by: who(side),
             error: error.clone(),
         },
+        SpliceEnd::Cancelled if ended_by.is_some() => SessionOutcome::EndedByAdmin {
+            by: ended_by.unwrap_or(crate::sp::registry::Actor::Local),
+        },
         SpliceEnd::Cancelled if shared.shutdown.is_cancelled() => SessionOutcome::SpShutdown,
         SpliceEnd::Cancelled if tenant_ended => SessionOutcome::TenantEnded,
         SpliceEnd::Cancelled => SessionOutcome::TokenRevoked,
     };
+    metrics.session_end(match &outcome {
+        SessionOutcome::Closed => SessionEnd::Closed,
+        SessionOutcome::ClosedWithoutNotify { .. } => SessionEnd::ClosedWithoutNotify,
+        SessionOutcome::Failed { .. } | SessionOutcome::Interrupted => SessionEnd::Failed,
+        SessionOutcome::SpShutdown => SessionEnd::SpShutdown,
+        SessionOutcome::TenantEnded => SessionEnd::TenantEnded,
+        SessionOutcome::TokenRevoked => SessionEnd::TokenRevoked,
+        SessionOutcome::EndedByAdmin { .. } => SessionEnd::EndedByAdmin,
+    });
+    metrics.relayed(report.a_to_b, report.b_to_a);
     tracing::info!(
         ?tenant,
         ?session_id,

@@ -5,7 +5,7 @@
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::audit::audit_admin;
+use super::audit::{Actor, audit_admin};
 use super::{Registry, RegistryError, Result};
 use crate::sp::auth;
 use crate::util::now_unix_secs;
@@ -26,7 +26,7 @@ pub struct TenantAccount {
 }
 
 /// An operator allowed to use consoles, and which tenants they may open.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Operator {
     pub name: String,
     /// `*` for every tenant, else a comma-separated list of tenant names.
@@ -72,10 +72,10 @@ impl Registry {
     /// Replaces an operator's password and revokes every token of theirs, in one transaction
     /// (audited). A running SP then ends their sessions and tenant feeds within one registry
     /// poll. Returns how many tokens were revoked.
-    pub fn set_operator_password(&self, name: &str, password: &str) -> Result<usize> {
+    pub fn set_operator_password(&self, name: &str, password: &str, by: &Actor) -> Result<usize> {
         // The slow hash runs before the lock is taken.
         let hash = auth::hash_password(password).map_err(|e| RegistryError::Hash(e.to_string()))?;
-        self.change_operator(name, "passwd", |tx| {
+        self.change_operator(name, "passwd", by, |tx| {
             tx.execute(
                 "UPDATE operators SET password_hash = ?2 WHERE name = ?1",
                 params![name, hash],
@@ -86,8 +86,8 @@ impl Registry {
 
     /// Removes an operator and every token of theirs, in one transaction (audited). Returns
     /// how many tokens were revoked.
-    pub fn remove_operator(&self, name: &str) -> Result<usize> {
-        self.change_operator(name, "remove", |tx| {
+    pub fn remove_operator(&self, name: &str, by: &Actor) -> Result<usize> {
+        self.change_operator(name, "remove", by, |tx| {
             tx.execute("DELETE FROM operators WHERE name = ?1", params![name])?;
             Ok("operator removed".to_string())
         })
@@ -96,9 +96,9 @@ impl Registry {
     /// Replaces an operator's tenant scope (`*` or a comma-separated list) and revokes every
     /// token of theirs, in one transaction (audited): the new scope applies from their next
     /// login. Returns how many tokens were revoked.
-    pub fn set_operator_tenants(&self, name: &str, tenants: &str) -> Result<usize> {
+    pub fn set_operator_tenants(&self, name: &str, tenants: &str, by: &Actor) -> Result<usize> {
         let tenants = tenant_scope(tenants)?;
-        self.change_operator(name, "set-tenants", |tx| {
+        self.change_operator(name, "set-tenants", by, |tx| {
             let old: String = tx.query_row(
                 "SELECT tenants FROM operators WHERE name = ?1",
                 params![name],
@@ -118,6 +118,7 @@ impl Registry {
         &self,
         name: &str,
         action: &str,
+        by: &Actor,
         change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<String>,
     ) -> Result<usize> {
         let mut conn = self.conn();
@@ -137,8 +138,10 @@ impl Registry {
         let revoked = tx.execute("DELETE FROM tokens WHERE operator = ?1", params![name])?;
         audit_admin(
             &tx,
-            name,
+            by,
+            "operator",
             action,
+            (name, "-"),
             &format!("{what}; {revoked} token(s) revoked"),
         )?;
         tx.commit()?;
@@ -268,6 +271,10 @@ impl Registry {
     /// Records first-seen tenant keys, all in one transaction; a tenant that has a key on
     /// record already keeps it. Returns how many were written.
     pub fn record_tenant_keys(&self, keys: &[(String, String)]) -> Result<usize> {
+        self.timed(|| self.record_tenant_keys_now(keys))
+    }
+
+    fn record_tenant_keys_now(&self, keys: &[(String, String)]) -> Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut written = 0;
@@ -359,7 +366,7 @@ mod tests {
             .expect("stored");
         let token = reg.create_token("alice", ttl).expect("token");
         assert_eq!(
-            reg.set_operator_password("alice", "second password")
+            reg.set_operator_password("alice", "second password", &Actor::Local)
                 .expect("passwd"),
             1
         );
@@ -396,25 +403,28 @@ mod tests {
         ));
 
         assert_eq!(
-            reg.set_operator_tenants("alice", " globex , initech ")
+            reg.set_operator_tenants("alice", " globex , initech ", &Actor::Local)
                 .expect("scope"),
             1
         );
         assert_eq!(reg.operators().expect("list")[0].tenants, "globex,initech");
         assert!(matches!(
-            reg.set_operator_tenants("alice", "ok,../etc"),
+            reg.set_operator_tenants("alice", "ok,../etc", &Actor::Local),
             Err(RegistryError::InvalidName(_))
         ));
         let token = reg.create_token("alice", ttl).expect("token");
-        assert_eq!(reg.remove_operator("alice").expect("remove"), 1);
+        assert_eq!(
+            reg.remove_operator("alice", &Actor::Local).expect("remove"),
+            1
+        );
         assert_eq!(reg.check_token(&token).expect("check"), TokenCheck::Unknown);
         assert!(reg.token_expires_at(&token).expect("expiry").is_none());
         assert!(matches!(
-            reg.remove_operator("alice"),
+            reg.remove_operator("alice", &Actor::Local),
             Err(RegistryError::UnknownOperator(_))
         ));
         assert!(matches!(
-            reg.set_operator_password("alice", "x"),
+            reg.set_operator_password("alice", "x", &Actor::Local),
             Err(RegistryError::UnknownOperator(_))
         ));
 

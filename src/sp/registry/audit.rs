@@ -1,6 +1,6 @@
 //! The audit log: one row per console session (written before its first byte is relayed,
-//! closed with its byte counts and how it ended) and one per account change made from the
-//! SP's command line.
+//! closed with its byte counts and how it ended) and one per account change, made from the
+//! SP's command line or its admin API, naming who made it.
 
 use rusqlite::{Connection, params};
 use serde::Serialize;
@@ -9,7 +9,7 @@ use super::{Registry, Result};
 use crate::util::now_unix_secs;
 
 /// One audited console session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub operator: String,
@@ -57,6 +57,8 @@ pub enum SessionOutcome {
     TokenRevoked,
     /// The SP stopped abruptly while the session ran (written at its next start).
     Interrupted,
+    /// An SP admin ended it (`DELETE /v1/sessions/ID`).
+    EndedByAdmin { by: Actor },
 }
 
 impl std::fmt::Display for SessionOutcome {
@@ -73,34 +75,112 @@ impl std::fmt::Display for SessionOutcome {
             SessionOutcome::TenantEnded => f.write_str("ended: tenant disabled or removed"),
             SessionOutcome::TokenRevoked => f.write_str("ended: operator token revoked"),
             SessionOutcome::Interrupted => f.write_str("interrupted: SP stopped"),
+            SessionOutcome::EndedByAdmin { by } => write!(f, "ended: by admin ({by})"),
         }
     }
 }
 
-/// An account change made from the SP's own command line, as a row of the audit log:
-/// operator, `-` for the tenant, `account` for the service, where the change came from, and
-/// what it did as the outcome.
+/// Who made an account change or ended a session from outside a console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// `rac sp ...` on the SP's host, against the state dir.
+    Local,
+    /// A request to the admin API with the admin token of this name.
+    AdminToken(String),
+}
+
+impl Actor {
+    /// Where a change came from, as its audit row's address words it.
+    fn origin(&self, kind: &str, action: &str) -> String {
+        match self {
+            Actor::Local => format!("local: rac sp {kind} {action}"),
+            Actor::AdminToken(name) => format!("admin api: token {name}: {kind} {action}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::Local => f.write_str("local command line"),
+            Actor::AdminToken(name) => write!(f, "admin token {name}"),
+        }
+    }
+}
+
+/// An account change as a row of the audit log: the operator and the tenant it concerns
+/// (`-` for none), `account` for the service, where the change came from (`by`, the `kind`
+/// of account and the action) as the address, and what it did as the outcome.
 pub(super) fn audit_admin(
     conn: &Connection,
-    operator: &str,
+    by: &Actor,
+    kind: &str,
     action: &str,
+    (operator, tenant): (&str, &str),
     outcome: &str,
 ) -> Result<()> {
     let now = now_unix_secs() as i64;
     conn.execute(
         "INSERT INTO audit (operator, tenant, service, console_addr, started_at, ended_at, outcome)
-         VALUES (?1, '-', 'account', ?2, ?3, ?3, ?4)",
-        params![
-            operator,
-            format!("local: rac sp operator {action}"),
-            now,
-            outcome
-        ],
+         VALUES (?1, ?2, 'account', ?3, ?4, ?4, ?5)",
+        params![operator, tenant, by.origin(kind, action), now, outcome],
     )?;
     Ok(())
 }
 
+/// Which audit rows to read, newest first. Every filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub tenant: Option<String>,
+    pub operator: Option<String>,
+    /// Rows started at or after this time (Unix seconds).
+    pub since: Option<u64>,
+    /// Rows started before this time (Unix seconds).
+    pub until: Option<u64>,
+    /// Rows whose outcome starts with this text (`closed`, `failed`, `ended`, `open`).
+    pub outcome: Option<String>,
+    /// The cursor: rows older than this id (a page's `next`).
+    pub before: Option<i64>,
+    /// The most rows to return.
+    pub limit: usize,
+}
+
+/// One page of the audit log and the cursor of the next (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub next: Option<i64>,
+}
+
+fn audit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: row.get(0)?,
+        operator: row.get(1)?,
+        tenant: row.get(2)?,
+        service: row.get(3)?,
+        console_addr: row.get(4)?,
+        started_at: row.get::<_, i64>(5)? as u64,
+        ended_at: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        bytes_to_tenant: row.get::<_, i64>(7)? as u64,
+        bytes_from_tenant: row.get::<_, i64>(8)? as u64,
+        outcome: row.get(9)?,
+    })
+}
+
 impl Registry {
+    /// Writes an account change made outside [`change_operator`](Self::change_operator)'s
+    /// transaction (a tenant's) to the audit log, as its own commit.
+    pub fn audit_change(
+        &self,
+        by: &Actor,
+        kind: &str,
+        action: &str,
+        subject: (&str, &str),
+        outcome: &str,
+    ) -> Result<()> {
+        audit_admin(&self.conn(), by, kind, action, subject, outcome)
+    }
+
     /// Records a session's start; the row exists before the first byte is relayed.
     pub fn audit_start(
         &self,
@@ -162,27 +242,51 @@ impl Registry {
 
     /// The newest `limit` audit entries, newest first.
     pub fn audit_entries(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        Ok(self
+            .audit_page(&AuditQuery {
+                limit,
+                ..AuditQuery::default()
+            })?
+            .entries)
+    }
+
+    /// One page of the audit log, newest first. The cursor is a row id, so paging is stable
+    /// while rows are added: new rows have higher ids and never shift an older page.
+    pub fn audit_page(&self, query: &AuditQuery) -> Result<AuditPage> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT id, operator, tenant, service, console_addr, started_at, ended_at,
                     bytes_to_tenant, bytes_from_tenant, outcome
-             FROM audit ORDER BY id DESC LIMIT ?1",
+             FROM audit
+             WHERE (?1 IS NULL OR id < ?1)
+               AND (?2 IS NULL OR tenant = ?2)
+               AND (?3 IS NULL OR operator = ?3)
+               AND (?4 IS NULL OR started_at >= ?4)
+               AND (?5 IS NULL OR started_at < ?5)
+               AND (?6 IS NULL OR substr(outcome, 1, length(?6)) = ?6)
+             ORDER BY id DESC LIMIT ?7",
         )?;
-        let rows = stmt.query_map(params![limit as i64], |row| {
-            Ok(AuditEntry {
-                id: row.get(0)?,
-                operator: row.get(1)?,
-                tenant: row.get(2)?,
-                service: row.get(3)?,
-                console_addr: row.get(4)?,
-                started_at: row.get::<_, i64>(5)? as u64,
-                ended_at: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-                bytes_to_tenant: row.get::<_, i64>(7)? as u64,
-                bytes_from_tenant: row.get::<_, i64>(8)? as u64,
-                outcome: row.get(9)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        // One row more than asked says whether another page follows.
+        let rows = stmt.query_map(
+            params![
+                query.before,
+                query.tenant,
+                query.operator,
+                query.since.map(|v| v as i64),
+                query.until.map(|v| v as i64),
+                query.outcome,
+                query.limit as i64 + 1
+            ],
+            audit_row,
+        )?;
+        let mut entries: Vec<AuditEntry> = rows.collect::<Result<_, _>>()?;
+        let next = if entries.len() > query.limit {
+            entries.truncate(query.limit);
+            entries.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(AuditPage { entries, next })
     }
 }
 
@@ -210,5 +314,46 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].bytes_from_tenant, 20);
         assert!(entries[0].outcome.starts_with("interrupted"));
+    }
+
+    #[test]
+    fn audit_pages_follow_their_cursor_and_filters() {
+        let (_dir, reg) = super::super::tests::registry();
+        for i in 0..25 {
+            let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+            let id = reg
+                .audit_start("alice", tenant, "backup", "127.0.0.1:5")
+                .expect("start");
+            reg.audit_end(id, 1, 2, &SessionOutcome::Closed)
+                .expect("end");
+        }
+        let mut query = AuditQuery {
+            tenant: Some("acme".into()),
+            limit: 5,
+            ..AuditQuery::default()
+        };
+        let first = reg.audit_page(&query).expect("page");
+        assert_eq!(first.entries.len(), 5);
+        // Rows added meanwhile do not shift the next page.
+        reg.audit_start("alice", "acme", "backup", "x")
+            .expect("start");
+        query.before = first.next;
+        let mut seen: Vec<i64> = first.entries.iter().map(|e| e.id).collect();
+        while query.before.is_some() {
+            let page = reg.audit_page(&query).expect("page");
+            seen.extend(page.entries.iter().map(|e| e.id));
+            query.before = page.next;
+        }
+        assert_eq!(seen.len(), 13, "every acme row once: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] > w[1]));
+        let open = reg
+            .audit_page(&AuditQuery {
+                outcome: Some("open".into()),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .expect("page");
+        assert_eq!(open.entries.len(), 1);
+        assert_eq!(open.next, None);
     }
 }

@@ -4,9 +4,10 @@
 //! while `rac sp run` serves); the server notices their commits through `data_version`.
 //!
 //! This file opens the registry; its rows are handled by topic: `accounts.rs` (operators and
-//! tenants), `tokens.rs`, `audit.rs`, and `schema.rs` (the tables and the file's mode).
+//! tenants), `tokens.rs`, `admin_tokens.rs`, `audit.rs`, and `schema.rs` (the tables and the file's mode).
 
 mod accounts;
+mod admin_tokens;
 mod audit;
 mod schema;
 mod tokens;
@@ -19,7 +20,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 pub use accounts::{Operator, TenantAccount, tenant_scope};
-pub use audit::{AuditEntry, Party, SessionOutcome};
+pub use admin_tokens::{ADMIN_TOKEN_PREFIX, AdminScope, AdminToken};
+pub use audit::{Actor, AuditEntry, AuditPage, AuditQuery, Party, SessionOutcome};
 use schema::{SCHEMA, add_missing_columns, create_private};
 pub use schema::{registry_files, tighten};
 pub use tokens::TokenCheck;
@@ -35,6 +37,10 @@ pub enum RegistryError {
     UnknownOperator(String),
     #[error("an operator named {0:?} already exists")]
     OperatorExists(String),
+    #[error("no admin token named {0:?}")]
+    UnknownAdminToken(String),
+    #[error("an admin token named {0:?} already exists")]
+    AdminTokenExists(String),
     #[error(transparent)]
     InvalidName(#[from] crate::wire::InvalidName),
     #[error("registry database: {0}")]
@@ -55,6 +61,8 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 pub struct Registry {
     conn: Mutex<Connection>,
     wal: Arc<WalSync>,
+    /// Where the time of the writes on the session and login paths goes (the SP's metrics).
+    write_seconds: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// How long a session's audit row may stay in the OS's cache before it is on disk.
@@ -136,6 +144,7 @@ impl Registry {
         Ok(Registry {
             conn: Mutex::new(conn),
             wal,
+            write_seconds: std::sync::OnceLock::new(),
         })
     }
 
@@ -145,14 +154,16 @@ impl Registry {
     /// a crash of the SP loses nothing; the log is synced within [`AUDIT_SYNCED_WITHIN`]
     /// (or by the next synced commit), so a power loss loses at most that last second.
     fn write_unsynced<T>(&self, write: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.conn();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let written = write(&conn);
-        let restored = conn.pragma_update(None, "synchronous", "FULL");
-        self.wal.dirty.store(true, Ordering::Release);
-        let written = written?;
-        restored?;
-        Ok(written)
+        self.timed(|| {
+            let conn = self.conn();
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let written = write(&conn);
+            let restored = conn.pragma_update(None, "synchronous", "FULL");
+            self.wal.dirty.store(true, Ordering::Release);
+            let written = written?;
+            restored?;
+            Ok(written)
+        })
     }
 
     /// Whether every audit row written so far is on disk.
@@ -161,10 +172,42 @@ impl Registry {
         !self.wal.dirty.load(Ordering::Acquire)
     }
 
+    /// Records how long each write on the session and login paths takes in `histogram`
+    /// (the first call wins).
+    pub fn observe_writes(&self, histogram: prometheus_client::metrics::histogram::Histogram) {
+        let _ = self.write_seconds.set(histogram);
+    }
+
+    /// Runs `write`, timing it if [`observe_writes`](Self::observe_writes) asked for it.
+    fn timed<T>(&self, write: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let result = write();
+        if let Some(histogram) = self.write_seconds.get() {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll
         // back), so a poisoned lock is still safe to use.
         crate::util::lock(&self.conn)
+    }
+
+    /// Whether a write could start now: takes the write lock on a connection of its own and
+    /// gives it back at once, committing nothing (so no one's `data_version` moves). Fails
+    /// within about 200 ms when another connection holds the lock, and at once when the file
+    /// cannot be opened for writing (a read-only file system). For `/readyz`.
+    pub fn probe_writable(path: &Path) -> std::result::Result<(), String> {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let conn = Connection::open(path).map_err(|e| e.to_string())?;
+        conn.busy_timeout(Duration::from_millis(200))
+            .map_err(|e| e.to_string())?;
+        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .map_err(|e| format!("cannot take the write lock: {e}"))
     }
 
     /// Changes whenever another connection (another process) commits to the file.

@@ -39,6 +39,15 @@ CREATE TABLE IF NOT EXISTS audit (
     bytes_from_tenant INTEGER NOT NULL DEFAULT 0,
     outcome TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit (tenant, id);
+CREATE INDEX IF NOT EXISTS audit_by_operator ON audit (operator, id);
+CREATE TABLE IF NOT EXISTS admin_tokens (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    scope TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_used INTEGER
+);
 ";
 
 /// Columns added since the first release, for registries made before them: (table, column,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Operator, Registry, Result};
+use super::{Actor, Operator, Registry, Result};
 use crate::sp::auth;
 use crate::util::now_unix_secs;
 
@@ -76,19 +76,21 @@ impl Registry {
     ) -> Result<Option<String>> {
         let token = auth::random_hex_32();
         let now = now_unix_secs();
-        let conn = self.conn();
-        forget_long_expired(&conn, now)?;
-        let inserted = conn.execute(
-            "INSERT INTO tokens (token_hash, operator, expires_at, console_key)
+        let inserted = self.timed(|| -> Result<usize> {
+            let conn = self.conn();
+            forget_long_expired(&conn, now)?;
+            Ok(conn.execute(
+                "INSERT INTO tokens (token_hash, operator, expires_at, console_key)
              SELECT ?1, name, ?3, ?5 FROM operators WHERE name = ?2 AND password_hash = ?4",
-            params![
-                auth::sha256_hex(&token),
-                operator,
-                (now + ttl.as_secs()) as i64,
-                password_hash,
-                console_key
-            ],
-        )?;
+                params![
+                    auth::sha256_hex(&token),
+                    operator,
+                    (now + ttl.as_secs()) as i64,
+                    password_hash,
+                    console_key
+                ],
+            )?)
+        })?;
         Ok((inserted == 1).then_some(token))
     }
 
@@ -143,8 +145,8 @@ impl Registry {
 
     /// [`revoke_operator_tokens`](Self::revoke_operator_tokens) for an existing operator, as
     /// `rac sp operator revoke` does it: one transaction, written to the audit log.
-    pub fn revoke_operator_tokens_audited(&self, operator: &str) -> Result<usize> {
-        self.change_operator(operator, "revoke", |_| Ok("tokens revoked".to_string()))
+    pub fn revoke_operator_tokens_audited(&self, operator: &str, by: &Actor) -> Result<usize> {
+        self.change_operator(operator, "revoke", by, |_| Ok("tokens revoked".to_string()))
     }
 }
 

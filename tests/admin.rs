@@ -1,0 +1,703 @@
+//! The admin listener over a real SP on 127.0.0.1 port 0, spoken to with an HTTP client:
+//! every endpoint of the API v1, its bearer tokens and scopes, ending a live session,
+//! audit paging while rows are added, `/metrics` (checked by `promtool` where it is
+//! installed), `/readyz` flipping, bad input refused with a 4xx while the listener keeps
+//! serving; and a gateway's own `/metrics` and `/healthz`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{PATIENCE, Proc, TestSp, eventually, quick_config};
+use rac::sp::registry::{Actor, AdminScope};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+/// An SP with its admin listener, and a read-write and a read-only token.
+struct Admin {
+    sp: TestSp,
+    base: String,
+    http: reqwest::Client,
+    rw: String,
+    ro: String,
+    stop: CancellationToken,
+}
+
+impl Admin {
+    async fn start() -> Admin {
+        let sp = TestSp::start(quick_config()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind admin");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let stop = CancellationToken::new();
+        tokio::spawn(rac::net::admin::run_sp(
+            sp.service.clone(),
+            listener,
+            stop.clone(),
+        ));
+        let rw = sp
+            .registry
+            .create_admin_token("ops", AdminScope::ReadWrite, &Actor::Local)
+            .expect("rw token");
+        let ro = sp
+            .registry
+            .create_admin_token("grafana", AdminScope::ReadOnly, &Actor::Local)
+            .expect("ro token");
+        Admin {
+            sp,
+            base,
+            http: reqwest::Client::new(),
+            rw,
+            ro,
+            stop,
+        }
+    }
+
+    /// A request with the read-write token.
+    fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.rw)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        send(self.call(reqwest::Method::GET, path)).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        send(self.call(reqwest::Method::POST, path).json(&body)).await
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        send(self.call(reqwest::Method::DELETE, path)).await
+    }
+
+    async fn text(&self, path: &str) -> (StatusCode, String) {
+        let response = self
+            .call(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("request");
+        (response.status(), response.text().await.expect("body"))
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Sends a request; the status and the JSON body (`null` when there is none).
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    (status, body)
+}
+
+/// Asserts an error answer: its status and its code.
+fn refused((status, body): (StatusCode, Value), want: StatusCode, code: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_required_and_a_read_only_one_cannot_write() {
+    let admin = Admin::start().await;
+    let url = format!("{}/v1/tenants", admin.base);
+    refused(
+        send(admin.http.get(&url)).await,
+        StatusCode::UNAUTHORIZED,
+        "auth_failed",
+    );
+    refused(
+        send(admin.http.get(&url).bearer_auth("racadm_wrong")).await,
+        StatusCode::UNAUTHORIZED,
+        "auth_failed",
+    );
+    let (status, _) = send(admin.http.get(&url).bearer_auth(&admin.ro)).await;
+    assert_eq!(status, StatusCode::OK);
+    refused(
+        send(
+            admin
+                .http
+                .post(&url)
+                .bearer_auth(&admin.ro)
+                .json(&json!({"name": "acme"})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "access_denied",
+    );
+    // A revoked token stops at its next request.
+    admin
+        .sp
+        .registry
+        .revoke_admin_token("grafana", &Actor::Local)
+        .expect("revoke");
+    refused(
+        send(admin.http.get(&url).bearer_auth(&admin.ro)).await,
+        StatusCode::UNAUTHORIZED,
+        "auth_failed",
+    );
+    // The health probes need no token.
+    let health = admin
+        .http
+        .get(format!("{}/healthz", admin.base))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_account_endpoint_works_and_is_audited_with_the_token() {
+    let admin = Admin::start().await;
+    let (status, server) = admin.get("/v1/server").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server["version"], rac::VERSION);
+    assert!(server["node"].as_str().is_some_and(|n| !n.is_empty()));
+    assert_eq!(server["serving"], true);
+
+    // Tenants.
+    let (status, added) = admin
+        .post(
+            "/v1/tenants",
+            json!({"name": "acme", "description": "Acme"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    let secret = added["secret"].as_str().expect("secret").to_string();
+    for name in ["globex", "initech"] {
+        assert_eq!(
+            admin.post("/v1/tenants", json!({"name": name})).await.0,
+            StatusCode::CREATED
+        );
+    }
+    refused(
+        admin.post("/v1/tenants", json!({"name": "acme"})).await,
+        StatusCode::CONFLICT,
+        "already_exists",
+    );
+    refused(
+        admin.post("/v1/tenants", json!({"name": "../etc"})).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    // The secret the API printed once works for the tenant.
+    let mut tenant = common::TestTenant::start(admin.sp.tenant_config("acme", &secret));
+    tenant.online().await;
+    let (_, one) = admin.get("/v1/tenants/acme").await;
+    assert_eq!(one["status"], "online", "{one}");
+    assert_eq!(one["services"], json!(["echo"]));
+    refused(
+        admin.get("/v1/tenants/nobody").await,
+        StatusCode::NOT_FOUND,
+        "unknown_tenant",
+    );
+    let (_, page) = admin.get("/v1/tenants?limit=2").await;
+    assert_eq!(page["tenants"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["next"], "globex");
+    let (_, rest) = admin.get("/v1/tenants?limit=2&after=globex").await;
+    assert_eq!(rest["tenants"][0]["name"], "initech");
+    assert_eq!(rest["next"], Value::Null);
+    let (_, online) = admin.get("/v1/tenants?status=online").await;
+    assert_eq!(online["tenants"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        admin.post("/v1/tenants/globex/disable", json!({})).await.0,
+        StatusCode::OK
+    );
+    let (_, disabled) = admin.get("/v1/tenants?enabled=false").await;
+    assert_eq!(disabled["tenants"][0]["name"], "globex", "{disabled}");
+    assert_eq!(disabled["tenants"][0]["status"], "disabled", "{disabled}");
+    let (_, named) = admin.get("/v1/tenants?enabled=true&name=tech").await;
+    assert_eq!(
+        named["tenants"].as_array().map(Vec::len),
+        Some(1),
+        "{named}"
+    );
+    assert_eq!(
+        admin.post("/v1/tenants/globex/enable", json!({})).await.0,
+        StatusCode::OK
+    );
+    let (status, rotated) = admin
+        .post("/v1/tenants/initech/rotate-secret", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rotated["secret"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        admin.post("/v1/tenants/acme/reset-key", json!({})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(admin.delete("/v1/tenants/initech").await.0, StatusCode::OK);
+    refused(
+        admin.delete("/v1/tenants/initech").await,
+        StatusCode::NOT_FOUND,
+        "unknown_tenant",
+    );
+
+    // Operators.
+    let (status, op) = admin
+        .post("/v1/operators", json!({"name": "bob", "tenants": "acme"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{op}");
+    assert_eq!(op["password"].as_str().map(str::len), Some(32));
+    let (_, ops) = admin.get("/v1/operators").await;
+    assert_eq!(ops["operators"].as_array().map(Vec::len), Some(2));
+    let (status, pw) = admin
+        .post(
+            "/v1/operators/bob/passwd",
+            json!({"password": "a long new password"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{pw}");
+    assert_eq!(pw.get("password"), None, "a chosen password is not echoed");
+    let (_, pw) = admin.post("/v1/operators/bob/passwd", json!({})).await;
+    assert_eq!(pw["password"].as_str().map(str::len), Some(32));
+    refused(
+        admin
+            .post("/v1/operators/bob/passwd", json!({"password": "short"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let (status, scope) = send(
+        admin
+            .call(reqwest::Method::PUT, "/v1/operators/bob/tenants")
+            .json(&json!({"tenants": "acme,globex"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{scope}");
+    assert_eq!(
+        admin.post("/v1/operators/bob/revoke", json!({})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(admin.delete("/v1/operators/bob").await.0, StatusCode::OK);
+    refused(
+        admin.delete("/v1/operators/bob").await,
+        StatusCode::NOT_FOUND,
+        "unknown_operator",
+    );
+
+    // Gateways: the pool handed to tenants and the trusted gateways.
+    let (status, gateways) = admin.get("/v1/gateways").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(gateways["pool"], json!([]));
+
+    // Every change is in the audit log with the token's name; filters narrow it.
+    let (_, audit) = admin.get("/v1/audit?limit=100").await;
+    let rows: Vec<&Value> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|r| r["console_addr"] != "local: rac sp admin-token create")
+        .collect();
+    assert_eq!(rows.len(), 14, "{audit}");
+    assert!(
+        rows.iter().all(|r| r["console_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("admin api: token ops: "))),
+        "{audit}"
+    );
+    let (_, acme) = admin.get("/v1/audit?tenant=acme").await;
+    let outcomes: Vec<&str> = acme["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|r| r["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["tenant key forgotten", "tenant added"]);
+    let (_, bob) = admin
+        .get("/v1/audit?operator=bob&outcome=operator%20removed")
+        .await;
+    assert_eq!(bob["entries"].as_array().map(Vec::len), Some(1), "{bob}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx_and_the_listener_keeps_serving() {
+    let admin = Admin::start().await;
+    let post_raw = |body: Vec<u8>| {
+        admin
+            .call(reqwest::Method::POST, "/v1/tenants")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    refused(
+        send(post_raw(b"{not json".to_vec())).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let (status, body) = send(post_raw(br#"{"name": "acme", "colour": "red"}"#.to_vec())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown field")),
+        "{body}"
+    );
+    refused(
+        send(post_raw(vec![b' '; 1024 * 1024])).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    );
+    refused(
+        admin.get("/v1/audit?limit=lots").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    refused(
+        admin.get("/v1/nothing-here").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let (status, _) = send(admin.call(reqwest::Method::PATCH, "/v1/tenants")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    // Still serving, and nothing was added.
+    let (status, page) = admin.get("/v1/tenants").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["tenants"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_session_cuts_it_and_the_audit_names_the_token() {
+    let admin = Admin::start().await;
+    let _tenant = admin.sp.online_tenant("acme").await;
+    let console = admin.sp.console().await;
+    let mut open = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session");
+    let (_, list) = eventually(PATIENCE, "the session is listed", async || {
+        let (status, list) = admin.get("/v1/sessions").await;
+        (list["sessions"].as_array().map(Vec::len) == Some(1)).then_some((status, list))
+    })
+    .await;
+    let session = &list["sessions"][0];
+    assert_eq!(session["tenant"], "acme");
+    assert_eq!(session["operator"], admin.sp.operator.as_str());
+    assert_eq!(session["service"], "echo");
+    assert_eq!(session["route"], "direct");
+    assert!(
+        session["bytes_to_tenant"].as_u64().is_some_and(|b| b > 0),
+        "the end-to-end handshake went through: {session}"
+    );
+    let id = session["session_id"].as_str().expect("id").to_string();
+    let (status, _) = admin.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, ended) = admin.delete(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{ended}");
+    // The console's session ends at once.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, open.stream.read_to_end(&mut rest))
+        .await
+        .expect("the session ends");
+    assert!(read.is_err() || rest.is_empty(), "{read:?}");
+    let row = eventually(PATIENCE, "the audit row closes", async || {
+        let (_, audit) = admin.get("/v1/audit?tenant=acme&limit=1").await;
+        let row = audit["entries"][0].clone();
+        row["ended_at"].is_u64().then_some(row)
+    })
+    .await;
+    assert_eq!(row["outcome"], "ended: by admin (admin token ops)", "{row}");
+    refused(
+        admin.delete(&format!("/v1/sessions/{id}")).await,
+        StatusCode::NOT_FOUND,
+        "unknown_session",
+    );
+    let (_, metrics) = admin.text("/metrics").await;
+    assert!(
+        metrics.contains("rac_sp_sessions_total{outcome=\"ended_by_admin\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_paging_is_stable_while_rows_are_added() {
+    let admin = Admin::start().await;
+    for i in 0..120 {
+        admin
+            .sp
+            .registry
+            .audit_start("alice", "acme", "echo", &format!("127.0.0.1:{i}"))
+            .expect("row");
+    }
+    let (_, first) = admin.get("/v1/audit?limit=1").await;
+    let newest = first["entries"][0]["id"].as_i64().expect("id");
+    // Another writer adds rows all the while the pages are read.
+    let writer_registry =
+        rac::sp::registry::Registry::open(&admin.sp.state.registry()).expect("open");
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still = writing.clone();
+    let writer = std::thread::spawn(move || {
+        let mut added = 0;
+        while still.load(std::sync::atomic::Ordering::Relaxed) {
+            writer_registry
+                .audit_start("mallory", "acme", "echo", "127.0.0.1:1")
+                .expect("row");
+            added += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        added
+    });
+    let mut seen = Vec::new();
+    let mut path = format!("/v1/audit?limit=7&before={}", newest + 1);
+    loop {
+        let (status, page) = admin.get(&path).await;
+        assert_eq!(status, StatusCode::OK);
+        seen.extend(
+            page["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(|e| e["id"].as_i64().expect("id")),
+        );
+        match page["next"].as_i64() {
+            Some(next) => path = format!("/v1/audit?limit=7&before={next}"),
+            None => break,
+        }
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let added = writer.join().expect("writer");
+    assert!(added > 0);
+    // Each row once (the admin tokens' two and the 120), none of the new ones.
+    let expected: Vec<i64> = (1..=newest).rev().collect();
+    assert_eq!(seen, expected);
+    assert_eq!(newest, 122);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_work_done_and_pass_promtool() {
+    let admin = Admin::start().await;
+    let _tenant = admin.sp.online_tenant("acme").await;
+    let console = admin.sp.console().await;
+    for _ in 0..2 {
+        let mut session = console
+            .open_session("acme", "echo", |_, _| {})
+            .await
+            .expect("session");
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut session.stream).await;
+        let mut rest = Vec::new();
+        let _ = session.stream.read_to_end(&mut rest).await;
+    }
+    assert!(
+        console
+            .open_session("nobody", "echo", |_, _| {})
+            .await
+            .is_err()
+    );
+    // Tenants connected is read at each registry poll (100 ms here).
+    let (status, text) = eventually(PATIENCE, "both sessions counted", async || {
+        let (status, text) = admin.text("/metrics").await;
+        (text.contains("rac_sp_sessions_total{outcome=\"closed\"} 2")
+            && text.contains("rac_sp_tenants_connected 1"))
+        .then_some((status, text))
+    })
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "rac_sp_tenants_connected 1",
+        "rac_sp_sessions_active 0",
+        "rac_sp_control_connections_total{result=\"admitted\"} 1",
+        "rac_sp_sessions_total{outcome=\"refused\"} 1",
+        "rac_sp_logins_total{result=\"ok\"} 1",
+        "rac_sp_session_setup_seconds_count 2",
+        "rac_sp_heartbeat_rtt_seconds_count",
+        "rac_build_info{version=\"",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    assert!(!text.contains("acme"), "no tenant label");
+    // Every sample line is NAME{LABELS} VALUE with a number.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().expect("value");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    promtool_check(&text);
+}
+
+/// `promtool check metrics` on the text, where Prometheus' tool is installed (`.ci/run`
+/// installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing, and .ci/run installs it"
+        );
+        eprintln!("promtool not installed: skipping its check");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_flips_on_a_locked_registry_and_on_drain() {
+    let admin = Admin::start().await;
+    let readyz = || async { send(admin.http.get(format!("{}/readyz", admin.base))).await };
+    eventually(PATIENCE, "ready", async || {
+        (readyz().await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    // Another process holds the registry's write lock: not ready within a second.
+    let holder = rusqlite::Connection::open(admin.sp.state.registry()).expect("open");
+    holder.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let locked_at = Instant::now();
+    let (_, body) = eventually(PATIENCE, "not ready", async || {
+        let (status, body) = readyz().await;
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some((status, body))
+    })
+    .await;
+    assert!(
+        locked_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        locked_at.elapsed()
+    );
+    assert!(
+        body["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("registry")),
+        "{body}"
+    );
+    holder.execute_batch("ROLLBACK").expect("unlock");
+    eventually(PATIENCE, "ready again", async || {
+        (readyz().await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    // Draining: the SP port stops; the admin listener says why.
+    admin.sp.shutdown.cancel();
+    let (_, body) = eventually(PATIENCE, "draining", async || {
+        let (status, body) = readyz().await;
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some((status, body))
+    })
+    .await;
+    assert!(
+        body["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.starts_with("draining")),
+        "{body}"
+    );
+    let health = admin
+        .http
+        .get(format!("{}/healthz", admin.base))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), StatusCode::OK, "alive while draining");
+}
+
+/// `rac gateway --admin`: its own `/metrics` and `/healthz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_serves_its_metrics_and_health() {
+    let (_gateway, line) = Proc::start(
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "127.0.0.1:9",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        "gateway admin listening on",
+    );
+    let addr = line.rsplit(' ').next().expect("address").to_string();
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), StatusCode::OK);
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "rac_gateway_accepted_total 0",
+        "rac_gateway_connections_active 0",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    promtool_check(&text);
+}
+
+/// `/v1/openapi.json`: the document derived from the code names every path of the API, each
+/// with its methods, and the bearer scheme; it needs no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_path() {
+    let admin = Admin::start().await;
+    let (status, doc) = send(admin.http.get(format!("{}/v1/openapi.json", admin.base))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{doc}"
+    );
+    for (path, methods) in [
+        ("/v1/server", &["get"][..]),
+        ("/v1/tenants", &["get", "post"]),
+        ("/v1/tenants/{name}", &["get", "delete"]),
+        ("/v1/tenants/{name}/disable", &["post"]),
+        ("/v1/tenants/{name}/enable", &["post"]),
+        ("/v1/tenants/{name}/rotate-secret", &["post"]),
+        ("/v1/tenants/{name}/reset-key", &["post"]),
+        ("/v1/operators", &["get", "post"]),
+        ("/v1/operators/{name}", &["delete"]),
+        ("/v1/operators/{name}/passwd", &["post"]),
+        ("/v1/operators/{name}/tenants", &["put"]),
+        ("/v1/operators/{name}/revoke", &["post"]),
+        ("/v1/sessions", &["get"]),
+        ("/v1/sessions/{id}", &["get", "delete"]),
+        ("/v1/audit", &["get"]),
+        ("/v1/gateways", &["get"]),
+    ] {
+        for method in methods {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} missing"
+            );
+        }
+    }
+    assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(16));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["components"]["schemas"]["AdminError"].is_object());
+}
