@@ -4,6 +4,7 @@
 //! ([`probe_router`]). Every answer is JSON (or the metrics' text); every error is
 //! `{code, message}` with an [`AdminCode`].
 
+mod accounts;
 mod probes;
 mod sp;
 
