@@ -164,8 +164,7 @@ pub(super) async fn console(
                 let (tcp, pending) = stream.into_parts();
                 RawSide { tcp, pending }
             };
-            let report =
-                splice_sockets(raw(console), raw(tenant_side), &counters, &cancel).await;
+            let report = splice_sockets(raw(console), raw(tenant_side), &counters, &cancel).await;
             metrics.sessions_active.dec();
             let ended_by = listed.ended_by();
             drop(listed);
