@@ -68,10 +68,7 @@ impl TicketKey {
             Err(e) => return Err(file_error(e)),
         };
         if stale {
-            let mut bytes = [0u8; KEY_LEN];
-            SystemRandom::new()
-                .fill(&mut bytes)
-                .map_err(|_| TicketKeyError::Random)?;
+            let bytes = random_key()?;
             match std::fs::remove_file(path) {
                 Ok(()) => {
                     tracing::info!(path = %path.display(), "replaced the week-old session ticket key")
@@ -95,20 +92,25 @@ impl TicketKey {
 
     /// A key kept in memory only (tests, an SP without a state dir).
     pub fn generate() -> Result<Self, TicketKeyError> {
-        let mut bytes = [0u8; KEY_LEN];
-        SystemRandom::new()
-            .fill(&mut bytes)
-            .map_err(|_| TicketKeyError::Random)?;
-        Self::from_bytes(&bytes)
+        Self::from_bytes(&random_key()?)
     }
 
     fn from_bytes(bytes: &[u8]) -> Result<Self, TicketKeyError> {
+        // Every caller passes KEY_LEN bytes, the length AES-256 takes.
         let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| TicketKeyError::Random)?;
         Ok(TicketKey {
             key: LessSafeKey::new(key),
             rng: SystemRandom::new(),
         })
     }
+}
+
+fn random_key() -> Result<[u8; KEY_LEN], TicketKeyError> {
+    let mut bytes = [0u8; KEY_LEN];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| TicketKeyError::Random)?;
+    Ok(bytes)
 }
 
 impl rustls::server::ProducesTickets for TicketKey {
