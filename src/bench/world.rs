@@ -73,7 +73,7 @@ impl World {
             .context("making a temporary dir")?;
         tracing::debug!("bench state in {}", dir.path().display());
         let state = StateDir::new(dir.path().join("sp"));
-        let init = crate::sp::init_state_dir(&state, OPERATOR, &[])?;
+        let init = crate::sp::init_state_dir(&state, OPERATOR, &[], None)?;
         std::fs::write(
             state.config(),
             format!(

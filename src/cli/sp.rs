@@ -32,7 +32,8 @@ impl StateArgs {
     fn registry(&self) -> Result<Registry> {
         let state = self.dir();
         state.ensure_initialized()?;
-        Ok(Registry::open(&state.registry())?)
+        let config = crate::sp::config::SpConfig::load(&state.config())?;
+        crate::sp::open_registry(&state, &config)
     }
 }
 
@@ -48,6 +49,19 @@ pub enum SpCommand {
         /// Extra names or addresses for the server certificate (localhost and 127.0.0.1 are always in).
         #[arg(long = "san")]
         sans: Vec<String>,
+        /// Keep the registry in this PostgreSQL database, shared by several SP nodes:
+        /// `postgres://USER@HOST:PORT/DATABASE` (no password here: see
+        /// --postgres-password-file and RAC_POSTGRES_PASSWORD). Creates the schema and writes
+        /// `[cluster]` to sp.toml. Further nodes copy this state dir (docs/CLUSTER.md).
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// A file holding the database password (recorded in sp.toml; else the password
+        /// is read from RAC_POSTGRES_PASSWORD).
+        #[arg(long, value_name = "FILE", requires = "postgres")]
+        postgres_password_file: Option<PathBuf>,
+        /// This node's name in the cluster (default: the host name).
+        #[arg(long, value_name = "NAME", requires = "postgres")]
+        node: Option<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -263,6 +277,18 @@ under the old scope within one registry poll. Written to the audit log."
     },
 }
 
+/// This machine's name, as a cluster node's default name.
+fn host_name() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    match crate::wire::validate_name(&name) {
+        Ok(()) => Ok(name),
+        Err(_) => bail!("this host's name {name:?} cannot name a node: pass --node NAME"),
+    }
+}
+
 /// Runs one `rac sp` command; `rac sp run` serves until SIGINT/SIGTERM.
 pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
     match cmd {
@@ -270,9 +296,26 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
             state,
             operator,
             sans,
+            postgres,
+            postgres_password_file,
+            node,
             output,
         } => {
-            let init = crate::sp::init_state_dir(&state.dir(), &operator, &sans)?;
+            let cluster = match postgres {
+                Some(postgres_url) => Some(crate::sp::config::ClusterConfig {
+                    node: match node {
+                        Some(node) => node,
+                        None => host_name()?,
+                    },
+                    postgres_url,
+                    postgres_password_file: postgres_password_file
+                        .map(|f| std::path::absolute(&f))
+                        .transpose()?,
+                    postgres_pool: crate::sp::config::ClusterConfig::DEFAULT_POOL,
+                }),
+                None => None,
+            };
+            let init = crate::sp::init_state_dir(&state.dir(), &operator, &sans, cluster)?;
             if output.json {
                 print_json(&serde_json::json!({
                     "operator": init.operator, "password": init.password,

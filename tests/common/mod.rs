@@ -201,7 +201,7 @@ impl TestSp {
     pub async fn start(config: SpConfig) -> TestSp {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(dir.path().join("sp"));
-        let init = rac::sp::init_state_dir(&state, "admin", &[]).expect("sp init");
+        let init = rac::sp::init_state_dir(&state, "admin", &[], None).expect("sp init");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let registry = Registry::open(&state.registry()).expect("registry");

@@ -59,16 +59,11 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 /// Probes whether the registry can be written, every [`PROBE_EVERY`], until `shutdown`.
 async fn run_readiness(state: AdminState, shutdown: CancellationToken) {
-    let Some(path) = state.sp.registry_path().map(|p| p.to_path_buf()) else {
-        return;
-    };
     loop {
-        let probe_path = path.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            crate::sp::registry::Registry::probe_writable(&probe_path)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the probe failed: {e}")));
+        let sp = state.sp.clone();
+        let found = tokio::task::spawn_blocking(move || sp.registry.probe_writable())
+            .await
+            .unwrap_or_else(|e| Err(format!("the probe failed: {e}")));
         let problem = found.err();
         {
             let mut last = lock(&state.registry_problem);
