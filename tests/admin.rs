@@ -407,6 +407,33 @@ async fn ending_a_session_cuts_it_and_the_audit_names_the_token() {
         .await
         .expect("the session ends");
     assert!(read.is_err() || rest.is_empty(), "{read:?}");
+    // The channel only shows a cut; the console asks the SP why, on an operator connection,
+    // and says the SP's reason (the window's tab and `rac connect` call the same function).
+    let why = console
+        .describe_session_end(&open.session_id, "the channel was cut")
+        .await;
+    assert_eq!(
+        why, "the SP's administrator ended this session (admin token ops)",
+        "{why}"
+    );
+    // Another operator hears nothing of it.
+    admin
+        .sp
+        .registry
+        .add_operator("bob", "bob's long password", "*")
+        .expect("bob");
+    let bob = rac::net::console::ConsoleClient::new(rac::net::console::ConsoleConfig {
+        user: "bob".into(),
+        ..admin.sp.console_config()
+    })
+    .expect("bob's client");
+    bob.login("bob's long password").await.expect("bob logs in");
+    assert_eq!(
+        bob.session_end_reason(&open.session_id)
+            .await
+            .expect("an answer"),
+        None
+    );
     let row = eventually(PATIENCE, "the audit row closes", async || {
         let (_, audit) = admin.get("/v1/audit?tenant=acme&limit=1").await;
         let row = audit["entries"][0].clone();
