@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -727,4 +728,128 @@ async fn the_openapi_document_lists_every_path() {
         "bearer"
     );
     assert!(doc["components"]["schemas"]["AdminError"].is_object());
+}
+
+/// Runs curl against a mutual-TLS admin listener: its exit success, the HTTP status it read
+/// (`000` when there was no answer) and the body.
+fn curl_tls(
+    url: &str,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    token: Option<&str>,
+) -> (bool, String, String) {
+    let body = tempfile::NamedTempFile::new().expect("body file");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "-w", "%{http_code}", "-o"])
+        .arg(body.path())
+        .arg("--cacert")
+        .arg(ca);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    if let Some(token) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let out = cmd.arg(url).output().expect("curl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        std::fs::read_to_string(body.path()).unwrap_or_default(),
+    )
+}
+
+/// `rac sp run --admin-mutual-tls`: HTTPS with the SP's server certificate; curl gets an
+/// answer only with a client certificate signed by the SP's CA (made by `rac sp admin-cert
+/// create`), and the bearer token is still required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_takes_only_clients_with_a_certificate_of_the_sp_ca() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "curl is missing, and .ci/run installs it"
+        );
+        eprintln!("curl not installed: skipping");
+        return;
+    }
+    let sp = TestSp::start(quick_config()).await;
+    let state = &sp.state;
+    let acceptor = rac::net::tls::mutual_acceptor(
+        &state.server_chain(),
+        &state.server_key(),
+        &state.ca_cert(),
+    )
+    .expect("acceptor");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let url = format!("https://{}/v1/server", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    tokio::spawn(rac::net::admin::run_sp_with(
+        sp.service.clone(),
+        listener,
+        Some(acceptor),
+        stop.clone(),
+    ));
+    let token = sp
+        .registry
+        .create_admin_token("ops", AdminScope::ReadOnly, &Actor::Local)
+        .expect("token");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let made = std::process::Command::new(common::RAC)
+        .args(["sp", "admin-cert", "create", "ops-laptop", "--state-dir"])
+        .arg(&state.root)
+        .arg("--out")
+        .arg(certs.path())
+        .output()
+        .expect("rac sp admin-cert create");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (cert, key) = (
+        certs.path().join("ops-laptop.pem"),
+        certs.path().join("ops-laptop.key"),
+    );
+    // A certificate of another SP's CA.
+    let foreign_ca = rac::sp::pki::generate(&[]).expect("another CA");
+    let foreign =
+        rac::sp::pki::issue_client(&foreign_ca.ca_key_pem, "mallory", 1).expect("foreign");
+    let (foreign_cert, foreign_key) = (
+        certs.path().join("mallory.pem"),
+        certs.path().join("mallory.key"),
+    );
+    std::fs::write(&foreign_cert, &foreign.cert_pem).expect("write");
+    std::fs::write(&foreign_key, &foreign.key_pem).expect("write");
+    let ca = state.ca_cert();
+
+    let run = move || {
+        let ok = curl_tls(&url, &ca, Some((&cert, &key)), Some(&token));
+        let no_token = curl_tls(&url, &ca, Some((&cert, &key)), None);
+        let no_cert = curl_tls(&url, &ca, None, Some(&token));
+        let wrong_cert = curl_tls(&url, &ca, Some((&foreign_cert, &foreign_key)), Some(&token));
+        let plain = curl_tls(&url.replace("https://", "http://"), &ca, None, Some(&token));
+        (ok, no_token, no_cert, wrong_cert, plain)
+    };
+    let (ok, no_token, no_cert, wrong_cert, plain) =
+        tokio::task::spawn_blocking(run).await.expect("curl");
+    assert_eq!((ok.0, ok.1.as_str()), (true, "200"), "{ok:?}");
+    let server: Value = serde_json::from_str(&ok.2).expect("JSON");
+    assert!(server["version"].is_string(), "{server}");
+    assert_eq!(
+        no_token.1, "401",
+        "the token is still required: {no_token:?}"
+    );
+    for (what, refused) in [
+        ("no certificate", no_cert),
+        ("another CA's", wrong_cert),
+        ("plain HTTP", plain),
+    ] {
+        assert!(!refused.0 && refused.1 == "000", "{what}: {refused:?}");
+    }
+    stop.cancel();
 }
