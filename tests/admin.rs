@@ -853,3 +853,113 @@ async fn mutual_tls_takes_only_clients_with_a_certificate_of_the_sp_ca() {
     }
     stop.cancel();
 }
+
+/// The value of the sample `name` (with its labels) in a metrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `rac tenant` with `[admin] listen`: its `/metrics` counts its sessions as the SP's does
+/// (active, by outcome, bytes relayed to and from the local service), checked against the
+/// sessions a console ran through a real SP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_redirector_counts_its_sessions() {
+    let sp = TestSp::start(quick_config()).await;
+    let secret = sp.add_tenant("acme");
+    let service = common::tcp_echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tenant.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"acme\"\nsecret = \"{secret}\"\nca_cert = \"{}\"\nendpoints = [\"{}\"]\n\
+             server_name = \"localhost\"\n[services]\necho = \"{service}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
+            sp.ca.display(),
+            sp.addr
+        ),
+    )
+    .expect("write config");
+    let (_tenant, line) = Proc::start(
+        &["tenant", "--config", config.to_str().expect("utf8")],
+        "tenant admin listening on",
+    );
+    let addr = line.rsplit(' ').next().expect("address").to_string();
+    let http = reqwest::Client::new();
+    let metrics = || async {
+        http.get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    eventually(PATIENCE, "the tenant is connected", async || {
+        (sample(&metrics().await, "rac_tenant_connected") == Some(1.0)).then_some(())
+    })
+    .await;
+
+    let console = sp.console().await;
+    // One session that carries 1000 bytes each way and ends cleanly, one an admin cuts.
+    let mut session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session");
+    let data = vec![7u8; 1000];
+    tokio::io::AsyncWriteExt::write_all(&mut session.stream, &data)
+        .await
+        .expect("write");
+    let mut back = vec![0u8; 1000];
+    session.stream.read_exact(&mut back).await.expect("echo");
+    assert_eq!(back, data);
+    let (_, text) = eventually(PATIENCE, "one session active", async || {
+        let text = metrics().await;
+        (sample(&text, "rac_tenant_sessions_active") == Some(1.0)).then_some(((), text))
+    })
+    .await;
+    assert_eq!(
+        sample(&text, "rac_tenant_sessions_total{outcome=\"closed\"}"),
+        Some(0.0)
+    );
+    tokio::io::AsyncWriteExt::shutdown(&mut session.stream)
+        .await
+        .expect("close_notify");
+    let mut rest = Vec::new();
+    let _ = session.stream.read_to_end(&mut rest).await;
+
+    let cut = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("second session");
+    // Cut only once the tenant relays it (before, its end would count as `failed`).
+    eventually(PATIENCE, "the second session active", async || {
+        (sample(&metrics().await, "rac_tenant_sessions_active") == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        sp.service
+            .sessions
+            .end(&cut.session_id, Actor::AdminToken("ops".into()))
+    );
+
+    let text = eventually(PATIENCE, "both sessions counted", async || {
+        let text = metrics().await;
+        (sample(&text, "rac_tenant_sessions_total{outcome=\"closed\"}") == Some(1.0)
+            && sample(&text, "rac_tenant_sessions_total{outcome=\"cut\"}") == Some(1.0))
+        .then_some(text)
+    })
+    .await;
+    assert_eq!(sample(&text, "rac_tenant_sessions_active"), Some(0.0));
+    for outcome in ["refused", "failed", "withdrawn"] {
+        let name = format!("rac_tenant_sessions_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&text, &name), Some(0.0), "{name}\n{text}");
+    }
+    // The echo's 1000 bytes each way, counted at the local service's side of the channel.
+    for direction in ["to_service", "from_service"] {
+        let name = format!("rac_tenant_relayed_bytes_total{{direction=\"{direction}\"}}");
+        assert_eq!(sample(&text, &name), Some(1000.0), "{name}\n{text}");
+    }
+    promtool_check(&text);
+}

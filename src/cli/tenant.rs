@@ -106,7 +106,9 @@ pub(super) async fn run(args: TenantArgs) -> Result<ExitCode> {
         let figures = std::sync::Arc::new(crate::net::admin::TenantFigures::default());
         tracker.spawn(figures.clone().follow(state_rx, shutdown.clone()));
         let consent = consent_rx.clone();
-        let router = crate::net::admin::probe_router(move || figures.render(*consent.borrow()));
+        let sessions = config.metrics.clone();
+        let router =
+            crate::net::admin::probe_router(move || figures.render(*consent.borrow(), &sessions));
         let stop = shutdown.clone();
         tracker.spawn(async move {
             if let Err(e) = crate::net::admin::serve(router, admin_listener, stop).await {
