@@ -116,6 +116,11 @@ impl ClusterConfig {
 pub struct AdminConfig {
     /// `host:port`, or a bare port on the loopback address (`6181` = `127.0.0.1:6181`).
     pub listen: String,
+    /// Serve HTTPS with the SP's server certificate and take only clients that show a
+    /// certificate signed by the SP's CA (`rac sp admin-cert create`), bearer token still
+    /// required. Off by default (plain HTTP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mutual_tls: bool,
 }
 
 /// Parses an admin listener's address: `host:port`, or a bare port on the loopback address

@@ -48,10 +48,24 @@ pub async fn run_sp(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_sp_with(sp, listener, None, shutdown).await
+}
+
+/// [`run_sp`], over TLS with `tls` when given (`[admin] mutual_tls`: an acceptor from
+/// `tls::mutual_acceptor`, which takes only clients with a certificate of the SP's CA).
+pub async fn run_sp_with(
+    sp: Arc<SpService>,
+    listener: tokio::net::TcpListener,
+    tls: Option<crate::net::tls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let state = AdminState::new(sp);
     let _probe =
         crate::net::AbortOnDrop(tokio::spawn(run_readiness(state.clone(), shutdown.clone())));
-    super::serve(router(state), listener, shutdown).await
+    match tls {
+        Some(acceptor) => super::serve_tls(router(state), listener, acceptor, shutdown).await,
+        None => super::serve(router(state), listener, shutdown).await,
+    }
 }
 
 /// How often `/readyz`'s registry probe runs: a change shows within a second.
