@@ -75,7 +75,7 @@ impl From<RegistryError> for AdminError {
             RegistryError::Db(_)
             | RegistryError::Postgres(_)
             | RegistryError::Column { .. }
-            | RegistryError::Config(_)
+            | RegistryError::Store(_)
             | RegistryError::Hash(_)
             | RegistryError::Io { .. } => {
                 tracing::error!("registry error during an admin request: {e}");

@@ -229,6 +229,7 @@ impl SpService {
         state.ensure_initialized()?;
         let config = SpConfig::load(&state.config())?;
         let registry = open_registry(state, &config)?;
+        tracing::info!(registry = %registry.location(), "registry open");
         let text = std::fs::read_to_string(state.config()).unwrap_or_default();
         let grant_key = load_or_create_grant_key(&state.grant_key())?;
         let mut service = Self::build(config, registry, grant_key)?;

@@ -205,7 +205,7 @@ impl Registry {
                     now_unix_secs() as i64
                 ],
             )?
-            .ok_or(RegistryError::Config("an insert returned no id".into()))?
+            .ok_or(RegistryError::Store("an insert returned no id".into()))?
             .int(0)
         })
     }

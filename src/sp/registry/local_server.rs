@@ -211,11 +211,6 @@ impl LocalPostgres {
         self.admin(&format!("CREATE DATABASE \"{db}\""))
             .with_context(|| format!("creating database {db}"))
     }
-
-    /// The server's data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data
-    }
 }
 
 impl Drop for LocalPostgres {

@@ -62,8 +62,10 @@ pub enum RegistryError {
         index: usize,
         expected: &'static str,
     },
+    /// The store could not be opened or used: a bad database URL or password, a schema
+    /// newer than this build, a connection thread gone.
     #[error("registry: {0}")]
-    Config(String),
+    Store(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error("{}: {source}", path.display())]
@@ -211,8 +213,8 @@ impl Registry {
         }
     }
 
-    /// Runs statements outside a transaction (reads, and single statements that commit
-    /// on their own).
+    /// Runs reads, outside a transaction (on PostgreSQL, a read that met a restarted
+    /// database is run once more on a new connection).
     fn read<T>(&self, work: impl FnOnce(&dyn Sql) -> Result<T>) -> Result<T> {
         match &self.store {
             Store::Sqlite { conn, .. } => work(&*lock_conn(conn)),
@@ -326,7 +328,7 @@ impl Registry {
             Store::Postgres(pg) => pg
                 .checkout()
                 .query_opt("SELECT version FROM registry_version", &[])?
-                .ok_or(RegistryError::Config("registry_version has no row".into()))?
+                .ok_or(RegistryError::Store("registry_version has no row".into()))?
                 .int(0),
         }
     }

@@ -100,7 +100,7 @@ pub struct PgTarget {
 
 impl std::fmt::Debug for PgTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // postgres::Config's Debug hides the password already; say so anyway by omission.
+        // Where, and no password.
         f.debug_struct("PgTarget")
             .field("hosts", &self.config.get_hosts())
             .field("dbname", &self.config.get_dbname())
@@ -116,9 +116,9 @@ impl PgTarget {
     pub fn new(url: &str, password: Option<&str>) -> Result<Self> {
         let mut config: postgres::Config = url
             .parse()
-            .map_err(|e| RegistryError::Config(format!("PostgreSQL URL {:?}: {e}", redact(url))))?;
+            .map_err(|e| RegistryError::Store(format!("PostgreSQL URL {:?}: {e}", redact(url))))?;
         if config.get_password().is_some() {
-            return Err(RegistryError::Config(
+            return Err(RegistryError::Store(
                 "the PostgreSQL URL carries a password: put it in a file named by \
                  postgres_password_file, or in RAC_POSTGRES_PASSWORD, not in the URL"
                     .into(),
@@ -218,7 +218,7 @@ impl PgStore {
             std::thread::Builder::new()
                 .name(format!("registry-pg-{i}"))
                 .spawn(move || serve(config, queue))
-                .map_err(|e| RegistryError::Config(format!("starting a registry thread: {e}")))?;
+                .map_err(|e| RegistryError::Store(format!("starting a registry thread: {e}")))?;
             idle.push(PgConn { jobs });
         }
         let store = PgStore {
@@ -271,7 +271,7 @@ impl PgStore {
                 .collect::<Result<_>>()?;
             let newest_known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
             if let Some(newer) = applied.iter().find(|v| **v > newest_known) {
-                return Err(RegistryError::Config(format!(
+                return Err(RegistryError::Store(format!(
                     "the registry database is at schema version {newer}, newer than this \
                      rac knows ({newest_known}): upgrade rac on this node"
                 )));
@@ -306,7 +306,7 @@ pub struct Checkout<'a> {
 impl Checkout<'_> {
     fn ask(&self, sql: &str, args: &[Value], want: Want) -> Result<Vec<Row>> {
         let (reply, answer) = mpsc::sync_channel(1);
-        let stopped = || RegistryError::Config("a registry database thread stopped".into());
+        let stopped = || RegistryError::Store("a registry database thread stopped".into());
         let conn = self.conn.as_ref().ok_or_else(stopped)?;
         conn.jobs
             .send(Job {
