@@ -55,8 +55,9 @@ pub enum RegistryError {
     InvalidName(#[from] crate::wire::InvalidName),
     #[error("registry database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// (Not a `source`: the message already carries the cause, once.)
     #[error("registry database (PostgreSQL): {}", postgres_reason(.0))]
-    Postgres(#[from] ::postgres::Error),
+    Postgres(::postgres::Error),
     #[error("registry: column {index} is not {expected}")]
     Column {
         index: usize,
@@ -75,15 +76,22 @@ pub enum RegistryError {
     },
 }
 
+impl From<::postgres::Error> for RegistryError {
+    fn from(e: ::postgres::Error) -> Self {
+        RegistryError::Postgres(e)
+    }
+}
+
 /// A PostgreSQL error with the server's own words when it sent some (`db error` alone says
 /// nothing), and the underlying cause for a connection that failed.
 fn postgres_reason(e: &::postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} ({})", db.message(), db.code().code());
     }
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
+    let text = e.to_string();
+    match std::error::Error::source(e).map(|cause| cause.to_string()) {
+        Some(cause) if !text.contains(&cause) => format!("{text}: {cause}"),
+        _ => text,
     }
 }
 
