@@ -73,6 +73,45 @@ fn copy_state_dir(from: &Path, to: &Path, node: &str) {
     .expect("write sp.toml");
 }
 
+/// The tenant `acme` (offering `echo`) connected to the node at `node`, online, and a console
+/// logged in there as the first operator; `state` is the node's state dir (for its CA).
+async fn tenant_and_console(
+    state: &Path,
+    node: &str,
+    secret: &str,
+    operator_password: &str,
+) -> (TestTenant, std::sync::Arc<ConsoleClient>) {
+    let ca = state.join("ca.pem");
+    let mut services = BTreeMap::new();
+    services.insert(
+        "echo".to_string(),
+        ServiceTarget::Local(rac::lab::echo_service()),
+    );
+    let mut tenant = TestTenant::start(RedirectorConfig {
+        tenant: "acme".into(),
+        secret: secret.into(),
+        endpoints: vec![node.to_string()],
+        trust: Trust::CaFile(ca.clone()),
+        server_name: "localhost".into(),
+        services,
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        identity: Some(common::wire::test_tenant_identity("acme")),
+        ..RedirectorConfig::defaults()
+    });
+    tenant.online().await;
+    let console = ConsoleClient::new(ConsoleConfig {
+        route: Route::Direct(node.to_string()),
+        trust: Trust::CaFile(ca),
+        server_name: "localhost".into(),
+        user: "admin".into(),
+        keys: ConsoleKeys::in_memory().expect("console key"),
+    })
+    .expect("client");
+    console.login(operator_password).await.expect("login");
+    (tenant, console)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_accounts_and_audit_and_a_change_on_one_ends_a_session_on_the_other() {
     let Some(pg) = postgres() else { return };
@@ -171,34 +210,7 @@ async fn two_nodes_share_accounts_and_audit_and_a_change_on_one_ends_a_session_o
     );
 
     // The tenant and a console on node A; data through it intact.
-    let ca = a.join("ca.pem");
-    let mut services = BTreeMap::new();
-    services.insert(
-        "echo".to_string(),
-        ServiceTarget::Local(rac::lab::echo_service()),
-    );
-    let mut tenant = TestTenant::start(RedirectorConfig {
-        tenant: "acme".into(),
-        secret,
-        endpoints: vec![addr_a.clone()],
-        trust: Trust::CaFile(ca.clone()),
-        server_name: "localhost".into(),
-        services,
-        backoff_base: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(500),
-        identity: Some(common::wire::test_tenant_identity("acme")),
-        ..RedirectorConfig::defaults()
-    });
-    tenant.online().await;
-    let console = ConsoleClient::new(ConsoleConfig {
-        route: Route::Direct(addr_a.clone()),
-        trust: Trust::CaFile(ca),
-        server_name: "localhost".into(),
-        user: init["operator"].as_str().expect("operator").into(),
-        keys: ConsoleKeys::in_memory().expect("console key"),
-    })
-    .expect("client");
-    console.login(&operator_password).await.expect("login");
+    let (mut tenant, console) = tenant_and_console(&a, &addr_a, &secret, &operator_password).await;
     let session = console
         .open_session("acme", "echo", |_, _| {})
         .await
@@ -337,34 +349,8 @@ async fn a_node_that_loses_postgres_says_so_refuses_sessions_and_recovers() {
         "--json",
     ])));
     let (_node, addr, admin) = run_node_with_admin(a_s);
-    let ca = a.join("ca.pem");
-    let mut services = BTreeMap::new();
-    services.insert(
-        "echo".to_string(),
-        ServiceTarget::Local(rac::lab::echo_service()),
-    );
-    let mut tenant = TestTenant::start(RedirectorConfig {
-        tenant: "acme".into(),
-        secret: added["secret"].as_str().expect("secret").into(),
-        endpoints: vec![addr.clone()],
-        trust: Trust::CaFile(ca.clone()),
-        server_name: "localhost".into(),
-        services,
-        backoff_base: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(500),
-        identity: Some(common::wire::test_tenant_identity("acme")),
-        ..RedirectorConfig::defaults()
-    });
-    tenant.online().await;
-    let console = ConsoleClient::new(ConsoleConfig {
-        route: Route::Direct(addr),
-        trust: Trust::CaFile(ca),
-        server_name: "localhost".into(),
-        user: "admin".into(),
-        keys: ConsoleKeys::in_memory().expect("console key"),
-    })
-    .expect("client");
-    console.login(&operator_password).await.expect("login");
+    let secret = added["secret"].as_str().expect("secret");
+    let (_tenant, console) = tenant_and_console(&a, &addr, secret, &operator_password).await;
     let http = reqwest::Client::new();
     eventually(PATIENCE, "ready", async || {
         (readyz(&http, &admin).await.0 == 200).then_some(())
