@@ -306,10 +306,7 @@ under the old scope within one registry poll. Written to the audit log."
 
 /// This machine's name, as a cluster node's default name.
 fn host_name() -> Result<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let name = crate::util::host_name().unwrap_or_default();
     match crate::wire::validate_name(&name) {
         Ok(()) => Ok(name),
         Err(_) => bail!("this host's name {name:?} cannot name a node: pass --node NAME"),

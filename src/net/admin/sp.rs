@@ -249,7 +249,7 @@ async fn server(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let now = crate::util::now_unix_secs();
     Json(json!({
         "version": crate::VERSION,
-        "node": node_name(),
+        "node": node_name(sp),
         "started_at": sp.started_at,
         "uptime_secs": now.saturating_sub(sp.started_at),
         "serving": sp.is_serving(),
@@ -259,14 +259,12 @@ async fn server(State(state): State<AdminState>) -> Json<serde_json::Value> {
     }))
 }
 
-/// The host's name, as this node calls itself.
-fn node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".to_string())
+/// This node's name: its `[cluster]` name, else the host's.
+fn node_name(sp: &crate::sp::SpService) -> String {
+    match &sp.config.cluster {
+        Some(cluster) => cluster.node.clone(),
+        None => crate::util::host_name().unwrap_or_else(|| "unknown".to_string()),
+    }
 }
 
 #[utoipa::path(
