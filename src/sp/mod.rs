@@ -694,7 +694,7 @@ mod tests {
     }
 
     /// The SP's own registry connection and a second one, as `rac sp tenant ...` in another
-    /// process has (SQLite's `data_version` only moves for other connections' commits).
+    /// process has.
     fn sp_and_admin() -> (tempfile::TempDir, Arc<SpService>, Registry) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("registry.sqlite");

@@ -348,14 +348,20 @@ impl TestTenant {
     }
 
     pub async fn online(&mut self) {
-        tokio::time::timeout(
+        let waited = tokio::time::timeout(
             PATIENCE,
             self.state
                 .wait_for(|s| matches!(s, AgentState::Online { .. })),
         )
         .await
-        .expect("tenant online in time")
-        .expect("state channel open");
+        .map(|seen| seen.map(drop));
+        match waited {
+            Ok(seen) => seen.expect("state channel open"),
+            Err(_) => panic!(
+                "tenant not online after {PATIENCE:?}; its state: {:?}",
+                *self.state.borrow()
+            ),
+        }
     }
 
     /// Waits until the redirector is not online (for instance after a refusal).

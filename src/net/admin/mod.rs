@@ -77,11 +77,22 @@ pub fn status_of(code: AdminCode) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (status_of(self.0.code), axum::Json(&self.0)).into_response();
-        if self.0.code == AdminCode::AuthFailed {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+        match self.0.code {
+            AdminCode::AuthFailed => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            // The body was left unread, so the connection cannot carry another request:
+            // saying so keeps a client from sending its next one on a closing socket.
+            AdminCode::TooLarge => {
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            _ => {}
         }
         response
     }

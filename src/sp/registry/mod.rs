@@ -2,8 +2,8 @@
 //! SP keeps them in one SQLite file in its state dir; several SP nodes share them in
 //! PostgreSQL (`[cluster]` in sp.toml). Every write is one transaction, so a crash leaves
 //! either the old or the new row. Several processes may use the registry at once (`rac sp
-//! tenant add` while `rac sp run` serves); the server notices their commits through
-//! [`Registry::data_version`].
+//! tenant add` while `rac sp run` serves); the server notices account changes, its own and
+//! theirs, through [`Registry::data_version`].
 //!
 //! This file opens the registry and runs statements on the store; the statements are written
 //! once against [`sql::Sql`] and grouped by topic: `accounts.rs` (operators and tenants),
@@ -31,7 +31,7 @@ pub use self::postgres::PgTarget;
 pub use accounts::{Operator, TenantAccount, tenant_scope};
 pub use admin_tokens::{ADMIN_TOKEN_PREFIX, AdminScope, AdminToken};
 pub use audit::{Actor, AuditEntry, AuditPage, AuditQuery, Party, SessionOutcome};
-use schema::{SCHEMA, add_missing_columns, create_private};
+use schema::{SCHEMA, VERSION_COUNTER, add_missing_columns, create_private};
 pub use schema::{registry_files, tighten};
 use sql::Sql;
 pub use tokens::TokenCheck;
@@ -177,6 +177,7 @@ impl Registry {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
         add_missing_columns(&conn)?;
+        conn.execute_batch(VERSION_COUNTER)?;
         // SQLite creates `-wal` and `-shm` with the database file's mode; tighten ones left
         // by an older version or another tool.
         let [_, wal, _] = registry_files(path);
@@ -293,8 +294,7 @@ impl Registry {
     }
 
     /// Whether a write could start now, for `/readyz`. SQLite: takes the write lock on a
-    /// connection of its own and gives it back at once, committing nothing (so no one's
-    /// `data_version` moves); fails within about 200 ms when another connection holds the
+    /// connection of its own and gives it back at once, committing nothing; fails within about 200 ms when another connection holds the
     /// lock, and at once when the file cannot be opened for writing (a read-only file
     /// system). PostgreSQL: a write that is rolled back, on a pooled connection.
     pub fn probe_writable(&self) -> std::result::Result<(), String> {
@@ -325,20 +325,15 @@ impl Registry {
         }
     }
 
-    /// Changes whenever another process commits a change to the accounts: SQLite's
-    /// `data_version` (any other connection's commit), or on PostgreSQL a counter a trigger
-    /// moves on every change to a tenant account (from any node, this one included).
+    /// Changes whenever a tenant account changes: a counter a trigger moves on every such
+    /// change, made through this registry or any other process (`rac sp tenant ...`, another
+    /// node of a cluster).
     pub fn data_version(&self) -> Result<i64> {
-        match &self.store {
-            Store::Sqlite { conn, .. } => {
-                Ok(lock_conn(conn).query_row("PRAGMA data_version", [], |row| row.get(0))?)
-            }
-            Store::Postgres(pg) => pg
-                .checkout()
-                .query_opt("SELECT version FROM registry_version", &[])?
+        self.read(|db| {
+            db.query_opt("SELECT version FROM registry_version", &[])?
                 .ok_or(RegistryError::Store("registry_version has no row".into()))?
-                .int(0),
-        }
+                .int(0)
+        })
     }
 }
 
@@ -476,43 +471,45 @@ pub(super) mod tests {
         assert_eq!(mode(&path), 0o600);
     }
 
-    #[test]
-    fn another_connections_commit_changes_data_version() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("registry.sqlite");
-        let server = Registry::open(&path).expect("open");
-        let before = server.data_version().expect("v");
-        let cli = Registry::open(&path).expect("open second");
-        cli.add_tenant("acme", "").expect("add");
-        assert_ne!(server.data_version().expect("v"), before);
+    /// A second handle on the same store, as another process or node has.
+    fn another_handle(reg: &Registry) -> Registry {
+        match &reg.store {
+            Store::Sqlite { path, .. } => Registry::open(path).expect("second connection"),
+            // Opening the same database finds the schema made and applies nothing.
+            Store::Postgres(pg) => Registry::open_postgres(pg.target().clone()).expect("node"),
+        }
+    }
+
+    on_both_stores! {
+        /// The running SP reloads the accounts when `data_version` moves: a change made
+        /// through its own handle (the admin API) or another (the CLI, another node) must
+        /// move it, and the SP's own `last_seen` notes must not.
+        fn a_tenant_change_from_any_handle_moves_data_version(reg: &Registry) {
+            let other = another_handle(reg);
+            let before = reg.data_version().expect("v");
+            other.add_tenant("acme", "").expect("add");
+            let added = reg.data_version().expect("v");
+            assert_ne!(added, before, "a tenant added elsewhere moves the version");
+            reg.set_last_seen("acme", 5).expect("seen");
+            other.set_last_seen("acme", 6).expect("seen");
+            assert_eq!(reg.data_version().expect("v"), added, "last_seen is no change");
+            reg.set_enabled("acme", false).expect("disable");
+            let disabled = reg.data_version().expect("v");
+            assert_ne!(disabled, added, "a change through this handle moves it too");
+            assert!(!other.tenants().expect("list")[0].enabled);
+            reg.add_tenant("globex", "").expect("add");
+            reg.remove_tenant("globex").expect("remove");
+            assert_ne!(reg.data_version().expect("v"), disabled);
+            assert!(reg.probe_writable().is_ok());
+        }
     }
 
     #[test]
-    fn on_postgres_a_tenant_change_from_another_node_moves_data_version_and_last_seen_does_not() {
-        let Some(node_a) = postgres_registry() else {
+    fn a_postgres_registry_names_its_place() {
+        let Some(reg) = postgres_registry() else {
             return;
         };
-        let target = match &node_a.store {
-            Store::Postgres(pg) => pg.target().clone(),
-            Store::Sqlite { .. } => unreachable!(),
-        };
-        // A second node opening the same database finds the schema made and applies nothing.
-        let node_b = Registry::open_postgres(target).expect("second node");
-        let before = node_a.data_version().expect("v");
-        node_b.add_tenant("acme", "").expect("add");
-        let added = node_a.data_version().expect("v");
-        assert_ne!(added, before, "a new tenant moves the version");
-        node_b.set_last_seen("acme", 5).expect("seen");
-        assert_eq!(
-            node_a.data_version().expect("v"),
-            added,
-            "last_seen is not an account change"
-        );
-        node_b.set_enabled("acme", false).expect("disable");
-        assert_ne!(node_a.data_version().expect("v"), added);
-        assert!(!node_a.tenants().expect("list")[0].enabled);
-        assert!(node_a.probe_writable().is_ok());
-        assert!(node_a.location().starts_with("postgres://rac@127.0.0.1:"));
+        assert!(reg.location().starts_with("postgres://rac@127.0.0.1:"));
     }
 
     #[test]

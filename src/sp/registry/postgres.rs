@@ -72,7 +72,7 @@ CREATE TABLE admin_tokens (
     last_used BIGINT
 );
 -- Moves whenever a tenant account changes (not when a node notes when it last saw one), so
--- every node reloads the accounts within one registry poll: SQLite's data_version, shared.
+-- every node reloads the accounts within one registry poll (SQLite keeps the same counter).
 CREATE TABLE registry_version (
     only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
     version BIGINT NOT NULL
