@@ -141,7 +141,7 @@ impl Lab {
             .tempdir()
             .context("creating the lab's temporary state dir")?;
         let state = StateDir::new(dir.path().join("sp"));
-        let init = crate::sp::init_state_dir(&state, "operator", &[])?;
+        let init = crate::sp::init_state_dir(&state, "operator", &[], None)?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
 

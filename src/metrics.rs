@@ -319,6 +319,91 @@ impl SpMetrics {
     }
 }
 
+/// How a session ended at a tenant redirector (or why it never started), as its label
+/// says it.
+#[derive(Debug, Clone, Copy)]
+pub enum TenantSessionEnd {
+    /// Answered with `reject` (grant refused, at the session cap, no consent, no such service).
+    Refused,
+    /// Granted but never carried: the data connection, `ready`, the end-to-end handshake or
+    /// the local service failed.
+    Failed,
+    /// Carried, and both sides finished.
+    Closed,
+    /// Carried, then cut: a reset, a truncated channel (the SP or the console cut it).
+    Cut,
+    /// Ended by the tenant: consent withdrawn, or the drain at shutdown ran out.
+    Withdrawn,
+}
+
+/// A tenant redirector's session metrics, on its `[admin]` listener beside
+/// [`Snapshot`]'s figures: sessions relayed now, sessions by outcome, bytes by direction
+/// (counted when each session ends).
+pub struct TenantSessionMetrics {
+    registry: Registry,
+    pub sessions_active: Gauge,
+    sessions: [Counter; 5],
+    to_service_bytes: Counter,
+    from_service_bytes: Counter,
+}
+
+impl std::fmt::Debug for TenantSessionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TenantSessionMetrics")
+    }
+}
+
+impl Default for TenantSessionMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TenantSessionMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let sessions_active = Gauge::default();
+        registry.register(
+            "rac_tenant_sessions_active",
+            "Sessions relayed to a local service now",
+            sessions_active.clone(),
+        );
+        let sessions = Fixed::new();
+        let session_counters =
+            ["refused", "failed", "closed", "cut", "withdrawn"].map(|v| sessions.get("outcome", v));
+        registry.register(
+            "rac_tenant_sessions",
+            "Session requests from the SP by how they ended (refused: answered with reject)",
+            sessions.family,
+        );
+        let bytes = Fixed::new();
+        let to_service_bytes = bytes.get("direction", "to_service");
+        let from_service_bytes = bytes.get("direction", "from_service");
+        registry.register(
+            "rac_tenant_relayed_bytes",
+            "Bytes relayed by ended sessions between the console and the local service, by direction",
+            bytes.family,
+        );
+        TenantSessionMetrics {
+            registry,
+            sessions_active,
+            sessions: session_counters,
+            to_service_bytes,
+            from_service_bytes,
+        }
+    }
+
+    pub fn session_end(&self, end: TenantSessionEnd) {
+        self.sessions[end as usize].inc();
+    }
+
+    /// A session's bytes, once, when it ends.
+    pub fn relayed(&self, to_service: u64, from_service: u64) {
+        self.to_service_bytes.inc_by(to_service);
+        self.from_service_bytes.inc_by(from_service);
+    }
+}
+
 /// Metrics for engines whose figures are read from counters they keep anyway (the gateway,
 /// the tenant redirector): the caller lists (name, help, kind, value) at each scrape.
 pub struct Snapshot {
@@ -354,6 +439,12 @@ impl Snapshot {
             self.text,
             "# HELP {name} {help}.\n# TYPE {name} {kind}\n{sample} {value}\n"
         );
+    }
+
+    /// Adds a tenant redirector's session metrics.
+    pub fn add_sessions(&mut self, sessions: &TenantSessionMetrics) {
+        // OpenMetrics too, its `# EOF` dropped by `finish`.
+        let _ = encode(&mut self.text, &sessions.registry);
     }
 
     /// The text Prometheus scrapes ([`CONTENT_TYPE`]).
@@ -396,8 +487,12 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("# EOF"), "{text}");
+        let sessions = TenantSessionMetrics::new();
+        sessions.session_end(TenantSessionEnd::Cut);
+        sessions.relayed(5, 6);
         let mut snapshot = Snapshot::new();
         snapshot.add("rac_gateway_accepted", "Accepted", Kind::Counter, 3.0);
+        snapshot.add_sessions(&sessions);
         let text = snapshot.finish();
         assert!(
             text.contains(
@@ -405,5 +500,14 @@ mod tests {
             ),
             "{text}"
         );
+        for line in [
+            "# TYPE rac_tenant_sessions_total counter\n",
+            "rac_tenant_sessions_total{outcome=\"cut\"} 1\n",
+            "rac_tenant_relayed_bytes_total{direction=\"from_service\"} 6\n",
+            "rac_tenant_sessions_active 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "{text}");
     }
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -349,11 +350,19 @@ async fn bad_input_gets_a_clear_4xx_and_the_listener_keeps_serving() {
             .is_some_and(|m| m.contains("unknown field")),
         "{body}"
     );
-    refused(
-        send(post_raw(vec![b' '; 1024 * 1024])).await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_large",
+    // A body over the limit is left unread, so the answer closes the connection (and
+    // says so, or the client would send its next request on a closing socket).
+    let too_large = post_raw(vec![b' '; 1024 * 1024])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        too_large.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
     );
+    let status = too_large.status();
+    let body = too_large.json().await.expect("JSON body");
+    refused((status, body), StatusCode::PAYLOAD_TOO_LARGE, "too_large");
     refused(
         admin.get("/v1/audit?limit=lots").await,
         StatusCode::BAD_REQUEST,
@@ -407,6 +416,33 @@ async fn ending_a_session_cuts_it_and_the_audit_names_the_token() {
         .await
         .expect("the session ends");
     assert!(read.is_err() || rest.is_empty(), "{read:?}");
+    // The channel only shows a cut; the console asks the SP why, on an operator connection,
+    // and says the SP's reason (the window's tab and `rac connect` call the same function).
+    let why = console
+        .describe_session_end(&open.session_id, "the channel was cut")
+        .await;
+    assert_eq!(
+        why, "the SP's administrator ended this session (admin token ops)",
+        "{why}"
+    );
+    // Another operator hears nothing of it.
+    admin
+        .sp
+        .registry
+        .add_operator("bob", "bob's long password", "*")
+        .expect("bob");
+    let bob = rac::net::console::ConsoleClient::new(rac::net::console::ConsoleConfig {
+        user: "bob".into(),
+        ..admin.sp.console_config()
+    })
+    .expect("bob's client");
+    bob.login("bob's long password").await.expect("bob logs in");
+    assert_eq!(
+        bob.session_end_reason(&open.session_id)
+            .await
+            .expect("an answer"),
+        None
+    );
     let row = eventually(PATIENCE, "the audit row closes", async || {
         let (_, audit) = admin.get("/v1/audit?tenant=acme&limit=1").await;
         let row = audit["entries"][0].clone();
@@ -700,4 +736,238 @@ async fn the_openapi_document_lists_every_path() {
         "bearer"
     );
     assert!(doc["components"]["schemas"]["AdminError"].is_object());
+}
+
+/// Runs curl against a mutual-TLS admin listener: its exit success, the HTTP status it read
+/// (`000` when there was no answer) and the body.
+fn curl_tls(
+    url: &str,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    token: Option<&str>,
+) -> (bool, String, String) {
+    let body = tempfile::NamedTempFile::new().expect("body file");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "-w", "%{http_code}", "-o"])
+        .arg(body.path())
+        .arg("--cacert")
+        .arg(ca);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    if let Some(token) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let out = cmd.arg(url).output().expect("curl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        std::fs::read_to_string(body.path()).unwrap_or_default(),
+    )
+}
+
+/// `rac sp run --admin-mutual-tls`: HTTPS with the SP's server certificate; curl gets an
+/// answer only with a client certificate signed by the SP's CA (made by `rac sp admin-cert
+/// create`), and the bearer token is still required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_takes_only_clients_with_a_certificate_of_the_sp_ca() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "curl is missing, and .ci/run installs it"
+        );
+        eprintln!("curl not installed: skipping");
+        return;
+    }
+    let sp = TestSp::start(quick_config()).await;
+    let state = &sp.state;
+    let acceptor = rac::net::tls::mutual_acceptor(
+        &state.server_chain(),
+        &state.server_key(),
+        &state.ca_cert(),
+    )
+    .expect("acceptor");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let url = format!("https://{}/v1/server", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    tokio::spawn(rac::net::admin::run_sp_with(
+        sp.service.clone(),
+        listener,
+        Some(acceptor),
+        stop.clone(),
+    ));
+    let token = sp
+        .registry
+        .create_admin_token("ops", AdminScope::ReadOnly, &Actor::Local)
+        .expect("token");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let made = std::process::Command::new(common::RAC)
+        .args(["sp", "admin-cert", "create", "ops-laptop", "--state-dir"])
+        .arg(&state.root)
+        .arg("--out")
+        .arg(certs.path())
+        .output()
+        .expect("rac sp admin-cert create");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (cert, key) = (
+        certs.path().join("ops-laptop.pem"),
+        certs.path().join("ops-laptop.key"),
+    );
+    // A certificate of another SP's CA.
+    let foreign_ca = rac::sp::pki::generate(&[]).expect("another CA");
+    let foreign =
+        rac::sp::pki::issue_client(&foreign_ca.ca_key_pem, "mallory", 1).expect("foreign");
+    let (foreign_cert, foreign_key) = (
+        certs.path().join("mallory.pem"),
+        certs.path().join("mallory.key"),
+    );
+    std::fs::write(&foreign_cert, &foreign.cert_pem).expect("write");
+    std::fs::write(&foreign_key, &foreign.key_pem).expect("write");
+    let ca = state.ca_cert();
+
+    let run = move || {
+        let ok = curl_tls(&url, &ca, Some((&cert, &key)), Some(&token));
+        let no_token = curl_tls(&url, &ca, Some((&cert, &key)), None);
+        let no_cert = curl_tls(&url, &ca, None, Some(&token));
+        let wrong_cert = curl_tls(&url, &ca, Some((&foreign_cert, &foreign_key)), Some(&token));
+        let plain = curl_tls(&url.replace("https://", "http://"), &ca, None, Some(&token));
+        (ok, no_token, no_cert, wrong_cert, plain)
+    };
+    let (ok, no_token, no_cert, wrong_cert, plain) =
+        tokio::task::spawn_blocking(run).await.expect("curl");
+    assert_eq!((ok.0, ok.1.as_str()), (true, "200"), "{ok:?}");
+    let server: Value = serde_json::from_str(&ok.2).expect("JSON");
+    assert!(server["version"].is_string(), "{server}");
+    assert_eq!(
+        no_token.1, "401",
+        "the token is still required: {no_token:?}"
+    );
+    for (what, refused) in [
+        ("no certificate", no_cert),
+        ("another CA's", wrong_cert),
+        ("plain HTTP", plain),
+    ] {
+        assert!(!refused.0 && refused.1 == "000", "{what}: {refused:?}");
+    }
+    stop.cancel();
+}
+
+/// The value of the sample `name` (with its labels) in a metrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `rac tenant` with `[admin] listen`: its `/metrics` counts its sessions as the SP's does
+/// (active, by outcome, bytes relayed to and from the local service), checked against the
+/// sessions a console ran through a real SP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_redirector_counts_its_sessions() {
+    let sp = TestSp::start(quick_config()).await;
+    let secret = sp.add_tenant("acme");
+    let service = common::tcp_echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tenant.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"acme\"\nsecret = \"{secret}\"\nca_cert = \"{}\"\nendpoints = [\"{}\"]\n\
+             server_name = \"localhost\"\n[services]\necho = \"{service}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
+            sp.ca.display(),
+            sp.addr
+        ),
+    )
+    .expect("write config");
+    let (_tenant, line) = Proc::start(
+        &["tenant", "--config", config.to_str().expect("utf8")],
+        "tenant admin listening on",
+    );
+    let addr = line.rsplit(' ').next().expect("address").to_string();
+    let http = reqwest::Client::new();
+    let metrics = || async {
+        http.get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    eventually(PATIENCE, "the tenant is connected", async || {
+        (sample(&metrics().await, "rac_tenant_connected") == Some(1.0)).then_some(())
+    })
+    .await;
+
+    let console = sp.console().await;
+    // One session that carries 1000 bytes each way and ends cleanly, one an admin cuts.
+    let mut session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session");
+    let data = vec![7u8; 1000];
+    tokio::io::AsyncWriteExt::write_all(&mut session.stream, &data)
+        .await
+        .expect("write");
+    let mut back = vec![0u8; 1000];
+    session.stream.read_exact(&mut back).await.expect("echo");
+    assert_eq!(back, data);
+    let (_, text) = eventually(PATIENCE, "one session active", async || {
+        let text = metrics().await;
+        (sample(&text, "rac_tenant_sessions_active") == Some(1.0)).then_some(((), text))
+    })
+    .await;
+    assert_eq!(
+        sample(&text, "rac_tenant_sessions_total{outcome=\"closed\"}"),
+        Some(0.0)
+    );
+    tokio::io::AsyncWriteExt::shutdown(&mut session.stream)
+        .await
+        .expect("close_notify");
+    let mut rest = Vec::new();
+    let _ = session.stream.read_to_end(&mut rest).await;
+
+    let cut = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("second session");
+    // Cut only once the tenant relays it (before, its end would count as `failed`).
+    eventually(PATIENCE, "the second session active", async || {
+        (sample(&metrics().await, "rac_tenant_sessions_active") == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        sp.service
+            .sessions
+            .end(&cut.session_id, Actor::AdminToken("ops".into()))
+    );
+
+    let text = eventually(PATIENCE, "both sessions counted", async || {
+        let text = metrics().await;
+        (sample(&text, "rac_tenant_sessions_total{outcome=\"closed\"}") == Some(1.0)
+            && sample(&text, "rac_tenant_sessions_total{outcome=\"cut\"}") == Some(1.0))
+        .then_some(text)
+    })
+    .await;
+    assert_eq!(sample(&text, "rac_tenant_sessions_active"), Some(0.0));
+    for outcome in ["refused", "failed", "withdrawn"] {
+        let name = format!("rac_tenant_sessions_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&text, &name), Some(0.0), "{name}\n{text}");
+    }
+    // The echo's 1000 bytes each way, counted at the local service's side of the channel.
+    for direction in ["to_service", "from_service"] {
+        let name = format!("rac_tenant_relayed_bytes_total{{direction=\"{direction}\"}}");
+        assert_eq!(sample(&text, &name), Some(1000.0), "{name}\n{text}");
+    }
+    promtool_check(&text);
 }

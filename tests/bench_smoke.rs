@@ -36,6 +36,12 @@ const FIGURES: &[&str] = &[
     "desktop_cpu_ms_per_frame",
     "desktop_console_mib_each",
     "desktop_idle_cpu_pct",
+    "metrics_stream1_gbps",
+    "metrics_open_p50_ms",
+    "scrape_ms",
+    "scrape_kib",
+    "audit_query_p95_ms",
+    "audit_full_scan_ms",
 ];
 
 #[test]

@@ -6,8 +6,10 @@
 //! describes the method and the results.
 //!
 //! This file holds the options and runs the sections in order; `relay.rs` measures bytes
-//! through the relay, `tenants.rs` the idle tenants at scale.
+//! through the relay, `tenants.rs` the idle tenants at scale, `admin.rs` the admin
+//! listener (metrics' cost, a scrape at scale, audit queries).
 
+mod admin;
 mod desktop;
 mod load;
 mod machine;
@@ -69,6 +71,10 @@ pub struct BenchArgs {
     /// [default: 16, quick: 2].
     #[arg(long)]
     pub slow_sessions: Option<usize>,
+    /// Session rows written to the audit log before the SP starts, for the audit figure
+    /// [default: 1000000, quick: 10000].
+    #[arg(long)]
+    pub audit_rows: Option<u64>,
     /// Run only these sections (comma-separated) [default: all].
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Section>,
@@ -94,6 +100,13 @@ pub enum Section {
     /// Remote desktops: key-to-pixel latency, a 1080p full-screen stream, and the console's
     /// memory and idle CPU per desktop.
     Desktop,
+    /// What metrics cost: 1 stream's throughput and the session-open p50 with `/metrics`
+    /// scraped every 100 ms vs not, interleaved.
+    Metrics,
+    /// A `/metrics` scrape (time and size) with every idle tenant online.
+    Scrape,
+    /// Audit queries over the admin API with `--audit-rows` rows in the registry.
+    Audit,
 }
 
 /// The options with their defaults filled in.
@@ -107,6 +120,7 @@ struct Opts {
     opens: usize,
     gateway_conns: usize,
     slow_sessions: usize,
+    audit_rows: u64,
     desktop: desktop::DesktopOpts,
     sections: Vec<Section>,
 }
@@ -140,6 +154,10 @@ impl Opts {
                 .unwrap_or((if q { 20 } else { GATEWAY_CONNS }).min(room / 2))
                 .max(1),
             slow_sessions: a.slow_sessions.unwrap_or(if q { 2 } else { 16 }).max(1),
+            audit_rows: a
+                .audit_rows
+                .unwrap_or(if q { 10_000 } else { 1_000_000 })
+                .max(1),
             desktop: desktop::DesktopOpts {
                 presses: if q { 20 } else { 300 },
                 stream_secs: if q { 2 } else { 4 },
@@ -161,7 +179,16 @@ impl Opts {
 
     /// Whether a section that needs the idle tenants runs.
     fn swarm_needed(&self) -> bool {
-        self.has(Section::Idle) || self.has(Section::List) || self.has(Section::Storm)
+        self.has(Section::Idle)
+            || self.has(Section::List)
+            || self.has(Section::Storm)
+            || self.has(Section::Scrape)
+    }
+
+    /// Whether the SP serves its admin listener (only for the sections that use it: its
+    /// readiness probe is a little work of its own).
+    fn admin_needed(&self) -> bool {
+        self.has(Section::Metrics) || self.has(Section::Scrape) || self.has(Section::Audit)
     }
 }
 
@@ -233,6 +260,9 @@ async fn bench(o: Opts) -> Result<Report> {
     report.setting("opens", o.opens);
     report.setting("gateway_conns", o.gateway_conns);
     report.setting("slow_sessions", o.slow_sessions);
+    if o.has(Section::Audit) {
+        report.setting("audit_rows", o.audit_rows);
+    }
 
     let swarm_needed = o.swarm_needed();
     let idle = if swarm_needed { o.tenants } else { 0 };
@@ -245,6 +275,12 @@ async fn bench(o: Opts) -> Result<Report> {
         idle,
         &SpSettings {
             heartbeat_secs: o.heartbeat_secs,
+            admin: o.admin_needed(),
+            audit_rows: if o.has(Section::Audit) {
+                o.audit_rows
+            } else {
+                0
+            },
         },
     )
     .await?;
@@ -276,6 +312,14 @@ async fn bench(o: Opts) -> Result<Report> {
     if o.has(Section::Gateway) {
         progress("gateway memory");
         gateway_section(&world, &o, &mut report).await?;
+    }
+    if o.has(Section::Metrics) {
+        progress("metrics on vs off");
+        admin::metrics_section(&world, &o, &mut report).await?;
+    }
+    if o.has(Section::Audit) {
+        progress("audit queries");
+        admin::audit_section(&world, &o, &mut report).await?;
     }
     if swarm_needed {
         swarm_section(&mut world, &o, &mut report, progress).await?;

@@ -89,6 +89,11 @@ pub(super) async fn swarm_section(
         list_figures(world, n, report).await?;
     }
 
+    if o.has(Section::Scrape) {
+        progress("scraping /metrics");
+        super::admin::scrape_figures(world, n, report).await?;
+    }
+
     if o.has(Section::Storm) {
         progress("reconnect storm");
         use std::sync::atomic::Ordering;

@@ -54,13 +54,27 @@ pub struct World {
     pub stream_desktop_addr: SocketAddr,
     /// The full-screen desktop behind `stream_desktop_addr` (its pace is set per run).
     pub stream_desktop: Arc<StreamDesktop>,
+    /// The SP's admin listener (on the same port after a restart), when asked for.
+    pub admin: Option<AdminAccess>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
 
-/// SP settings the benchmark writes to `sp.toml`.
+/// SP settings the benchmark writes to `sp.toml` or passes to `rac sp run`.
 pub struct SpSettings {
     pub heartbeat_secs: u64,
+    /// Serve the admin listener (`--admin`), with a read-only token for the bench.
+    pub admin: bool,
+    /// Session rows written to the audit log before the SP starts.
+    pub audit_rows: u64,
+}
+
+/// The SP's admin listener as the bench reaches it.
+#[derive(Clone)]
+pub struct AdminAccess {
+    pub addr: SocketAddr,
+    /// A read-only admin token.
+    pub token: String,
 }
 
 impl World {
@@ -73,7 +87,7 @@ impl World {
             .context("making a temporary dir")?;
         tracing::debug!("bench state in {}", dir.path().display());
         let state = StateDir::new(dir.path().join("sp"));
-        let init = crate::sp::init_state_dir(&state, OPERATOR, &[])?;
+        let init = crate::sp::init_state_dir(&state, OPERATOR, &[], None)?;
         std::fs::write(
             state.config(),
             format!(
@@ -96,7 +110,29 @@ impl World {
             "added {idle_tenants} tenants to the registry in {:?}",
             started.elapsed()
         );
+        let admin = if settings.admin {
+            let token = registry.create_admin_token(
+                "bench",
+                crate::sp::registry::AdminScope::ReadOnly,
+                &crate::sp::registry::Actor::Local,
+            )?;
+            Some(AdminAccess {
+                addr: free_port()?,
+                token,
+            })
+        } else {
+            None
+        };
         drop(registry);
+        if settings.audit_rows > 0 {
+            let started = Instant::now();
+            super::admin::fill_audit(&state.registry(), settings.audit_rows)?;
+            tracing::debug!(
+                "wrote {} audit rows in {:?}",
+                settings.audit_rows,
+                started.elapsed()
+            );
+        }
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -107,7 +143,7 @@ impl World {
         let stream_desktop_addr =
             desktop_service(&tasks, &shutdown, stream_desktop.clone()).await?;
 
-        let sp = spawn_sp(&state, "127.0.0.1:0", dir.path())?;
+        let sp = spawn_sp(&state, "127.0.0.1:0", admin.as_ref(), dir.path())?;
         let sp_addr = sp.addr;
         let console = ConsoleClient::new(ConsoleConfig {
             route: Route::Direct(sp_addr.to_string()),
@@ -183,6 +219,7 @@ impl World {
             input_desktop_addr,
             stream_desktop_addr,
             stream_desktop,
+            admin,
             shutdown,
             tasks,
             dir,
@@ -208,7 +245,12 @@ impl World {
     }
 
     pub fn start_sp_again(&mut self) -> Result<()> {
-        self.sp = spawn_sp(&self.state, &self.sp_addr.to_string(), self.dir.path())?;
+        self.sp = spawn_sp(
+            &self.state,
+            &self.sp_addr.to_string(),
+            self.admin.as_ref(),
+            self.dir.path(),
+        )?;
         Ok(())
     }
 
@@ -254,20 +296,35 @@ impl World {
     }
 }
 
-fn spawn_sp(state: &StateDir, listen: &str, dir: &std::path::Path) -> Result<RacProcess> {
+fn spawn_sp(
+    state: &StateDir,
+    listen: &str,
+    admin: Option<&AdminAccess>,
+    dir: &std::path::Path,
+) -> Result<RacProcess> {
+    let mut args = vec![
+        "sp".into(),
+        "run".into(),
+        "--state-dir".into(),
+        state.root.display().to_string(),
+        "--listen".into(),
+        listen.into(),
+    ];
+    if let Some(admin) = admin {
+        args.extend(["--admin".into(), admin.addr.to_string()]);
+    }
     RacProcess::spawn(
-        &[
-            "sp".into(),
-            "run".into(),
-            "--state-dir".into(),
-            state.root.display().to_string(),
-            "--listen".into(),
-            listen.into(),
-        ],
+        &args,
         &super::procs::extra_env("RAC_BENCH_SP_ENV")?,
         "SP listening on",
         &dir.join("sp.log"),
     )
+}
+
+/// A loopback port free now, for the SP's admin listener (kept across the SP's restarts).
+fn free_port() -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?)
 }
 
 /// Accepts on a port-0 loopback listener and serves each connection with `handler`.

@@ -61,7 +61,7 @@ pub(super) async fn run(args: GatewayArgs) -> Result<ExitCode> {
     let _admin = match &args.admin {
         Some(admin) => {
             let addr = crate::sp::config::parse_admin_listen(admin)?;
-            let admin_listener = crate::net::admin::bind(addr).await?;
+            let admin_listener = crate::net::admin::bind(addr, false).await?;
             eprintln!(
                 "gateway admin listening on {}",
                 admin_listener.local_addr()?

@@ -32,7 +32,8 @@ impl StateArgs {
     fn registry(&self) -> Result<Registry> {
         let state = self.dir();
         state.ensure_initialized()?;
-        Ok(Registry::open(&state.registry())?)
+        let config = crate::sp::config::SpConfig::load(&state.config())?;
+        crate::sp::open_registry(&state, &config)
     }
 }
 
@@ -48,6 +49,19 @@ pub enum SpCommand {
         /// Extra names or addresses for the server certificate (localhost and 127.0.0.1 are always in).
         #[arg(long = "san")]
         sans: Vec<String>,
+        /// Keep the registry in this PostgreSQL database, shared by several SP nodes:
+        /// `postgres://USER@HOST:PORT/DATABASE` (no password here: see
+        /// --postgres-password-file and RAC_POSTGRES_PASSWORD). Creates the schema and writes
+        /// `[cluster]` to sp.toml. Further nodes copy this state dir (docs/CLUSTER.md).
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// A file holding the database password (recorded in sp.toml; else the password
+        /// is read from RAC_POSTGRES_PASSWORD).
+        #[arg(long, value_name = "FILE", requires = "postgres")]
+        postgres_password_file: Option<PathBuf>,
+        /// This node's name in the cluster (default: the host name).
+        #[arg(long, value_name = "NAME", requires = "postgres")]
+        node: Option<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -70,6 +84,9 @@ pub enum SpCommand {
     /// Manage the admin API's bearer tokens.
     #[command(subcommand)]
     AdminToken(SpAdminTokenCommand),
+    /// Client certificates for the admin listener's mutual TLS (`--admin-mutual-tls`).
+    #[command(subcommand)]
+    AdminCert(SpAdminCertCommand),
     /// Serve the SP port.
     Run {
         #[command(flatten)]
@@ -81,6 +98,30 @@ pub enum SpCommand {
         /// host:port, or a port on 127.0.0.1. Overrides `[admin] listen` in sp.toml.
         #[arg(long, value_name = "ADDR")]
         admin: Option<String>,
+        /// Serve the admin listener over TLS with the SP's server certificate, and take only
+        /// clients that show a certificate signed by the SP's CA (`rac sp admin-cert
+        /// create`); the bearer token is still required. As `mutual_tls = true` in
+        /// `[admin]`.
+        #[arg(long)]
+        admin_mutual_tls: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpAdminCertCommand {
+    /// Sign a client certificate with the SP's CA for the admin listener's mutual TLS;
+    /// writes NAME.pem and NAME.key (0600) into --out.
+    Create {
+        /// The certificate's common name (who holds it).
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Where to write NAME.pem and NAME.key.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
 }
 
@@ -263,6 +304,15 @@ under the old scope within one registry poll. Written to the audit log."
     },
 }
 
+/// This machine's name, as a cluster node's default name.
+fn host_name() -> Result<String> {
+    let name = crate::util::host_name().unwrap_or_default();
+    match crate::wire::validate_name(&name) {
+        Ok(()) => Ok(name),
+        Err(_) => bail!("this host's name {name:?} cannot name a node: pass --node NAME"),
+    }
+}
+
 /// Runs one `rac sp` command; `rac sp run` serves until SIGINT/SIGTERM.
 pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
     match cmd {
@@ -270,9 +320,26 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
             state,
             operator,
             sans,
+            postgres,
+            postgres_password_file,
+            node,
             output,
         } => {
-            let init = crate::sp::init_state_dir(&state.dir(), &operator, &sans)?;
+            let cluster = match postgres {
+                Some(postgres_url) => Some(crate::sp::config::ClusterConfig {
+                    node: match node {
+                        Some(node) => node,
+                        None => host_name()?,
+                    },
+                    postgres_url,
+                    postgres_password_file: postgres_password_file
+                        .map(|f| std::path::absolute(&f))
+                        .transpose()?,
+                    postgres_pool: crate::sp::config::ClusterConfig::DEFAULT_POOL,
+                }),
+                None => None,
+            };
+            let init = crate::sp::init_state_dir(&state.dir(), &operator, &sans, cluster)?;
             if output.json {
                 print_json(&serde_json::json!({
                     "operator": init.operator, "password": init.password,
@@ -471,10 +538,12 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
             }
         }
         SpCommand::AdminToken(cmd) => admin_token(cmd)?,
+        SpCommand::AdminCert(cmd) => admin_cert(cmd)?,
         SpCommand::Run {
             state,
             listen,
             admin,
+            admin_mutual_tls,
         } => {
             let addr = crate::sp::config::parse_listen(&listen)?;
             let engine = crate::net::cloud_redirector::SpEngine::open(&state.dir())?;
@@ -489,6 +558,29 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 })
                 .map(|a| crate::sp::config::parse_admin_listen(&a))
                 .transpose()?;
+            let mutual_tls = admin_mutual_tls
+                || engine
+                    .service
+                    .config
+                    .admin
+                    .as_ref()
+                    .is_some_and(|a| a.mutual_tls);
+            let admin_tls = match (&admin, mutual_tls) {
+                (Some(_), true) => {
+                    let dir = state.dir();
+                    let acceptor = crate::net::tls::mutual_acceptor(
+                        &dir.server_chain(),
+                        &dir.server_key(),
+                        &dir.ca_cert(),
+                    )
+                    .context("the admin listener's mutual TLS")?;
+                    Some(acceptor)
+                }
+                (None, true) => {
+                    bail!("--admin-mutual-tls needs an admin listener (--admin or [admin] listen)")
+                }
+                (_, false) => None,
+            };
             return runtime()?.block_on(async move {
                 let listener =
                     crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
@@ -498,11 +590,13 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 let admin_stop = tokio_util::sync::CancellationToken::new();
                 let admin_task = match admin {
                     Some(admin) => {
-                        let admin_listener = crate::net::admin::bind(admin).await?;
+                        let admin_listener =
+                            crate::net::admin::bind(admin, admin_tls.is_some()).await?;
                         eprintln!("SP admin listening on {}", admin_listener.local_addr()?);
-                        Some(tokio::spawn(crate::net::admin::run_sp(
+                        Some(tokio::spawn(crate::net::admin::run_sp_with(
                             engine.service.clone(),
                             admin_listener,
+                            admin_tls,
                             admin_stop.clone(),
                         )))
                     }
@@ -583,6 +677,38 @@ fn admin_token(cmd: SpAdminTokenCommand) -> Result<()> {
         SpAdminTokenCommand::Revoke { name, state } => {
             state.registry()?.revoke_admin_token(&name, &Actor::Local)?;
             println!("admin token {name} revoked");
+        }
+    }
+    Ok(())
+}
+
+/// `rac sp admin-cert ...`.
+fn admin_cert(cmd: SpAdminCertCommand) -> Result<()> {
+    match cmd {
+        SpAdminCertCommand::Create {
+            name,
+            state,
+            out,
+            days,
+        } => {
+            crate::wire::validate_name(&name)?;
+            let dir = state.dir();
+            dir.ensure_initialized()?;
+            let ca_key = std::fs::read_to_string(dir.ca_key())
+                .with_context(|| format!("reading {}", dir.ca_key().display()))?;
+            let cert = crate::sp::pki::issue_client(&ca_key, &name, days)?;
+            let (cert_path, key_path) = (
+                out.join(format!("{name}.pem")),
+                out.join(format!("{name}.key")),
+            );
+            crate::sp::pki::write_private(&key_path, &cert.key_pem)?;
+            std::fs::write(&cert_path, &cert.cert_pem)
+                .with_context(|| format!("writing {}", cert_path.display()))?;
+            println!(
+                "admin client certificate {name} (valid {days} days): {} and {}",
+                cert_path.display(),
+                key_path.display()
+            );
         }
     }
     Ok(())

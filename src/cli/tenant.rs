@@ -101,12 +101,14 @@ pub(super) async fn run(args: TenantArgs) -> Result<ExitCode> {
         tokio::sync::watch::channel(crate::net::tenant_redirector::AgentState::Connecting);
     if let Some(admin) = &file.admin {
         let addr = crate::sp::config::parse_admin_listen(&admin.listen)?;
-        let admin_listener = crate::net::admin::bind(addr).await?;
+        let admin_listener = crate::net::admin::bind(addr, false).await?;
         eprintln!("tenant admin listening on {}", admin_listener.local_addr()?);
         let figures = std::sync::Arc::new(crate::net::admin::TenantFigures::default());
         tracker.spawn(figures.clone().follow(state_rx, shutdown.clone()));
         let consent = consent_rx.clone();
-        let router = crate::net::admin::probe_router(move || figures.render(*consent.borrow()));
+        let sessions = config.metrics.clone();
+        let router =
+            crate::net::admin::probe_router(move || figures.render(*consent.borrow(), &sessions));
         let stop = shutdown.clone();
         tracker.spawn(async move {
             if let Err(e) = crate::net::admin::serve(router, admin_listener, stop).await {

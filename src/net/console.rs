@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::acceptor::Acceptor;
 use super::dial::{DialError, Dialer, Route};
 use super::known_tenants::KnownTenants;
-use super::splice::{Counters, Strict, splice};
+use super::splice::{Counters, Side, SpliceEnd, Strict, splice};
 use super::tls::e2e::{self, E2eError, Identity};
 use super::tls::{ClientStream, TlsClient, TlsInfo, Trust};
 use crate::wire::frame::{self, FrameError, MAX_FRAME_LEN};
@@ -150,6 +150,10 @@ impl fmt::Debug for ConsoleConfig {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a console waits for the SP to say why it ended a session before it shows the
+/// bare error.
+pub const END_REASON_WAIT: Duration = Duration::from_secs(5);
 
 /// The stages of opening a session, as the console shows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,6 +384,51 @@ impl ConsoleClient {
         Ok(())
     }
 
+    /// Why the SP ended `session_id`, one of this operator's sessions, asked on an operator
+    /// connection after its end-to-end channel was cut (the SP cannot write into that
+    /// channel). `None` when the SP did not end it (the tenant or the network did) or no
+    /// longer remembers; an SP older than this question refuses it (`bad_request`).
+    pub async fn session_end_reason(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<String>, ConsoleError> {
+        let mut stream = self.token_connection().await?;
+        let request = ApiRequest::SessionEnd {
+            session_id: session_id.to_string(),
+        };
+        frame::write_frame(&mut stream, &request).await?;
+        let answer = frame::read_frame::<ApiResponse, _>(&mut stream, MAX_FRAME_LEN).await?;
+        // close_notify, so the SP reads a clean end.
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        match answer {
+            Some(ApiResponse::SessionEnded { reason, .. }) => Ok(reason),
+            Some(ApiResponse::Error { code, message }) => {
+                Err(ConsoleError::Refused { code, message })
+            }
+            Some(other) => Err(ConsoleError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+            None => Err(ConsoleError::ConnectionLost(
+                "the SP closed the connection before answering".into(),
+            )),
+        }
+    }
+
+    /// The words for a session that ended with `error` (its channel cut): the SP's reason
+    /// when the SP ended it, else the error itself. Waits for the SP's answer at most
+    /// [`END_REASON_WAIT`]; the window's tab and `rac connect` both say it.
+    pub async fn describe_session_end(&self, session_id: &str, error: &str) -> String {
+        match tokio::time::timeout(END_REASON_WAIT, self.session_end_reason(session_id)).await {
+            Ok(Ok(Some(reason))) => reason,
+            Ok(Ok(None)) => format!("session ended: {error}"),
+            Ok(Err(e)) => {
+                tracing::debug!(?session_id, "asking the SP why the session ended: {e}");
+                format!("session ended: {error}")
+            }
+            Err(_) => format!("session ended: {error}"),
+        }
+    }
+
     /// Opens a session to `service` on `tenant` (steps 5 to 8). `on_stage` hears each stage
     /// as it is reached.
     pub async fn open_session(
@@ -511,7 +560,15 @@ pub async fn forward(
                 Ok(session) => {
                     tracing::info!(%peer, ?tenant, ?service, via = %session.endpoint, "forwarding");
                     let report = splice(local, Strict(session.stream), &Counters::default(), &shutdown).await;
-                    tracing::info!(%peer, sent = report.a_to_b, received = report.b_to_a, "connection closed");
+                    match &report.end {
+                        // The end-to-end channel was cut (`Strict`: no close_notify is an
+                        // error): the SP may have ended the session, and can say why.
+                        SpliceEnd::Failed { side: Side::B, error } => {
+                            let why = client.describe_session_end(&session.session_id, error).await;
+                            tracing::warn!(%peer, sent = report.a_to_b, received = report.b_to_a, "connection closed: {why}");
+                        }
+                        _ => tracing::info!(%peer, sent = report.a_to_b, received = report.b_to_a, "connection closed"),
+                    }
                 }
                 Err(e) => tracing::warn!(%peer, ?tenant, ?service, "session failed: {e}"),
             }

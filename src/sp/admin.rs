@@ -72,7 +72,12 @@ impl From<RegistryError> for AdminError {
             | RegistryError::OperatorExists(_)
             | RegistryError::AdminTokenExists(_) => AdminCode::AlreadyExists,
             RegistryError::InvalidName(_) => AdminCode::BadRequest,
-            RegistryError::Db(_) | RegistryError::Hash(_) | RegistryError::Io { .. } => {
+            RegistryError::Db(_)
+            | RegistryError::Postgres(_)
+            | RegistryError::Column { .. }
+            | RegistryError::Store(_)
+            | RegistryError::Hash(_)
+            | RegistryError::Io { .. } => {
                 tracing::error!("registry error during an admin request: {e}");
                 return AdminError::new(AdminCode::Internal, format!("the registry failed: {e}"));
             }

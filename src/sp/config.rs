@@ -47,6 +47,67 @@ pub struct SpConfig {
     /// unless set here or with `rac sp run --admin`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
+    /// `[cluster]`: this SP is one node of several sharing a PostgreSQL registry (docs/CLUSTER.md);
+    /// without it the registry is `registry.sqlite` in the state dir.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` in `sp.toml`. Credentials come from files or the environment, never from the
+/// command line or this file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster (a name like `sp-a`).
+    pub node: String,
+    /// The shared registry, `postgres://USER@HOST:PORT/DATABASE`, without a password.
+    pub postgres_url: String,
+    /// A file holding the database password (readable by the SP's user only). Without it,
+    /// the password is taken from `RAC_POSTGRES_PASSWORD`, else none is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_password_file: Option<PathBuf>,
+    /// Connections this node keeps to PostgreSQL.
+    #[serde(default = "default_postgres_pool")]
+    pub postgres_pool: usize,
+}
+
+fn default_postgres_pool() -> usize {
+    ClusterConfig::DEFAULT_POOL
+}
+
+/// Where the database password may come from besides a file.
+pub const POSTGRES_PASSWORD_ENV: &str = "RAC_POSTGRES_PASSWORD";
+
+impl ClusterConfig {
+    pub const DEFAULT_POOL: usize = 4;
+
+    /// The database to open: the URL, and the password from the file or the environment.
+    pub fn postgres_target(&self) -> Result<crate::sp::registry::PgTarget> {
+        let password = match &self.postgres_password_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading postgres_password_file {}", file.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            None => std::env::var(POSTGRES_PASSWORD_ENV).ok(),
+        };
+        let mut target =
+            crate::sp::registry::PgTarget::new(&self.postgres_url, password.as_deref())?;
+        target.pool_size = self.postgres_pool;
+        Ok(target)
+    }
+
+    fn validate(&self) -> Result<()> {
+        crate::wire::validate_name(&self.node).context("[cluster] node")?;
+        if self.postgres_pool == 0 {
+            bail!("[cluster] postgres_pool must be greater than 0");
+        }
+        // Parsed now, so a bad URL is named when the file is read, not at the first query.
+        crate::sp::registry::PgTarget::new(&self.postgres_url, None)
+            .context("[cluster] postgres_url")?;
+        Ok(())
+    }
 }
 
 /// `[admin]` in `sp.toml`.
@@ -55,6 +116,11 @@ pub struct SpConfig {
 pub struct AdminConfig {
     /// `host:port`, or a bare port on the loopback address (`6181` = `127.0.0.1:6181`).
     pub listen: String,
+    /// Serve HTTPS with the SP's server certificate and take only clients that show a
+    /// certificate signed by the SP's CA (`rac sp admin-cert create`), bearer token still
+    /// required. Off by default (plain HTTP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mutual_tls: bool,
 }
 
 /// Parses an admin listener's address: `host:port`, or a bare port on the loopback address
@@ -88,6 +154,7 @@ impl Default for SpConfig {
             trusted_proxies: Vec::new(),
             registry_poll_millis: 500,
             admin: None,
+            cluster: None,
         }
     }
 }
@@ -134,6 +201,9 @@ impl SpConfig {
         }
         if let Some(admin) = &self.admin {
             parse_admin_listen(&admin.listen).context("[admin] listen")?;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         for gateway in &self.gateways {
             if !gateway.contains(':') {
@@ -202,7 +272,9 @@ impl StateDir {
     /// Fails with a hint when `rac sp init` has not been run here. Also makes the dir
     /// private (0700) if it is not, with a warning: it holds the CA key and the registry.
     pub fn ensure_initialized(&self) -> Result<()> {
-        if !self.registry().exists() || !self.server_chain().exists() {
+        // A cluster node's registry is in PostgreSQL: its sp.toml says where.
+        let registry = self.registry().exists() || self.config().exists();
+        if !registry || !self.server_chain().exists() {
             bail!(
                 "{} is not an SP state dir (run `rac sp init --state-dir {}` first)",
                 self.root.display(),

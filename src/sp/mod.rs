@@ -68,8 +68,6 @@ pub struct SpService {
     pub metrics: Arc<SpMetrics>,
     /// The sessions being relayed now.
     pub sessions: sessions::SessionTable,
-    /// The registry file (`None` for a service built on an open registry).
-    registry_path: Option<std::path::PathBuf>,
     /// When this service started (Unix seconds).
     pub started_at: u64,
     /// Set while the SP port accepts connections.
@@ -102,11 +100,15 @@ pub struct InitResult {
     pub ca_fingerprint: String,
 }
 
-/// Creates a new state dir: CA, server certificate, registry and one operator.
+/// Creates a new state dir: CA, server certificate, registry and one operator. With
+/// `cluster`, the registry is that PostgreSQL database (its schema made now, which must hold
+/// no operator yet) and `sp.toml` gets the `[cluster]` section; further nodes get a copy of
+/// this state dir, not an init of their own (docs/CLUSTER.md).
 pub fn init_state_dir(
     state: &StateDir,
     operator: &str,
     extra_sans: &[String],
+    cluster: Option<config::ClusterConfig>,
 ) -> Result<InitResult> {
     if state.registry().exists() || state.ca_cert().exists() {
         anyhow::bail!(
@@ -119,8 +121,32 @@ pub fn init_state_dir(
             }
         );
     }
-    state.create_private()?;
     crate::wire::validate_name(operator)?;
+    // The database first: a wrong URL or password leaves no half-made state dir behind.
+    let shared = match &cluster {
+        Some(cluster) => {
+            let config = SpConfig {
+                cluster: Some(cluster.clone()),
+                ..SpConfig::default()
+            };
+            config.validate()?;
+            let target = cluster.postgres_target()?;
+            let place = target.describe();
+            let registry = Registry::open_postgres(target)
+                .with_context(|| format!("opening the registry in {place}"))?;
+            if let Some(first) = registry.operators()?.first() {
+                anyhow::bail!(
+                    "{place} already holds a registry (operator {:?}): to add a node, copy \
+                     the first node's state dir and give it its own [cluster] node name \
+                     (docs/CLUSTER.md)",
+                    first.name
+                );
+            }
+            Some((registry, config))
+        }
+        None => None,
+    };
+    state.create_private()?;
     let certs = pki::generate(extra_sans)?;
     std::fs::write(state.ca_cert(), &certs.ca_cert_pem)
         .with_context(|| format!("writing {}", state.ca_cert().display()))?;
@@ -131,7 +157,18 @@ pub fn init_state_dir(
     )
     .with_context(|| format!("writing {}", state.server_chain().display()))?;
     pki::write_private(&state.server_key(), &certs.server_key_pem)?;
-    let registry = Registry::open(&state.registry()).context("creating the registry")?;
+    let registry = match shared {
+        Some((registry, config)) => {
+            let text = format!(
+                "# This SP is one node of a cluster sharing its registry in PostgreSQL \
+                 (docs/CLUSTER.md).\n{}",
+                toml::to_string(&config).context("writing sp.toml")?
+            );
+            crate::util::files::write_private(&state.config(), text.as_bytes())?;
+            registry
+        }
+        None => Registry::open(&state.registry()).context("creating the registry")?,
+    };
     load_or_create_grant_key(&state.grant_key())?;
     let password = auth::random_hex_16();
     registry.add_operator(operator, &password, "*")?;
@@ -142,6 +179,31 @@ pub fn init_state_dir(
         ca_cert: state.ca_cert(),
         ca_fingerprint,
     })
+}
+
+/// The registry a state dir's `sp.toml` names: PostgreSQL for a cluster node (`[cluster]`),
+/// else `registry.sqlite` in the state dir.
+pub fn open_registry(state: &StateDir, config: &SpConfig) -> Result<Registry> {
+    match &config.cluster {
+        Some(cluster) => {
+            let target = cluster.postgres_target()?;
+            let place = target.describe();
+            Registry::open_postgres(target)
+                .with_context(|| format!("opening the registry in {place}"))
+        }
+        None => {
+            if !state.registry().exists() {
+                anyhow::bail!(
+                    "{} has no registry.sqlite and its sp.toml has no [cluster]: \
+                     not an SP state dir (run `rac sp init --state-dir {}` first)",
+                    state.root.display(),
+                    state.root.display()
+                );
+            }
+            Registry::open(&state.registry())
+                .with_context(|| format!("opening {}", state.registry().display()))
+        }
+    }
 }
 
 /// The SP's grant key from `path`, or a new one written there (0600): a state dir made
@@ -166,13 +228,12 @@ impl SpService {
     pub fn open(state: &StateDir) -> Result<Arc<Self>> {
         state.ensure_initialized()?;
         let config = SpConfig::load(&state.config())?;
-        let registry = Registry::open(&state.registry())
-            .with_context(|| format!("opening {}", state.registry().display()))?;
+        let registry = open_registry(state, &config)?;
+        tracing::info!(registry = %registry.location(), "registry open");
         let text = std::fs::read_to_string(state.config()).unwrap_or_default();
         let grant_key = load_or_create_grant_key(&state.grant_key())?;
         let mut service = Self::build(config, registry, grant_key)?;
         service.config_path = Some(state.config());
-        service.registry_path = Some(state.registry());
         service.config_text = std::sync::Mutex::new(text);
         Ok(Arc::new(service))
     }
@@ -189,7 +250,11 @@ impl SpService {
 
     fn build(config: SpConfig, registry: Registry, grant_key: GrantKey) -> Result<Self> {
         config.validate()?;
-        let interrupted = registry.close_interrupted_sessions()?;
+        // On a shared registry the open rows may be other nodes' live sessions.
+        let interrupted = match config.cluster {
+            None => registry.close_interrupted_sessions()?,
+            Some(_) => 0,
+        };
         if interrupted > 0 {
             tracing::warn!(
                 interrupted,
@@ -218,17 +283,10 @@ impl SpService {
             gateways_seen: std::sync::Mutex::default(),
             metrics,
             sessions: sessions::SessionTable::default(),
-            registry_path: None,
             started_at: crate::util::now_unix_secs(),
             serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
-    }
-
-    /// The registry file, for a probe of its own (`None` for a service built on an open
-    /// registry).
-    pub fn registry_path(&self) -> Option<&std::path::Path> {
-        self.registry_path.as_deref()
     }
 
     /// The SP port accepts connections (`true`) or no longer does.
@@ -612,7 +670,12 @@ fn check_tenant(account: Option<&registry::TenantAccount>, secret: &str) -> Resu
 
 fn internal(err: impl std::fmt::Display) -> Refusal {
     tracing::error!("registry error: {err}");
-    Refusal::plain(ErrorCode::Internal)
+    // No stale answer when the registry cannot be read (a cluster node that lost
+    // PostgreSQL): refused, and said so.
+    Refusal::new(
+        ErrorCode::Internal,
+        "the SP cannot read its registry now; try again shortly",
+    )
 }
 
 #[cfg(test)]
@@ -631,7 +694,7 @@ mod tests {
     }
 
     /// The SP's own registry connection and a second one, as `rac sp tenant ...` in another
-    /// process has (SQLite's `data_version` only moves for other connections' commits).
+    /// process has.
     fn sp_and_admin() -> (tempfile::TempDir, Arc<SpService>, Registry) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("registry.sqlite");

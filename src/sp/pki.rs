@@ -23,16 +23,7 @@ pub struct SpCertificates {
 /// (DNS names or IP addresses).
 pub fn generate(extra_sans: &[String]) -> Result<SpCertificates> {
     let ca_key = KeyPair::generate().context("generating the CA key")?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Remote Access Console SP CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let ca_params = ca_params()?;
     let ca_cert = ca_params
         .self_signed(&ca_key)
         .context("signing the CA certificate")?;
@@ -62,6 +53,51 @@ pub fn generate(extra_sans: &[String]) -> Result<SpCertificates> {
         ca_key_pem: ca_key.serialize_pem(),
         server_cert_pem: server_cert.pem(),
         server_key_pem: server_key.serialize_pem(),
+    })
+}
+
+/// The CA's name and constraints. An issuer built from them and the CA's key signs
+/// certificates that chain to the CA `generate` made (same subject, same key identifier).
+fn ca_params() -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Remote Access Console SP CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+/// A client certificate and its key (PEM), for the admin listener's mutual TLS.
+pub struct ClientCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Signs a client certificate named `name` (its common name) with the SP's CA key: what the
+/// admin listener asks for when `[admin] mutual_tls` is on. Valid for `days` days.
+pub fn issue_client(ca_key_pem: &str, name: &str, days: u32) -> Result<ClientCertificate> {
+    let ca_key = KeyPair::from_pem(ca_key_pem).context("reading the CA key")?;
+    let issuer = Issuer::new(ca_params()?, &ca_key);
+    let key = KeyPair::generate().context("generating the client key")?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = std::time::SystemTime::now();
+    // An hour back, for clocks a little apart.
+    params.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    params.not_after = (now + std::time::Duration::from_secs(u64::from(days) * 86_400)).into();
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("signing the client certificate")?;
+    Ok(ClientCertificate {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     })
 }
 

@@ -1,11 +1,14 @@
 //! The sessions being relayed now, as the admin API lists and ends them: who opened which
 //! tenant's service from where, since when, and the bytes so far. The cloud redirector adds a
 //! session when it splices it and removes it when the splice ends; ending one here cancels
-//! its splice and records who ended it, which its audit row then says.
+//! its splice and records who ended it, which its audit row then says. The table also
+//! remembers, for a while, why it ended each session it ended, for the console that asks
+//! afterwards (its end-to-end channel, which the SP cannot write into, only saw a cut).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +54,53 @@ pub struct SessionView {
 #[derive(Default)]
 pub struct SessionTable {
     sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
+    ended: Mutex<RecentEnds>,
+}
+
+/// How long the SP remembers why it ended a session: a console asks within a second or two.
+pub const END_REASON_KEPT: Duration = Duration::from_secs(600);
+/// At most this many reasons are kept (the oldest go first): a few hundred bytes each.
+const END_REASONS_MAX: usize = 4096;
+
+/// Why the SP ended recent sessions, for the console that opened each.
+#[derive(Default)]
+struct RecentEnds {
+    by_id: HashMap<String, EndReason>,
+    /// Session ids, oldest end first.
+    order: VecDeque<(Instant, String)>,
+}
+
+struct EndReason {
+    operator: String,
+    reason: String,
+}
+
+impl RecentEnds {
+    fn add(&mut self, now: Instant, session_id: &str, reason: EndReason) {
+        self.expire(now);
+        while self.order.len() >= END_REASONS_MAX {
+            self.pop_oldest();
+        }
+        if self.by_id.insert(session_id.to_string(), reason).is_none() {
+            self.order.push_back((now, session_id.to_string()));
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= END_REASON_KEPT)
+        {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, id)) = self.order.pop_front() {
+            self.by_id.remove(&id);
+        }
+    }
 }
 
 /// A session's place in the table; dropping it removes the session.
@@ -147,14 +197,33 @@ impl SessionTable {
         self.len() == 0
     }
 
-    /// Ends a live session on behalf of `by`. `false` when there is no such session.
+    /// Ends a live session on behalf of `by`. `false` when there is no such session. The
+    /// reason is recorded before the splice is cancelled, so a console that sees its channel
+    /// cut and then asks [`SessionTable::end_reason`] finds it.
     pub fn end(&self, session_id: &str, by: Actor) -> bool {
         let Some(session) = lock(&self.sessions).get(session_id).cloned() else {
             return false;
         };
+        let reason = EndReason {
+            operator: session.operator.clone(),
+            reason: format!("the SP's administrator ended this session ({by})"),
+        };
+        lock(&self.ended).add(Instant::now(), session_id, reason);
         *lock(&session.ended_by) = Some(by);
         session.cancel.cancel();
         true
+    }
+
+    /// Why the SP ended `session_id`, if it did within [`END_REASON_KEPT`], told only to the
+    /// operator who opened it (to anyone else the session is unknown).
+    pub fn end_reason(&self, session_id: &str, operator: &str) -> Option<String> {
+        let mut ended = lock(&self.ended);
+        ended.expire(Instant::now());
+        ended
+            .by_id
+            .get(session_id)
+            .filter(|end| end.operator == operator)
+            .map(|end| end.reason.clone())
     }
 }
 
@@ -186,5 +255,38 @@ mod tests {
         assert_eq!(listed.ended_by(), Some(Actor::AdminToken("ops".into())));
         drop(listed);
         assert!(table.is_empty());
+        // The reason outlives the session, for its own operator only.
+        assert_eq!(
+            table.end_reason("s1", "alice").as_deref(),
+            Some("the SP's administrator ended this session (admin token ops)")
+        );
+        assert_eq!(table.end_reason("s1", "mallory"), None);
+        assert_eq!(table.end_reason("nope", "alice"), None);
+    }
+
+    #[test]
+    fn end_reasons_expire_and_are_capped() {
+        let reason = || EndReason {
+            operator: "alice".into(),
+            reason: "r".into(),
+        };
+        let mut ends = RecentEnds::default();
+        let t0 = Instant::now();
+        ends.add(t0, "old", reason());
+        ends.add(t0 + Duration::from_secs(1), "newer", reason());
+        ends.expire(t0 + END_REASON_KEPT);
+        assert!(!ends.by_id.contains_key("old"));
+        assert!(ends.by_id.contains_key("newer"));
+        let later = t0 + Duration::from_secs(2);
+        for i in 0..END_REASONS_MAX + 10 {
+            ends.add(later, &format!("s{i}"), reason());
+        }
+        assert_eq!(ends.by_id.len(), END_REASONS_MAX);
+        assert_eq!(ends.order.len(), END_REASONS_MAX);
+        assert!(!ends.by_id.contains_key("s0"), "the oldest went first");
+        assert!(
+            ends.by_id
+                .contains_key(&format!("s{}", END_REASONS_MAX + 9))
+        );
     }
 }

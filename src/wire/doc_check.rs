@@ -259,6 +259,9 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
             compact: true,
         },
         ApiRequest::Logout,
+        ApiRequest::SessionEnd {
+            session_id: "s".into(),
+        },
     ] {
         add(operator, Message::Request(&msg), json(&msg));
     }
@@ -278,6 +281,10 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
             name: "acme".into(),
         },
         ApiResponse::LoggedOut,
+        ApiResponse::SessionEnded {
+            session_id: "s".into(),
+            reason: Some("r".into()),
+        },
         ApiResponse::Error {
             code: ErrorCode::Internal,
             message: "m".into(),
@@ -352,6 +359,7 @@ fn message_index(message: Message<'_>) -> usize {
         Message::Request(msg) => match msg {
             ApiRequest::ListTenants { .. } => 20,
             ApiRequest::Logout => 21,
+            ApiRequest::SessionEnd { .. } => 22,
         },
         Message::Response(msg) => match msg {
             ApiResponse::Tenants { .. } => 30,
@@ -360,6 +368,7 @@ fn message_index(message: Message<'_>) -> usize {
             ApiResponse::LoggedOut => 33,
             ApiResponse::Error { .. } => 34,
             ApiResponse::TenantPage(_) => 35,
+            ApiResponse::SessionEnded { .. } => 36,
         },
         Message::Reply(msg) => match msg {
             HelloReply::Welcome(_) => 40,

@@ -31,7 +31,7 @@ impl FakeSp {
     pub async fn start() -> FakeSp {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(dir.path().join("sp"));
-        let init = rac::sp::init_state_dir(&state, "admin", &[]).expect("init");
+        let init = rac::sp::init_state_dir(&state, "admin", &[], None).expect("init");
         let acceptor = rac::net::tls::server_acceptor(&state.server_chain(), &state.server_key())
             .expect("acceptor");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -201,7 +201,7 @@ impl TestSp {
     pub async fn start(config: SpConfig) -> TestSp {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(dir.path().join("sp"));
-        let init = rac::sp::init_state_dir(&state, "admin", &[]).expect("sp init");
+        let init = rac::sp::init_state_dir(&state, "admin", &[], None).expect("sp init");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let registry = Registry::open(&state.registry()).expect("registry");
@@ -348,14 +348,20 @@ impl TestTenant {
     }
 
     pub async fn online(&mut self) {
-        tokio::time::timeout(
+        let waited = tokio::time::timeout(
             PATIENCE,
             self.state
                 .wait_for(|s| matches!(s, AgentState::Online { .. })),
         )
         .await
-        .expect("tenant online in time")
-        .expect("state channel open");
+        .map(|seen| seen.map(drop));
+        match waited {
+            Ok(seen) => seen.expect("state channel open"),
+            Err(_) => panic!(
+                "tenant not online after {PATIENCE:?}; its state: {:?}",
+                *self.state.borrow()
+            ),
+        }
     }
 
     /// Waits until the redirector is not online (for instance after a refusal).

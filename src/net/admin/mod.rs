@@ -9,9 +9,11 @@ mod probes;
 mod sp;
 
 pub use probes::{TenantFigures, gateway_metrics};
-pub use sp::{AdminState, openapi, router as sp_router, run_sp};
+pub use sp::{AdminState, openapi, router as sp_router, run_sp, run_sp_with};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -21,8 +23,14 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::AbortOnDrop;
+use super::acceptor::Acceptor;
+use super::tls::{ServerStream, TlsAcceptor};
 
 use crate::metrics::CONTENT_TYPE;
 use crate::sp::admin::{AdminCode, AdminError};
@@ -69,11 +77,22 @@ pub fn status_of(code: AdminCode) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (status_of(self.0.code), axum::Json(&self.0)).into_response();
-        if self.0.code == AdminCode::AuthFailed {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+        match self.0.code {
+            AdminCode::AuthFailed => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            // The body was left unread, so the connection cannot carry another request:
+            // saying so keeps a client from sending its next one on a closing socket.
+            AdminCode::TooLarge => {
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            _ => {}
         }
         response
     }
@@ -167,15 +186,111 @@ async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Binds an admin listener, warning when the address is not a loopback one (the API's
-/// tokens then cross a network in the clear).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "the admin listener is not on a loopback address: its bearer tokens travel unencrypted; put it behind a TLS proxy or a private network");
+/// Binds an admin listener, warning when the address is not a loopback one and `tls` is
+/// off (the API's tokens then cross a network in the clear).
+pub async fn bind(addr: SocketAddr, tls: bool) -> Result<TcpListener> {
+    if !addr.ip().is_loopback() && !tls {
+        tracing::warn!(%addr, "the admin listener is not on a loopback address: its bearer tokens travel unencrypted; turn on mutual TLS (--admin-mutual-tls), or put it behind a TLS proxy or a private network");
     }
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin listener on {addr}"))
+}
+
+/// How long a client of a mutual-TLS admin listener has for its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections whose handshake may run at once; more wait in the kernel's backlog.
+const MAX_TLS_HANDSHAKES: usize = 64;
+
+/// Serves `router` over TLS with `acceptor` (mutual TLS: `tls::mutual_acceptor`) on
+/// `listener` until `shutdown` fires. The accept loop only accepts; each handshake runs in
+/// its own task under [`TLS_HANDSHAKE_TIMEOUT`], and axum serves the finished streams.
+pub async fn serve_tls(
+    router: Router,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .context("the admin listener's address")?;
+    tracing::info!(%addr, "admin listener serving (mutual TLS)");
+    let (tx, rx) = mpsc::channel(MAX_TLS_HANDSHAKES);
+    let accepting = AbortOnDrop(tokio::spawn(accept_tls(
+        Acceptor::new("admin listener", listener),
+        acceptor,
+        tx,
+        shutdown.clone(),
+    )));
+    let served = axum::serve(TlsListener { rx, addr }, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serving the admin listener");
+    drop(accepting);
+    served
+}
+
+/// Accepts connections and hands each to its own handshake task; the finished streams go
+/// to axum through `tx`.
+async fn accept_tls(
+    mut listener: Acceptor,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(ServerStream<TcpStream>, SocketAddr)>,
+    shutdown: CancellationToken,
+) {
+    let handshakes = Arc::new(Semaphore::new(MAX_TLS_HANDSHAKES));
+    let tasks = TaskTracker::new();
+    loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let Some((tcp, peer)) = listener.next(&shutdown).await else {
+            break;
+        };
+        let (acceptor, tx, shutdown) = (acceptor.clone(), tx.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            let stream = tokio::select! {
+                done = handshake => done,
+                () = shutdown.cancelled() => return,
+            };
+            match stream {
+                Ok(Ok(stream)) => {
+                    let _ = tx.send((stream, peer)).await;
+                }
+                // A client without a certificate of the SP's CA ends here.
+                Ok(Err(e)) => tracing::info!(%peer, "admin TLS handshake refused: {e}"),
+                Err(_) => tracing::info!(%peer, "admin TLS handshake timed out"),
+            }
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// The finished TLS streams of [`accept_tls`], as axum's listener.
+struct TlsListener {
+    rx: mpsc::Receiver<(ServerStream<TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = ServerStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop stopped (shutdown): nothing more comes; axum's graceful
+            // shutdown ends the serve.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` fires.

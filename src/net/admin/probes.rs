@@ -1,6 +1,6 @@
 //! `/metrics` of the engines without an API: a cloud gateway (`rac gateway --admin`) and a
 //! tenant redirector (`[admin] listen` in its config). Their figures are the counters they
-//! keep anyway, read at each scrape.
+//! keep anyway, read at each scrape (and the redirector's session metrics).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Kind, Snapshot};
+use crate::metrics::{Kind, Snapshot, TenantSessionMetrics};
 use crate::net::gateway::GatewayStats;
 use crate::net::tenant_redirector::AgentState;
 
@@ -94,8 +94,9 @@ impl TenantFigures {
         }
     }
 
-    /// The metrics text; `consent` is the provider-access consent now.
-    pub fn render(&self, consent: bool) -> String {
+    /// The metrics text; `consent` is the provider-access consent now, `sessions` the
+    /// redirector's session metrics (`RedirectorConfig::metrics`).
+    pub fn render(&self, consent: bool, sessions: &TenantSessionMetrics) -> String {
         let mut m = Snapshot::new();
         m.add(
             "rac_tenant_connected",
@@ -121,6 +122,7 @@ impl TenantFigures {
             Kind::Gauge,
             consent as u8 as f64,
         );
+        m.add_sessions(sessions);
         m.finish()
     }
 }

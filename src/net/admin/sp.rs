@@ -48,10 +48,24 @@ pub async fn run_sp(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_sp_with(sp, listener, None, shutdown).await
+}
+
+/// [`run_sp`], over TLS with `tls` when given (`[admin] mutual_tls`: an acceptor from
+/// `tls::mutual_acceptor`, which takes only clients with a certificate of the SP's CA).
+pub async fn run_sp_with(
+    sp: Arc<SpService>,
+    listener: tokio::net::TcpListener,
+    tls: Option<crate::net::tls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let state = AdminState::new(sp);
     let _probe =
         crate::net::AbortOnDrop(tokio::spawn(run_readiness(state.clone(), shutdown.clone())));
-    super::serve(router(state), listener, shutdown).await
+    match tls {
+        Some(acceptor) => super::serve_tls(router(state), listener, acceptor, shutdown).await,
+        None => super::serve(router(state), listener, shutdown).await,
+    }
 }
 
 /// How often `/readyz`'s registry probe runs: a change shows within a second.
@@ -59,16 +73,11 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 /// Probes whether the registry can be written, every [`PROBE_EVERY`], until `shutdown`.
 async fn run_readiness(state: AdminState, shutdown: CancellationToken) {
-    let Some(path) = state.sp.registry_path().map(|p| p.to_path_buf()) else {
-        return;
-    };
     loop {
-        let probe_path = path.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            crate::sp::registry::Registry::probe_writable(&probe_path)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the probe failed: {e}")));
+        let sp = state.sp.clone();
+        let found = tokio::task::spawn_blocking(move || sp.registry.probe_writable())
+            .await
+            .unwrap_or_else(|e| Err(format!("the probe failed: {e}")));
         let problem = found.err();
         {
             let mut last = lock(&state.registry_problem);
@@ -240,7 +249,7 @@ async fn server(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let now = crate::util::now_unix_secs();
     Json(json!({
         "version": crate::VERSION,
-        "node": node_name(),
+        "node": node_name(sp),
         "started_at": sp.started_at,
         "uptime_secs": now.saturating_sub(sp.started_at),
         "serving": sp.is_serving(),
@@ -250,14 +259,12 @@ async fn server(State(state): State<AdminState>) -> Json<serde_json::Value> {
     }))
 }
 
-/// The host's name, as this node calls itself.
-fn node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".to_string())
+/// This node's name: its `[cluster]` name, else the host's.
+fn node_name(sp: &crate::sp::SpService) -> String {
+    match &sp.config.cluster {
+        Some(cluster) => cluster.node.clone(),
+        None => crate::util::host_name().unwrap_or_else(|| "unknown".to_string()),
+    }
 }
 
 #[utoipa::path(

@@ -1,5 +1,7 @@
 //! The operator API at the SP (step 4): login, then the tenant list as one snapshot followed
-//! by live changes. An operator sees only the tenants their account may open.
+//! by live changes. An operator sees only the tenants their account may open. A console
+//! whose session was cut asks here why (`session_end`): the SP cannot say it inside the
+//! session's end-to-end channel.
 //!
 //! A password login first passes [`SpService::begin_login`](crate::sp::SpService::begin_login)
 //! (the per-source limit and the cap on password checks running at once) before its Argon2id
@@ -216,6 +218,10 @@ async fn requests(
                     if subscribe {
                         events = Some(rx);
                     }
+                }
+                Ok(Some(ApiRequest::SessionEnd { session_id })) => {
+                    let reason = shared.sp.sessions.end_reason(&session_id, &operator.name);
+                    conn.send(&ApiResponse::SessionEnded { session_id, reason }).await?;
                 }
                 Ok(Some(ApiRequest::Logout)) => {
                     if let Err(e) = shared.sp.registry.revoke_token(token) {

@@ -31,9 +31,10 @@ use tokio_util::task::TaskTracker;
 use super::backoff::Backoff;
 use super::dial::{Dialer, Route};
 use super::pushed_pool::{FORGET_AFTER, PoolKeeper};
-use super::splice::{Counters, Strict, splice};
+use super::splice::{Counted, Counters, SpliceEnd, Strict, splice};
 use super::tls::e2e::{self, Identity};
 use super::tls::{Stream, TlsClient, Trust};
+use crate::metrics::{TenantSessionEnd, TenantSessionMetrics};
 use crate::tenant::config::{DEFAULT_MAX_SESSIONS, TenantConfig};
 use crate::wire::frame::{self, Connection, MAX_FRAME_LEN};
 use crate::wire::protocol::{
@@ -102,6 +103,8 @@ pub struct RedirectorConfig {
     pub grant_pin_file: Option<PathBuf>,
     /// The tenant lock: when not empty, the only console keys a grant may name.
     pub operator_keys: Vec<[u8; 32]>,
+    /// Where the sessions are counted (`/metrics` of `[admin]`).
+    pub metrics: Arc<TenantSessionMetrics>,
 }
 
 impl std::fmt::Debug for RedirectorConfig {
@@ -167,6 +170,7 @@ impl RedirectorConfig {
             identity: None,
             grant_pin_file: None,
             operator_keys: Vec::new(),
+            metrics: Arc::new(TenantSessionMetrics::new()),
         }
     }
 }
@@ -526,6 +530,7 @@ fn start_session(
         Ok(accepted) => accepted,
         Err(e) => {
             tracing::warn!(tenant = %config.tenant, service = ?service, "session refused: {e}");
+            config.metrics.session_end(TenantSessionEnd::Refused);
             return Some(ControlMsg::Reject {
                 session_id,
                 code: ErrorCode::GrantRefused,
@@ -536,6 +541,7 @@ fn start_session(
     tracing::info!(tenant = %config.tenant, service = ?service, operator = ?accepted.body.operator, console_key = %crate::wire::format_fingerprint(&accepted.console_key), "session granted");
     let Ok(slot) = sessions.slots.clone().try_acquire_owned() else {
         tracing::warn!(tenant = %config.tenant, service = ?service, max_sessions = config.max_sessions, "session refused: at the session cap");
+        config.metrics.session_end(TenantSessionEnd::Refused);
         return Some(ControlMsg::Reject {
             session_id,
             code: ErrorCode::Busy,
@@ -599,6 +605,7 @@ async fn open_session(
         withdrawn,
         console_key,
     } = request;
+    let mut tally = Tally::new(&config.metrics, &withdrawn);
     let reject = |code: ErrorCode, reason: String| {
         tracing::info!(tenant = %config.tenant, service = ?service, "session refused: {reason}");
         let control = control.clone();
@@ -614,6 +621,7 @@ async fn open_session(
         }
     };
     if !consent || withdrawn.is_cancelled() {
+        tally.end = TenantSessionEnd::Refused;
         return reject(
             ErrorCode::ProviderAccessDisabled,
             format!("tenant {} does not allow provider access", config.tenant),
@@ -621,6 +629,7 @@ async fn open_session(
         .await;
     }
     let Some(target) = config.services.get(&service).cloned() else {
+        tally.end = TenantSessionEnd::Refused;
         return reject(
             ErrorCode::ServiceNotOffered,
             format!("tenant {} does not offer {service:?}", config.tenant),
@@ -706,13 +715,75 @@ async fn open_session(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            splice(Strict(data), tcp, &Counters::default(), &withdrawn).await;
+            tally.relaying();
+            let report = splice(Strict(data), tcp, &Counters::default(), &withdrawn).await;
+            tally.end = match report.end {
+                SpliceEnd::Closed | SpliceEnd::ClosedWithoutNotify { .. } => {
+                    TenantSessionEnd::Closed
+                }
+                SpliceEnd::Failed { .. } => TenantSessionEnd::Cut,
+                SpliceEnd::Cancelled => TenantSessionEnd::Withdrawn,
+            };
+            tally.bytes = (report.a_to_b, report.b_to_a);
         }
         ServiceTarget::Local(handler) => {
-            tokio::select! {
-                _ = handler(Box::new(data)) => {}
-                _ = withdrawn.cancelled() => {}
-            }
+            let counters = Counters::default();
+            let data = Counted::both(data, counters.a_to_b.clone(), counters.b_to_a.clone());
+            tally.relaying();
+            tally.end = tokio::select! {
+                // The service ends the session however its stream ended.
+                _ = handler(Box::new(data)) => TenantSessionEnd::Closed,
+                _ = withdrawn.cancelled() => TenantSessionEnd::Withdrawn,
+            };
+            tally.bytes = (
+                counters.a_to_b.load(std::sync::atomic::Ordering::Relaxed),
+                counters.b_to_a.load(std::sync::atomic::Ordering::Relaxed),
+            );
         }
+    }
+}
+
+/// One session in the redirector's metrics, counted when it is dropped however
+/// [`open_session`] returns: `failed` unless it says otherwise (`withdrawn` when consent
+/// was withdrawn or the drain ran out first), active while it relays.
+struct Tally<'a> {
+    metrics: &'a TenantSessionMetrics,
+    withdrawn: &'a CancellationToken,
+    end: TenantSessionEnd,
+    /// Console to local service, and back.
+    bytes: (u64, u64),
+    relaying: bool,
+}
+
+impl<'a> Tally<'a> {
+    fn new(metrics: &'a TenantSessionMetrics, withdrawn: &'a CancellationToken) -> Self {
+        Tally {
+            metrics,
+            withdrawn,
+            end: TenantSessionEnd::Failed,
+            bytes: (0, 0),
+            relaying: false,
+        }
+    }
+
+    fn relaying(&mut self) {
+        self.metrics.sessions_active.inc();
+        self.relaying = true;
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if self.relaying {
+            self.metrics.sessions_active.dec();
+        }
+        let end = match self.end {
+            TenantSessionEnd::Failed if self.withdrawn.is_cancelled() => {
+                TenantSessionEnd::Withdrawn
+            }
+            end => end,
+        };
+        self.metrics.session_end(end);
+        self.metrics.relayed(self.bytes.0, self.bytes.1);
     }
 }

@@ -110,6 +110,36 @@ pub fn server_acceptor_with_tickets(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The admin listener's acceptor for mutual TLS: the SP's chain and key, and a client
+/// certificate that chains to the CA in `client_ca_pem` required of every client (no
+/// tickets, no secret extraction: a few admin connections, served by rustls to the end).
+pub fn mutual_acceptor(
+    chain_pem: &Path,
+    key_pem: &Path,
+    client_ca_pem: &Path,
+) -> Result<TlsAcceptor, TlsError> {
+    let chain = read_certs(chain_pem)?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|source| TlsError::Read {
+        path: key_pem.display().to_string(),
+        source,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs(client_ca_pem)? {
+        roots.add(ca)?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    // The admin listener speaks HTTP/1 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// How a client decides to trust the SP.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Trust {

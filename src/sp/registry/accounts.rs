@@ -2,10 +2,10 @@
 //! tenants with the hash of their secret. A change to an operator revokes their tokens and is
 //! written to the audit log in the same transaction.
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::audit::{Actor, audit_admin};
+use super::sql::{Sql, Value, args};
 use super::{Registry, RegistryError, Result};
 use crate::sp::auth;
 use crate::util::now_unix_secs;
@@ -59,10 +59,13 @@ impl Registry {
         crate::wire::validate_name(name)?;
         let tenants = tenant_scope(tenants)?;
         let hash = auth::hash_password(password).map_err(|e| RegistryError::Hash(e.to_string()))?;
-        let inserted = self.conn().execute(
-            "INSERT OR IGNORE INTO operators (name, password_hash, tenants, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![name, hash, tenants, now_unix_secs() as i64],
-        )?;
+        let inserted = self.write(|db| {
+            db.execute(
+                "INSERT INTO operators (name, password_hash, tenants, created_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                args![name, hash, tenants, now_unix_secs() as i64],
+            )
+        })?;
         if inserted == 0 {
             return Err(RegistryError::OperatorExists(name.to_string()));
         }
@@ -75,10 +78,10 @@ impl Registry {
     pub fn set_operator_password(&self, name: &str, password: &str, by: &Actor) -> Result<usize> {
         // The slow hash runs before the lock is taken.
         let hash = auth::hash_password(password).map_err(|e| RegistryError::Hash(e.to_string()))?;
-        self.change_operator(name, "passwd", by, |tx| {
-            tx.execute(
+        self.change_operator(name, "passwd", by, |db| {
+            db.execute(
                 "UPDATE operators SET password_hash = ?2 WHERE name = ?1",
-                params![name, hash],
+                args![name, hash],
             )?;
             Ok("password changed".to_string())
         })
@@ -87,8 +90,8 @@ impl Registry {
     /// Removes an operator and every token of theirs, in one transaction (audited). Returns
     /// how many tokens were revoked.
     pub fn remove_operator(&self, name: &str, by: &Actor) -> Result<usize> {
-        self.change_operator(name, "remove", by, |tx| {
-            tx.execute("DELETE FROM operators WHERE name = ?1", params![name])?;
+        self.change_operator(name, "remove", by, |db| {
+            db.execute("DELETE FROM operators WHERE name = ?1", args![name])?;
             Ok("operator removed".to_string())
         })
     }
@@ -98,15 +101,14 @@ impl Registry {
     /// login. Returns how many tokens were revoked.
     pub fn set_operator_tenants(&self, name: &str, tenants: &str, by: &Actor) -> Result<usize> {
         let tenants = tenant_scope(tenants)?;
-        self.change_operator(name, "set-tenants", by, |tx| {
-            let old: String = tx.query_row(
-                "SELECT tenants FROM operators WHERE name = ?1",
-                params![name],
-                |row| row.get(0),
-            )?;
-            tx.execute(
+        self.change_operator(name, "set-tenants", by, |db| {
+            let old = db
+                .query_opt("SELECT tenants FROM operators WHERE name = ?1", args![name])?
+                .ok_or_else(|| RegistryError::UnknownOperator(name.to_string()))?
+                .text(0)?;
+            db.execute(
                 "UPDATE operators SET tenants = ?2 WHERE name = ?1",
-                params![name, tenants],
+                args![name, &tenants],
             )?;
             Ok(format!("tenant scope set to {tenants:?} (was {old:?})"))
         })
@@ -119,64 +121,61 @@ impl Registry {
         name: &str,
         action: &str,
         by: &Actor,
-        change: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<String>,
+        change: impl FnOnce(&dyn Sql) -> Result<String>,
     ) -> Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let exists = tx
-            .query_row(
-                "SELECT 1 FROM operators WHERE name = ?1",
-                params![name],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if !exists {
-            return Err(RegistryError::UnknownOperator(name.to_string()));
-        }
-        let what = change(&tx)?;
-        let revoked = tx.execute("DELETE FROM tokens WHERE operator = ?1", params![name])?;
-        audit_admin(
-            &tx,
-            by,
-            "operator",
-            action,
-            (name, "-"),
-            &format!("{what}; {revoked} token(s) revoked"),
-        )?;
-        tx.commit()?;
-        Ok(revoked)
+        self.write(|db| {
+            if db
+                .query_opt("SELECT 1 FROM operators WHERE name = ?1", args![name])?
+                .is_none()
+            {
+                return Err(RegistryError::UnknownOperator(name.to_string()));
+            }
+            let what = change(db)?;
+            let revoked = db.execute("DELETE FROM tokens WHERE operator = ?1", args![name])?;
+            audit_admin(
+                db,
+                by,
+                "operator",
+                action,
+                (name, "-"),
+                &format!("{what}; {revoked} token(s) revoked"),
+            )?;
+            Ok(revoked as usize)
+        })
     }
 
     /// The stored password hash of an operator, if there is such an operator.
     pub fn operator_password_hash(&self, name: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.read(|db| {
+            db.query_opt(
                 "SELECT password_hash FROM operators WHERE name = ?1",
-                params![name],
-                |row| row.get(0),
-            )
-            .optional()?)
+                args![name],
+            )?
+            .map(|row| row.text(0))
+            .transpose()
+        })
     }
 
     /// Checks a password. Slow by design (argon2): call from a blocking thread.
     /// An unknown operator costs the same time as a wrong password.
     pub fn verify_operator(&self, name: &str, password: &str) -> Result<Option<Operator>> {
-        let row: Option<(String, String)> = self
-            .conn()
-            .query_row(
+        let row = self.read(|db| {
+            db.query_opt(
                 "SELECT password_hash, tenants FROM operators WHERE name = ?1",
-                params![name],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                args![name],
             )
-            .optional()?;
+        })?;
         match row {
-            Some((hash, tenants)) if auth::verify_password(password, &hash) => Ok(Some(Operator {
-                name: name.to_string(),
-                tenants,
-            })),
-            Some(_) => Ok(None),
+            Some(row) => {
+                if auth::verify_password(password, &row.text(0)?) {
+                    Ok(Some(Operator {
+                        name: name.to_string(),
+                        tenants: row.text(1)?,
+                    }))
+                } else {
+                    Ok(None)
+                }
+            }
             None => {
                 auth::burn_password_time(password);
                 Ok(None)
@@ -185,15 +184,17 @@ impl Registry {
     }
 
     pub fn operators(&self) -> Result<Vec<Operator>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name, tenants FROM operators ORDER BY name")?;
-        let rows = stmt.query_map([], |row| {
-            Ok(Operator {
-                name: row.get(0)?,
-                tenants: row.get(1)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|db| {
+            db.query("SELECT name, tenants FROM operators ORDER BY name", args![])?
+                .iter()
+                .map(|row| {
+                    Ok(Operator {
+                        name: row.text(0)?,
+                        tenants: row.text(1)?,
+                    })
+                })
+                .collect()
+        })
     }
 
     /// Adds a tenant and returns its new secret (shown once, never stored).
@@ -211,124 +212,127 @@ impl Registry {
     ) -> Result<String> {
         crate::wire::validate_name(name)?;
         let secret = auth::random_hex_32();
-        let inserted = self.conn().execute(
-            "INSERT OR IGNORE INTO tenants (name, secret_hash, description, created_at, tenant_key) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, auth::sha256_hex(&secret), description, now_unix_secs() as i64, tenant_key],
-        )?;
+        let inserted = self.write(|db| {
+            db.execute(
+                "INSERT INTO tenants (name, secret_hash, description, created_at, tenant_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                args![
+                    name,
+                    auth::sha256_hex(&secret),
+                    description,
+                    now_unix_secs() as i64,
+                    tenant_key
+                ],
+            )
+        })?;
         if inserted == 0 {
             return Err(RegistryError::TenantExists(name.to_string()));
         }
         Ok(secret)
     }
 
+    /// One change to an existing tenant's row; an unknown tenant is an error.
+    fn change_tenant(&self, name: &str, sql: &str, args: &[Value]) -> Result<()> {
+        if self.write(|db| db.execute(sql, args))? == 0 {
+            return Err(RegistryError::UnknownTenant(name.to_string()));
+        }
+        Ok(())
+    }
+
     /// Replaces a tenant's secret; its current connection is dropped by the running SP.
     pub fn rotate_secret(&self, name: &str) -> Result<String> {
         let secret = auth::random_hex_32();
-        let n = self.conn().execute(
+        self.change_tenant(
+            name,
             "UPDATE tenants SET secret_hash = ?2 WHERE name = ?1",
-            params![name, auth::sha256_hex(&secret)],
+            args![name, auth::sha256_hex(&secret)],
         )?;
-        if n == 0 {
-            return Err(RegistryError::UnknownTenant(name.to_string()));
-        }
         Ok(secret)
     }
 
     pub fn set_enabled(&self, name: &str, enabled: bool) -> Result<()> {
-        let n = self.conn().execute(
+        self.change_tenant(
+            name,
             "UPDATE tenants SET enabled = ?2 WHERE name = ?1",
-            params![name, enabled],
-        )?;
-        if n == 0 {
-            return Err(RegistryError::UnknownTenant(name.to_string()));
-        }
-        Ok(())
+            args![name, enabled],
+        )
     }
 
     pub fn remove_tenant(&self, name: &str) -> Result<()> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM tenants WHERE name = ?1", params![name])?;
-        if n == 0 {
-            return Err(RegistryError::UnknownTenant(name.to_string()));
-        }
-        Ok(())
+        self.change_tenant(name, "DELETE FROM tenants WHERE name = ?1", args![name])
     }
 
     /// Forgets a tenant's recorded key, so the next key it presents is recorded instead
     /// (`rac sp tenant reset-key`, after the tenant's server was reinstalled).
     pub fn reset_tenant_key(&self, name: &str) -> Result<()> {
-        let n = self.conn().execute(
+        self.change_tenant(
+            name,
             "UPDATE tenants SET tenant_key = NULL WHERE name = ?1",
-            params![name],
-        )?;
-        if n == 0 {
-            return Err(RegistryError::UnknownTenant(name.to_string()));
-        }
-        Ok(())
+            args![name],
+        )
     }
 
     /// Records first-seen tenant keys, all in one transaction; a tenant that has a key on
     /// record already keeps it. Returns how many were written.
     pub fn record_tenant_keys(&self, keys: &[(String, String)]) -> Result<usize> {
-        self.timed(|| self.record_tenant_keys_now(keys))
-    }
-
-    fn record_tenant_keys_now(&self, keys: &[(String, String)]) -> Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut written = 0;
-        {
-            let mut stmt = tx.prepare(
-                "UPDATE tenants SET tenant_key = ?2 WHERE name = ?1 AND tenant_key IS NULL",
-            )?;
-            for (name, key) in keys {
-                written += stmt.execute(params![name, key])?;
-            }
-        }
-        tx.commit()?;
-        Ok(written)
+        self.timed(|| {
+            self.write(|db| {
+                let mut written = 0;
+                for (name, key) in keys {
+                    written += db.execute(
+                        "UPDATE tenants SET tenant_key = ?2 WHERE name = ?1 AND tenant_key IS NULL",
+                        args![name, key],
+                    )?;
+                }
+                Ok(written as usize)
+            })
+        })
     }
 
     pub fn set_last_seen(&self, name: &str, at: u64) -> Result<()> {
-        self.conn().execute(
-            "UPDATE tenants SET last_seen = ?2 WHERE name = ?1",
-            params![name, at as i64],
-        )?;
+        self.write(|db| {
+            db.execute(
+                "UPDATE tenants SET last_seen = ?2 WHERE name = ?1",
+                args![name, at as i64],
+            )
+        })?;
         Ok(())
     }
 
     /// Every tenant account, by name.
     pub fn tenants(&self) -> Result<Vec<TenantAccount>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name, enabled, description, created_at, last_seen, secret_hash, tenant_key FROM tenants ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |row| {
-            Ok(TenantAccount {
-                name: row.get(0)?,
-                enabled: row.get(1)?,
-                description: row.get(2)?,
-                created_at: row.get::<_, i64>(3)? as u64,
-                last_seen: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                secret_hash: row.get(5)?,
-                tenant_key: row.get(6)?,
+        self.read(|db| {
+            db.query(
+                "SELECT name, enabled, description, created_at, last_seen, secret_hash, tenant_key
+                 FROM tenants ORDER BY name",
+                args![],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(TenantAccount {
+                    name: row.text(0)?,
+                    enabled: row.bool(1)?,
+                    description: row.text(2)?,
+                    created_at: row.unsigned(3)?,
+                    last_seen: row.opt_unsigned(4)?,
+                    secret_hash: row.text(5)?,
+                    tenant_key: row.opt_text(6)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::registry;
+    use super::super::tests::on_both_stores;
     use super::*;
     use crate::sp::registry::TokenCheck;
     use std::time::Duration;
 
-    #[test]
-    fn tenant_lifecycle() {
-        let (_dir, reg) = registry();
+    on_both_stores! {
+    fn tenant_lifecycle(reg: &Registry) {
         let secret = reg.add_tenant("acme", "Acme Corp").expect("add");
         assert_eq!(secret.len(), 64);
         assert!(matches!(
@@ -354,9 +358,7 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn operator_changes_revoke_tokens_and_are_audited() {
-        let (_dir, reg) = registry();
+    fn operator_changes_revoke_tokens_and_are_audited(reg: &Registry) {
         reg.add_operator("alice", "first password", "acme")
             .expect("add");
         let ttl = Duration::from_secs(60);
@@ -444,5 +446,6 @@ mod tests {
                 .all(|e| e.operator == "alice" && e.service == "account")
         );
         assert_eq!(audit[2].console_addr, "local: rac sp operator passwd");
+    }
     }
 }

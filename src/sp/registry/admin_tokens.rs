@@ -2,10 +2,10 @@
 //! SHA-256, each named and scoped read-only or read-write. Creating and revoking one is
 //! written to the audit log in the same transaction.
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::audit::{Actor, audit_admin};
+use super::sql::{Row, args};
 use super::{Registry, RegistryError, Result};
 use crate::sp::auth;
 use crate::util::now_unix_secs;
@@ -52,101 +52,97 @@ pub struct AdminToken {
 /// What every admin token starts with, so a leaked one is recognised (and grep finds it).
 pub const ADMIN_TOKEN_PREFIX: &str = "racadm_";
 
+fn admin_token_row(row: &Row) -> Result<AdminToken> {
+    Ok(AdminToken {
+        name: row.text(0)?,
+        scope: AdminScope::parse(&row.text(1)?),
+        created_at: row.unsigned(2)?,
+        last_used: row.opt_unsigned(3)?,
+    })
+}
+
 impl Registry {
     /// Creates an admin token named `name` and returns it (shown once, never stored).
     pub fn create_admin_token(&self, name: &str, scope: AdminScope, by: &Actor) -> Result<String> {
         crate::wire::validate_name(name)?;
         let token = format!("{ADMIN_TOKEN_PREFIX}{}", auth::random_hex_32());
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO admin_tokens (name, token_hash, scope, created_at)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![
-                name,
-                auth::sha256_hex(&token),
-                scope.as_str(),
-                now_unix_secs() as i64
-            ],
-        )?;
-        if inserted == 0 {
-            return Err(RegistryError::AdminTokenExists(name.to_string()));
-        }
-        audit_admin(
-            &tx,
-            by,
-            "admin-token",
-            "create",
-            ("-", "-"),
-            &format!("admin token {name} created ({})", scope.as_str()),
-        )?;
-        tx.commit()?;
+        self.write(|db| {
+            let inserted = db.execute(
+                "INSERT INTO admin_tokens (name, token_hash, scope, created_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                args![
+                    name,
+                    auth::sha256_hex(&token),
+                    scope.as_str(),
+                    now_unix_secs() as i64
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(RegistryError::AdminTokenExists(name.to_string()));
+            }
+            audit_admin(
+                db,
+                by,
+                "admin-token",
+                "create",
+                ("-", "-"),
+                &format!("admin token {name} created ({})", scope.as_str()),
+            )
+        })?;
         Ok(token)
     }
 
     /// Every admin token, by name.
     pub fn admin_tokens(&self) -> Result<Vec<AdminToken>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT name, scope, created_at, last_used FROM admin_tokens ORDER BY name")?;
-        let rows = stmt.query_map([], |row| {
-            Ok(AdminToken {
-                name: row.get(0)?,
-                scope: AdminScope::parse(&row.get::<_, String>(1)?),
-                created_at: row.get::<_, i64>(2)? as u64,
-                last_used: row.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|db| {
+            db.query(
+                "SELECT name, scope, created_at, last_used FROM admin_tokens ORDER BY name",
+                args![],
+            )?
+            .iter()
+            .map(admin_token_row)
+            .collect()
+        })
     }
 
     /// Revokes the admin token named `name`: it stops working at its next request.
     pub fn revoke_admin_token(&self, name: &str, by: &Actor) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let n = tx.execute("DELETE FROM admin_tokens WHERE name = ?1", params![name])?;
-        if n == 0 {
-            return Err(RegistryError::UnknownAdminToken(name.to_string()));
-        }
-        audit_admin(
-            &tx,
-            by,
-            "admin-token",
-            "revoke",
-            ("-", "-"),
-            &format!("admin token {name} revoked"),
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|db| {
+            if db.execute("DELETE FROM admin_tokens WHERE name = ?1", args![name])? == 0 {
+                return Err(RegistryError::UnknownAdminToken(name.to_string()));
+            }
+            audit_admin(
+                db,
+                by,
+                "admin-token",
+                "revoke",
+                ("-", "-"),
+                &format!("admin token {name} revoked"),
+            )
+        })
     }
 
     /// The token a request presented, if it is a live admin token. Marks it used (at most
     /// one write a minute per token, so a scraper does not write on every scrape).
     pub fn check_admin_token(&self, token: &str) -> Result<Option<AdminToken>> {
-        let hash = auth::sha256_hex(token);
-        let conn = self.conn();
-        let found = conn
-            .query_row(
+        let found = self.read(|db| {
+            db.query_opt(
                 "SELECT name, scope, created_at, last_used FROM admin_tokens WHERE token_hash = ?1",
-                params![hash],
-                |row| {
-                    Ok(AdminToken {
-                        name: row.get(0)?,
-                        scope: AdminScope::parse(&row.get::<_, String>(1)?),
-                        created_at: row.get::<_, i64>(2)? as u64,
-                        last_used: row.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-                    })
-                },
-            )
-            .optional()?;
+                args![auth::sha256_hex(token)],
+            )?
+            .map(|row| admin_token_row(&row))
+            .transpose()
+        })?;
         let now = now_unix_secs();
         if let Some(token) = &found
             && token.last_used.is_none_or(|at| at + 60 <= now)
         {
-            conn.execute(
-                "UPDATE admin_tokens SET last_used = ?2 WHERE name = ?1",
-                params![token.name, now as i64],
-            )?;
+            self.write(|db| {
+                db.execute(
+                    "UPDATE admin_tokens SET last_used = ?2 WHERE name = ?1",
+                    args![&token.name, now as i64],
+                )
+            })?;
         }
         Ok(found)
     }
@@ -154,12 +150,11 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::registry;
+    use super::super::tests::on_both_stores;
     use super::*;
 
-    #[test]
-    fn admin_tokens_are_stored_hashed_scoped_and_revocable() {
-        let (_dir, reg) = registry();
+    on_both_stores! {
+    fn admin_tokens_are_stored_hashed_scoped_and_revocable(reg: &Registry) {
         let token = reg
             .create_admin_token("ci", AdminScope::ReadOnly, &Actor::Local)
             .expect("create");
@@ -168,10 +163,12 @@ mod tests {
             reg.create_admin_token("ci", AdminScope::ReadWrite, &Actor::Local),
             Err(RegistryError::AdminTokenExists(_))
         ));
-        let stored: String = reg
-            .conn()
-            .query_row("SELECT token_hash FROM admin_tokens", [], |r| r.get(0))
-            .expect("row");
+        let stored = reg
+            .read(|db| db.query_opt("SELECT token_hash FROM admin_tokens", &[]))
+            .expect("read")
+            .expect("row")
+            .text(0)
+            .expect("text");
         assert_eq!(stored, auth::sha256_hex(&token));
         let checked = reg
             .check_admin_token(&token)
@@ -192,5 +189,6 @@ mod tests {
         let audit = reg.audit_entries(10).expect("audit");
         assert_eq!(audit[0].outcome, "admin token ci revoked");
         assert_eq!(audit[1].outcome, "admin token ci created (read-only)");
+    }
     }
 }

@@ -2,10 +2,10 @@
 //! closed with its byte counts and how it ended) and one per account change, made from the
 //! SP's command line or its admin API, naming who made it.
 
-use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::{Registry, Result};
+use super::sql::{Row, Sql, Value, args};
+use super::{Registry, RegistryError, Result};
 use crate::util::now_unix_secs;
 
 /// One audited console session.
@@ -112,7 +112,7 @@ impl std::fmt::Display for Actor {
 /// (`-` for none), `account` for the service, where the change came from (`by`, the `kind`
 /// of account and the action) as the address, and what it did as the outcome.
 pub(super) fn audit_admin(
-    conn: &Connection,
+    db: &dyn Sql,
     by: &Actor,
     kind: &str,
     action: &str,
@@ -120,10 +120,10 @@ pub(super) fn audit_admin(
     outcome: &str,
 ) -> Result<()> {
     let now = now_unix_secs() as i64;
-    conn.execute(
+    db.execute(
         "INSERT INTO audit (operator, tenant, service, console_addr, started_at, ended_at, outcome)
          VALUES (?1, ?2, 'account', ?3, ?4, ?4, ?5)",
-        params![operator, tenant, by.origin(kind, action), now, outcome],
+        args![operator, tenant, by.origin(kind, action), now, outcome],
     )?;
     Ok(())
 }
@@ -152,18 +152,22 @@ pub struct AuditPage {
     pub next: Option<i64>,
 }
 
-fn audit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+/// The columns [`audit_row`] reads, in its order.
+const AUDIT_COLUMNS: &str = "id, operator, tenant, service, console_addr, started_at, ended_at, \
+                             bytes_to_tenant, bytes_from_tenant, outcome";
+
+fn audit_row(row: &Row) -> Result<AuditEntry> {
     Ok(AuditEntry {
-        id: row.get(0)?,
-        operator: row.get(1)?,
-        tenant: row.get(2)?,
-        service: row.get(3)?,
-        console_addr: row.get(4)?,
-        started_at: row.get::<_, i64>(5)? as u64,
-        ended_at: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-        bytes_to_tenant: row.get::<_, i64>(7)? as u64,
-        bytes_from_tenant: row.get::<_, i64>(8)? as u64,
-        outcome: row.get(9)?,
+        id: row.int(0)?,
+        operator: row.text(1)?,
+        tenant: row.text(2)?,
+        service: row.text(3)?,
+        console_addr: row.text(4)?,
+        started_at: row.unsigned(5)?,
+        ended_at: row.opt_unsigned(6)?,
+        bytes_to_tenant: row.unsigned(7)?,
+        bytes_from_tenant: row.unsigned(8)?,
+        outcome: row.text(9)?,
     })
 }
 
@@ -178,7 +182,7 @@ impl Registry {
         subject: (&str, &str),
         outcome: &str,
     ) -> Result<()> {
-        audit_admin(&self.conn(), by, kind, action, subject, outcome)
+        self.write(|db| audit_admin(db, by, kind, action, subject, outcome))
     }
 
     /// Records a session's start; the row exists before the first byte is relayed.
@@ -189,19 +193,20 @@ impl Registry {
         service: &str,
         console_addr: &str,
     ) -> Result<i64> {
-        self.write_unsynced(|conn| {
-            conn.execute(
+        self.write_unsynced(|db| {
+            db.query_opt(
                 "INSERT INTO audit (operator, tenant, service, console_addr, started_at, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'open')",
-                params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'open') RETURNING id",
+                args![
                     operator,
                     tenant,
                     service,
                     console_addr,
                     now_unix_secs() as i64
                 ],
-            )?;
-            Ok(conn.last_insert_rowid())
+            )?
+            .ok_or(RegistryError::Store("an insert returned no id".into()))?
+            .int(0)
         })
     }
 
@@ -213,11 +218,12 @@ impl Registry {
         bytes_from_tenant: u64,
         outcome: &SessionOutcome,
     ) -> Result<()> {
-        self.write_unsynced(|conn| {
-            conn.execute(
-                "UPDATE audit SET ended_at = ?2, bytes_to_tenant = ?3, bytes_from_tenant = ?4, outcome = ?5
+        self.write_unsynced(|db| {
+            db.execute(
+                "UPDATE audit SET ended_at = ?2, bytes_to_tenant = ?3, bytes_from_tenant = ?4,
+                                  outcome = ?5
                  WHERE id = ?1",
-                params![
+                args![
                     id,
                     now_unix_secs() as i64,
                     bytes_to_tenant as i64,
@@ -230,14 +236,20 @@ impl Registry {
     }
 
     /// Sessions left open by a previous run that stopped abruptly are closed as such.
+    ///
+    /// Only for a registry no other SP uses: on a shared database (several nodes), another
+    /// node's open sessions are not this one's to close.
     pub fn close_interrupted_sessions(&self) -> Result<usize> {
-        Ok(self.conn().execute(
-            "UPDATE audit SET ended_at = ?1, outcome = ?2 WHERE ended_at IS NULL",
-            params![
-                now_unix_secs() as i64,
-                SessionOutcome::Interrupted.to_string()
-            ],
-        )?)
+        let closed = self.write(|db| {
+            db.execute(
+                "UPDATE audit SET ended_at = ?1, outcome = ?2 WHERE ended_at IS NULL",
+                args![
+                    now_unix_secs() as i64,
+                    SessionOutcome::Interrupted.to_string()
+                ],
+            )
+        })?;
+        Ok(closed as usize)
     }
 
     /// The newest `limit` audit entries, newest first.
@@ -253,8 +265,7 @@ impl Registry {
     /// One page of the audit log, newest first. The cursor is a row id, so paging is stable
     /// while rows are added: new rows have higher ids and never shift an older page.
     pub fn audit_page(&self, query: &AuditQuery) -> Result<AuditPage> {
-        use rusqlite::types::Value;
-        // Only the filters given go into the statement, so SQLite can walk an index
+        // Only the filters given go into the statement, so the database can walk an index
         // (`audit_by_tenant`, `audit_by_operator`, the row id) instead of the whole table:
         // with 1,000,000 rows, a tenant's page takes milliseconds, not 400.
         let mut conditions = Vec::new();
@@ -265,28 +276,19 @@ impl Registry {
                 conditions.push(condition.replace('?', &format!("?{}", values.len())));
             }
         };
-        add("id < ?", query.before.map(Value::Integer));
+        add("id < ?", query.before.map(Value::Int));
         add("tenant = ?", query.tenant.clone().map(Value::Text));
         add("operator = ?", query.operator.clone().map(Value::Text));
+        add("started_at >= ?", query.since.map(|v| Value::Int(v as i64)));
+        add("started_at < ?", query.until.map(|v| Value::Int(v as i64)));
         add(
-            "started_at >= ?",
-            query.since.map(|v| Value::Integer(v as i64)),
+            "substr(outcome, 1, length(CAST(? AS TEXT))) = CAST(? AS TEXT)",
+            query.outcome.clone().map(Value::Text),
         );
-        add(
-            "started_at < ?",
-            query.until.map(|v| Value::Integer(v as i64)),
-        );
-        if let Some(outcome) = &query.outcome {
-            values.push(Value::Text(outcome.clone()));
-            let n = values.len();
-            conditions.push(format!("substr(outcome, 1, length(?{n})) = ?{n}"));
-        }
         // One row more than asked says whether another page follows.
-        values.push(Value::Integer(query.limit as i64 + 1));
+        values.push(Value::Int(query.limit as i64 + 1));
         let sql = format!(
-            "SELECT id, operator, tenant, service, console_addr, started_at, ended_at,
-                    bytes_to_tenant, bytes_from_tenant, outcome
-             FROM audit {} ORDER BY id DESC LIMIT ?{}",
+            "SELECT {AUDIT_COLUMNS} FROM audit {} ORDER BY id DESC LIMIT ?{}",
             if conditions.is_empty() {
                 String::new()
             } else {
@@ -294,10 +296,12 @@ impl Registry {
             },
             values.len()
         );
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(values), audit_row)?;
-        let mut entries: Vec<AuditEntry> = rows.collect::<Result<_, _>>()?;
+        let mut entries = self.read(|db| {
+            db.query(&sql, &values)?
+                .iter()
+                .map(audit_row)
+                .collect::<Result<Vec<_>>>()
+        })?;
         let next = if entries.len() > query.limit {
             entries.truncate(query.limit);
             entries.last().map(|e| e.id)
@@ -310,6 +314,7 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::on_both_stores;
     use super::*;
 
     #[test]
@@ -334,9 +339,8 @@ mod tests {
         assert!(entries[0].outcome.starts_with("interrupted"));
     }
 
-    #[test]
-    fn audit_pages_follow_their_cursor_and_filters() {
-        let (_dir, reg) = super::super::tests::registry();
+    on_both_stores! {
+    fn audit_pages_follow_their_cursor_and_filters(reg: &Registry) {
         for i in 0..25 {
             let tenant = if i % 2 == 0 { "acme" } else { "globex" };
             let id = reg
@@ -373,5 +377,6 @@ mod tests {
             .expect("page");
         assert_eq!(open.entries.len(), 1);
         assert_eq!(open.next, None);
+    }
     }
 }

@@ -57,6 +57,25 @@ pub(super) const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
     ("tokens", "console_key", "TEXT"),
 ];
 
+/// A counter moved whenever a tenant account changes (not when the SP notes when it last saw
+/// one), by this connection or any other process's: the running SP reloads the accounts when
+/// it moves. Made after [`add_missing_columns`] (the trigger names `tenant_key`). PostgreSQL
+/// keeps the same counter (`postgres::MIGRATIONS`).
+pub(super) const VERSION_COUNTER: &str = "
+CREATE TABLE IF NOT EXISTS registry_version (
+    only_row INTEGER PRIMARY KEY CHECK (only_row = 1),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO registry_version (only_row, version) VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS tenant_added AFTER INSERT ON tenants
+    BEGIN UPDATE registry_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS tenant_removed AFTER DELETE ON tenants
+    BEGIN UPDATE registry_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS tenant_changed
+    AFTER UPDATE OF secret_hash, enabled, tenant_key, description ON tenants
+    BEGIN UPDATE registry_version SET version = version + 1; END;
+";
+
 /// Adds the [`ADDED_COLUMNS`] a registry lacks (an upgrade; nothing else changes).
 pub(super) fn add_missing_columns(conn: &rusqlite::Connection) -> Result<()> {
     for (table, column, declaration) in ADDED_COLUMNS {

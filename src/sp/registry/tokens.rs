@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
-
+use super::sql::{Sql, args};
 use super::{Actor, Operator, Registry, Result};
 use crate::sp::auth;
 use crate::util::now_unix_secs;
@@ -23,10 +22,10 @@ pub enum TokenCheck {
 
 /// Drops tokens that expired over a day ago. Expired tokens stay a day, so a session opened
 /// with one is not taken for revoked.
-fn forget_long_expired(conn: &Connection, now: u64) -> Result<()> {
-    conn.execute(
+fn forget_long_expired(db: &dyn Sql, now: u64) -> Result<()> {
+    db.execute(
         "DELETE FROM tokens WHERE expires_at < ?1",
-        params![now.saturating_sub(86_400) as i64],
+        args![now.saturating_sub(86_400) as i64],
     )?;
     Ok(())
 }
@@ -47,17 +46,19 @@ impl Registry {
     ) -> Result<String> {
         let token = auth::random_hex_32();
         let now = now_unix_secs();
-        let conn = self.conn();
-        forget_long_expired(&conn, now)?;
-        conn.execute(
-            "INSERT INTO tokens (token_hash, operator, expires_at, console_key) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                auth::sha256_hex(&token),
-                operator,
-                (now + ttl.as_secs()) as i64,
-                console_key
-            ],
-        )?;
+        self.write(|db| {
+            forget_long_expired(db, now)?;
+            db.execute(
+                "INSERT INTO tokens (token_hash, operator, expires_at, console_key)
+                 VALUES (?1, ?2, ?3, ?4)",
+                args![
+                    auth::sha256_hex(&token),
+                    operator,
+                    (now + ttl.as_secs()) as i64,
+                    console_key
+                ],
+            )
+        })?;
         Ok(token)
     }
 
@@ -76,71 +77,80 @@ impl Registry {
     ) -> Result<Option<String>> {
         let token = auth::random_hex_32();
         let now = now_unix_secs();
-        let inserted = self.timed(|| -> Result<usize> {
-            let conn = self.conn();
-            forget_long_expired(&conn, now)?;
-            Ok(conn.execute(
-                "INSERT INTO tokens (token_hash, operator, expires_at, console_key)
-             SELECT ?1, name, ?3, ?5 FROM operators WHERE name = ?2 AND password_hash = ?4",
-                params![
-                    auth::sha256_hex(&token),
-                    operator,
-                    (now + ttl.as_secs()) as i64,
-                    password_hash,
-                    console_key
-                ],
-            )?)
+        let inserted = self.timed(|| {
+            self.write(|db| {
+                forget_long_expired(db, now)?;
+                db.execute(
+                    "INSERT INTO tokens (token_hash, operator, expires_at, console_key)
+                     SELECT ?1, name, ?3, ?5 FROM operators WHERE name = ?2 AND password_hash = ?4",
+                    args![
+                        auth::sha256_hex(&token),
+                        operator,
+                        (now + ttl.as_secs()) as i64,
+                        password_hash,
+                        console_key
+                    ],
+                )
+            })
         })?;
         Ok((inserted == 1).then_some(token))
     }
 
     /// When a stored token expires (seconds since the Unix epoch), if it is stored.
     pub fn token_expires_at(&self, token: &str) -> Result<Option<u64>> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.read(|db| {
+            db.query_opt(
                 "SELECT expires_at FROM tokens WHERE token_hash = ?1",
-                params![auth::sha256_hex(token)],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional()?
-            .map(|at| at.max(0) as u64))
+                args![auth::sha256_hex(token)],
+            )?
+            .map(|row| row.unsigned(0))
+            .transpose()
+        })
     }
 
     pub fn check_token(&self, token: &str) -> Result<TokenCheck> {
-        type Row = (i64, String, Option<String>, Option<String>);
-        let row: Option<Row> = self
-            .conn()
-            .query_row(
+        let row = self.read(|db| {
+            db.query_opt(
                 "SELECT t.expires_at, t.operator, o.tenants, t.console_key FROM tokens t
                  LEFT JOIN operators o ON o.name = t.operator WHERE t.token_hash = ?1",
-                params![auth::sha256_hex(token)],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                args![auth::sha256_hex(token)],
             )
-            .optional()?;
-        Ok(match row {
-            None | Some((_, _, None, _)) => TokenCheck::Unknown,
-            Some((expires_at, ..)) if (expires_at as u64) <= now_unix_secs() => TokenCheck::Expired,
-            Some((_, name, Some(tenants), console_key)) => TokenCheck::Valid {
-                operator: Operator { name, tenants },
-                console_key,
+        })?;
+        let Some(row) = row else {
+            return Ok(TokenCheck::Unknown);
+        };
+        // No operator row: the operator was removed (their tokens go with them, but a
+        // removal by an older build may have left some).
+        let Some(tenants) = row.opt_text(2)? else {
+            return Ok(TokenCheck::Unknown);
+        };
+        if row.unsigned(0)? <= now_unix_secs() {
+            return Ok(TokenCheck::Expired);
+        }
+        Ok(TokenCheck::Valid {
+            operator: Operator {
+                name: row.text(1)?,
+                tenants,
             },
+            console_key: row.opt_text(3)?,
         })
     }
 
     pub fn revoke_token(&self, token: &str) -> Result<()> {
-        self.conn().execute(
-            "DELETE FROM tokens WHERE token_hash = ?1",
-            params![auth::sha256_hex(token)],
-        )?;
+        self.write(|db| {
+            db.execute(
+                "DELETE FROM tokens WHERE token_hash = ?1",
+                args![auth::sha256_hex(token)],
+            )
+        })?;
         Ok(())
     }
 
     /// Revokes every token of one operator (a stolen laptop).
     pub fn revoke_operator_tokens(&self, operator: &str) -> Result<usize> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM tokens WHERE operator = ?1", params![operator])?)
+        let revoked =
+            self.write(|db| db.execute("DELETE FROM tokens WHERE operator = ?1", args![operator]))?;
+        Ok(revoked as usize)
     }
 
     /// [`revoke_operator_tokens`](Self::revoke_operator_tokens) for an existing operator, as
@@ -152,12 +162,11 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::registry;
+    use super::super::tests::on_both_stores;
     use super::*;
 
-    #[test]
-    fn operator_passwords_and_tokens() {
-        let (_dir, reg) = registry();
+    on_both_stores! {
+    fn operator_passwords_and_tokens(reg: &Registry) {
         reg.add_operator("alice", "correct horse", "acme,globex")
             .expect("add");
         assert!(reg.verify_operator("alice", "wrong").expect("v").is_none());
@@ -186,5 +195,6 @@ mod tests {
             reg.check_token(&expired).expect("check"),
             TokenCheck::Expired
         );
+    }
     }
 }

@@ -128,6 +128,7 @@ async fn open_and_serve(
         height: desktop.height(),
         session_id: session.session_id.clone(),
     });
+    let session_id = session.session_id.clone();
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -142,7 +143,7 @@ async fn open_and_serve(
             frame = desktop.read_frame() => {
                 let frame = match frame {
                     Ok(frame) => frame,
-                    Err(e) => return e.to_string(),
+                    Err(e) => return cut_reason(client, &session_id, e.to_string()).await,
                 };
                 let events = match desktop.handle(frame).await {
                     Ok(events) => events,
@@ -239,4 +240,17 @@ where
         *wanted = None;
     }
     Ok(())
+}
+
+/// Why a desktop's session stopped reading: the SP's reason when the SP ended it (an admin;
+/// it cannot say so inside the end-to-end channel), else the read error itself.
+async fn cut_reason(client: &ConsoleClient, session_id: &str, error: String) -> String {
+    let asked = tokio::time::timeout(
+        crate::net::console::END_REASON_WAIT,
+        client.session_end_reason(session_id),
+    );
+    match asked.await {
+        Ok(Ok(Some(reason))) => reason,
+        _ => error,
+    }
 }

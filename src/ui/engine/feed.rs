@@ -144,6 +144,8 @@ async fn login_and_follow(
                 return Err(ConsoleError::Refused { code, message });
             }
             ApiResponse::LoggedOut => return Ok(()),
+            // Only ever an answer to a question this feed does not ask.
+            ApiResponse::SessionEnded { .. } => {}
         }
     }
     Ok(())

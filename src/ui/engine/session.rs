@@ -76,7 +76,15 @@ pub(super) async fn run_session(
     };
     let reason = match end {
         Ok(()) => "the tenant closed the session".to_string(),
-        Err(e) => format!("session ended: {e:#}"),
+        // A cut channel: the SP may have ended the session (an admin), and says why on an
+        // operator connection, since it cannot inside the end-to-end channel.
+        Err(e) => {
+            let error = format!("{e:#}");
+            tokio::select! {
+                why = client.describe_session_end(&session.session_id, &error) => why,
+                _ = stop.cancelled() => return,
+            }
+        }
     };
     sink.session(tab, SessionEvent::Closed(reason));
 }

@@ -21,6 +21,9 @@ pub enum ApiRequest {
     },
     /// Ends the token now.
     Logout,
+    /// Why the SP ended a session this operator opened, asked after its end-to-end channel
+    /// was cut (the SP cannot say it inside that channel). Answered by `SessionEnded`.
+    SessionEnd { session_id: String },
 }
 
 /// Operator API responses and events.
@@ -39,6 +42,14 @@ pub enum ApiResponse {
         name: String,
     },
     LoggedOut,
+    /// The answer to `SessionEnd`.
+    SessionEnded {
+        session_id: String,
+        /// Why the SP ended the session (`the SP's administrator ended this session (admin token
+        /// ops)`); absent when the SP did not end it, or no longer remembers it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     Error {
         code: ErrorCode,
         message: String,

@@ -1,0 +1,384 @@
+//! Several SP nodes on one PostgreSQL registry, as an admin sets them up: `rac sp init
+//! --postgres` on the first node, a copy of its state dir for the second, `rac sp run` on
+//! both, against Debian's PostgreSQL started by the test on a loopback port.
+//!
+//! Skipped (with the reason printed) where PostgreSQL is not installed, unless `CI` is set.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{PATIENCE, Pipe, Proc, RAC, TestTenant, echo_checked, eventually, pattern};
+use rac::net::console::{ConsoleClient, ConsoleConfig, ConsoleKeys};
+use rac::net::dial::Route;
+use rac::net::tenant_redirector::{RedirectorConfig, ServiceTarget};
+use rac::net::tls::Trust;
+use rac::sp::registry::local_server::{self, LocalPostgres};
+use tokio::io::AsyncReadExt;
+
+fn postgres() -> Option<LocalPostgres> {
+    if !local_server::available() && std::env::var_os("CI").is_none() {
+        eprintln!("skipped: PostgreSQL's server programs are not installed");
+        return None;
+    }
+    Some(LocalPostgres::start().expect("start PostgreSQL"))
+}
+
+fn rac(args: &[&str]) -> Command {
+    let mut cmd = Command::new(RAC);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("RAC_POSTGRES_PASSWORD");
+    cmd
+}
+
+fn output(cmd: &mut Command) -> (bool, String, String) {
+    let out: Output = cmd.output().expect("run rac");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let (ok, stdout, stderr) = output(cmd);
+    assert!(ok, "{cmd:?} failed: {stderr}");
+    stdout
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// `cp -a`: what an admin does to give a second node the first one's keys.
+fn copy_state_dir(from: &Path, to: &Path, node: &str) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let config = to.join("sp.toml");
+    let text = std::fs::read_to_string(&config).expect("sp.toml");
+    assert!(text.contains("node = \"sp-a\""), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("node = \"sp-a\"", &format!("node = \"{node}\"")),
+    )
+    .expect("write sp.toml");
+}
+
+/// The tenant `acme` (offering `echo`) connected to the node at `node`, online, and a console
+/// logged in there as the first operator; `state` is the node's state dir (for its CA).
+async fn tenant_and_console(
+    state: &Path,
+    node: &str,
+    secret: &str,
+    operator_password: &str,
+) -> (TestTenant, std::sync::Arc<ConsoleClient>) {
+    let ca = state.join("ca.pem");
+    let mut services = BTreeMap::new();
+    services.insert(
+        "echo".to_string(),
+        ServiceTarget::Local(rac::lab::echo_service()),
+    );
+    let mut tenant = TestTenant::start(RedirectorConfig {
+        tenant: "acme".into(),
+        secret: secret.into(),
+        endpoints: vec![node.to_string()],
+        trust: Trust::CaFile(ca.clone()),
+        server_name: "localhost".into(),
+        services,
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        identity: Some(common::wire::test_tenant_identity("acme")),
+        ..RedirectorConfig::defaults()
+    });
+    tenant.online().await;
+    let console = ConsoleClient::new(ConsoleConfig {
+        route: Route::Direct(node.to_string()),
+        trust: Trust::CaFile(ca),
+        server_name: "localhost".into(),
+        user: "admin".into(),
+        keys: ConsoleKeys::in_memory().expect("console key"),
+    })
+    .expect("client");
+    console.login(operator_password).await.expect("login");
+    (tenant, console)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_accounts_and_audit_and_a_change_on_one_ends_a_session_on_the_other() {
+    let Some(pg) = postgres() else { return };
+    pg.create_database("rac").expect("database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("sp-a");
+    let a_s = a.to_str().expect("utf8");
+    let password_file = dir.path().join("pg-password");
+    std::fs::write(&password_file, format!("{}\n", pg.password())).expect("password file");
+    let url = pg.url("rac");
+
+    // Mistakes an admin makes are named, and leave no state dir behind.
+    let (ok, _, stderr) = output(
+        rac(&["sp", "init", "--state-dir", a_s, "--node", "sp-a"])
+            .args(["--postgres", &url])
+            .env("RAC_POSTGRES_PASSWORD", "not the password"),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(!a.exists(), "a failed init leaves nothing");
+    let with_password = url.replace("rac@", &format!("rac:{}@", pg.password()));
+    let (ok, _, stderr) = output(&mut rac(&[
+        "sp",
+        "init",
+        "--state-dir",
+        a_s,
+        "--postgres",
+        &with_password,
+    ]));
+    assert!(!ok);
+    assert!(stderr.contains("carries a password"), "{stderr}");
+    assert!(!stderr.contains(pg.password()), "never echoed: {stderr}");
+
+    let init = json(&run_ok(
+        rac(&["sp", "init", "--state-dir", a_s, "--node", "sp-a", "--json"])
+            .args(["--postgres", &url, "--postgres-password-file"])
+            .arg(&password_file),
+    ));
+    let operator_password = init["password"].as_str().expect("password").to_string();
+    assert!(
+        !a.join("registry.sqlite").exists(),
+        "the registry is in PostgreSQL"
+    );
+
+    // A second init on the same database would make a second CA: refused, with the way.
+    let other = dir.path().join("other");
+    let (ok, _, stderr) = output(
+        rac(&["sp", "init", "--state-dir", other.to_str().expect("utf8")])
+            .args(["--node", "sp-x", "--postgres", &url])
+            .env("RAC_POSTGRES_PASSWORD", pg.password()),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("already holds a registry") && stderr.contains("copy"),
+        "{stderr}"
+    );
+
+    let b = dir.path().join("sp-b");
+    let b_s = b.to_str().expect("utf8");
+    copy_state_dir(&a, &b, "sp-b");
+
+    // A tenant added on node A is listed on node B.
+    let added = json(&run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "add",
+        "acme",
+        "--state-dir",
+        a_s,
+        "--json",
+    ])));
+    let secret = added["secret"].as_str().expect("secret").to_string();
+    let listed = json(&run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "list",
+        "--state-dir",
+        b_s,
+        "--json",
+    ])));
+    assert_eq!(listed[0]["name"], "acme", "{listed}");
+
+    let (_node_a, line) = Proc::spawn_until(
+        &mut rac(&["sp", "run", "--state-dir", a_s, "--listen", "127.0.0.1:0"]),
+        "SP listening on",
+        Pipe::Stderr,
+    );
+    let addr_a = line.rsplit(' ').next().expect("address").to_string();
+    let (_node_b, _) = Proc::spawn_until(
+        &mut rac(&["sp", "run", "--state-dir", b_s, "--listen", "127.0.0.1:0"]),
+        "SP listening on",
+        Pipe::Stderr,
+    );
+
+    // The tenant and a console on node A; data through it intact.
+    let (mut tenant, console) = tenant_and_console(&a, &addr_a, &secret, &operator_password).await;
+    let session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session");
+    echo_checked(session.stream, pattern(7, 1 << 20)).await;
+
+    // The audit row node A wrote is read on node B.
+    let audit = eventually(PATIENCE, "node A's session in the audit log", async || {
+        let rows = json(&run_ok(&mut rac(&[
+            "sp",
+            "audit",
+            "--state-dir",
+            b_s,
+            "--json",
+        ])));
+        rows.as_array()
+            .and_then(|rows| {
+                rows.iter()
+                    .find(|r| r["service"] == "echo" && r["outcome"] != "open")
+                    .cloned()
+            })
+            .filter(|row| row["bytes_to_tenant"].as_u64() >= Some(1 << 20))
+    })
+    .await;
+    assert_eq!(audit["tenant"], "acme");
+
+    // Disabled on node B: node A drops the tenant and the session it holds.
+    let mut second = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("second session");
+    run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "disable",
+        "acme",
+        "--state-dir",
+        b_s,
+    ]));
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(PATIENCE, second.stream.read(&mut buf))
+        .await
+        .expect("the session ends in time");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the session ended: {read:?}"
+    );
+    tenant.not_online().await;
+    let refused = console.open_session("acme", "echo", |_, _| {}).await;
+    assert!(refused.is_err(), "a disabled tenant cannot be opened");
+}
+
+/// `rac sp init --postgres` into `dir`, the password from a file; returns the operator's
+/// password.
+fn init_node(pg: &LocalPostgres, db: &str, dir: &Path) -> String {
+    pg.create_database(db).expect("database");
+    let password_file = dir.with_extension("pg-password");
+    std::fs::write(&password_file, pg.password()).expect("password file");
+    let init = json(&run_ok(
+        rac(&["sp", "init", "--node", "sp-a", "--json", "--state-dir"])
+            .arg(dir)
+            .args(["--postgres", &pg.url(db), "--postgres-password-file"])
+            .arg(&password_file),
+    ));
+    init["password"].as_str().expect("password").to_string()
+}
+
+/// `rac sp run` on `state` with an admin listener; returns the process, the SP address and
+/// the admin address (both printed on stderr).
+fn run_node_with_admin(state: &str) -> (Proc, String, String) {
+    use std::io::BufRead;
+    let mut child = rac(&[
+        "sp",
+        "run",
+        "--state-dir",
+        state,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn rac sp run");
+    let stderr = child.stderr.take().expect("stderr");
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let (mut sp, mut admin) = (None, None);
+    while sp.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .expect("the node prints its addresses");
+        let last = line.rsplit(' ').next().unwrap_or_default().to_string();
+        if line.contains("SP admin listening on") {
+            admin = Some(last);
+        } else if line.contains("SP listening on") {
+            sp = Some(last);
+        }
+    }
+    (proc, sp.expect("sp"), admin.expect("admin"))
+}
+
+/// `/readyz`: its status and body.
+async fn readyz(http: &reqwest::Client, admin: &str) -> (u16, String) {
+    match http.get(format!("http://{admin}/readyz")).send().await {
+        Ok(response) => (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_postgres_says_so_refuses_sessions_and_recovers() {
+    let Some(mut pg) = postgres() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("sp-a");
+    let a_s = a.to_str().expect("utf8");
+    let operator_password = init_node(&pg, "rac", &a);
+    let added = json(&run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "add",
+        "acme",
+        "--state-dir",
+        a_s,
+        "--json",
+    ])));
+    let (_node, addr, admin) = run_node_with_admin(a_s);
+    let secret = added["secret"].as_str().expect("secret");
+    let (_tenant, console) = tenant_and_console(&a, &addr, secret, &operator_password).await;
+    let http = reqwest::Client::new();
+    eventually(PATIENCE, "ready", async || {
+        (readyz(&http, &admin).await.0 == 200).then_some(())
+    })
+    .await;
+
+    pg.stop().expect("stop PostgreSQL");
+    let body = eventually(PATIENCE, "/readyz says the registry is gone", async || {
+        let (status, body) = readyz(&http, &admin).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(body.contains("registry"), "{body}");
+    let refused = console.open_session("acme", "echo", |_, _| {}).await;
+    let message = match refused {
+        Ok(_) => panic!("a session was opened on rights the node cannot read"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("cannot read its registry"), "{message}");
+
+    pg.restart().expect("restart PostgreSQL");
+    eventually(PATIENCE, "ready again", async || {
+        (readyz(&http, &admin).await.0 == 200).then_some(())
+    })
+    .await;
+    let session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("a session once the database is back");
+    echo_checked(session.stream, pattern(9, 64 * 1024)).await;
+}
