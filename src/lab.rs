@@ -185,6 +185,7 @@ impl Lab {
                 Registry::open(&state.registry())?,
             )?,
             acceptor: crate::net::tls::server_acceptor(&state.server_chain(), &state.server_key())?,
+            cluster: None,
         };
         tracker.spawn(log_error(
             "SP",

@@ -2,7 +2,11 @@
 //! --postgres` on the first node, a copy of its state dir for the second, `rac sp run` on
 //! both, against Debian's PostgreSQL started by the test on a loopback port.
 //!
-//! Skipped (with the reason printed) where PostgreSQL is not installed, unless `CI` is set.
+//! With `nats-server` too (the cluster bus), three nodes: a console on one opens a tenant held
+//! by another, a node killed moves its tenants, a node without its bus refuses sessions.
+//!
+//! Skipped (with the reason printed) where PostgreSQL or nats-server is not installed, unless
+//! `CI` is set.
 
 mod common;
 
@@ -12,11 +16,14 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{PATIENCE, Pipe, Proc, RAC, TestTenant, echo_checked, eventually, pattern};
+use rac::cluster::testing::NatsServer;
 use rac::net::console::{ConsoleClient, ConsoleConfig, ConsoleKeys};
 use rac::net::dial::Route;
+use rac::net::tenant_redirector::AgentState;
 use rac::net::tenant_redirector::{RedirectorConfig, ServiceTarget};
 use rac::net::tls::Trust;
 use rac::sp::registry::local_server::{self, LocalPostgres};
+use rac::wire::protocol::TenantStatus;
 use tokio::io::AsyncReadExt;
 
 fn postgres() -> Option<LocalPostgres> {
@@ -73,11 +80,13 @@ fn copy_state_dir(from: &Path, to: &Path, node: &str) {
     .expect("write sp.toml");
 }
 
-/// The tenant `acme` (offering `echo`) connected to the node at `node`, online, and a console
-/// logged in there as the first operator; `state` is the node's state dir (for its CA).
+/// The tenant `acme` (offering `echo`) connected to the first of the nodes at `tenant_at`
+/// that answers, online, and a console logged in at `console_at` as the first operator;
+/// `state` is a node's state dir (for its CA).
 async fn tenant_and_console(
     state: &Path,
-    node: &str,
+    tenant_at: &[&str],
+    console_at: &str,
     secret: &str,
     operator_password: &str,
 ) -> (TestTenant, std::sync::Arc<ConsoleClient>) {
@@ -90,7 +99,7 @@ async fn tenant_and_console(
     let mut tenant = TestTenant::start(RedirectorConfig {
         tenant: "acme".into(),
         secret: secret.into(),
-        endpoints: vec![node.to_string()],
+        endpoints: tenant_at.iter().map(|n| n.to_string()).collect(),
         trust: Trust::CaFile(ca.clone()),
         server_name: "localhost".into(),
         services,
@@ -101,7 +110,7 @@ async fn tenant_and_console(
     });
     tenant.online().await;
     let console = ConsoleClient::new(ConsoleConfig {
-        route: Route::Direct(node.to_string()),
+        route: Route::Direct(console_at.to_string()),
         trust: Trust::CaFile(ca),
         server_name: "localhost".into(),
         user: "admin".into(),
@@ -210,7 +219,8 @@ async fn two_nodes_share_accounts_and_audit_and_a_change_on_one_ends_a_session_o
     );
 
     // The tenant and a console on node A; data through it intact.
-    let (mut tenant, console) = tenant_and_console(&a, &addr_a, &secret, &operator_password).await;
+    let (mut tenant, console) =
+        tenant_and_console(&a, &[&addr_a], &addr_a, &secret, &operator_password).await;
     let session = console
         .open_session("acme", "echo", |_, _| {})
         .await
@@ -263,18 +273,20 @@ async fn two_nodes_share_accounts_and_audit_and_a_change_on_one_ends_a_session_o
     assert!(refused.is_err(), "a disabled tenant cannot be opened");
 }
 
-/// `rac sp init --postgres` into `dir`, the password from a file; returns the operator's
-/// password.
-fn init_node(pg: &LocalPostgres, db: &str, dir: &Path) -> String {
+/// `rac sp init --postgres` into `dir` as node `sp-a`, the password from a file, with the
+/// cluster bus at `nats` if given; returns the operator's password.
+fn init_node(pg: &LocalPostgres, db: &str, dir: &Path, nats: Option<&str>) -> String {
     pg.create_database(db).expect("database");
     let password_file = dir.with_extension("pg-password");
     std::fs::write(&password_file, pg.password()).expect("password file");
-    let init = json(&run_ok(
-        rac(&["sp", "init", "--node", "sp-a", "--json", "--state-dir"])
-            .arg(dir)
-            .args(["--postgres", &pg.url(db), "--postgres-password-file"])
-            .arg(&password_file),
-    ));
+    let mut init = rac(&["sp", "init", "--node", "sp-a", "--json", "--state-dir"]);
+    init.arg(dir)
+        .args(["--postgres", &pg.url(db), "--postgres-password-file"])
+        .arg(&password_file);
+    if let Some(nats) = nats {
+        init.args(["--nats", nats]);
+    }
+    let init = json(&run_ok(&mut init));
     init["password"].as_str().expect("password").to_string()
 }
 
@@ -338,7 +350,7 @@ async fn a_node_that_loses_postgres_says_so_refuses_sessions_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = dir.path().join("sp-a");
     let a_s = a.to_str().expect("utf8");
-    let operator_password = init_node(&pg, "rac", &a);
+    let operator_password = init_node(&pg, "rac", &a, None);
     let added = json(&run_ok(&mut rac(&[
         "sp",
         "tenant",
@@ -350,7 +362,8 @@ async fn a_node_that_loses_postgres_says_so_refuses_sessions_and_recovers() {
     ])));
     let (_node, addr, admin) = run_node_with_admin(a_s);
     let secret = added["secret"].as_str().expect("secret");
-    let (_tenant, console) = tenant_and_console(&a, &addr, secret, &operator_password).await;
+    let (_tenant, console) =
+        tenant_and_console(&a, &[&addr], &addr, secret, &operator_password).await;
     let http = reqwest::Client::new();
     eventually(PATIENCE, "ready", async || {
         (readyz(&http, &admin).await.0 == 200).then_some(())
@@ -381,4 +394,167 @@ async fn a_node_that_loses_postgres_says_so_refuses_sessions_and_recovers() {
         .await
         .expect("a session once the database is back");
     echo_checked(session.stream, pattern(9, 64 * 1024)).await;
+}
+
+/// Whether the console's node lists `tenant` online.
+async fn listed_online(console: &ConsoleClient, tenant: &str) -> bool {
+    console.tenants().await.is_ok_and(|list| {
+        list.iter()
+            .any(|t| t.name == tenant && t.status == TenantStatus::Online)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_open_tenants_held_by_another_node_and_move_a_dead_nodes_tenants() {
+    let Some(pg) = postgres() else { return };
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = |node: &str| dir.path().join(node);
+    let operator_password = init_node(&pg, "rac", &state("sp-a"), Some(&nats.url()));
+    let text = std::fs::read_to_string(state("sp-a").join("sp.toml")).expect("sp.toml");
+    assert!(text.contains("nats_urls"), "{text}");
+    copy_state_dir(&state("sp-a"), &state("sp-b"), "sp-b");
+    copy_state_dir(&state("sp-a"), &state("sp-c"), "sp-c");
+    let path = |node: &str| state(node).to_str().expect("utf8").to_string();
+    let added = json(&run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "add",
+        "acme",
+        "--state-dir",
+        &path("sp-a"),
+        "--json",
+    ])));
+    let secret = added["secret"].as_str().expect("secret").to_string();
+    let (_a, addr_a, admin_a) = run_node_with_admin(&path("sp-a"));
+    let (mut node_b, addr_b, _) = run_node_with_admin(&path("sp-b"));
+    let (_c, addr_c, _) = run_node_with_admin(&path("sp-c"));
+
+    // The tenant reaches node B (C is its second address); the console is on node A.
+    let (mut tenant, console) = tenant_and_console(
+        &state("sp-a"),
+        &[&addr_b, &addr_c],
+        &addr_a,
+        &secret,
+        &operator_password,
+    )
+    .await;
+    assert_eq!(
+        *tenant.state.borrow(),
+        AgentState::Online {
+            endpoint: addr_b.clone()
+        }
+    );
+    eventually(
+        PATIENCE,
+        "node A lists the tenant node B holds",
+        async || listed_online(&console, "acme").await.then_some(()),
+    )
+    .await;
+    // A session from A to the tenant held by B: B sends open_data, the tenant's data channel
+    // reaches B, B forwards it to A. Data intact both ways.
+    let session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("a session across nodes");
+    echo_checked(session.stream, pattern(3, 1 << 20)).await;
+    // Node A audits it, with the bytes it relayed.
+    let audit = eventually(PATIENCE, "the session in the audit log", async || {
+        let rows = json(&run_ok(&mut rac(&[
+            "sp",
+            "audit",
+            "--state-dir",
+            &path("sp-c"),
+            "--json",
+        ])));
+        rows.as_array()
+            .and_then(|rows| rows.iter().find(|r| r["outcome"] != "open").cloned())
+            .filter(|row| row["bytes_to_tenant"].as_u64() >= Some(1 << 20))
+    })
+    .await;
+    assert_eq!(audit["tenant"], "acme");
+
+    // Disabled on node C: the session held through A and B ends, the tenant is dropped.
+    let mut second = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("second session");
+    run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "disable",
+        "acme",
+        "--state-dir",
+        &path("sp-c"),
+    ]));
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(PATIENCE, second.stream.read(&mut buf))
+        .await
+        .expect("the session ends in time");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the session ended: {read:?}"
+    );
+    tenant.not_online().await;
+    run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "enable",
+        "acme",
+        "--state-dir",
+        &path("sp-c"),
+    ]));
+    tenant.online().await;
+    eventually(PATIENCE, "node A lists the tenant again", async || {
+        listed_online(&console, "acme").await.then_some(())
+    })
+    .await;
+
+    // kill -9 of the node holding the tenant: it reconnects to C, and A opens it there.
+    let killed = std::time::Instant::now();
+    node_b.kill();
+    let moved = eventually(PATIENCE, "the tenant online through node C", async || {
+        let state = tenant.state.borrow().clone();
+        (state
+            == AgentState::Online {
+                endpoint: addr_c.clone(),
+            }
+            && listed_online(&console, "acme").await)
+            .then(|| killed.elapsed())
+    })
+    .await;
+    println!("tenant online through another node {moved:?} after kill -9");
+    assert!(moved < Duration::from_secs(10), "{moved:?}");
+    let session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("a session after the move");
+    echo_checked(session.stream, pattern(4, 64 * 1024)).await;
+
+    // NATS lost: node A says so and refuses sessions, then serves again once it is back.
+    let http = reqwest::Client::new();
+    nats.kill();
+    let body = eventually(PATIENCE, "/readyz names the bus", async || {
+        let (status, body) = readyz(&http, &admin_a).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(body.contains("cluster bus"), "{body}");
+    let message = match console.open_session("acme", "echo", |_, _| {}).await {
+        Ok(_) => panic!("a session opened while the node cannot see its cluster"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("cannot reach its cluster"), "{message}");
+    nats.restart().await;
+    eventually(PATIENCE, "ready again", async || {
+        (readyz(&http, &admin_a).await.0 == 200).then_some(())
+    })
+    .await;
+    let session = eventually(PATIENCE, "a session once the bus is back", async || {
+        console.open_session("acme", "echo", |_, _| {}).await.ok()
+    })
+    .await;
+    echo_checked(session.stream, pattern(5, 64 * 1024)).await;
 }

@@ -62,6 +62,15 @@ pub enum SpCommand {
         /// This node's name in the cluster (default: the host name).
         #[arg(long, value_name = "NAME", requires = "postgres")]
         node: Option<String>,
+        /// A NATS server of the cluster bus (`nats://HOST:4222`, repeatable; JetStream on):
+        /// with it, a console on any node opens tenants held by any other. The token, if
+        /// one is needed, comes from RAC_NATS_TOKEN or `nats_token_file` in sp.toml.
+        #[arg(long = "nats", value_name = "URL", requires = "postgres")]
+        nats_urls: Vec<String>,
+        /// `HOST:PORT` at which the other nodes reach this node's SP port (default: the
+        /// address `rac sp run` listens on, unless that is a wildcard).
+        #[arg(long, value_name = "HOST:PORT", requires = "nats_urls")]
+        advertise: Option<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -323,6 +332,8 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
             postgres,
             postgres_password_file,
             node,
+            nats_urls,
+            advertise,
             output,
         } => {
             let cluster = match postgres {
@@ -336,6 +347,9 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                         .map(|f| std::path::absolute(&f))
                         .transpose()?,
                     postgres_pool: crate::sp::config::ClusterConfig::DEFAULT_POOL,
+                    nats_urls,
+                    nats_token_file: None,
+                    advertise,
                 }),
                 None => None,
             };
@@ -546,7 +560,7 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
             admin_mutual_tls,
         } => {
             let addr = crate::sp::config::parse_listen(&listen)?;
-            let engine = crate::net::cloud_redirector::SpEngine::open(&state.dir())?;
+            let mut engine = crate::net::cloud_redirector::SpEngine::open(&state.dir())?;
             let admin = admin
                 .or_else(|| {
                     engine
@@ -585,6 +599,9 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 let listener =
                     crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
                 eprintln!("SP listening on {}", listener.local_addr()?);
+                engine
+                    .join_cluster(&state.dir(), listener.local_addr()?)
+                    .await?;
                 // The admin listener outlives the SP port by the drain, so `/readyz` says
                 // `503` while the SP shuts down; it stops when `run` returns.
                 let admin_stop = tokio_util::sync::CancellationToken::new();

@@ -16,8 +16,7 @@ pub mod accounts;
 pub mod nodes;
 pub mod owners;
 pub mod requests;
-#[cfg(test)]
-pub(crate) mod testing;
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
@@ -34,7 +33,7 @@ use crate::util::lock;
 
 pub use accounts::{AccountChange, AccountChanges, AccountEvent};
 pub use nodes::NodeInfo;
-pub use owners::{Claim, Epoch, PresenceChange, TenantOwner};
+pub use owners::{Claim, Epoch, OwnerLive, PresenceChange, TenantOwner};
 pub use requests::{IncomingOpen, OpenData, OpenDataReply, OpenRequests, RequestError};
 
 /// The bucket of tenant ownership: key = tenant, value = [`owners::OwnerValue`].

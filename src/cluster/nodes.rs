@@ -213,6 +213,15 @@ impl Cluster {
         all
     }
 
+    /// The advertised address of `node` if it is alive as this node sees it.
+    pub fn alive_addr(&self, node: &str) -> Option<String> {
+        lock(&self.shared().view)
+            .nodes
+            .get(node)
+            .filter(|n| n.alive)
+            .map(|n| n.addr.clone())
+    }
+
     /// Whether `node` is alive as this node sees it.
     pub fn is_alive(&self, node: &str) -> bool {
         lock(&self.shared().view)

@@ -42,6 +42,22 @@ pub struct OwnerValue {
     pub node: String,
     /// The owning process's instance (see `Shared::instance`).
     pub instance: String,
+    /// What the tenant said of itself when the owner admitted it, for other nodes' lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<OwnerLive>,
+}
+
+/// A tenant's control channel as its owner admitted it: the row other nodes show in their
+/// tenant lists. Written with the claim and not updated after it (the owner checks every
+/// open against the tenant's current status anyway).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerLive {
+    pub remote_addr: String,
+    pub agent_version: String,
+    pub services: Vec<String>,
+    pub provider_access: bool,
+    /// Unix seconds.
+    pub since: u64,
 }
 
 /// A tenant online somewhere in the cluster: its owner is alive and is the same process that
@@ -53,6 +69,9 @@ pub struct TenantOwner {
     /// The owner's advertised internal address.
     pub addr: String,
     pub epoch: Epoch,
+    /// The tenant's control channel as the owner admitted it (none from a claim made
+    /// without it).
+    pub live: Option<OwnerLive>,
 }
 
 /// A change to the cluster's tenant presence.
@@ -144,6 +163,7 @@ fn effective(view: &View, tenant: &str) -> Option<TenantOwner> {
         node: owner.node.clone(),
         addr: node.addr.clone(),
         epoch: Epoch(record.revision),
+        live: owner.live.clone(),
     })
 }
 
@@ -288,12 +308,23 @@ impl Cluster {
     /// revision, retried while other nodes move it. The returned claim may already be lost if
     /// a newer claim overtook it; [`Claim::lost`] then completes at once.
     pub async fn claim(&self, tenant: &str) -> Result<Claim, BusError> {
+        self.claim_with(tenant, None).await
+    }
+
+    /// [`claim`](Self::claim), recording what the tenant said of itself for the other
+    /// nodes' lists.
+    pub async fn claim_with(
+        &self,
+        tenant: &str,
+        live: Option<OwnerLive>,
+    ) -> Result<Claim, BusError> {
         crate::wire::validate_name(tenant)?;
         let shared = self.shared();
         let key = subject_token(tenant);
         let value = OwnerValue {
             node: shared.config.node.clone(),
             instance: shared.instance.clone(),
+            live,
         };
         let body = json_of(&value);
         for attempt in 0..CLAIM_ATTEMPTS {

@@ -24,6 +24,12 @@ pub struct OpenData {
     pub service: String,
     /// The node the console is on (where the data channel's other half waits).
     pub from_node: String,
+    /// What the owner passes on to the tenant in `open_data`: the nonce its data channel
+    /// brings back, and the session's grant.
+    #[serde(default)]
+    pub nonce: String,
+    #[serde(default)]
+    pub grant: Option<crate::wire::protocol::Grant>,
 }
 
 /// The owner's answer.
@@ -201,24 +207,18 @@ impl Cluster {
             .map_err(|_| RequestError::BadReply(node.to_string()))
     }
 
-    /// Looks up the tenant's owner and asks it to open a data channel for `session_id`.
+    /// Looks up the request's tenant's owner and asks it to open a data channel; the
+    /// request's epoch and `from_node` are filled in here.
     pub async fn open_on_owner(
         &self,
-        tenant: &str,
-        service: &str,
-        session_id: &str,
+        mut request: OpenData,
         timeout: Duration,
     ) -> Result<(TenantOwner, OpenDataReply), RequestError> {
         let owner = self
-            .owner(tenant)
-            .ok_or_else(|| RequestError::TenantOffline(tenant.to_string()))?;
-        let request = OpenData {
-            tenant: tenant.to_string(),
-            epoch: owner.epoch,
-            session_id: session_id.to_string(),
-            service: service.to_string(),
-            from_node: self.node().to_string(),
-        };
+            .owner(&request.tenant)
+            .ok_or_else(|| RequestError::TenantOffline(request.tenant.clone()))?;
+        request.epoch = owner.epoch;
+        request.from_node = self.node().to_string();
         let reply = self.request_open(&owner.node, &request, timeout).await?;
         Ok((owner, reply))
     }

@@ -1,4 +1,4 @@
-//! A real `nats-server -js` for the tests: on 127.0.0.1, a port the server picks (learned from
+//! A real `nats-server -js` for the tests (the crate's own and tests/cluster.rs): on 127.0.0.1, a port the server picks (learned from
 //! its ports file), a store in a temp dir, killed on drop. When the binary is missing the
 //! tests skip with a printed reason, except under CI, where they fail.
 
@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use super::BusConfig;
 
-pub(crate) struct NatsServer {
+pub struct NatsServer {
     bin: PathBuf,
     child: Option<Child>,
     dir: tempfile::TempDir,
-    pub(crate) port: u16,
+    pub port: u16,
 }
 
 fn under_ci() -> bool {
@@ -30,7 +30,7 @@ fn find_binary() -> Option<PathBuf> {
 impl NatsServer {
     /// Starts a server, or returns `None` (having said why) when there is none to start and
     /// CI is not set. Under CI a missing server is a failure.
-    pub(crate) async fn start() -> Option<NatsServer> {
+    pub async fn start() -> Option<NatsServer> {
         // `RUST_LOG=rac=debug` shows the bus's own log beside the test's output.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -93,12 +93,12 @@ impl NatsServer {
         }
     }
 
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// A node's config on this server, with short but not hasty timings.
-    pub(crate) fn node_config(&self, node: &str) -> BusConfig {
+    pub fn node_config(&self, node: &str) -> BusConfig {
         let mut config = BusConfig::new(node, &format!("127.0.0.1:{}", 7000), vec![self.url()]);
         config.heartbeat_every = Duration::from_millis(300);
         config.dead_after = Duration::from_secs(2);
@@ -106,7 +106,7 @@ impl NatsServer {
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -114,7 +114,7 @@ impl NatsServer {
     }
 
     /// Starts the server again on the same port with the same store.
-    pub(crate) async fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         self.kill();
         let port = self.port;
         self.spawn(Some(port)).await;

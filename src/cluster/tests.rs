@@ -44,7 +44,18 @@ async fn a_claim_is_seen_everywhere_and_a_takeover_ends_the_old_one() {
     let (snapshot, mut changes) = b.presence();
     assert!(snapshot.is_empty());
 
-    let first = a.claim("acme.corp").await.expect("claim");
+    // What the tenant said of itself travels with the claim, for the other nodes' lists.
+    let live = OwnerLive {
+        remote_addr: "192.0.2.7:50000".into(),
+        agent_version: "test".into(),
+        services: vec!["backup".into(), "rdp".into()],
+        provider_access: true,
+        since: 1_800_000_000,
+    };
+    let first = a
+        .claim_with("acme.corp", Some(live.clone()))
+        .await
+        .expect("claim");
     assert_eq!(first.previous_owner, None);
     assert_eq!(first.replaced_revision, 0);
     assert!(!first.is_lost());
@@ -71,6 +82,7 @@ async fn a_claim_is_seen_everywhere_and_a_takeover_ends_the_old_one() {
             node: "sp-a".into(),
             addr: "127.0.0.1:7000".into(),
             epoch: first.epoch,
+            live: Some(live),
         })
     );
 
@@ -479,7 +491,8 @@ async fn requests_reach_the_owner_and_fail_clearly_otherwise() {
     let timeout = Duration::from_secs(2);
 
     assert_eq!(
-        a.open_on_owner("nobody", "backup", "s0", timeout).await,
+        a.open_on_owner(ask("nobody", "backup", "s0"), timeout)
+            .await,
         Err(RequestError::TenantOffline("nobody".into()))
     );
 
@@ -509,13 +522,13 @@ async fn requests_reach_the_owner_and_fail_clearly_otherwise() {
     })
     .await;
     let (owner, reply) = a
-        .open_on_owner("acme", "backup", "s1", timeout)
+        .open_on_owner(ask("acme", "backup", "s1"), timeout)
         .await
         .expect("request");
     assert_eq!((owner.node.as_str(), owner.epoch), ("sp-b", claim.epoch));
     assert_eq!(reply, OpenDataReply::Accepted);
     let (_, reply) = a
-        .open_on_owner("acme", "rdp", "s2", timeout)
+        .open_on_owner(ask("acme", "rdp", "s2"), timeout)
         .await
         .expect("request");
     assert_eq!(
@@ -537,6 +550,8 @@ async fn requests_reach_the_owner_and_fail_clearly_otherwise() {
         session_id: "s3".into(),
         service: "backup".into(),
         from_node: "sp-a".into(),
+        nonce: String::new(),
+        grant: None,
     };
     assert_eq!(
         a.request_open("sp-b", &stale, timeout).await,
@@ -547,7 +562,7 @@ async fn requests_reach_the_owner_and_fail_clearly_otherwise() {
     let (_, held) = tokio::join!(
         async {
             let asked = Instant::now();
-            let r = a.open_on_owner("acme", "backup", "s4", timeout).await;
+            let r = a.open_on_owner(ask("acme", "backup", "s4"), timeout).await;
             assert_eq!(
                 r,
                 Err(RequestError::TimedOut {
@@ -569,7 +584,7 @@ async fn requests_reach_the_owner_and_fail_clearly_otherwise() {
     .await;
     let asked = Instant::now();
     assert_eq!(
-        a.open_on_owner("beta", "backup", "s5", Duration::from_secs(20))
+        a.open_on_owner(ask("beta", "backup", "s5"), Duration::from_secs(20))
             .await,
         Err(RequestError::NoResponder("sp-c".into()))
     );
@@ -686,4 +701,17 @@ async fn losing_nats_is_reported_and_survived() {
             ..
         }))
     ));
+}
+
+/// A request to open `session_id` on `tenant`'s owner (epoch and node filled in on the way).
+fn ask(tenant: &str, service: &str, session_id: &str) -> OpenData {
+    OpenData {
+        tenant: tenant.into(),
+        epoch: Epoch(0),
+        session_id: session_id.into(),
+        service: service.into(),
+        from_node: String::new(),
+        nonce: String::new(),
+        grant: None,
+    }
 }

@@ -69,6 +69,19 @@ pub struct ClusterConfig {
     /// Connections this node keeps to PostgreSQL.
     #[serde(default = "default_postgres_pool")]
     pub postgres_pool: usize,
+    /// The NATS servers of the cluster bus (`nats://host:4222`): which node holds which
+    /// tenant, and consoles on any node reaching tenants held by any other. Without them
+    /// the nodes share only the registry (each serves the tenants connected to it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nats_urls: Vec<String>,
+    /// A file holding the NATS token, if the servers want one (else `RAC_NATS_TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_token_file: Option<PathBuf>,
+    /// `host:port` at which the other nodes reach this node's SP port (they forward a
+    /// session's data channel there). Default: the address `rac sp run` listens on, when
+    /// that is not a wildcard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
 }
 
 fn default_postgres_pool() -> usize {
@@ -77,6 +90,8 @@ fn default_postgres_pool() -> usize {
 
 /// Where the database password may come from besides a file.
 pub const POSTGRES_PASSWORD_ENV: &str = "RAC_POSTGRES_PASSWORD";
+/// Where the NATS token may come from besides a file.
+pub const NATS_TOKEN_ENV: &str = "RAC_NATS_TOKEN";
 
 impl ClusterConfig {
     pub const DEFAULT_POOL: usize = 4;
@@ -98,8 +113,40 @@ impl ClusterConfig {
         Ok(target)
     }
 
+    /// The NATS token from the file or the environment, if there is one.
+    pub fn nats_token(&self) -> Result<Option<String>> {
+        Ok(match &self.nats_token_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading nats_token_file {}", file.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var(NATS_TOKEN_ENV).ok(),
+        })
+    }
+
+    /// The address other nodes reach this one at: `advertise`, else `listening` unless it
+    /// is a wildcard address.
+    pub fn advertised(&self, listening: std::net::SocketAddr) -> Result<String> {
+        match &self.advertise {
+            Some(addr) => Ok(addr.clone()),
+            None if listening.ip().is_unspecified() => bail!(
+                "[cluster] advertise is needed: the SP listens on {listening}, which other \
+                 nodes cannot dial; set advertise = \"HOST:{}\"",
+                listening.port()
+            ),
+            None => Ok(listening.to_string()),
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         crate::wire::validate_name(&self.node).context("[cluster] node")?;
+        for url in &self.nats_urls {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                bail!("[cluster] nats_urls: {url:?} is not a nats:// or tls:// URL");
+            }
+        }
         if self.postgres_pool == 0 {
             bail!("[cluster] postgres_pool must be greater than 0");
         }
@@ -345,5 +392,38 @@ mod tests {
                 .expect("examples/sp.toml exists");
         let config: SpConfig = toml::from_str(&text).expect("parse example");
         config.validate().expect("example valid");
+        assert!(config.cluster.is_none(), "a single SP by default");
+        // The commented [cluster] section, as an admin would uncomment it.
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.starts_with("[cluster]") || rest.contains(" = ") => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config: SpConfig = toml::from_str(&uncommented).expect("parse [cluster]");
+        config.validate().expect("[cluster] valid");
+        let cluster = config.cluster.expect("[cluster]");
+        assert_eq!(cluster.nats_urls, ["nats://nats.internal:4222"]);
+        let wildcard = "0.0.0.0:6180".parse().expect("addr");
+        assert_eq!(
+            cluster.advertised(wildcard).expect("advertised"),
+            "10.0.0.1:6180"
+        );
+        let without = ClusterConfig {
+            advertise: None,
+            ..cluster
+        };
+        let refused = without
+            .advertised(wildcard)
+            .expect_err("a wildcard is not an address");
+        assert!(refused.to_string().contains("advertise"), "{refused}");
+        assert_eq!(
+            without
+                .advertised("10.0.0.2:6180".parse().expect("addr"))
+                .expect("advertised"),
+            "10.0.0.2:6180"
+        );
     }
 }

@@ -74,6 +74,9 @@ pub struct SpService {
     serving: AtomicBool,
     /// Set once the SP began to shut down.
     draining: AtomicBool,
+    /// Why this cluster node cannot trust its view of the cluster now (its bus is down):
+    /// it refuses new sessions and `/readyz` says so. `None` on a single SP.
+    bus_problem: std::sync::Mutex<Option<String>>,
 }
 
 /// What the SP has seen of one trusted gateway since it started.
@@ -286,6 +289,7 @@ impl SpService {
             started_at: crate::util::now_unix_secs(),
             serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            bus_problem: std::sync::Mutex::new(None),
         })
     }
 
@@ -305,6 +309,23 @@ impl SpService {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Records whether the cluster bus works (`None`: it does, or there is no cluster).
+    pub fn set_bus_problem(&self, problem: Option<String>) {
+        let mut current = crate::util::lock(&self.bus_problem);
+        if *current != problem {
+            match &problem {
+                Some(p) => tracing::warn!("cluster bus not usable, refusing new sessions: {p}"),
+                None => tracing::info!("cluster bus usable again"),
+            }
+            *current = problem;
+        }
+    }
+
+    /// Why the cluster bus cannot be used now, if it cannot.
+    pub fn bus_problem(&self) -> Option<String> {
+        crate::util::lock(&self.bus_problem).clone()
     }
 
     /// The grant key's public half, hex, as tenants pin it.
@@ -547,6 +568,14 @@ impl SpService {
         tenant: &str,
         service: &str,
     ) -> Result<Authorized, Refusal> {
+        if let Some(problem) = self.bus_problem() {
+            // Not knowing where tenants are, or whether a right was revoked elsewhere, the
+            // node opens nothing rather than act on a stale view.
+            return Err(Refusal::new(
+                ErrorCode::Internal,
+                format!("this SP node cannot reach its cluster ({problem}); try again shortly"),
+            ));
+        }
         let (operator, console_key) = self.check_token_key(token)?;
         if !operator.may_open(tenant) {
             return Err(Refusal::new(

@@ -41,9 +41,20 @@ pub enum KickReason {
     SecretRotated,
 }
 
+/// A tenant whose control channel another SP node of the cluster holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remote {
+    pub node: String,
+    /// When that node admitted it, Unix seconds.
+    pub since: u64,
+    pub live: Live,
+}
+
 struct Entry {
     account: TenantAccount,
     live: Option<LiveEntry>,
+    /// Held by another node (a cluster); a control channel on this node comes first.
+    remote: Option<Remote>,
     open_sessions: u32,
 }
 
@@ -56,27 +67,33 @@ struct LiveEntry {
 
 impl Entry {
     fn info(&self) -> TenantInfo {
-        let status = match (&self.live, self.account.enabled) {
+        let here = self.live.as_ref();
+        let connected = match (here, &self.remote) {
+            (Some(l), _) => Some((l.since, &l.live)),
+            (None, Some(r)) => Some((r.since, &r.live)),
+            (None, None) => None,
+        };
+        let status = match (connected, self.account.enabled) {
             (_, false) => TenantStatus::Disabled,
             (Some(_), true) => TenantStatus::Online,
             (None, true) => TenantStatus::Offline,
         };
-        let live = self.live.as_ref();
+        let live = connected.map(|(_, live)| live);
         TenantInfo {
             name: self.account.name.clone(),
             status,
             description: self.account.description.clone(),
-            connected_since: live.map(|l| l.since),
-            last_seen: if live.is_some() {
+            connected_since: connected.map(|(since, _)| since),
+            last_seen: if connected.is_some() {
                 Some(now_unix_secs())
             } else {
                 self.account.last_seen
             },
-            remote_addr: live.map(|l| l.live.remote_addr.clone()),
-            agent_version: live.map(|l| l.live.agent_version.clone()),
-            services: live.map(|l| l.live.services.clone()).unwrap_or_default(),
-            provider_access: live.is_some_and(|l| l.live.provider_access),
-            heartbeat_rtt_ms: live.and_then(|l| l.rtt_ms),
+            remote_addr: live.map(|l| l.remote_addr.clone()),
+            agent_version: live.map(|l| l.agent_version.clone()),
+            services: live.map(|l| l.services.clone()).unwrap_or_default(),
+            provider_access: live.is_some_and(|l| l.provider_access),
+            heartbeat_rtt_ms: here.and_then(|l| l.rtt_ms),
             open_sessions: self.open_sessions,
             tenant_key: self.account.tenant_key.clone(),
         }
@@ -107,6 +124,7 @@ impl Presence {
                     Entry {
                         account,
                         live: None,
+                        remote: None,
                         open_sessions: 0,
                     },
                 )
@@ -207,6 +225,7 @@ impl Presence {
                     let entry = Entry {
                         account,
                         live: None,
+                        remote: None,
                         open_sessions: 0,
                     };
                     self.publish(TenantEvent::Changed(entry.info()));
@@ -335,6 +354,41 @@ impl Presence {
     }
 
     /// Counts open sessions per tenant (shown in the list).
+    /// Notes that another node of the cluster holds the tenant's control channel now (or
+    /// no longer, with `None`). Publishes a change only when the row changes.
+    pub fn set_remote(&self, name: &str, remote: Option<Remote>) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.tenants.get_mut(name) else {
+            return;
+        };
+        if entry.remote == remote {
+            return;
+        }
+        let before = entry.info();
+        entry.remote = remote;
+        let after = entry.info();
+        if before != after {
+            self.publish(TenantEvent::Changed(after));
+        }
+    }
+
+    /// Sets every tenant's other-node holder from a whole snapshot of the cluster (at start,
+    /// and after changes were missed): tenants not in `remote` are held by no other node.
+    pub fn sync_remotes(&self, remote: &std::collections::HashMap<String, Remote>) {
+        let mut inner = self.lock();
+        for (name, entry) in inner.tenants.iter_mut() {
+            let now = remote.get(name).cloned();
+            if entry.remote != now {
+                let before = entry.info();
+                entry.remote = now;
+                let after = entry.info();
+                if before != after {
+                    self.publish(TenantEvent::Changed(after));
+                }
+            }
+        }
+    }
+
     pub fn session_delta(&self, name: &str, opened: bool) {
         let mut inner = self.lock();
         if let Some(entry) = inner.tenants.get_mut(name) {
@@ -414,6 +468,56 @@ mod tests {
             TenantStatus::Offline
         );
         assert!(presence.connect("nobody", live()).is_none());
+    }
+
+    #[test]
+    fn a_tenant_held_by_another_node_is_listed_online_with_what_it_offers() {
+        let presence = Presence::new(vec![account("acme", true, "h"), account("beta", true, "h")]);
+        let mut rx = presence.subscribe();
+        let remote = Remote {
+            node: "sp-b".into(),
+            since: 7,
+            live: Live {
+                services: vec!["rdp".into()],
+                ..live()
+            },
+        };
+        presence.set_remote("acme", Some(remote.clone()));
+        let info = presence.info("acme").expect("row");
+        assert_eq!(info.status, TenantStatus::Online);
+        assert_eq!(info.services, ["rdp"]);
+        assert_eq!(info.connected_since, Some(7));
+        assert!(info.check_open("rdp").is_ok());
+        assert!(matches!(rx.try_recv(), Ok(TenantEvent::Changed(_))));
+        // The same again is no change.
+        presence.set_remote("acme", Some(remote.clone()));
+        assert!(rx.try_recv().is_err());
+        // A connection here comes first; without it the other node's row shows again.
+        let id = presence.connect("acme", live()).expect("known");
+        assert_eq!(presence.info("acme").expect("row").services, ["backup"]);
+        presence.disconnect("acme", id);
+        assert_eq!(presence.info("acme").expect("row").services, ["rdp"]);
+        // A snapshot of the cluster: beta moved to another node, acme is held nowhere else.
+        let mut now = std::collections::HashMap::new();
+        now.insert("beta".to_string(), remote);
+        presence.sync_remotes(&now);
+        assert_eq!(
+            presence.info("acme").expect("row").status,
+            TenantStatus::Offline
+        );
+        assert_eq!(
+            presence.info("beta").expect("row").status,
+            TenantStatus::Online
+        );
+        // A disabled tenant is disabled wherever it is held.
+        presence.sync_accounts(vec![
+            account("acme", true, "h"),
+            account("beta", false, "h"),
+        ]);
+        assert_eq!(
+            presence.info("beta").expect("row").status,
+            TenantStatus::Disabled
+        );
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl ConsoleApp {
         };
         if let Some(options) = lab_options {
             app.conn = ConnState::StartingLab;
-            app.engine.send(Command::StartLab(options));
+            app.engine.send(Command::StartLab(Box::new(options)));
         }
         app
     }
@@ -528,7 +528,7 @@ impl ConsoleApp {
                     if ui.button("Try again").clicked()
                         && let Some(options) = self.lab_options.clone()
                     {
-                        actions.push(Action::Engine(Command::StartLab(options)));
+                        actions.push(Action::Engine(Command::StartLab(Box::new(options))));
                     }
                 });
                 return;

@@ -218,6 +218,9 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if let Some(problem) = lock(&state.registry_problem).clone() {
         reasons.push(format!("the registry cannot be written: {problem}"));
     }
+    if let Some(problem) = state.sp.bus_problem() {
+        reasons.push(format!("the cluster bus cannot be used: {problem}"));
+    }
     if reasons.is_empty() {
         Json(json!({"status": "ready"})).into_response()
     } else {

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ControlHandle, DataOutcome, ServerStream, Shared, lock, send_error};
+use super::{ControlHandle, DataOutcome, ServerStream, Shared, lock, nodes, send_error};
 use crate::net::tls;
 use crate::sp::Refusal;
 use crate::sp::presence::Live;
@@ -50,6 +50,9 @@ pub(super) async fn serve(
         return;
     };
     let conn_id = admitted.conn_id;
+    if let Some(claim) = &admitted.claim {
+        nodes::watch_claim(shared.clone(), tenant.clone(), conn_id, claim.lost_token());
+    }
     let ended = match admitted.io {
         Ok((reader, writer)) => {
             let channel = Channel {
@@ -69,9 +72,12 @@ pub(super) async fn serve(
             controls.remove(&tenant);
         }
     }
+    if let Some(claim) = admitted.claim {
+        nodes::release(&shared, claim).await;
+    }
     // Requests this connection carried will get no answer now: their consoles hear at once
     // (the dropped sender), not after the open timeout.
-    lock(&shared.pending).retain(|_, p| p.tenant != tenant || p.conn_id != conn_id);
+    lock(&shared.pending).retain(|_, p| p.tenant != tenant || p.conn_id != Some(conn_id));
     if shared.sp.presence.disconnect(&tenant, conn_id)
         && let Err(e) = shared
             .sp
@@ -87,6 +93,8 @@ pub(super) async fn serve(
 /// A tenant that passed authentication and is marked online.
 struct Admitted {
     conn_id: u64,
+    /// This node's claim on the tenant, in a cluster with a bus.
+    claim: Option<crate::cluster::Claim>,
     commands: mpsc::Receiver<Box<ControlMsg>>,
     replaced: CancellationToken,
     /// The connection after the welcome, or why the welcome could not be sent.
@@ -128,6 +136,16 @@ async fn admit(
         let _ = send_error(&mut stream, &refusal).await;
         return None;
     }
+    // In a cluster the tenant is this node's once its claim is on the bus; the claim takes
+    // the tenant from any other node, as a newer connection replaces an older one here.
+    let claim = match nodes::claim(shared, tenant, &live).await {
+        Ok(claim) => claim,
+        Err(refusal) => {
+            tracing::warn!(?tenant, %addr, reason = ?refusal.message, "tenant refused");
+            let _ = send_error(&mut stream, &refusal).await;
+            return None;
+        }
+    };
     let (tx, commands) = mpsc::channel(64);
     let replaced = shared.shutdown.child_token();
     // The secret and enabled flag are checked again, atomically with going online, and the
@@ -163,6 +181,9 @@ async fn admit(
         }
         Err(refusal) => {
             tracing::warn!(?tenant, %addr, reason = ?refusal.message, "tenant refused at admission (account changed meanwhile)");
+            if let Some(claim) = claim {
+                nodes::release(shared, claim).await;
+            }
             let _ = send_error(&mut stream, &refusal).await;
             return None;
         }
@@ -190,6 +211,7 @@ async fn admit(
     };
     Some(Admitted {
         conn_id,
+        claim,
         commands,
         replaced,
         io,

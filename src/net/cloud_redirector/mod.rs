@@ -5,8 +5,11 @@
 //! up when too many are in flight.
 
 mod control;
+mod nodes;
 mod operator;
 mod session;
+
+pub use nodes::NodeLink;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,6 +42,8 @@ use crate::wire::protocol::{
 pub struct SpEngine {
     pub service: Arc<SpService>,
     pub acceptor: TlsAcceptor,
+    /// The cluster bus, once [`join_cluster`](Self::join_cluster) joined it.
+    pub cluster: Option<NodeLink>,
 }
 
 impl SpEngine {
@@ -49,7 +54,11 @@ impl SpEngine {
         let acceptor =
             tls::server_acceptor_with_tickets(&state.server_chain(), &state.server_key(), tickets)
                 .context("loading the SP's certificate")?;
-        Ok(SpEngine { service, acceptor })
+        Ok(SpEngine {
+            service,
+            acceptor,
+            cluster: None,
+        })
     }
 }
 
@@ -66,8 +75,8 @@ struct ControlHandle {
 struct Pending {
     tenant: String,
     /// The control connection the `open_data` went out on: if it ends first, nobody will
-    /// answer, and the console hears so at once.
-    conn_id: u64,
+    /// answer, and the console hears so at once. `None`: another node holds the tenant.
+    conn_id: Option<u64>,
     nonce: String,
     deadline: Instant,
     tx: oneshot::Sender<DataOutcome>,
@@ -91,6 +100,10 @@ struct Shared {
     live_sessions: Mutex<HashMap<u64, LiveSession>>,
     next_session: std::sync::atomic::AtomicU64,
     admission: Arc<Admission>,
+    /// This node's part in a cluster with a bus.
+    cluster: Option<NodeLink>,
+    /// Sessions whose consoles wait on other nodes, by session id (see `nodes.rs`).
+    forwards: Mutex<HashMap<String, nodes::Forward>>,
 }
 
 /// A spliced session or an operator connection, as the registry watcher sees it.
@@ -160,11 +173,14 @@ pub async fn run(
             // A third of the first-byte deadline: a peer's first bytes are long there by then.
             grace: config.first_byte_timeout() / 3,
         }),
+        cluster: engine.cluster,
+        forwards: Mutex::new(HashMap::new()),
     });
     let acceptor = engine.acceptor;
     let tracker = TaskTracker::new();
     tracker.spawn(watch_registry(shared.clone()));
     tracker.spawn(summarise_admission(shared.clone()));
+    nodes::spawn_tasks(&shared, &tracker);
     let mut listener = Acceptor::new("SP", listener);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "SP listening");

@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
-use super::{DataOutcome, Pending, ServerStream, Shared, lock, send_error};
+use super::{DataOutcome, Pending, ServerStream, Shared, lock, nodes, send_error};
 use crate::metrics::SessionEnd;
 use crate::net::socket_splice::{RawSide, splice_sockets};
 use crate::net::splice::{Counters, Side, SpliceEnd};
@@ -302,7 +302,11 @@ async fn request_data_connection(
             format!("tenant {tenant} is offline"),
         )
     };
-    let (conn_id, control) = shared.control_sender(tenant).ok_or_else(offline)?;
+    // Here, or (in a cluster) on the node that holds the tenant.
+    let control = shared.control_sender(tenant);
+    if control.is_none() && !nodes::held_elsewhere(shared, tenant) {
+        return Err(offline());
+    }
     let config = &shared.sp.config;
     let session_id = auth::random_hex_16();
     let nonce = auth::random_hex_32();
@@ -311,7 +315,7 @@ async fn request_data_connection(
         session_id.clone(),
         Pending {
             tenant: tenant.to_string(),
-            conn_id,
+            conn_id: control.as_ref().map(|(id, _)| *id),
             nonce: nonce.clone(),
             deadline: Instant::now() + config.session_open_timeout(),
             tx,
@@ -322,15 +326,29 @@ async fn request_data_connection(
         session_id: session_id.clone(),
     };
     let grant = shared.sp.grant(&session_id, tenant, service, who);
-    control
-        .send(Box::new(ControlMsg::OpenData {
-            session_id: session_id.clone(),
-            nonce,
-            service: service.to_string(),
-            grant,
-        }))
-        .await
-        .map_err(|_| offline())?;
+    match control {
+        Some((_, control)) => control
+            .send(Box::new(ControlMsg::OpenData {
+                session_id: session_id.clone(),
+                nonce,
+                service: service.to_string(),
+                grant,
+            }))
+            .await
+            .map_err(|_| offline())?,
+        None => {
+            let request = crate::cluster::OpenData {
+                tenant: tenant.to_string(),
+                epoch: crate::cluster::Epoch(0),
+                session_id: session_id.clone(),
+                service: service.to_string(),
+                from_node: String::new(),
+                nonce,
+                grant: Some(grant),
+            };
+            nodes::open_on_owner(shared, tenant, request).await?;
+        }
+    }
     frame::write_frame(
         console,
         &SessionMsg::Progress {
@@ -399,6 +417,11 @@ pub(super) async fn tenant_data(
         if valid { map.remove(&session_id) } else { None }
     };
     let Some(pending) = pending else {
+        // In a cluster the console may wait on another node, which asked this one.
+        if let Some(to) = nodes::take_forward(&shared, &tenant, &session_id) {
+            nodes::forward_data(shared, stream, tenant, session_id, nonce, to).await;
+            return;
+        }
         tracing::warn!(
             ?tenant,
             ?session_id,

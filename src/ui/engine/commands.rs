@@ -91,7 +91,7 @@ pub(super) async fn dispatch(
 impl Dispatcher {
     fn handle(&mut self, command: Command) {
         match command {
-            Command::StartLab(options) => self.start_lab(options),
+            Command::StartLab(options) => self.start_lab(*options),
             Command::Connect { config, password } => self.connect(config, password),
             Command::Disconnect => self.disconnect(),
             Command::ForgetTenantKey { tenant } => {

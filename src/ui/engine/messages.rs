@@ -21,7 +21,7 @@ pub type TabId = u64;
 /// What the window asks the engine to do.
 pub enum Command {
     /// Start the embedded lab, then log in to it and follow its tenant list.
-    StartLab(LabOptions),
+    StartLab(Box<LabOptions>),
     /// Log in to an SP and follow its tenant list. The password lives only in the task.
     Connect {
         config: ConsoleConfig,
