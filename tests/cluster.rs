@@ -558,3 +558,116 @@ async fn three_nodes_open_tenants_held_by_another_node_and_move_a_dead_nodes_ten
     .await;
     echo_checked(session.stream, pattern(5, 64 * 1024)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_sends_its_tenants_away_at_its_drain_rate() {
+    const TENANTS: usize = 9;
+    const RATE: u32 = 4;
+    let Some(pg) = postgres() else { return };
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = |node: &str| dir.path().join(node);
+    let path = |node: &str| state(node).to_str().expect("utf8").to_string();
+    let operator_password = init_node(&pg, "rac", &state("sp-a"), Some(&nats.url()));
+    copy_state_dir(&state("sp-a"), &state("sp-b"), "sp-b");
+    // Node A drains slowly enough to be seen: RATE tenants a second.
+    let config = state("sp-a").join("sp.toml");
+    let text = std::fs::read_to_string(&config).expect("sp.toml");
+    let text = text.replace("drain_rate = 500", &format!("drain_rate = {RATE}"));
+    assert!(text.contains(&format!("drain_rate = {RATE}")), "{text}");
+    std::fs::write(&config, text).expect("write sp.toml");
+    let mut secrets = Vec::new();
+    for i in 0..TENANTS {
+        let added = json(&run_ok(&mut rac(&[
+            "sp",
+            "tenant",
+            "add",
+            &format!("t{i}"),
+            "--state-dir",
+            &path("sp-a"),
+            "--json",
+        ])));
+        secrets.push(added["secret"].as_str().expect("secret").to_string());
+    }
+    let (mut node_a, addr_a, admin_a) = run_node_with_admin(&path("sp-a"));
+    let (_b, addr_b, _) = run_node_with_admin(&path("sp-b"));
+
+    // Every tenant on A first (B is each one's second address).
+    let ca = state("sp-a").join("ca.pem");
+    let mut tenants = Vec::new();
+    for (i, secret) in secrets.iter().enumerate() {
+        let mut services = BTreeMap::new();
+        services.insert(
+            "echo".to_string(),
+            ServiceTarget::Local(rac::lab::echo_service()),
+        );
+        let name = format!("t{i}");
+        let mut tenant = TestTenant::start(RedirectorConfig {
+            tenant: name.clone(),
+            secret: secret.clone(),
+            endpoints: vec![addr_a.clone(), addr_b.clone()],
+            trust: Trust::CaFile(ca.clone()),
+            server_name: "localhost".into(),
+            services,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            identity: Some(common::wire::test_tenant_identity(&name)),
+            ..RedirectorConfig::defaults()
+        });
+        tenant.online().await;
+        tenants.push(tenant);
+    }
+    // A console on B with a session to t0, which A holds: forwarded through A.
+    let console = ConsoleClient::new(ConsoleConfig {
+        route: Route::Direct(addr_b.clone()),
+        trust: Trust::CaFile(ca),
+        server_name: "localhost".into(),
+        user: "admin".into(),
+        keys: ConsoleKeys::in_memory().expect("console key"),
+    })
+    .expect("client");
+    console.login(&operator_password).await.expect("login");
+    eventually(PATIENCE, "B lists t0, held by A", async || {
+        listed_online(&console, "t0").await.then_some(())
+    })
+    .await;
+    let session = console
+        .open_session("t0", "echo", |_, _| {})
+        .await
+        .expect("a session through A");
+
+    // SIGTERM: A stops listening at once, says so in /readyz, and sends its tenants to B
+    // at RATE a second.
+    node_a.signal("TERM");
+    let http = reqwest::Client::new();
+    let on_b = AgentState::Online {
+        endpoint: addr_b.clone(),
+    };
+    let mut moved_at = Vec::new();
+    for tenant in &mut tenants {
+        let seen = tokio::time::timeout(PATIENCE, tenant.state.wait_for(|s| *s == on_b))
+            .await
+            .expect("the tenant moves to B in time");
+        seen.expect("state channel");
+        moved_at.push(std::time::Instant::now());
+    }
+    let first = moved_at.iter().min().expect("moves");
+    let last = moved_at.iter().max().expect("moves");
+    let spread = last.duration_since(*first);
+    println!("{TENANTS} tenants moved over {spread:?} at {RATE} a second");
+    // (TENANTS - 1) intervals of 1/RATE at least; a slow machine only spreads them more.
+    let least = Duration::from_secs(1) * (TENANTS as u32 - 1) / RATE;
+    assert!(spread >= least.mul_f64(0.8), "{spread:?} < {least:?}");
+    let (status, body) = readyz(&http, &admin_a).await;
+    assert!(status == 503 || status == 0, "{status} {body}");
+
+    // The session forwarded through A goes on while A drains; A exits once it ends.
+    echo_checked(session.stream, pattern(6, 64 * 1024)).await;
+    let exited = node_a.exited();
+    assert!(exited.success(), "{exited:?}");
+    for i in 0..TENANTS {
+        assert!(listed_online(&console, &format!("t{i}")).await);
+    }
+}

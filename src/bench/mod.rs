@@ -10,6 +10,7 @@
 //! listener (metrics' cost, a scrape at scale, audit queries).
 
 mod admin;
+mod cluster;
 mod desktop;
 mod load;
 mod machine;
@@ -75,7 +76,12 @@ pub struct BenchArgs {
     /// [default: 1000000, quick: 10000].
     #[arg(long)]
     pub audit_rows: Option<u64>,
-    /// Run only these sections (comma-separated) [default: all].
+    /// Also run the cluster section with this many SP nodes (at least 2) on a PostgreSQL and
+    /// a nats-server the bench starts: session opens and one stream across nodes beside the
+    /// same on one node. Needs PostgreSQL's server programs and nats-server installed.
+    #[arg(long, value_name = "NODES")]
+    pub cluster: Option<usize>,
+    /// Run only these sections (comma-separated) [default: all but `cluster`].
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Section>,
 }
@@ -107,6 +113,8 @@ pub enum Section {
     Scrape,
     /// Audit queries over the admin API with `--audit-rows` rows in the registry.
     Audit,
+    /// Several SP nodes (`--cluster N`, 3 by default): opens and a stream across nodes.
+    Cluster,
 }
 
 /// The options with their defaults filled in.
@@ -123,6 +131,7 @@ struct Opts {
     audit_rows: u64,
     desktop: desktop::DesktopOpts,
     sections: Vec<Section>,
+    cluster_nodes: usize,
 }
 
 /// Sockets the bench needs besides the idle tenants' and the gateway connections'.
@@ -165,11 +174,22 @@ impl Opts {
                 held: 4,
                 idle_secs: if q { 3 } else { 10 },
             },
-            sections: if a.only.is_empty() {
-                Section::value_variants().to_vec()
-            } else {
-                a.only.clone()
+            sections: {
+                let mut sections = if a.only.is_empty() {
+                    Section::value_variants()
+                        .iter()
+                        .copied()
+                        .filter(|s| *s != Section::Cluster)
+                        .collect()
+                } else {
+                    a.only.clone()
+                };
+                if a.cluster.is_some() && !sections.contains(&Section::Cluster) {
+                    sections.push(Section::Cluster);
+                }
+                sections
             },
+            cluster_nodes: a.cluster.unwrap_or(3),
         }
     }
 
@@ -323,6 +343,13 @@ async fn bench(o: Opts) -> Result<Report> {
     }
     if swarm_needed {
         swarm_section(&mut world, &o, &mut report, progress).await?;
+    }
+    if o.has(Section::Cluster) {
+        progress(&format!(
+            "{} SP nodes on PostgreSQL and NATS",
+            o.cluster_nodes.max(2)
+        ));
+        cluster::cluster_section(&o, &mut report).await?;
     }
     world.stop().await;
     Ok(report)

@@ -389,7 +389,9 @@ async fn desktop_service(
 /// Size of the buffers the services and load generators read and write with.
 pub const IO_BUF: usize = 256 * 1024;
 
-async fn source_conn<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> std::io::Result<()> {
+pub(super) async fn source_conn<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+) -> std::io::Result<()> {
     let mut want = stream.read_u64().await?;
     let chunk = vec![0x5au8; IO_BUF];
     while want > 0 {

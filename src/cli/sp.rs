@@ -350,6 +350,8 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                     nats_urls,
                     nats_token_file: None,
                     advertise,
+                    drain_rate: crate::sp::config::ClusterConfig::DEFAULT_DRAIN_RATE,
+                    drain_secs: crate::sp::config::ClusterConfig::DEFAULT_DRAIN_SECS,
                 }),
                 None => None,
             };

@@ -50,7 +50,7 @@ pub struct OwnerValue {
 /// A tenant's control channel as its owner admitted it: the row other nodes show in their
 /// tenant lists. Written with the claim and not updated after it (the owner checks every
 /// open against the tenant's current status anyway).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerLive {
     pub remote_addr: String,
     pub agent_version: String,

@@ -82,6 +82,21 @@ pub struct ClusterConfig {
     /// that is not a wildcard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// When the node is stopped (SIGTERM), the tenants it sends to other nodes per second,
+    /// so that they do not all reconnect at once.
+    #[serde(default = "default_drain_rate")]
+    pub drain_rate: u32,
+    /// When the node is stopped, how long its sessions may go on before they are ended.
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
+}
+
+fn default_drain_rate() -> u32 {
+    ClusterConfig::DEFAULT_DRAIN_RATE
+}
+
+fn default_drain_secs() -> u64 {
+    ClusterConfig::DEFAULT_DRAIN_SECS
 }
 
 fn default_postgres_pool() -> usize {
@@ -95,6 +110,8 @@ pub const NATS_TOKEN_ENV: &str = "RAC_NATS_TOKEN";
 
 impl ClusterConfig {
     pub const DEFAULT_POOL: usize = 4;
+    pub const DEFAULT_DRAIN_RATE: u32 = 500;
+    pub const DEFAULT_DRAIN_SECS: u64 = 60;
 
     /// The database to open: the URL, and the password from the file or the environment.
     pub fn postgres_target(&self) -> Result<crate::sp::registry::PgTarget> {
@@ -149,6 +166,9 @@ impl ClusterConfig {
         }
         if self.postgres_pool == 0 {
             bail!("[cluster] postgres_pool must be greater than 0");
+        }
+        if self.drain_rate == 0 {
+            bail!("[cluster] drain_rate must be greater than 0 (tenants per second)");
         }
         // Parsed now, so a bad URL is named when the file is read, not at the first query.
         crate::sp::registry::PgTarget::new(&self.postgres_url, None)

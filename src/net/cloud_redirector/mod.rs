@@ -104,6 +104,8 @@ struct Shared {
     cluster: Option<NodeLink>,
     /// Sessions whose consoles wait on other nodes, by session id (see `nodes.rs`).
     forwards: Mutex<HashMap<String, nodes::Forward>>,
+    /// Sessions this node forwards to other nodes now.
+    forwarding: std::sync::atomic::AtomicUsize,
 }
 
 /// A spliced session or an operator connection, as the registry watcher sees it.
@@ -159,9 +161,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let config = engine.service.config.clone();
+    // A cluster node drains before it stops (see `nodes::drain`): `shutdown` ends the
+    // accepting, `stop` everything else, once the drain is over.
+    let stop = match &engine.cluster {
+        Some(_) => CancellationToken::new(),
+        None => shutdown.clone(),
+    };
     let shared = Arc::new(Shared {
         sp: engine.service,
-        shutdown: shutdown.clone(),
+        shutdown: stop.clone(),
         controls: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
         tenant_sessions: Mutex::new(HashMap::new()),
@@ -175,6 +183,7 @@ pub async fn run(
         }),
         cluster: engine.cluster,
         forwards: Mutex::new(HashMap::new()),
+        forwarding: std::sync::atomic::AtomicUsize::new(0),
     });
     let acceptor = engine.acceptor;
     let tracker = TaskTracker::new();
@@ -236,8 +245,11 @@ pub async fn run(
     }
 
     // Not ready from here on (`/readyz`): no new connections, sessions end.
+    drop(listener);
     shared.sp.set_serving(false);
     shared.sp.set_draining();
+    nodes::drain(&shared).await;
+    stop.cancel();
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
         .await

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -91,6 +92,53 @@ pub(super) fn spawn_tasks(shared: &Arc<Shared>, tracker: &tokio_util::task::Task
     tracker.spawn(serve_requests(shared.clone()));
     tracker.spawn(follow_presence(shared.clone()));
     tracker.spawn(watch_health(shared.clone()));
+}
+
+/// A cluster node stopping (SIGTERM): its port is closed already. Sends its tenants away,
+/// `drain_rate` a second, each with a goodbye that tells its redirector to reconnect (to
+/// another node: this one no longer listens), then lets the sessions it relays or forwards
+/// go on until they end or `drain_secs` pass. Does nothing on a single SP.
+pub(super) async fn drain(shared: &Shared) {
+    let (Some(_), Some(cluster)) = (&shared.cluster, &shared.sp.config.cluster) else {
+        return;
+    };
+    let tenants: Vec<String> = lock(&shared.controls).keys().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(cluster.drain_secs);
+    tracing::info!(
+        tenants = tenants.len(),
+        per_second = cluster.drain_rate,
+        "draining: sending this node's tenants to the other nodes"
+    );
+    let mut pace = tokio::time::interval(Duration::from_secs(1) / cluster.drain_rate.max(1));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for tenant in tenants {
+        pace.tick().await;
+        let handle = lock(&shared.controls).remove(&tenant);
+        if let Some(handle) = handle {
+            let _ = handle.tx.try_send(Box::new(ControlMsg::Goodbye {
+                code: ErrorCode::ShuttingDown,
+                reason: "this SP node is shutting down; connect to another node".into(),
+            }));
+            handle.replaced.cancel();
+        }
+    }
+    let running = || shared.sp.sessions.len() + shared.forwarding.load(Ordering::SeqCst);
+    if running() > 0 {
+        tracing::info!(
+            sessions = running(),
+            "draining: letting sessions finish (at most {} s)",
+            cluster.drain_secs
+        );
+    }
+    while running() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if running() > 0 {
+        tracing::warn!(
+            sessions = running(),
+            "draining: ending the sessions still open at the deadline"
+        );
+    }
 }
 
 /// What a tenant said of itself, as the other nodes list it.
@@ -205,26 +253,18 @@ async fn watch_health(shared: Arc<Shared>) {
 async fn follow_presence(shared: Arc<Shared>) {
     let Some(link) = &shared.cluster else { return };
     let me = link.bus.node().to_string();
+    // A claim made without the tenant's row lists it online with nothing offered.
     let remote = |owner: &crate::cluster::TenantOwner| {
         (owner.node != me).then(|| {
-            let live = owner.live.clone();
+            let live = owner.live.clone().unwrap_or_default();
             Remote {
                 node: owner.node.clone(),
-                since: live.as_ref().map_or(0, |l| l.since),
+                since: live.since,
                 live: Live {
-                    remote_addr: live
-                        .as_ref()
-                        .map(|l| l.remote_addr.clone())
-                        .unwrap_or_default(),
-                    agent_version: live
-                        .as_ref()
-                        .map(|l| l.agent_version.clone())
-                        .unwrap_or_default(),
-                    services: live
-                        .as_ref()
-                        .map(|l| l.services.clone())
-                        .unwrap_or_default(),
-                    provider_access: live.as_ref().is_some_and(|l| l.provider_access),
+                    remote_addr: live.remote_addr,
+                    agent_version: live.agent_version,
+                    services: live.services,
+                    provider_access: live.provider_access,
                 },
             }
         })
@@ -473,7 +513,9 @@ pub(super) async fn forward_data(
     let cancel = shared.sessions_token(&tenant).child_token();
     let counters = Counters::default();
     tracing::info!(?tenant, ?session_id, %to, "session forwarded to the console's node");
+    shared.forwarding.fetch_add(1, Ordering::SeqCst);
     let report = splice_sockets(raw(tenant_raw), raw(console_raw), &counters, &cancel).await;
+    shared.forwarding.fetch_sub(1, Ordering::SeqCst);
     tracing::info!(
         ?tenant,
         ?session_id,

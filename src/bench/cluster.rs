@@ -1,0 +1,254 @@
+//! `rac bench --cluster N`: SP nodes sharing a PostgreSQL registry and a NATS bus, each a
+//! `rac sp run` process, against a PostgreSQL and a nats-server the bench starts in a temp
+//! dir. The bench tenant is held by node 1; a console on node 1 opens it on the same node,
+//! a console on node 0 across nodes (node 1 sends `open_data` and forwards the data channel
+//! to node 0). The figures: what crossing nodes adds to a session open, and one stream
+//! across nodes against one on the same node, measured interleaved in the same run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::Opts;
+use super::load::{self, Path};
+use super::procs::RacProcess;
+use super::report::{Check, Report};
+use super::world::{BENCH_TENANT, ECHO, SOURCE};
+use crate::cluster::testing::NatsServer;
+use crate::net::console::{ConsoleClient, ConsoleConfig, ConsoleKeys};
+use crate::net::dial::Route;
+use crate::net::tenant_redirector::{self, AgentState, RedirectorConfig, ServiceTarget};
+use crate::net::tls::Trust;
+use crate::sp::config::{ClusterConfig, StateDir};
+use crate::sp::registry::Registry;
+use crate::sp::registry::local_server::{self, LocalPostgres};
+
+const OPERATOR: &str = "bench";
+
+/// The nodes, the database and the bus of one cluster run; everything stops when dropped.
+struct Cluster {
+    nodes: Vec<RacProcess>,
+    ca: std::path::PathBuf,
+    password: String,
+    _nats: NatsServer,
+    _postgres: LocalPostgres,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(nodes: usize, secret_out: &mut String) -> Result<Cluster> {
+        if !local_server::available() {
+            bail!("the cluster bench needs PostgreSQL's server programs (initdb, postgres)");
+        }
+        let postgres = LocalPostgres::start().context("starting PostgreSQL")?;
+        postgres.create_database("rac")?;
+        let nats = NatsServer::start().await.ok_or_else(|| {
+            anyhow!("the cluster bench needs nats-server (apt-get install nats-server)")
+        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("rac-bench-cluster-")
+            .tempdir()
+            .context("making a temporary dir")?;
+        let password_file = dir.path().join("pg-password");
+        std::fs::write(&password_file, postgres.password())?;
+        let config = |node: String| ClusterConfig {
+            node,
+            postgres_url: postgres.url("rac"),
+            postgres_password_file: Some(password_file.clone()),
+            postgres_pool: ClusterConfig::DEFAULT_POOL,
+            nats_urls: vec![nats.url()],
+            nats_token_file: None,
+            advertise: None,
+            drain_rate: ClusterConfig::DEFAULT_DRAIN_RATE,
+            drain_secs: ClusterConfig::DEFAULT_DRAIN_SECS,
+        };
+        let first = StateDir::new(dir.path().join("sp-0"));
+        let init = crate::sp::init_state_dir(&first, OPERATOR, &[], Some(config("sp-0".into())))?;
+        let registry = Registry::open_postgres(config("sp-0".into()).postgres_target()?)?;
+        *secret_out = registry.add_tenant(BENCH_TENANT, "benchmark sessions")?;
+        drop(registry);
+        let mut running = Vec::with_capacity(nodes);
+        for i in 0..nodes {
+            let state = StateDir::new(dir.path().join(format!("sp-{i}")));
+            if i > 0 {
+                // What an admin does for a further node: the first node's keys, its own name.
+                let copied = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(&first.root)
+                    .arg(&state.root)
+                    .status()?;
+                if !copied.success() {
+                    bail!("copying the state dir for node {i}");
+                }
+                let sp_toml = toml::to_string(&crate::sp::config::SpConfig {
+                    cluster: Some(config(format!("sp-{i}"))),
+                    ..crate::sp::config::SpConfig::default()
+                })?;
+                std::fs::write(state.config(), sp_toml)?;
+            }
+            let args = [
+                "sp",
+                "run",
+                "--state-dir",
+                &state.root.display().to_string(),
+                "--listen",
+                "127.0.0.1:0",
+            ]
+            .map(String::from);
+            running.push(RacProcess::spawn(
+                &args,
+                &super::procs::extra_env("RAC_BENCH_SP_ENV")?,
+                "SP listening on",
+                &dir.path().join(format!("sp-{i}.log")),
+            )?);
+        }
+        Ok(Cluster {
+            nodes: running,
+            ca: init.ca_cert,
+            password: init.password,
+            _nats: nats,
+            _postgres: postgres,
+            _dir: dir,
+        })
+    }
+
+    async fn console_on(&self, node: usize) -> Result<Arc<ConsoleClient>> {
+        let console = ConsoleClient::new(ConsoleConfig {
+            route: Route::Direct(self.nodes[node].addr.to_string()),
+            trust: Trust::CaFile(self.ca.clone()),
+            server_name: "localhost".into(),
+            user: OPERATOR.into(),
+            keys: ConsoleKeys::in_memory()?,
+        })?;
+        console.login(&self.password).await.context("logging in")?;
+        Ok(console)
+    }
+}
+
+pub(super) async fn cluster_section(o: &Opts, report: &mut Report) -> Result<()> {
+    let nodes = o.cluster_nodes.max(2);
+    report.setting("cluster_nodes", nodes);
+    let mut secret = String::new();
+    let cluster = Cluster::start(nodes, &mut secret).await?;
+
+    // The bench tenant, held by node 1, with the echo and source services.
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let mut services = BTreeMap::new();
+    services.insert(
+        ECHO.to_string(),
+        ServiceTarget::Local(crate::lab::echo_service()),
+    );
+    services.insert(
+        SOURCE.to_string(),
+        ServiceTarget::Local(Arc::new(|stream| {
+            Box::pin(async move {
+                if let Err(e) = super::world::source_conn(stream).await {
+                    tracing::debug!("source service: {e}");
+                }
+            })
+        })),
+    );
+    let config = RedirectorConfig {
+        tenant: BENCH_TENANT.into(),
+        secret,
+        endpoints: vec![cluster.nodes[1].addr.to_string()],
+        trust: Trust::CaFile(cluster.ca.clone()),
+        server_name: "localhost".into(),
+        services,
+        ..RedirectorConfig::defaults()
+    };
+    let (state_tx, mut state_rx) = watch::channel(AgentState::Connecting);
+    tokio::spawn(tenant_redirector::run_with_state(
+        config,
+        shutdown.clone(),
+        state_tx,
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        state_rx.wait_for(|s| matches!(s, AgentState::Online { .. })),
+    )
+    .await
+    .context("the bench tenant did not come online on node 1")??;
+
+    let same = Path::Session(cluster.console_on(1).await?);
+    let across = Path::Session(cluster.console_on(0).await?);
+    // Node 0 learns from the bus that node 1 holds the tenant.
+    let listed = async {
+        loop {
+            if let Path::Session(console) = &across
+                && console.tenants().await.is_ok_and(|list| {
+                    list.iter().any(|t| {
+                        t.name == BENCH_TENANT
+                            && t.status == crate::wire::protocol::TenantStatus::Online
+                    })
+                })
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), listed)
+        .await
+        .context("node 0 never listed the tenant node 1 holds")?;
+
+    // Warm up both paths, then interleave.
+    for _ in 0..10 {
+        load::open_once(&same).await?;
+        load::open_once(&across).await?;
+    }
+    let (mut t_same, mut t_across) = (Vec::new(), Vec::new());
+    for _ in 0..o.opens {
+        t_same.push(load::open_once(&same).await?);
+        t_across.push(load::open_once(&across).await?);
+    }
+    t_same.sort();
+    t_across.sort();
+    let (p50_same, p50_across) = (
+        load::quantile_ms(&t_same, 0.5),
+        load::quantile_ms(&t_across, 0.5),
+    );
+    report.note(
+        "cluster_open_ms",
+        format!(
+            "same node p50 {p50_same:.2} p99 {:.2}; across nodes p50 {p50_across:.2} p99 {:.2}",
+            load::quantile_ms(&t_same, 0.99),
+            load::quantile_ms(&t_across, 0.99)
+        ),
+    );
+    report.add(
+        "cluster_open_added_p50_ms",
+        "session open across nodes, p50 added to the same-node p50",
+        "ms",
+        p50_across - p50_same,
+        Some((p50_same, "same-node p50")),
+        Some(("≤ 1 ms", Check::AtMost(1.0))),
+    );
+
+    for path in [&same, &across] {
+        load::throughput(path, SOURCE, 1, 8 << 20).await?;
+    }
+    let (mut g_same, mut g_across) = (Vec::new(), Vec::new());
+    for _ in 0..o.repeat {
+        g_same.push(load::throughput(&same, SOURCE, 1, o.stream_bytes).await?);
+        g_across.push(load::throughput(&across, SOURCE, 1, o.stream_bytes).await?);
+    }
+    let (m_same, m_across) = (
+        super::relay::median(&mut g_same),
+        super::relay::median(&mut g_across),
+    );
+    report.add(
+        "cluster_stream1_gbps",
+        "1 stream across nodes (median)",
+        "Gbit/s",
+        m_across,
+        Some((m_same, "the same stream on one node")),
+        Some(("≥ 80% of same-node", Check::RatioAtLeast(0.8))),
+    );
+    Ok(())
+}
