@@ -312,9 +312,18 @@ fn run_node_with_admin(state: &str) -> (Proc, String, String) {
     let stderr = child.stderr.take().expect("stderr");
     let proc = Proc(child);
     let (tx, rx) = std::sync::mpsc::channel();
+    // RAC_TEST_NODE_LOG=1 shows the node's log beside the test's output.
+    let show = std::env::var_os("RAC_TEST_NODE_LOG").is_some();
+    let name = Path::new(state)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            if show {
+                eprintln!("[{name}] {line}");
+            }
             let _ = tx.send(line);
         }
     });
@@ -645,13 +654,25 @@ async fn a_node_stopped_with_sigterm_sends_its_tenants_away_at_its_drain_rate() 
     let on_b = AgentState::Online {
         endpoint: addr_b.clone(),
     };
+    // Each tenant's move is timed as it happens, all watched at once.
+    let watches: Vec<_> = tenants
+        .iter()
+        .map(|tenant| {
+            let mut state = tenant.state.clone();
+            let on_b = on_b.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(PATIENCE, state.wait_for(|s| *s == on_b))
+                    .await
+                    .expect("the tenant moves to B in time")
+                    .map(drop)
+                    .expect("state channel");
+                std::time::Instant::now()
+            })
+        })
+        .collect();
     let mut moved_at = Vec::new();
-    for tenant in &mut tenants {
-        let seen = tokio::time::timeout(PATIENCE, tenant.state.wait_for(|s| *s == on_b))
-            .await
-            .expect("the tenant moves to B in time");
-        seen.expect("state channel");
-        moved_at.push(std::time::Instant::now());
+    for watch in watches {
+        moved_at.push(watch.await.expect("watch task"));
     }
     let first = moved_at.iter().min().expect("moves");
     let last = moved_at.iter().max().expect("moves");
