@@ -54,6 +54,25 @@ pub(super) struct Forward {
     tenant: String,
     to: String,
     deadline: Instant,
+    /// The connection to the console's node, dialled when the request came, so that it is
+    /// ready (TCP and TLS done) by the time the tenant's data channel arrives.
+    link: tokio::task::JoinHandle<std::io::Result<tls::ClientStream>>,
+}
+
+/// Connects to another node's SP port as a TLS client, within [`CONNECT_TIMEOUT`].
+async fn dial_node(client: TlsClient, to: String) -> std::io::Result<tls::ClientStream> {
+    let connect = async {
+        let tcp = TcpStream::connect(&to).await?;
+        client.handshake(tcp).await
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {CONNECT_TIMEOUT:?}"),
+            ))
+        })
 }
 
 impl SpEngine {
@@ -340,13 +359,22 @@ async fn open_for_other_node(shared: &Shared, link: &NodeLink, request: OpenData
     {
         let now = Instant::now();
         let mut forwards = lock(&shared.forwards);
-        forwards.retain(|_, f| f.deadline > now);
+        forwards.retain(|_, f| {
+            let live = f.deadline > now;
+            if !live {
+                // The tenant never came: the dialled connection is not needed.
+                f.link.abort();
+            }
+            live
+        });
+        let link = tokio::spawn(dial_node(link.to_nodes.clone(), to.clone()));
         forwards.insert(
             request.session_id.clone(),
             Forward {
                 tenant: request.tenant.clone(),
                 to,
                 deadline: now + shared.sp.config.session_open_timeout(),
+                link,
             },
         );
     }
@@ -359,7 +387,9 @@ async fn open_for_other_node(shared: &Shared, link: &NodeLink, request: OpenData
         }))
         .await;
     if sent.is_err() {
-        lock(&shared.forwards).remove(&request.session_id);
+        if let Some(forward) = lock(&shared.forwards).remove(&request.session_id) {
+            forward.link.abort();
+        }
         return OpenDataReply::NotOwner;
     }
     OpenDataReply::Accepted
@@ -400,13 +430,13 @@ pub(super) fn held_elsewhere(shared: &Shared, tenant: &str) -> bool {
 
 /// The session a data channel arriving here is for, when its console waits on another
 /// node: taken (once) if the tenant is the one the request was for.
-pub(super) fn take_forward(shared: &Shared, tenant: &str, session_id: &str) -> Option<String> {
+pub(super) fn take_forward(shared: &Shared, tenant: &str, session_id: &str) -> Option<Forward> {
     let mut forwards = lock(&shared.forwards);
     let valid = forwards
         .get(session_id)
         .is_some_and(|f| f.tenant == tenant && Instant::now() < f.deadline);
     if valid {
-        forwards.remove(session_id).map(|f| f.to)
+        forwards.remove(session_id)
     } else {
         None
     }
@@ -420,15 +450,11 @@ pub(super) async fn forward_data(
     tenant: String,
     session_id: String,
     nonce: String,
-    to: String,
+    forward: Forward,
 ) {
-    let Some(link) = &shared.cluster else { return };
     let fail = |why: String| Refusal::new(ErrorCode::Internal, why);
-    let connect = async {
-        let tcp = TcpStream::connect(&to).await?;
-        link.to_nodes.handshake(tcp).await
-    };
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    let to = forward.to;
+    let mut upstream = match forward.link.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             let refusal = fail(format!(
@@ -437,10 +463,8 @@ pub(super) async fn forward_data(
             let _ = send_error(&mut tenant_side, &refusal).await;
             return;
         }
-        Err(_) => {
-            let refusal = fail(format!(
-                "the console's SP node ({to}) did not answer in time"
-            ));
+        Err(e) => {
+            let refusal = fail(format!("connecting to the console's SP node ({to}): {e}"));
             let _ = send_error(&mut tenant_side, &refusal).await;
             return;
         }

@@ -418,8 +418,8 @@ pub(super) async fn tenant_data(
     };
     let Some(pending) = pending else {
         // In a cluster the console may wait on another node, which asked this one.
-        if let Some(to) = nodes::take_forward(&shared, &tenant, &session_id) {
-            nodes::forward_data(shared, stream, tenant, session_id, nonce, to).await;
+        if let Some(forward) = nodes::take_forward(&shared, &tenant, &session_id) {
+            nodes::forward_data(shared, stream, tenant, session_id, nonce, forward).await;
             return;
         }
         tracing::warn!(
