@@ -3,7 +3,9 @@
 //! dir. The bench tenant is held by node 1; a console on node 1 opens it on the same node,
 //! a console on node 0 across nodes (node 1 sends `open_data` and forwards the data channel
 //! to node 0). The figures: what crossing nodes adds to a session open, and one stream
-//! across nodes against one on the same node, measured interleaved in the same run.
+//! across nodes against one on the same node, measured interleaved in the same run; then
+//! `--tenants` lean idle tenants spread over every node (memory and CPU per node), and the
+//! last node killed (`kill -9`): how long until its tenants are online on the others.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,12 +19,13 @@ use super::Opts;
 use super::load::{self, Path};
 use super::procs::RacProcess;
 use super::report::{Check, Report};
+use super::swarm::Swarm;
 use super::world::{BENCH_TENANT, ECHO, SOURCE};
 use crate::cluster::testing::NatsServer;
 use crate::net::console::{ConsoleClient, ConsoleConfig, ConsoleKeys};
 use crate::net::dial::Route;
 use crate::net::tenant_redirector::{self, AgentState, RedirectorConfig, ServiceTarget};
-use crate::net::tls::Trust;
+use crate::net::tls::{TlsClient, Trust};
 use crate::sp::config::{ClusterConfig, StateDir};
 use crate::sp::registry::Registry;
 use crate::sp::registry::local_server::{self, LocalPostgres};
@@ -32,6 +35,8 @@ const OPERATOR: &str = "bench";
 /// The nodes, the database and the bus of one cluster run; everything stops when dropped.
 struct Cluster {
     nodes: Vec<RacProcess>,
+    /// The shared registry, for adding the idle tenants.
+    registry: Registry,
     ca: std::path::PathBuf,
     password: String,
     _nats: NatsServer,
@@ -70,7 +75,6 @@ impl Cluster {
         let init = crate::sp::init_state_dir(&first, OPERATOR, &[], Some(config("sp-0".into())))?;
         let registry = Registry::open_postgres(config("sp-0".into()).postgres_target()?)?;
         *secret_out = registry.add_tenant(BENCH_TENANT, "benchmark sessions")?;
-        drop(registry);
         let mut running = Vec::with_capacity(nodes);
         for i in 0..nodes {
             let state = StateDir::new(dir.path().join(format!("sp-{i}")));
@@ -108,6 +112,7 @@ impl Cluster {
         }
         Ok(Cluster {
             nodes: running,
+            registry,
             ca: init.ca_cert,
             password: init.password,
             _nats: nats,
@@ -133,7 +138,7 @@ pub(super) async fn cluster_section(o: &Opts, report: &mut Report) -> Result<()>
     let nodes = o.cluster_nodes.max(2);
     report.setting("cluster_nodes", nodes);
     let mut secret = String::new();
-    let cluster = Cluster::start(nodes, &mut secret).await?;
+    let mut cluster = Cluster::start(nodes, &mut secret).await?;
 
     // The bench tenant, held by node 1, with the echo and source services.
     let shutdown = CancellationToken::new();
@@ -250,5 +255,94 @@ pub(super) async fn cluster_section(o: &Opts, report: &mut Report) -> Result<()>
         Some((m_same, "the same stream on one node")),
         Some(("≥ 80% of same-node", Check::RatioAtLeast(0.8))),
     );
+    idle_and_failover(&mut cluster, o, report).await
+}
+
+/// Lean idle tenants over every node (tenant `i` prefers node `i % nodes`, then the next):
+/// each node's memory per tenant it holds and its CPU while they idle; then the last node is
+/// killed and its tenants, reconnecting to the next node, are timed until all are online.
+async fn idle_and_failover(cluster: &mut Cluster, o: &Opts, report: &mut Report) -> Result<()> {
+    let n = o.tenants;
+    let nodes = cluster.nodes.len();
+    eprintln!("bench: {n} idle tenants over {nodes} nodes");
+    let mut idle = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("idle-{i:05}");
+        let secret = cluster.registry.add_tenant(&name, "")?;
+        idle.push((name, secret));
+    }
+    let rss_before = cluster
+        .nodes
+        .iter()
+        .map(RacProcess::rss_kib)
+        .collect::<Result<Vec<_>>>()?;
+    let tls = TlsClient::new(&Trust::CaFile(cluster.ca.clone()), "localhost")?;
+    let addrs: Vec<_> = cluster.nodes.iter().map(|p| p.addr).collect();
+    let swarm = Swarm::start(&idle, &addrs, tls, 256);
+    let ramp = swarm.wait_online(n, Duration::from_secs(600)).await?;
+    report.note(
+        "cluster_idle_ramp_secs",
+        format!("{:.1}", ramp.as_secs_f64()),
+    );
+    // Settled: the bus's presence of every tenant reached every node.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let per_node = n.div_ceil(nodes).max(1);
+    let mut worst_kib = 0.0f64;
+    for (node, before) in cluster.nodes.iter().zip(&rss_before) {
+        let grown = node.rss_kib()?.saturating_sub(*before) as f64;
+        worst_kib = worst_kib.max(grown / per_node as f64);
+    }
+    report.add(
+        "cluster_idle_kib_per_tenant",
+        &format!("node memory per tenant it holds ({per_node} each, the cluster's presence of all {n} included; worst node)"),
+        "KiB",
+        worst_kib,
+        None,
+        Some(("≤ 8 KiB", Check::AtMost(8.0))),
+    );
+    let cpu_before = cluster
+        .nodes
+        .iter()
+        .map(RacProcess::cpu_secs)
+        .collect::<Result<Vec<_>>>()?;
+    tokio::time::sleep(Duration::from_secs(o.idle_secs)).await;
+    let mut worst_pct = 0.0f64;
+    for (node, before) in cluster.nodes.iter().zip(&cpu_before) {
+        let pct = (node.cpu_secs()? - before) / o.idle_secs as f64 * 100.0;
+        worst_pct = worst_pct.max(pct);
+    }
+    report.add(
+        "cluster_idle_cpu_pct",
+        "a node's CPU with its tenants idle: heartbeats, the bus, the registry poll (worst node)",
+        "% of a core",
+        worst_pct,
+        None,
+        Some(("≤ 2%", Check::AtMost(2.0))),
+    );
+
+    let victim = nodes - 1;
+    let held = (0..n).filter(|i| i % nodes == victim).count();
+    let killed = std::time::Instant::now();
+    cluster.nodes[victim].kill()?;
+    // Until the tenants notice, then until every one is back on another node.
+    let noticed = async {
+        while swarm.online() >= n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), noticed)
+        .await
+        .context("no tenant noticed the killed node")?;
+    swarm.wait_online(n, Duration::from_secs(120)).await?;
+    let moved = killed.elapsed().as_secs_f64();
+    report.add(
+        "cluster_failover_secs",
+        &format!("node holding {held} tenants killed (-9): all online on the others"),
+        "s",
+        moved,
+        None,
+        Some(("≤ 15 s", Check::AtMost(15.0))),
+    );
+    swarm.stop().await;
     Ok(())
 }

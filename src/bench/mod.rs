@@ -113,7 +113,8 @@ pub enum Section {
     Scrape,
     /// Audit queries over the admin API with `--audit-rows` rows in the registry.
     Audit,
-    /// Several SP nodes (`--cluster N`, 3 by default): opens and a stream across nodes.
+    /// Several SP nodes (`--cluster N`, 3 by default): opens and a stream across nodes,
+    /// `--tenants` idle tenants over the nodes, and a node killed with its tenants.
     Cluster,
 }
 
@@ -216,7 +217,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let open_files = procs::open_files_limit()?;
     let opts = Opts::from_args(&args, open_files);
     // One socket per idle tenant here and in the SP; two per held connection in the gateway.
-    if opts.swarm_needed() {
+    if opts.swarm_needed() || opts.has(Section::Cluster) {
         let n = opts.tenants;
         let needed = (n + SPARE_FILES) as u64;
         procs::check_open_files(needed, open_files, &format!("{n} idle tenants"))?;
@@ -228,7 +229,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     // Say so when a default was scaled down to fit the open-files limit.
     let mut scaled = Vec::new();
-    if !args.quick && opts.swarm_needed() && args.tenants.is_none() && opts.tenants < TENANTS {
+    if !args.quick
+        && (opts.swarm_needed() || opts.has(Section::Cluster))
+        && args.tenants.is_none()
+        && opts.tenants < TENANTS
+    {
         scaled.push(format!("{} idle tenants", opts.tenants));
     }
     if !args.quick

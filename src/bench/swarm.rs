@@ -49,13 +49,17 @@ pub struct Swarm {
 
 impl Swarm {
     /// Starts one task per tenant; at most `ramp_parallel` first connects are in flight at
-    /// once (later reconnects are not limited, as real tenants do not coordinate).
+    /// once (later reconnects are not limited, as real tenants do not coordinate). Tenant
+    /// `i` tries the SP addresses from `sps[i % len]` on, in order, as a tenant redirector
+    /// tries its endpoints: several SP nodes share the tenants evenly, and a node that
+    /// refuses connections sends its tenants to the next.
     pub fn start(
         tenants: &[(String, String)],
-        sp: SocketAddr,
+        sps: &[SocketAddr],
         tls: TlsClient,
         ramp_parallel: usize,
     ) -> Swarm {
+        let sps: Arc<[SocketAddr]> = sps.into();
         let stats = Arc::new(SwarmStats::default());
         stats.sp_up.store(true, Ordering::SeqCst);
         let stop = CancellationToken::new();
@@ -68,7 +72,8 @@ impl Swarm {
             let tenant = LeanTenant {
                 name: name.clone(),
                 secret: secret.clone(),
-                sp,
+                sps: sps.clone(),
+                preferred: AtomicUsize::new(i % sps.len().max(1)),
                 source,
                 tls: tls.clone(),
                 stats: stats.clone(),
@@ -123,7 +128,9 @@ impl Swarm {
 struct LeanTenant {
     name: String,
     secret: String,
-    sp: SocketAddr,
+    sps: Arc<[SocketAddr]>,
+    /// The address tried first: the one that worked last.
+    preferred: AtomicUsize,
     source: IpAddr,
     tls: TlsClient,
     stats: Arc<SwarmStats>,
@@ -194,17 +201,7 @@ impl LeanTenant {
             let what = what.to_string();
             move |e: std::io::Error| Failure::Other(format!("{what}: {e}"))
         };
-        let socket = TcpSocket::new_v4().map_err(other("socket"))?;
-        socket
-            .bind(SocketAddr::new(self.source, 0))
-            .map_err(other("bind"))?;
-        let tcp = match socket.connect(self.sp).await {
-            Ok(tcp) => tcp,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(Failure::Refused);
-            }
-            Err(e) => return Err(other("connect")(e)),
-        };
+        let tcp = self.connect().await?;
         let mut stream = tokio::time::timeout(Duration::from_secs(15), self.tls.handshake(tcp))
             .await
             .map_err(|_| Failure::Other("TLS handshake timed out".into()))?
@@ -242,6 +239,31 @@ impl LeanTenant {
             tracing::debug!(tenant = %self.name, "control connection ended: {e:#}");
         }
         Ok(())
+    }
+
+    /// A TCP connection to the first SP address that takes one, from the preferred one on.
+    async fn connect(&self) -> Result<tokio::net::TcpStream, Failure> {
+        let other = |what: &str| {
+            let what = what.to_string();
+            move |e: std::io::Error| Failure::Other(format!("{what}: {e}"))
+        };
+        let start = self.preferred.load(Ordering::Relaxed);
+        for i in 0..self.sps.len() {
+            let index = (start + i) % self.sps.len();
+            let socket = TcpSocket::new_v4().map_err(other("socket"))?;
+            socket
+                .bind(SocketAddr::new(self.source, 0))
+                .map_err(other("bind"))?;
+            match socket.connect(self.sps[index]).await {
+                Ok(tcp) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(tcp);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(other("connect")(e)),
+            }
+        }
+        Err(Failure::Refused)
     }
 
     /// Answers pings and sends its own, until the SP goes away.

@@ -39,7 +39,7 @@ pub(super) async fn swarm_section(
 
     progress(&format!("connecting {n} idle tenants"));
     let tls = TlsClient::new(&Trust::CaFile(world.ca.clone()), "localhost")?;
-    let swarm = swarm::Swarm::start(&world.idle_tenants, world.sp_addr, tls, 256);
+    let swarm = swarm::Swarm::start(&world.idle_tenants, &[world.sp_addr], tls, 256);
     let ramp = swarm
         .wait_online(n, Duration::from_secs(300))
         .await
