@@ -36,6 +36,8 @@ use crate::wire::protocol::{ControlMsg, ErrorCode, Hello, PROTOCOL_VERSION, Role
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long forwarding may take to reach the console's node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a claim or a release may take on the bus.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the bus's health is copied to the SP (`/readyz`, new sessions).
 const HEALTH_EVERY: Duration = Duration::from_millis(250);
 /// Requests from other nodes waiting to be handled at once.
@@ -170,9 +172,6 @@ pub(super) fn owner_live(live: &Live) -> OwnerLive {
         since: crate::util::now_unix_secs(),
     }
 }
-
-/// How long a claim or a release may take on the bus.
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Claims `tenant` for this node, in a cluster with a bus (`None` without one).
 pub(super) async fn claim(
