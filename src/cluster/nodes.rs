@@ -104,7 +104,6 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>) {
 pub(crate) fn apply(shared: &Shared, entry: &async_nats::jetstream::kv::Entry) {
     let name = name_of_token(&entry.key);
     let mut view = lock(&shared.view);
-    let before = owners::tenants_of(&view, &name);
     match entry.operation {
         async_nats::jetstream::kv::Operation::Put => {
             let value = match serde_json::from_slice::<NodeValue>(&entry.value) {
@@ -135,22 +134,33 @@ pub(crate) fn apply(shared: &Shared, entry: &async_nats::jetstream::kv::Entry) {
                 last_seen,
                 alive,
             };
-            let returned = view
-                .nodes
-                .get(&name)
-                .is_none_or(|old| !old.alive || old.instance != state.instance);
+            let old = view.nodes.get(&name);
+            let returned = old.is_none_or(|old| !old.alive || old.instance != state.instance);
             if returned && alive {
                 tracing::info!(node = name, addr = state.addr, "node alive");
             }
+            // The usual heartbeat (alive before and after, same process, same address)
+            // changes no tenant's owner: its tenants are not looked at. With thousands of
+            // tenants per node, that look is most of an idle node's work.
+            let same = old.is_some_and(|old| {
+                old.alive == state.alive && old.instance == state.instance && old.addr == state.addr
+            });
+            if same {
+                view.nodes.insert(name, state);
+                return;
+            }
+            let before = owners::tenants_of(&view, &name);
             view.nodes.insert(name.clone(), state);
+            owners::node_changed(shared, &view, before);
         }
         _ => {
+            let before = owners::tenants_of(&view, &name);
             if view.nodes.remove(&name).is_some() {
                 tracing::info!(node = name, "node left");
             }
+            owners::node_changed(shared, &view, before);
         }
     }
-    owners::node_changed(shared, &view, before);
 }
 
 fn time_now_unix() -> i64 {
