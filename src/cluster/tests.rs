@@ -657,7 +657,14 @@ async fn losing_nats_is_reported_and_survived() {
     })
     .await;
     println!("a reported the lost NATS after {took:?}: {:?}", a.ready());
-    assert!(!connection.borrow_and_update().connected);
+    // `ready` reads the client's state; the watch hears of it from the client's events, a
+    // moment later.
+    eventually(
+        "the connection watch says disconnected",
+        Duration::from_secs(20),
+        || !connection.borrow_and_update().connected,
+    )
+    .await;
     assert!(
         a.claim("beta").await.is_err(),
         "a claim succeeded without NATS"
