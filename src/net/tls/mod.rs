@@ -61,6 +61,13 @@ fn make_provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
@@ -92,10 +99,7 @@ pub fn server_acceptor_with_tickets(
     tickets: tickets::TicketKey,
 ) -> Result<TlsAcceptor, TlsError> {
     let chain = read_certs(chain_pem)?;
-    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|source| TlsError::Read {
-        path: key_pem.display().to_string(),
-        source,
-    })?;
+    let key = read_key(key_pem)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -119,10 +123,7 @@ pub fn mutual_acceptor(
     client_ca_pem: &Path,
 ) -> Result<TlsAcceptor, TlsError> {
     let chain = read_certs(chain_pem)?;
-    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|source| TlsError::Read {
-        path: key_pem.display().to_string(),
-        source,
-    })?;
+    let key = read_key(key_pem)?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in read_certs(client_ca_pem)? {
         roots.add(ca)?;
