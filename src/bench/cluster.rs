@@ -20,17 +20,15 @@ use super::load::{self, Path};
 use super::procs::RacProcess;
 use super::report::{Check, Report};
 use super::swarm::Swarm;
-use super::world::{BENCH_TENANT, ECHO, SOURCE};
+use super::world::{BENCH_TENANT, ECHO, OPERATOR, SOURCE};
 use crate::cluster::testing::NatsServer;
-use crate::net::console::{ConsoleClient, ConsoleConfig, ConsoleKeys};
+use crate::net::console::ConsoleClient;
 use crate::net::dial::Route;
 use crate::net::tenant_redirector::{self, AgentState, RedirectorConfig, ServiceTarget};
 use crate::net::tls::{TlsClient, Trust};
 use crate::sp::config::{ClusterConfig, StateDir};
 use crate::sp::registry::Registry;
 use crate::sp::registry::local_server::{self, LocalPostgres};
-
-const OPERATOR: &str = "bench";
 
 /// The nodes, the database and the bus of one cluster run; everything stops when dropped.
 struct Cluster {
@@ -122,15 +120,8 @@ impl Cluster {
     }
 
     async fn console_on(&self, node: usize) -> Result<Arc<ConsoleClient>> {
-        let console = ConsoleClient::new(ConsoleConfig {
-            route: Route::Direct(self.nodes[node].addr.to_string()),
-            trust: Trust::CaFile(self.ca.clone()),
-            server_name: "localhost".into(),
-            user: OPERATOR.into(),
-            keys: ConsoleKeys::in_memory()?,
-        })?;
-        console.login(&self.password).await.context("logging in")?;
-        Ok(console)
+        let route = Route::Direct(self.nodes[node].addr.to_string());
+        super::world::logged_in_console(route, &self.ca, &self.password).await
     }
 }
 
@@ -148,16 +139,7 @@ pub(super) async fn cluster_section(o: &Opts, report: &mut Report) -> Result<()>
         ECHO.to_string(),
         ServiceTarget::Local(crate::lab::echo_service()),
     );
-    services.insert(
-        SOURCE.to_string(),
-        ServiceTarget::Local(Arc::new(|stream| {
-            Box::pin(async move {
-                if let Err(e) = super::world::source_conn(stream).await {
-                    tracing::debug!("source service: {e}");
-                }
-            })
-        })),
-    );
+    services.insert(SOURCE.to_string(), super::world::source_service());
     let config = RedirectorConfig {
         tenant: BENCH_TENANT.into(),
         secret,

@@ -34,7 +34,7 @@ pub const SOURCE: &str = "source";
 pub const SOURCE_TCP: &str = "source-tcp";
 /// Service that echoes.
 pub const ECHO: &str = "echo";
-const OPERATOR: &str = "bench";
+pub(super) const OPERATOR: &str = "bench";
 
 pub struct World {
     pub dir: tempfile::TempDir,
@@ -145,26 +145,15 @@ impl World {
 
         let sp = spawn_sp(&state, "127.0.0.1:0", admin.as_ref(), dir.path())?;
         let sp_addr = sp.addr;
-        let console = ConsoleClient::new(ConsoleConfig {
-            route: Route::Direct(sp_addr.to_string()),
-            trust: Trust::CaFile(init.ca_cert.clone()),
-            server_name: "localhost".into(),
-            user: OPERATOR.into(),
-            keys: ConsoleKeys::in_memory()?,
-        })?;
-        console.login(&init.password).await.context("logging in")?;
+        let console = logged_in_console(
+            Route::Direct(sp_addr.to_string()),
+            &init.ca_cert,
+            &init.password,
+        )
+        .await?;
 
         let mut services = BTreeMap::new();
-        services.insert(
-            SOURCE.into(),
-            ServiceTarget::Local(Arc::new(|stream| {
-                Box::pin(async move {
-                    if let Err(e) = source_conn(stream).await {
-                        tracing::debug!("source service: {e}");
-                    }
-                })
-            })),
-        );
+        services.insert(SOURCE.into(), source_service());
         services.insert(
             SOURCE_TCP.into(),
             ServiceTarget::Tcp(source_addr.to_string()),
@@ -228,15 +217,7 @@ impl World {
 
     /// A console that reaches the SP through `route`, logged in.
     pub async fn console_via(&self, route: Route) -> Result<Arc<ConsoleClient>> {
-        let console = ConsoleClient::new(ConsoleConfig {
-            route,
-            trust: Trust::CaFile(self.ca.clone()),
-            server_name: "localhost".into(),
-            user: OPERATOR.into(),
-            keys: ConsoleKeys::in_memory()?,
-        })?;
-        console.login(&self.password).await.context("logging in")?;
-        Ok(console)
+        logged_in_console(route, &self.ca, &self.password).await
     }
 
     /// Kills the SP (SIGKILL) and starts it again on the same port.
@@ -389,9 +370,35 @@ async fn desktop_service(
 /// Size of the buffers the services and load generators read and write with.
 pub const IO_BUF: usize = 256 * 1024;
 
-pub(super) async fn source_conn<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-) -> std::io::Result<()> {
+/// A console of the bench's operator that reaches an SP through `route`, logged in.
+pub(super) async fn logged_in_console(
+    route: Route,
+    ca: &std::path::Path,
+    password: &str,
+) -> Result<Arc<ConsoleClient>> {
+    let console = ConsoleClient::new(ConsoleConfig {
+        route,
+        trust: Trust::CaFile(ca.to_path_buf()),
+        server_name: "localhost".into(),
+        user: OPERATOR.into(),
+        keys: ConsoleKeys::in_memory()?,
+    })?;
+    console.login(password).await.context("logging in")?;
+    Ok(console)
+}
+
+/// The source service run inside the tenant redirector (no loopback hop to a TCP service).
+pub(super) fn source_service() -> ServiceTarget {
+    ServiceTarget::Local(Arc::new(|stream| {
+        Box::pin(async move {
+            if let Err(e) = source_conn(stream).await {
+                tracing::debug!("source service: {e}");
+            }
+        })
+    }))
+}
+
+async fn source_conn<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> std::io::Result<()> {
     let mut want = stream.read_u64().await?;
     let chunk = vec![0x5au8; IO_BUF];
     while want > 0 {
