@@ -91,34 +91,98 @@ async fn tenant_and_console(
     operator_password: &str,
 ) -> (TestTenant, std::sync::Arc<ConsoleClient>) {
     let ca = state.join("ca.pem");
+    let tenant = echo_tenant("acme", secret, tenant_at, &ca).await;
+    let console = console_at_node(&ca, console_at, operator_password).await;
+    (tenant, console)
+}
+
+/// The tenant `name` offering `echo`, trying the nodes at `endpoints` in order, online.
+async fn echo_tenant(name: &str, secret: &str, endpoints: &[&str], ca: &Path) -> TestTenant {
     let mut services = BTreeMap::new();
     services.insert(
         "echo".to_string(),
         ServiceTarget::Local(rac::lab::echo_service()),
     );
     let mut tenant = TestTenant::start(RedirectorConfig {
-        tenant: "acme".into(),
+        tenant: name.into(),
         secret: secret.into(),
-        endpoints: tenant_at.iter().map(|n| n.to_string()).collect(),
-        trust: Trust::CaFile(ca.clone()),
+        endpoints: endpoints.iter().map(|n| n.to_string()).collect(),
+        trust: Trust::CaFile(ca.to_path_buf()),
         server_name: "localhost".into(),
         services,
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
-        identity: Some(common::wire::test_tenant_identity("acme")),
+        identity: Some(common::wire::test_tenant_identity(name)),
         ..RedirectorConfig::defaults()
     });
     tenant.online().await;
+    tenant
+}
+
+/// A console logged in as the first operator at the node at `node`.
+async fn console_at_node(
+    ca: &Path,
+    node: &str,
+    operator_password: &str,
+) -> std::sync::Arc<ConsoleClient> {
     let console = ConsoleClient::new(ConsoleConfig {
-        route: Route::Direct(console_at.to_string()),
-        trust: Trust::CaFile(ca),
+        route: Route::Direct(node.to_string()),
+        trust: Trust::CaFile(ca.to_path_buf()),
         server_name: "localhost".into(),
         user: "admin".into(),
         keys: ConsoleKeys::in_memory().expect("console key"),
     })
     .expect("client");
     console.login(operator_password).await.expect("login");
-    (tenant, console)
+    console
+}
+
+/// The first ended `echo` session with at least 1 MiB sent to the tenant, as
+/// `rac sp audit` on the node at `state` reads it (waiting for it to be written).
+async fn ended_session_row(state: &str) -> serde_json::Value {
+    eventually(PATIENCE, "the session in the audit log", async || {
+        let rows = json(&run_ok(&mut rac(&[
+            "sp",
+            "audit",
+            "--state-dir",
+            state,
+            "--json",
+        ])));
+        rows.as_array()
+            .and_then(|rows| {
+                rows.iter()
+                    .find(|r| r["service"] == "echo" && r["outcome"] != "open")
+                    .cloned()
+            })
+            .filter(|row| row["bytes_to_tenant"].as_u64() >= Some(1 << 20))
+    })
+    .await
+}
+
+/// Opens a session to `acme`, disables the tenant with `rac sp tenant disable` on the node
+/// at `state`, and checks that the session ends and the tenant is dropped.
+async fn a_disable_ends_the_session(console: &ConsoleClient, tenant: &mut TestTenant, state: &str) {
+    let mut session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("a session before the disable");
+    run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "disable",
+        "acme",
+        "--state-dir",
+        state,
+    ]));
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(PATIENCE, session.stream.read(&mut buf))
+        .await
+        .expect("the session ends in time");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the session ended: {read:?}"
+    );
+    tenant.not_online().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,47 +292,10 @@ async fn two_nodes_share_accounts_and_audit_and_a_change_on_one_ends_a_session_o
     echo_checked(session.stream, pattern(7, 1 << 20)).await;
 
     // The audit row node A wrote is read on node B.
-    let audit = eventually(PATIENCE, "node A's session in the audit log", async || {
-        let rows = json(&run_ok(&mut rac(&[
-            "sp",
-            "audit",
-            "--state-dir",
-            b_s,
-            "--json",
-        ])));
-        rows.as_array()
-            .and_then(|rows| {
-                rows.iter()
-                    .find(|r| r["service"] == "echo" && r["outcome"] != "open")
-                    .cloned()
-            })
-            .filter(|row| row["bytes_to_tenant"].as_u64() >= Some(1 << 20))
-    })
-    .await;
-    assert_eq!(audit["tenant"], "acme");
+    assert_eq!(ended_session_row(b_s).await["tenant"], "acme");
 
     // Disabled on node B: node A drops the tenant and the session it holds.
-    let mut second = console
-        .open_session("acme", "echo", |_, _| {})
-        .await
-        .expect("second session");
-    run_ok(&mut rac(&[
-        "sp",
-        "tenant",
-        "disable",
-        "acme",
-        "--state-dir",
-        b_s,
-    ]));
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(PATIENCE, second.stream.read(&mut buf))
-        .await
-        .expect("the session ends in time");
-    assert!(
-        matches!(read, Ok(0) | Err(_)),
-        "the session ended: {read:?}"
-    );
-    tenant.not_online().await;
+    a_disable_ends_the_session(&console, &mut tenant, b_s).await;
     let refused = console.open_session("acme", "echo", |_, _| {}).await;
     assert!(refused.is_err(), "a disabled tenant cannot be opened");
 }
@@ -469,44 +496,11 @@ async fn three_nodes_open_tenants_held_by_another_node_and_move_a_dead_nodes_ten
         .await
         .expect("a session across nodes");
     echo_checked(session.stream, pattern(3, 1 << 20)).await;
-    // Node A audits it, with the bytes it relayed.
-    let audit = eventually(PATIENCE, "the session in the audit log", async || {
-        let rows = json(&run_ok(&mut rac(&[
-            "sp",
-            "audit",
-            "--state-dir",
-            &path("sp-c"),
-            "--json",
-        ])));
-        rows.as_array()
-            .and_then(|rows| rows.iter().find(|r| r["outcome"] != "open").cloned())
-            .filter(|row| row["bytes_to_tenant"].as_u64() >= Some(1 << 20))
-    })
-    .await;
-    assert_eq!(audit["tenant"], "acme");
+    // Node A audits it, with the bytes it relayed; read on node C.
+    assert_eq!(ended_session_row(&path("sp-c")).await["tenant"], "acme");
 
     // Disabled on node C: the session held through A and B ends, the tenant is dropped.
-    let mut second = console
-        .open_session("acme", "echo", |_, _| {})
-        .await
-        .expect("second session");
-    run_ok(&mut rac(&[
-        "sp",
-        "tenant",
-        "disable",
-        "acme",
-        "--state-dir",
-        &path("sp-c"),
-    ]));
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(PATIENCE, second.stream.read(&mut buf))
-        .await
-        .expect("the session ends in time");
-    assert!(
-        matches!(read, Ok(0) | Err(_)),
-        "the session ended: {read:?}"
-    );
-    tenant.not_online().await;
+    a_disable_ends_the_session(&console, &mut tenant, &path("sp-c")).await;
     run_ok(&mut rac(&[
         "sp",
         "tenant",
@@ -607,37 +601,10 @@ async fn a_node_stopped_with_sigterm_sends_its_tenants_away_at_its_drain_rate() 
     let ca = state("sp-a").join("ca.pem");
     let mut tenants = Vec::new();
     for (i, secret) in secrets.iter().enumerate() {
-        let mut services = BTreeMap::new();
-        services.insert(
-            "echo".to_string(),
-            ServiceTarget::Local(rac::lab::echo_service()),
-        );
-        let name = format!("t{i}");
-        let mut tenant = TestTenant::start(RedirectorConfig {
-            tenant: name.clone(),
-            secret: secret.clone(),
-            endpoints: vec![addr_a.clone(), addr_b.clone()],
-            trust: Trust::CaFile(ca.clone()),
-            server_name: "localhost".into(),
-            services,
-            backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(500),
-            identity: Some(common::wire::test_tenant_identity(&name)),
-            ..RedirectorConfig::defaults()
-        });
-        tenant.online().await;
-        tenants.push(tenant);
+        tenants.push(echo_tenant(&format!("t{i}"), secret, &[&addr_a, &addr_b], &ca).await);
     }
     // A console on B with a session to t0, which A holds: forwarded through A.
-    let console = ConsoleClient::new(ConsoleConfig {
-        route: Route::Direct(addr_b.clone()),
-        trust: Trust::CaFile(ca),
-        server_name: "localhost".into(),
-        user: "admin".into(),
-        keys: ConsoleKeys::in_memory().expect("console key"),
-    })
-    .expect("client");
-    console.login(&operator_password).await.expect("login");
+    let console = console_at_node(&ca, &addr_b, &operator_password).await;
     eventually(PATIENCE, "B lists t0, held by A", async || {
         listed_online(&console, "t0").await.then_some(())
     })
