@@ -96,7 +96,8 @@ async fn tenant_and_console(
     (tenant, console)
 }
 
-/// The tenant `name` offering `echo`, trying the nodes at `endpoints` in order, online.
+/// The tenant `name` offering `echo`, trying the nodes at `endpoints` in order, online. It
+/// takes two sessions at once and rejects a third (`busy`).
 async fn echo_tenant(name: &str, secret: &str, endpoints: &[&str], ca: &Path) -> TestTenant {
     let mut services = BTreeMap::new();
     services.insert(
@@ -113,6 +114,7 @@ async fn echo_tenant(name: &str, secret: &str, endpoints: &[&str], ca: &Path) ->
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         identity: Some(common::wire::test_tenant_identity(name)),
+        max_sessions: 2,
         ..RedirectorConfig::defaults()
     });
     tenant.online().await;
@@ -495,6 +497,20 @@ async fn three_nodes_open_tenants_held_by_another_node_and_move_a_dead_nodes_ten
         .open_session("acme", "echo", |_, _| {})
         .await
         .expect("a session across nodes");
+    let second = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("a second session across nodes");
+    // The tenant rejects a third (its session cap): B passes the tenant's reason on to A,
+    // and the console hears it, not a timeout.
+    let rejected = std::time::Instant::now();
+    let message = match console.open_session("acme", "echo", |_, _| {}).await {
+        Ok(_) => panic!("a third session opened past the tenant's cap of two"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("session cap"), "{message}");
+    println!("a rejection across nodes reached the console in {:?}", rejected.elapsed());
+    drop(second);
     echo_checked(session.stream, pattern(3, 1 << 20)).await;
     // Node A audits it, with the bytes it relayed; read on node C.
     assert_eq!(ended_session_row(&path("sp-c")).await["tenant"], "acme");

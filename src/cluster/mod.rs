@@ -34,7 +34,9 @@ use crate::util::lock;
 pub use accounts::{AccountChange, AccountChanges, AccountEvent};
 pub use nodes::NodeInfo;
 pub use owners::{Claim, Epoch, OwnerLive, PresenceChange, TenantOwner};
-pub use requests::{IncomingOpen, OpenData, OpenDataReply, OpenRequests, RequestError};
+pub use requests::{
+    IncomingOpen, OpenData, OpenDataReply, OpenRequests, Rejections, RequestError, SessionRejected,
+};
 
 /// The bucket of tenant ownership: key = tenant, value = [`owners::OwnerValue`].
 pub const OWNERS_BUCKET: &str = "rac_owners";

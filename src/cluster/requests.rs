@@ -60,6 +60,42 @@ pub enum RequestError {
     Bus(String),
 }
 
+/// "The tenant rejected your session", from the owner to the node the console waits on: the
+/// console hears the tenant's reason at once instead of waiting out the open timeout.
+/// Published on `rac.node.<node>.rejected`; no answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRejected {
+    pub tenant: String,
+    pub session_id: String,
+    /// The code the console shows (already one a tenant may give, checked by the owner).
+    pub code: crate::wire::protocol::ErrorCode,
+    pub reason: String,
+}
+
+/// The subject a node hears its sessions' rejections on.
+pub(crate) fn rejected_subject(node: &str) -> String {
+    format!("rac.node.{}.rejected", subject_token(node))
+}
+
+/// The rejections sent to this node, until it stops or this is dropped.
+pub struct Rejections {
+    sub: async_nats::Subscriber,
+}
+
+impl Rejections {
+    /// The next readable rejection (unreadable ones are logged and skipped), or `None` once
+    /// the bus connection is gone for good.
+    pub async fn next(&mut self) -> Option<SessionRejected> {
+        loop {
+            let message = self.sub.next().await?;
+            match serde_json::from_slice(&message.payload) {
+                Ok(rejected) => return Some(rejected),
+                Err(e) => tracing::warn!("an unreadable session rejection on the bus: {e}"),
+            }
+        }
+    }
+}
+
 /// The subject a node serves its requests on.
 pub(crate) fn open_subject(node: &str) -> String {
     format!("rac.node.{}.open", subject_token(node))
@@ -205,6 +241,31 @@ impl Cluster {
         };
         serde_json::from_slice(&message.payload)
             .map_err(|_| RequestError::BadReply(node.to_string()))
+    }
+
+    /// Tells `node` that the tenant rejected one of the sessions its consoles wait for.
+    pub async fn send_rejection(
+        &self,
+        node: &str,
+        rejected: &SessionRejected,
+    ) -> Result<(), BusError> {
+        self.shared()
+            .client
+            .publish(rejected_subject(node), json_of(rejected).into())
+            .await
+            .map_err(|e| BusError::Nats(e.to_string()))
+    }
+
+    /// Starts hearing the rejections other nodes pass on to this one.
+    pub async fn rejections(&self) -> Result<Rejections, BusError> {
+        let shared = self.shared();
+        let sub = shared
+            .client
+            .subscribe(rejected_subject(&shared.config.node))
+            .await
+            .map_err(|e| BusError::Nats(e.to_string()))?;
+        super::round_trip(&shared.client).await?;
+        Ok(Rejections { sub })
     }
 
     /// Looks up the request's tenant's owner and asks it to open a data channel; the

@@ -455,13 +455,20 @@ impl Incoming<'_> {
                 code,
                 reason,
             } => {
-                let mut pending = lock(&shared.pending);
+                let refusal = tenant_refusal(tenant, code, &reason);
                 // Only the tenant the request went to may reject it.
-                if pending.get(&session_id).is_some_and(|p| p.tenant == tenant)
-                    && let Some(p) = pending.remove(&session_id)
-                {
-                    let refusal = tenant_refusal(tenant, code, &reason);
+                let waiting = {
+                    let mut pending = lock(&shared.pending);
+                    match pending.get(&session_id) {
+                        Some(p) if p.tenant == tenant => pending.remove(&session_id),
+                        _ => None,
+                    }
+                };
+                if let Some(p) = waiting {
                     let _ = p.tx.send(DataOutcome::Rejected(refusal));
+                } else if let Some(forward) = nodes::take_forward(shared, tenant, &session_id) {
+                    // The console waits on another node.
+                    nodes::pass_on_rejection(shared, forward, session_id, refusal);
                 }
                 None
             }

@@ -22,7 +22,10 @@ use anyhow::{Context, Result};
 use tokio::net::TcpStream;
 
 use super::{ServerStream, Shared, SpEngine, lock, send_error};
-use crate::cluster::{BusAuth, BusConfig, Claim, Cluster, OpenData, OpenDataReply, OwnerLive};
+use super::DataOutcome;
+use crate::cluster::{
+    BusAuth, BusConfig, Claim, Cluster, OpenData, OpenDataReply, OwnerLive, SessionRejected,
+};
 use crate::net::socket_splice::{RawSide, splice_sockets};
 use crate::net::splice::Counters;
 use crate::net::tls::{self, TlsClient, Trust};
@@ -54,6 +57,8 @@ pub struct NodeLink {
 /// here, goes on to `to`.
 pub(super) struct Forward {
     tenant: String,
+    /// The console's node, by name (where a rejection goes) and by address.
+    node: String,
     to: String,
     deadline: Instant,
     /// The connection to the console's node, dialled when the request came, so that it is
@@ -113,6 +118,7 @@ pub(super) fn spawn_tasks(shared: &Arc<Shared>, tracker: &tokio_util::task::Task
     tracker.spawn(serve_requests(shared.clone()));
     tracker.spawn(follow_presence(shared.clone()));
     tracker.spawn(watch_health(shared.clone()));
+    tracker.spawn(follow_rejections(shared.clone()));
 }
 
 /// A cluster node stopping (SIGTERM): its port is closed already. Sends its tenants away,
@@ -371,6 +377,7 @@ async fn open_for_other_node(shared: &Shared, link: &NodeLink, request: OpenData
             request.session_id.clone(),
             Forward {
                 tenant: request.tenant.clone(),
+                node: request.from_node.clone(),
                 to,
                 deadline: now + shared.sp.config.session_open_timeout(),
                 link,
@@ -415,6 +422,58 @@ pub(super) async fn open_on_owner(
             format!("node {} refused: {reason}", owner.node),
         )),
         Err(e) => Err(offline(format!("tenant {tenant}: {e}"))),
+    }
+}
+
+/// A tenant rejected a session whose console waits on another node: that node hears the
+/// reason at once (and the connection dialled to it is not needed).
+pub(super) fn pass_on_rejection(
+    shared: &Shared,
+    forward: Forward,
+    session_id: String,
+    refusal: Refusal,
+) {
+    forward.link.abort();
+    let Some(link) = &shared.cluster else { return };
+    let bus = link.bus.clone();
+    let rejected = SessionRejected {
+        tenant: forward.tenant,
+        session_id,
+        code: refusal.code,
+        reason: refusal.message,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = bus.send_rejection(&forward.node, &rejected).await {
+            tracing::warn!(node = %forward.node, tenant = %rejected.tenant, "passing on a session rejection: {e}");
+        }
+    });
+}
+
+/// The rejections other nodes pass on for the consoles waiting here: each such console
+/// hears its tenant's reason.
+async fn follow_rejections(shared: Arc<Shared>) {
+    let Some(link) = &shared.cluster else { return };
+    let mut rejections = match link.bus.rejections().await {
+        Ok(rejections) => rejections,
+        Err(e) => {
+            tracing::error!("cannot hear the other nodes' session rejections: {e}");
+            return;
+        }
+    };
+    loop {
+        let rejected = tokio::select! {
+            r = rejections.next() => match r { Some(r) => r, None => return },
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let mut pending = lock(&shared.pending);
+        // Only a session this node asked another node to open, for that tenant.
+        let asked = pending
+            .get(&rejected.session_id)
+            .is_some_and(|p| p.tenant == rejected.tenant && p.conn_id.is_none());
+        if asked && let Some(p) = pending.remove(&rejected.session_id) {
+            let refusal = Refusal::new(rejected.code, rejected.reason);
+            let _ = p.tx.send(DataOutcome::Rejected(refusal));
+        }
     }
 }
 
