@@ -509,7 +509,10 @@ async fn three_nodes_open_tenants_held_by_another_node_and_move_a_dead_nodes_ten
         Err(e) => e.to_string(),
     };
     assert!(message.contains("session cap"), "{message}");
-    println!("a rejection across nodes reached the console in {:?}", rejected.elapsed());
+    println!(
+        "a rejection across nodes reached the console in {:?}",
+        rejected.elapsed()
+    );
     drop(second);
     echo_checked(session.stream, pattern(3, 1 << 20)).await;
     // Node A audits it, with the bytes it relayed; read on node C.
@@ -674,4 +677,189 @@ async fn a_node_stopped_with_sigterm_sends_its_tenants_away_at_its_drain_rate() 
     for i in 0..TENANTS {
         assert!(listed_online(&console, &format!("t{i}")).await);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_loses_its_tenants_within_the_dead_peer_timeout() {
+    let Some(pg) = postgres() else { return };
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    // Heartbeats every second, a peer dead after three: a stopped node is found out soon.
+    const DEAD_AFTER: Duration = Duration::from_secs(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = |node: &str| dir.path().join(node);
+    let operator_password = init_node(&pg, "rac", &state("sp-a"), Some(&nats.url()));
+    let config = state("sp-a").join("sp.toml");
+    let text = std::fs::read_to_string(&config).expect("sp.toml");
+    let text = format!(
+        "heartbeat_secs = 1\ndead_after_secs = {}\n{text}",
+        DEAD_AFTER.as_secs()
+    );
+    std::fs::write(&config, text).expect("write sp.toml");
+    copy_state_dir(&state("sp-a"), &state("sp-b"), "sp-b");
+    let path = |node: &str| state(node).to_str().expect("utf8").to_string();
+    let added = json(&run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "add",
+        "acme",
+        "--state-dir",
+        &path("sp-a"),
+        "--json",
+    ])));
+    let secret = added["secret"].as_str().expect("secret").to_string();
+    let (node_a, addr_a, _) = run_node_with_admin(&path("sp-a"));
+    let (_b, addr_b, _) = run_node_with_admin(&path("sp-b"));
+    let (tenant, console_b) = tenant_and_console(
+        &state("sp-a"),
+        &[&addr_a, &addr_b],
+        &addr_b,
+        &secret,
+        &operator_password,
+    )
+    .await;
+    eventually(PATIENCE, "B lists the tenant A holds", async || {
+        listed_online(&console_b, "acme").await.then_some(())
+    })
+    .await;
+
+    // SIGSTOP: A's sockets stay open but nothing answers on them. The tenant's heartbeat
+    // finds it dead and reconnects to B, which takes the tenant over from the silent owner.
+    let stopped = std::time::Instant::now();
+    node_a.signal("STOP");
+    let on_b = AgentState::Online {
+        endpoint: addr_b.clone(),
+    };
+    let moved = eventually(PATIENCE, "the tenant online through node B", async || {
+        (*tenant.state.borrow() == on_b && listed_online(&console_b, "acme").await)
+            .then(|| stopped.elapsed())
+    })
+    .await;
+    println!("tenant online through B {moved:?} after SIGSTOP of its node");
+    assert!(moved < DEAD_AFTER + Duration::from_secs(10), "{moved:?}");
+    let session = console_b
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("a session once B holds the tenant");
+    echo_checked(session.stream, pattern(7, 64 * 1024)).await;
+
+    // A resumes: it finds its claim replaced, and lists the tenant as B's, not its own
+    // (a session from A goes through B).
+    node_a.signal("CONT");
+    let console_a =
+        console_at_node(&state("sp-a").join("ca.pem"), &addr_a, &operator_password).await;
+    let session = eventually(PATIENCE, "a session from A once it resumed", async || {
+        console_a.open_session("acme", "echo", |_, _| {}).await.ok()
+    })
+    .await;
+    echo_checked(session.stream, pattern(8, 64 * 1024)).await;
+    assert_eq!(*tenant.state.borrow(), on_b, "the tenant stayed on B");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rac_sp_drain_sends_a_nodes_tenants_away_and_stops_it() {
+    // A single SP is refused before anything is sent: its tenants have nowhere to go.
+    let single = tempfile::tempdir().expect("tempdir");
+    let single_dir = single.path().join("sp");
+    run_ok(&mut rac(&["sp", "init", "--json", "--state-dir"]).arg(&single_dir));
+    let (ok, _, err) = output(
+        rac(&["sp", "drain", "--state-dir"])
+            .arg(&single_dir)
+            .env("RAC_ADMIN_TOKEN", "x"),
+    );
+    assert!(!ok && err.contains("not a cluster node"), "{err}");
+
+    let Some(pg) = postgres() else { return };
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = |node: &str| dir.path().join(node);
+    let operator_password = init_node(&pg, "rac", &state("sp-a"), Some(&nats.url()));
+    copy_state_dir(&state("sp-a"), &state("sp-b"), "sp-b");
+    let path = |node: &str| state(node).to_str().expect("utf8").to_string();
+    let mut secrets = Vec::new();
+    for name in ["t0", "t1"] {
+        let added = json(&run_ok(&mut rac(&[
+            "sp",
+            "tenant",
+            "add",
+            name,
+            "--state-dir",
+            &path("sp-a"),
+            "--json",
+        ])));
+        secrets.push(added["secret"].as_str().expect("secret").to_string());
+    }
+    let token = |name: &str, read_only: bool| {
+        let mut cmd = rac(&["sp", "admin-token", "create", name, "--json", "--state-dir"]);
+        cmd.arg(path("sp-a"));
+        if read_only {
+            cmd.arg("--read-only");
+        }
+        json(&run_ok(&mut cmd))["token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    };
+    let (writer, reader) = (token("drainer", false), token("watcher", true));
+    let (mut node_a, addr_a, admin_a) = run_node_with_admin(&path("sp-a"));
+    let (_b, addr_b, _) = run_node_with_admin(&path("sp-b"));
+    let ca = state("sp-a").join("ca.pem");
+    let mut tenants = Vec::new();
+    for (name, secret) in ["t0", "t1"].iter().zip(&secrets) {
+        tenants.push(echo_tenant(name, secret, &[&addr_a, &addr_b], &ca).await);
+    }
+    let drain = move |token: Option<String>| {
+        let mut cmd = rac(&[
+            "sp",
+            "drain",
+            "--state-dir",
+            &path("sp-a"),
+            "--admin",
+            &admin_a,
+        ]);
+        cmd.env_remove("RAC_ADMIN_TOKEN");
+        if let Some(token) = token {
+            cmd.env("RAC_ADMIN_TOKEN", token);
+        }
+        tokio::task::spawn_blocking(move || output(&mut cmd))
+    };
+
+    // Without a token, and with a read-only one: refused, and the node goes on serving.
+    let (ok, _, err) = drain.clone()(None).await.expect("rac sp drain");
+    assert!(!ok && err.contains("an admin token is needed"), "{err}");
+    let (ok, _, err) = drain.clone()(Some(reader)).await.expect("rac sp drain");
+    assert!(!ok && err.contains("HTTP 403"), "{err}");
+    let on_a = AgentState::Online {
+        endpoint: addr_a.clone(),
+    };
+    assert!(tenants.iter().all(|t| *t.state.borrow() == on_a));
+
+    // With a read-write token: followed to the end, the tenants on B, the node gone.
+    let (ok, out, err) = drain(Some(writer)).await.expect("rac sp drain");
+    assert!(ok, "{err}");
+    assert!(out.contains("node sp-a is draining"), "{out}");
+    assert!(out.contains("node sp-a drained and stopped"), "{out}");
+    assert!(node_a.exited().success());
+    let on_b = AgentState::Online {
+        endpoint: addr_b.clone(),
+    };
+    for tenant in &mut tenants {
+        let mut state = tenant.state.clone();
+        tokio::time::timeout(PATIENCE, state.wait_for(|s| *s == on_b))
+            .await
+            .expect("the tenant moves to B")
+            .expect("state channel");
+    }
+    let console = console_at_node(&ca, &addr_b, &operator_password).await;
+    let session = console
+        .open_session("t1", "echo", |_, _| {})
+        .await
+        .expect("a session through B after the drain");
+    echo_checked(session.stream, pattern(9, 64 * 1024)).await;
+    // The request is audited with the token's name.
+    let audit = run_ok(&mut rac(&["sp", "audit", "--json", "--state-dir"]).arg(state("sp-b")));
+    assert!(audit.contains("token drainer: node drain"), "{audit}");
 }

@@ -114,6 +114,25 @@ pub enum SpCommand {
         #[arg(long)]
         admin_mutual_tls: bool,
     },
+    /// Drain a running cluster node and stop it, as SIGTERM does: it stops taking
+    /// connections, sends its tenants to the other nodes at its `drain_rate` a second, lets
+    /// its sessions go on for up to `drain_secs`, then exits. Asks the node's admin listener
+    /// (`POST /v1/node/drain`) and follows the drain until the node is gone.
+    Drain {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The node's admin listener (host:port, or a port on 127.0.0.1). Default: `[admin]
+        /// listen` in the state dir's sp.toml.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// A file holding a read-write admin token (`rac sp admin-token create`). Default:
+        /// the `RAC_ADMIN_TOKEN` environment variable.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Return once the node has begun to drain, instead of following it to the end.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -555,6 +574,12 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
         }
         SpCommand::AdminToken(cmd) => admin_token(cmd)?,
         SpCommand::AdminCert(cmd) => admin_cert(cmd)?,
+        SpCommand::Drain {
+            state,
+            admin,
+            token_file,
+            no_wait,
+        } => return drain_node(&state.dir(), admin, token_file, no_wait),
         SpCommand::Run {
             state,
             listen,
@@ -621,12 +646,15 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                     }
                     None => None,
                 };
-                let served = crate::net::cloud_redirector::run(
-                    engine,
-                    listener,
-                    crate::signal::shutdown_on_signal(),
-                )
-                .await;
+                // SIGTERM and the admin API's `POST /v1/node/drain` stop it the same way.
+                let stop = engine.service.stop_requested();
+                let signalled = crate::signal::shutdown_on_signal();
+                let service = engine.service.clone();
+                tokio::spawn(async move {
+                    signalled.cancelled().await;
+                    service.request_stop();
+                });
+                let served = crate::net::cloud_redirector::run(engine, listener, stop).await;
                 admin_stop.cancel();
                 if let Some(task) = admin_task {
                     match task.await {
@@ -641,6 +669,115 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rac sp drain`: asks the node's admin listener to drain, then follows `/v1/server` until
+/// the node is gone.
+fn drain_node(
+    state: &StateDir,
+    admin: Option<String>,
+    token_file: Option<PathBuf>,
+    no_wait: bool,
+) -> Result<ExitCode> {
+    use crate::net::admin::client::{CallError, call};
+    let config = crate::sp::config::SpConfig::load(&state.config())?;
+    let sigterm = "or send the node SIGTERM (systemctl stop rac-sp), which drains the same way";
+    let Some(cluster) = &config.cluster else {
+        bail!(
+            "{} is not a cluster node's ([cluster] in sp.toml): a single SP's tenants have no \
+             other node to go to",
+            state.dir().display()
+        );
+    };
+    let listen = match (&admin, &config.admin) {
+        (Some(addr), _) => addr.clone(),
+        (None, Some(section)) => section.listen.clone(),
+        (None, None) => bail!(
+            "rac sp drain asks the node's admin listener, and {} names none: give --admin \
+             HOST:PORT, or set [admin] listen in sp.toml (and restart the node); {sigterm}",
+            state.config().display()
+        ),
+    };
+    if config.admin.as_ref().is_some_and(|a| a.mutual_tls) {
+        bail!(
+            "the node's admin listener takes only clients with a certificate (mutual_tls), \
+             which rac sp drain does not present: POST /v1/node/drain with curl and your \
+             admin certificate, {sigterm}"
+        );
+    }
+    let mut addr = crate::sp::config::parse_admin_listen(&listen)?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let token = match token_file {
+        Some(file) => std::fs::read_to_string(&file)
+            .with_context(|| format!("reading the admin token from {}", file.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("RAC_ADMIN_TOKEN").map_err(|_| {
+            anyhow::anyhow!(
+                "an admin token is needed: --token-file FILE or RAC_ADMIN_TOKEN (rac sp \
+                 admin-token create NAME makes a read-write one)"
+            )
+        })?,
+    };
+    let node = cluster.node.clone();
+    runtime()?.block_on(async move {
+        let asked = call(addr, "POST", "/v1/node/drain", &token)
+            .await
+            .with_context(|| format!("asking node {node} to drain"))?;
+        let answer: serde_json::Value = serde_json::from_str(&asked.body).unwrap_or_default();
+        if asked.status != 202 {
+            let message = answer["message"].as_str().unwrap_or(asked.body.trim());
+            bail!(
+                "node {node} refused to drain (HTTP {}): {message}",
+                asked.status
+            );
+        }
+        let count = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap_or(0);
+        println!(
+            "node {node} is draining: {} tenants go to the other nodes at {} a second; its {} \
+             sessions may go on for up to {} s",
+            count(&answer, "tenants_online"),
+            count(&answer, "drain_rate"),
+            count(&answer, "sessions_active"),
+            count(&answer, "drain_secs"),
+        );
+        if no_wait {
+            return Ok(ExitCode::SUCCESS);
+        }
+        // The admin listener closes last, as the process exits: followed for the drain and
+        // a minute more (the tenants' goodbyes, the exit).
+        let give_up = tokio::time::Instant::now()
+            + std::time::Duration::from_secs(count(&answer, "drain_secs") + 60);
+        let mut last = None;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            match call(addr, "GET", "/v1/server", &token).await {
+                Ok(reply) if reply.status == 200 => {
+                    let server: serde_json::Value =
+                        serde_json::from_str(&reply.body).unwrap_or_default();
+                    let left = (
+                        count(&server, "tenants_online"),
+                        count(&server, "sessions_active"),
+                    );
+                    if last != Some(left) {
+                        println!("node {node}: {} tenants, {} sessions left", left.0, left.1);
+                        last = Some(left);
+                    }
+                }
+                Err(CallError::Refused(_)) => {
+                    println!("node {node} drained and stopped");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                // The listener closing under a request, or a busy moment: ask again.
+                Ok(_) | Err(_) => {}
+            }
+            if tokio::time::Instant::now() > give_up {
+                bail!("node {node} still answers at {addr} long after its drain deadline");
+            }
+        }
+    })
 }
 
 /// Account administration from this host's command line.

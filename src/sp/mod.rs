@@ -74,6 +74,9 @@ pub struct SpService {
     serving: AtomicBool,
     /// Set once the SP began to shut down.
     draining: AtomicBool,
+    /// Cancelled to ask the SP to stop (a signal, or `POST /v1/node/drain`): `rac sp run`
+    /// hands it to the SP port's loop, which then drains and returns.
+    stop_request: tokio_util::sync::CancellationToken,
     /// Why this cluster node cannot trust its view of the cluster now (its bus is down):
     /// it refuses new sessions and `/readyz` says so. `None` on a single SP.
     bus_problem: std::sync::Mutex<Option<String>>,
@@ -289,6 +292,7 @@ impl SpService {
             started_at: crate::util::now_unix_secs(),
             serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            stop_request: tokio_util::sync::CancellationToken::new(),
             bus_problem: std::sync::Mutex::new(None),
         })
     }
@@ -309,6 +313,16 @@ impl SpService {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Asks the SP to drain and stop, as SIGTERM does.
+    pub fn request_stop(&self) {
+        self.stop_request.cancel();
+    }
+
+    /// Cancelled once a stop is asked for (see [`request_stop`](Self::request_stop)).
+    pub fn stop_requested(&self) -> tokio_util::sync::CancellationToken {
+        self.stop_request.clone()
     }
 
     /// Records whether the cluster bus works (`None`: it does, or there is no cluster).

@@ -5,6 +5,7 @@
 //! `{code, message}` with an [`AdminCode`].
 
 mod accounts;
+pub mod client;
 mod probes;
 mod sp;
 

@@ -100,6 +100,7 @@ async fn run_readiness(state: AdminState, shutdown: CancellationToken) {
 pub fn router(state: AdminState) -> Router {
     let v1 = Router::new()
         .route("/v1/server", get(server))
+        .route("/v1/node/drain", post(drain))
         .route(
             "/v1/tenants",
             get(accounts::tenants).post(accounts::add_tenant),
@@ -260,6 +261,64 @@ async fn server(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "tenants_online": sp.metrics.tenants_connected.get(),
         "sessions_active": sp.sessions.len(),
     }))
+}
+
+/// Drains this cluster node and stops it, as SIGTERM does: the SP port closes, its tenants
+/// are sent to the other nodes at `drain_rate` a second, its sessions may go on for up to
+/// `drain_secs`, then the process exits (this listener last). `/v1/server` shows the
+/// progress until then. A single SP (no `[cluster]`) refuses: its tenants have nowhere to go.
+#[utoipa::path(
+    post,
+    path = "/v1/node/drain",
+    tag = "server",
+    summary = "Drain this cluster node and stop it (as SIGTERM)",
+    responses(
+        (status = 202, description = "`{node, draining, tenants_online, sessions_active, drain_rate, drain_secs}`", body = serde_json::Value),
+        (status = 400, description = "not a cluster node", body = AdminError),
+        (status = 401, description = "no, an unknown or a revoked token", body = AdminError),
+        (status = 403, description = "a read-only token", body = AdminError),
+    )
+)]
+async fn drain(
+    State(state): State<AdminState>,
+    Extension(by): Extension<Actor>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let sp = state.sp.clone();
+    let Some(cluster) = &sp.config.cluster else {
+        return Err(ApiError::new(
+            AdminCode::BadRequest,
+            "this SP is not a cluster node: its tenants have no other node to go to. Stop it \
+             with SIGTERM (systemctl stop rac-sp) if that is what you want",
+        ));
+    };
+    if !sp.stop_requested().is_cancelled() {
+        tracing::warn!(by = %by, "drain asked for over the admin API");
+        let audited = {
+            let (sp, by) = (sp.clone(), by.clone());
+            tokio::task::spawn_blocking(move || {
+                sp.registry
+                    .audit_change(&by, "node", "drain", ("-", "-"), "drain requested")
+            })
+            .await
+        };
+        match audited {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("auditing the drain request: {e:#}"),
+            Err(e) => tracing::error!("auditing the drain request: {e}"),
+        }
+        sp.request_stop();
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "node": cluster.node,
+            "draining": true,
+            "tenants_online": sp.metrics.tenants_connected.get(),
+            "sessions_active": sp.sessions.len(),
+            "drain_rate": cluster.drain_rate,
+            "drain_secs": cluster.drain_secs,
+        })),
+    ))
 }
 
 /// This node's name: its `[cluster]` name, else the host's.
@@ -429,6 +488,7 @@ async fn gateways(State(state): State<AdminState>) -> Json<serde_json::Value> {
     ),
     paths(
         server,
+        drain,
         accounts::tenants,
         accounts::tenant,
         accounts::add_tenant,

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::net::TcpStream;
 
-use super::{ServerStream, Shared, SpEngine, lock, send_error};
 use super::DataOutcome;
+use super::{ServerStream, Shared, SpEngine, lock, send_error};
 use crate::cluster::{
     BusAuth, BusConfig, Claim, Cluster, OpenData, OpenDataReply, OwnerLive, SessionRejected,
 };
