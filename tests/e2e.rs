@@ -438,7 +438,7 @@ async fn next_reject(control: &mut FakeStream) -> (ErrorCode, String) {
                 .expect("read")
                 .expect("control open");
             match msg {
-                ControlMsg::Ping { seq } => {
+                ControlMsg::Ping { seq, .. } => {
                     write_frame(control, &ControlMsg::Pong { seq })
                         .await
                         .expect("pong");

@@ -136,7 +136,8 @@ fn hello_reply() -> impl Strategy<Value = HelloReply> {
 
 fn control_msg() -> impl Strategy<Value = ControlMsg> {
     prop_oneof![
-        any::<u64>().prop_map(|seq| ControlMsg::Ping { seq }),
+        (any::<u64>(), any::<Option<u64>>())
+            .prop_map(|(seq, rtt_us)| ControlMsg::Ping { seq, rtt_us }),
         any::<u64>().prop_map(|seq| ControlMsg::Pong { seq }),
         (text(), text(), text(), text(), text()).prop_map(
             |(session_id, nonce, service, body, signature)| ControlMsg::OpenData {

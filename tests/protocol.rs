@@ -249,7 +249,8 @@ async fn a_silent_tenant_is_dropped_at_dead_after_not_a_heartbeat_later() {
 
 /// PROTOCOL.md's heartbeats: the SP answers every `ping` with a `pong`, and sends a `ping` of
 /// its own right after the pong of the tenant's first ping and of every sixth after it (the
-/// round trip); a tenant that keeps pinging hears no other ping. A tenant that goes silent
+/// round trip), unless the ping tells the tenant's own round trip (`rtt_us`); a tenant that
+/// keeps pinging hears no other ping. A tenant that goes silent
 /// hears a ping 1¼ heartbeats after its last frame, then every heartbeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sp_pings_with_every_sixth_pong_and_a_quiet_tenant_after_a_heartbeat_and_a_quarter() {
@@ -264,7 +265,7 @@ async fn the_sp_pings_with_every_sixth_pong_and_a_quiet_tenant_after_a_heartbeat
     let mut control = sp.raw_control("pinger", &secret).await;
     let mut sp_pings = Vec::new();
     for seq in 1..=13u64 {
-        write_frame(&mut control, &ControlMsg::Ping { seq })
+        write_frame(&mut control, &ControlMsg::Ping { seq, rtt_us: None })
             .await
             .expect("ping");
         let pong: ControlMsg = expect_frame(&mut control, "pong").await;
@@ -274,7 +275,7 @@ async fn the_sp_pings_with_every_sixth_pong_and_a_quiet_tenant_after_a_heartbeat
         );
         if seq % 6 == 1 {
             let ping: ControlMsg = expect_frame(&mut control, "the SP's ping").await;
-            let ControlMsg::Ping { seq: theirs } = ping else {
+            let ControlMsg::Ping { seq: theirs, .. } = ping else {
                 panic!("after pong {seq}: {ping:?}");
             };
             sp_pings.push(seq);
@@ -284,6 +285,31 @@ async fn the_sp_pings_with_every_sixth_pong_and_a_quiet_tenant_after_a_heartbeat
         }
     }
     assert_eq!(sp_pings, [1, 7, 13]);
+    // A tenant that reports its own round trip with each ping hears no ping after its pongs
+    // (the next frame after each ping is its pong), and the SP shows the reported figure.
+    for seq in 14..=26u64 {
+        write_frame(
+            &mut control,
+            &ControlMsg::Ping {
+                seq,
+                rtt_us: Some(1234),
+            },
+        )
+        .await
+        .expect("ping");
+        let pong: ControlMsg = expect_frame(&mut control, "pong").await;
+        assert!(
+            matches!(pong, ControlMsg::Pong { seq: s } if s == seq),
+            "after ping {seq}: {pong:?}"
+        );
+    }
+    let row = sp
+        .service
+        .presence
+        .info("pinger")
+        .expect("the tenant's row");
+    let rtt = row.heartbeat_rtt_ms.expect("a round trip");
+    assert!((rtt - 1.234).abs() < 1e-6, "{row:?}");
 
     // Silence: the next frames are the SP's pings, the first 2.5 s after our last frame.
     let silent_from = Instant::now();

@@ -385,7 +385,7 @@ async fn a_tenant_cannot_receive_join_or_end_another_tenants_session() {
         async move {
             while let Ok(Some(msg)) = read_frame::<ControlMsg, _>(&mut reader, MAX_FRAME_LEN).await
             {
-                if let ControlMsg::Ping { seq } = msg {
+                if let ControlMsg::Ping { seq, .. } = msg {
                     let _ = write_frame(&mut *writer.lock().await, &ControlMsg::Pong { seq }).await;
                 }
                 if beta_tx.send(msg).is_err() {
@@ -406,7 +406,10 @@ async fn a_tenant_cannot_receive_join_or_end_another_tenants_session() {
             code: ErrorCode::ServiceUnavailable,
             reason: "not mine to reject".into(),
         },
-        ControlMsg::Ping { seq: 77 },
+        ControlMsg::Ping {
+            seq: 77,
+            rtt_us: None,
+        },
     ] {
         write_frame(&mut *beta_writer.lock().await, &msg)
             .await

@@ -92,7 +92,7 @@ async fn sessions_past_the_tenant_redirectors_cap_are_refused_busy() {
 
 /// Sends a ping and waits for its pong: every frame sent before it has been handled.
 async fn round_trip(control: &mut FakeStream, seq: u64) {
-    write_frame(control, &ControlMsg::Ping { seq })
+    write_frame(control, &ControlMsg::Ping { seq, rtt_us: None })
         .await
         .expect("ping");
     tokio::time::timeout(PATIENCE, async {
@@ -457,7 +457,7 @@ async fn a_tenant_that_stopped_reading_cannot_hold_the_sps_shutdown() {
     let batch: Vec<u8> = {
         let mut frames = Vec::new();
         for seq in 0..500u64 {
-            let body = serde_json::to_vec(&ControlMsg::Ping { seq }).expect("json");
+            let body = serde_json::to_vec(&ControlMsg::Ping { seq, rtt_us: None }).expect("json");
             frames.extend_from_slice(&(body.len() as u32).to_be_bytes());
             frames.extend_from_slice(&body);
         }

@@ -277,6 +277,9 @@ impl LeanTenant {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
+        // As `rac tenant`: each ping tells the round trip of the previous one.
+        let mut ping_sent: Option<(u64, std::time::Instant)> = None;
+        let mut rtt_us: Option<u64> = None;
         loop {
             // The read is kept across ticks: a frame is never half read and dropped.
             let read = frame::read_frame::<ControlMsg, _>(&mut reader, MAX_FRAME_LEN);
@@ -286,14 +289,23 @@ impl LeanTenant {
                     msg = &mut read => break msg,
                     _ = tick.tick() => {
                         seq += 1;
-                        frame::write_frame(&mut writer, &ControlMsg::Ping { seq }).await?;
+                        ping_sent = Some((seq, std::time::Instant::now()));
+                        frame::write_frame(&mut writer, &ControlMsg::Ping { seq, rtt_us }).await?;
                     }
                 }
             };
             match msg? {
                 None => return Err(anyhow!("the SP closed the connection")),
-                Some(ControlMsg::Ping { seq }) => {
+                Some(ControlMsg::Ping { seq, .. }) => {
                     frame::write_frame(&mut writer, &ControlMsg::Pong { seq }).await?;
+                }
+                Some(ControlMsg::Pong { seq }) => {
+                    if let Some((sent, at)) = ping_sent
+                        && sent == seq
+                    {
+                        rtt_us = Some(at.elapsed().as_micros().try_into().unwrap_or(u64::MAX));
+                        ping_sent = None;
+                    }
                 }
                 Some(ControlMsg::Goodbye { reason, .. }) => {
                     return Err(anyhow!("goodbye: {reason}"));

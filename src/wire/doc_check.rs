@@ -210,7 +210,10 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
         all.push((at, message_index(message), value));
     };
     for msg in [
-        ControlMsg::Ping { seq: 1 },
+        ControlMsg::Ping {
+            seq: 1,
+            rtt_us: None,
+        },
         ControlMsg::Pong { seq: 1 },
         ControlMsg::OpenData {
             session_id: "s".into(),
@@ -488,7 +491,10 @@ async fn the_hex_frame_is_what_the_codec_writes() {
         panic!("one hex block, found {}", blocks.len());
     };
     let bytes = hex::decode(block.split_whitespace().collect::<String>()).expect("hex");
-    let ping = ControlMsg::Ping { seq: 1 };
+    let ping = ControlMsg::Ping {
+        seq: 1,
+        rtt_us: None,
+    };
     assert_eq!(bytes, encode_frame(&ping).expect("encode"));
     let read: Option<ControlMsg> = read_frame(&mut bytes.as_slice(), MAX_HELLO_LEN)
         .await

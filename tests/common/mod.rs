@@ -475,7 +475,7 @@ pub async fn next_control<T>(
                 .await
                 .expect("read control")
                 .expect("control open");
-            if let ControlMsg::Ping { seq } = msg {
+            if let ControlMsg::Ping { seq, .. } = msg {
                 write_frame(control, &ControlMsg::Pong { seq })
                     .await
                     .expect("pong");

@@ -158,7 +158,7 @@ pub async fn open_data(control: &mut ClientStream) -> (String, String) {
 /// Sends a ping with `seq` on a hand-made control connection; the `seq` of the pong that
 /// answers it.
 pub async fn ping(control: &mut ClientStream, seq: u64) -> u64 {
-    write_frame(control, &ControlMsg::Ping { seq })
+    write_frame(control, &ControlMsg::Ping { seq, rtt_us: None })
         .await
         .expect("ping");
     next_control(control, |m| match m {

@@ -284,9 +284,19 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                         Err(e) => (Some(bad_frame(tenant, &e.to_string())), true),
                         Ok(Some(body)) => match parse_control(&body) {
                             Ok(msg) => {
-                                if matches!(msg, ControlMsg::Ping { .. }) {
+                                if let ControlMsg::Ping { rtt_us, .. } = msg {
                                     pings_heard += 1;
-                                    rtt_ping = pings_heard % RTT_EVERY_PINGS == 1;
+                                    if pings_heard % RTT_EVERY_PINGS == 1 {
+                                        match rtt_us {
+                                            // The tenant measured its own round trip: no ping
+                                            // of ours (and no wake-up for its pong) needed.
+                                            Some(us) => {
+                                                let secs = (us as f64 / 1e6).min(config.dead_after().as_secs_f64());
+                                                record_rtt(shared, tenant, conn_id, secs);
+                                            }
+                                            None => rtt_ping = true,
+                                        }
+                                    }
                                 }
                                 let incoming = Incoming { shared, tenant, conn_id };
                                 (incoming.handle(msg, &mut ping_sent, &mut status), true)
@@ -312,7 +322,7 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                         Beat::Tick => {
                             seq += 1;
                             ping_sent = Some((seq, Instant::now()));
-                            (Some(ControlMsg::Ping { seq }), false)
+                            (Some(ControlMsg::Ping { seq, rtt_us: None }), false)
                         }
                         Beat::Nothing => (None, false),
                     }
@@ -324,7 +334,7 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                 if rtt_ping {
                     seq += 1;
                     ping_sent = Some((seq, Instant::now()));
-                    msgs.push(ControlMsg::Ping { seq });
+                    msgs.push(ControlMsg::Ping { seq, rtt_us: None });
                 }
                 // A write may wait `dead_after` for a slow tenant, but once the SP shuts down
                 // only GOODBYE_DEADLINE more: a tenant that stopped reading cannot hold the
@@ -358,6 +368,13 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
             }
         }
     }
+}
+
+/// A tenant's heartbeat round trip, measured by the SP or reported by the tenant: in the
+/// metrics and the tenant's row.
+fn record_rtt(shared: &Shared, tenant: &str, conn_id: u64, secs: f64) {
+    shared.sp.metrics.heartbeat_rtt_seconds.observe(secs);
+    shared.sp.presence.set_rtt(tenant, conn_id, secs * 1000.0);
 }
 
 /// The `goodbye` for a frame the SP cannot take; the reason is logged too.
@@ -438,14 +455,12 @@ impl Incoming<'_> {
             conn_id,
         } = *self;
         match msg {
-            ControlMsg::Ping { seq } => Some(ControlMsg::Pong { seq }),
+            ControlMsg::Ping { seq, .. } => Some(ControlMsg::Pong { seq }),
             ControlMsg::Pong { seq } => {
                 if let Some((sent_seq, at)) = *ping_sent
                     && sent_seq == seq
                 {
-                    let rtt = at.elapsed().as_secs_f64();
-                    shared.sp.metrics.heartbeat_rtt_seconds.observe(rtt);
-                    shared.sp.presence.set_rtt(tenant, conn_id, rtt * 1000.0);
+                    record_rtt(shared, tenant, conn_id, at.elapsed().as_secs_f64());
                     *ping_sent = None;
                 }
                 None

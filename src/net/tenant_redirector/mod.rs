@@ -433,6 +433,10 @@ async fn control_connection(
     let wake = tokio::time::sleep_until(clock.next_wake().into());
     tokio::pin!(wake);
     let mut seq = 0;
+    // The last ping's number and when it went, and the round trip of the last one answered:
+    // told to the SP with the next ping (so it need not ping to measure it).
+    let mut ping_sent: Option<(u64, Instant)> = None;
+    let mut rtt_us: Option<u64> = None;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -452,8 +456,14 @@ async fn control_connection(
                     Err(e) if e.is_connection_lost() => return Err(anyhow!("lost the control connection to {endpoint}: {e}")),
                     Err(e) => return Err(anyhow!("bad frame from {endpoint}: {e}")),
                     Ok(Some(msg)) => match msg {
-                        ControlMsg::Ping { seq } => Some(ControlMsg::Pong { seq }),
-                        ControlMsg::Pong { .. } => None,
+                        ControlMsg::Ping { seq, .. } => Some(ControlMsg::Pong { seq }),
+                        ControlMsg::Pong { seq } => {
+                            if let Some((sent, at)) = ping_sent && sent == seq {
+                                rtt_us = Some(at.elapsed().as_micros().try_into().unwrap_or(u64::MAX));
+                                ping_sent = None;
+                            }
+                            None
+                        }
                         ControlMsg::OpenData { session_id, nonce, service, grant } => {
                             let request = Request { session_id, nonce, service, grant };
                             start_session(config, dialer, sessions, &sp, request, &outgoing_tx)
@@ -484,7 +494,8 @@ async fn control_connection(
                     Beat::Dead => return Err(anyhow!("no heartbeat from {endpoint} for {dead_after:?}")),
                     Beat::Tick => {
                         seq += 1;
-                        Some(ControlMsg::Ping { seq })
+                        ping_sent = Some((seq, Instant::now()));
+                        Some(ControlMsg::Ping { seq, rtt_us })
                     }
                     Beat::Nothing => None,
                 }

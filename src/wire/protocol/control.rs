@@ -15,6 +15,11 @@ pub enum ControlMsg {
     /// Either side, every `heartbeat_secs`. The peer answers `Pong` with the same `seq`.
     Ping {
         seq: u64,
+        /// The round trip of the sender's previous ping (until its pong came), in
+        /// microseconds, when it measured one: the SP shows a tenant's, and then needs no
+        /// ping of its own to measure it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rtt_us: Option<u64>,
     },
     Pong {
         seq: u64,
