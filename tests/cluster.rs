@@ -150,13 +150,15 @@ async fn ended_session_row(state: &str) -> serde_json::Value {
             state,
             "--json",
         ])));
-        rows.as_array()
-            .and_then(|rows| {
-                rows.iter()
-                    .find(|r| r["service"] == "echo" && r["outcome"] != "open")
-                    .cloned()
-            })
-            .filter(|row| row["bytes_to_tenant"].as_u64() >= Some(1 << 20))
+        rows.as_array().and_then(|rows| {
+            rows.iter()
+                .find(|r| {
+                    r["service"] == "echo"
+                        && r["outcome"] != "open"
+                        && r["bytes_to_tenant"].as_u64() >= Some(1 << 20)
+                })
+                .cloned()
+        })
     })
     .await
 }
@@ -692,11 +694,23 @@ async fn a_stopped_node_loses_its_tenants_within_the_dead_peer_timeout() {
     let operator_password = init_node(&pg, "rac", &state("sp-a"), Some(&nats.url()));
     let config = state("sp-a").join("sp.toml");
     let text = std::fs::read_to_string(&config).expect("sp.toml");
-    let text = format!(
-        "heartbeat_secs = 1\ndead_after_secs = {}\n{text}",
-        DEAD_AFTER.as_secs()
-    );
-    std::fs::write(&config, text).expect("write sp.toml");
+    let mut set = 0;
+    let text: Vec<String> = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("heartbeat_secs") {
+                set += 1;
+                "heartbeat_secs = 1".to_string()
+            } else if line.starts_with("dead_after_secs") {
+                set += 1;
+                format!("dead_after_secs = {}", DEAD_AFTER.as_secs())
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    assert_eq!(set, 2, "sp.toml sets both: {text:?}");
+    std::fs::write(&config, text.join("\n")).expect("write sp.toml");
     copy_state_dir(&state("sp-a"), &state("sp-b"), "sp-b");
     let path = |node: &str| state(node).to_str().expect("utf8").to_string();
     let added = json(&run_ok(&mut rac(&[

@@ -684,9 +684,9 @@ fn drain_node(
     let sigterm = "or send the node SIGTERM (systemctl stop rac-sp), which drains the same way";
     let Some(cluster) = &config.cluster else {
         bail!(
-            "{} is not a cluster node's ([cluster] in sp.toml): a single SP's tenants have no \
-             other node to go to",
-            state.dir().display()
+            "the SP of {} is not a cluster node (no [cluster] in its sp.toml): a single SP's \
+             tenants have no other node to go to",
+            state.root.display()
         );
     };
     let listen = match (&admin, &config.admin) {

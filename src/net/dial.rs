@@ -215,6 +215,22 @@ impl Dialer {
         Err(DialError { attempts })
     }
 
+    /// `endpoint` went silent under a live connection (no heartbeat within the dead-peer
+    /// timeout, or a write not taken): a host that is stopped still completes TCP handshakes
+    /// in its kernel, so dialling it first again would cost a whole TLS handshake timeout.
+    /// The next dial starts with the endpoint after it.
+    pub fn went_silent(&self, endpoint: &str) {
+        let endpoints = self.endpoints();
+        if let Some(index) = endpoints.iter().position(|e| e == endpoint) {
+            let _ = self.preferred.compare_exchange(
+                index,
+                (index + 1) % endpoints.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     async fn dial_one(&self, endpoint: &str) -> Result<ClientStream, DialFailure> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
             .await

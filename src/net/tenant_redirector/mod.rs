@@ -491,7 +491,10 @@ async fn control_connection(
                 let beat = clock.wake(Instant::now());
                 wake.as_mut().reset(clock.next_wake().into());
                 match beat {
-                    Beat::Dead => return Err(anyhow!("no heartbeat from {endpoint} for {dead_after:?}")),
+                    Beat::Dead => {
+                        dialer.went_silent(&endpoint);
+                        return Err(anyhow!("no heartbeat from {endpoint} for {dead_after:?}"));
+                    }
                     Beat::Tick => {
                         seq += 1;
                         ping_sent = Some((seq, Instant::now()));
@@ -502,9 +505,12 @@ async fn control_connection(
             }
         };
         if let Some(msg) = msg {
-            tokio::time::timeout(dead_after, conn.send(&msg))
-                .await
-                .map_err(|_| anyhow!("{endpoint} stopped reading"))??;
+            let sent = tokio::time::timeout(dead_after, conn.send(&msg)).await;
+            let Ok(sent) = sent else {
+                dialer.went_silent(&endpoint);
+                return Err(anyhow!("{endpoint} stopped reading"));
+            };
+            sent?;
         }
     }
 }
