@@ -776,7 +776,7 @@ async fn rac_sp_drain_sends_a_nodes_tenants_away_and_stops_it() {
     // A single SP is refused before anything is sent: its tenants have nowhere to go.
     let single = tempfile::tempdir().expect("tempdir");
     let single_dir = single.path().join("sp");
-    run_ok(&mut rac(&["sp", "init", "--json", "--state-dir"]).arg(&single_dir));
+    run_ok(rac(&["sp", "init", "--json", "--state-dir"]).arg(&single_dir));
     let (ok, _, err) = output(
         rac(&["sp", "drain", "--state-dir"])
             .arg(&single_dir)
@@ -874,6 +874,6 @@ async fn rac_sp_drain_sends_a_nodes_tenants_away_and_stops_it() {
         .expect("a session through B after the drain");
     echo_checked(session.stream, pattern(9, 64 * 1024)).await;
     // The request is audited with the token's name.
-    let audit = run_ok(&mut rac(&["sp", "audit", "--json", "--state-dir"]).arg(state("sp-b")));
+    let audit = run_ok(rac(&["sp", "audit", "--json", "--state-dir"]).arg(state("sp-b")));
     assert!(audit.contains("token drainer: node drain"), "{audit}");
 }
