@@ -877,3 +877,114 @@ async fn rac_sp_drain_sends_a_nodes_tenants_away_and_stops_it() {
     let audit = run_ok(rac(&["sp", "audit", "--json", "--state-dir"]).arg(state("sp-b")));
     assert!(audit.contains("token drainer: node drain"), "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flapping_between_two_nodes_is_never_held_by_both_for_long() {
+    let Some(pg) = postgres() else { return };
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = |node: &str| dir.path().join(node);
+    let operator_password = init_node(&pg, "rac", &state("sp-a"), Some(&nats.url()));
+    copy_state_dir(&state("sp-a"), &state("sp-b"), "sp-b");
+    let path = |node: &str| state(node).to_str().expect("utf8").to_string();
+    let added = json(&run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "add",
+        "acme",
+        "--state-dir",
+        &path("sp-a"),
+        "--json",
+    ])));
+    let secret = added["secret"].as_str().expect("secret").to_string();
+    let token = json(&run_ok(&mut rac(&[
+        "sp",
+        "admin-token",
+        "create",
+        "watcher",
+        "--read-only",
+        "--json",
+        "--state-dir",
+        &path("sp-a"),
+    ])))["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let (_a, addr_a, admin_a) = run_node_with_admin(&path("sp-a"));
+    let (_b, addr_b, admin_b) = run_node_with_admin(&path("sp-b"));
+    let http = reqwest::Client::new();
+    // How many control connections a node holds now (`tenants_online` of /v1/server).
+    let held = async |admin: &str| -> u64 {
+        let server: serde_json::Value = http
+            .get(format!("http://{admin}/v1/server"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("GET /v1/server")
+            .json()
+            .await
+            .expect("JSON");
+        server["tenants_online"].as_u64().expect("tenants_online")
+    };
+
+    // Two redirectors with the same credentials, one trying A first and the other B: each
+    // new connection replaces the other's, on the other node, and the replaced one comes
+    // back after its longest backoff (500 ms), so the tenant flaps between the nodes.
+    let ca = state("sp-a").join("ca.pem");
+    let mut x = echo_tenant("acme", &secret, &[&addr_a, &addr_b], &ca).await;
+    let y = echo_tenant("acme", &secret, &[&addr_b, &addr_a], &ca).await;
+    let (mut moves, mut holder) = (0, None);
+    let (mut both_since, mut longest_both) = (None::<std::time::Instant>, Duration::ZERO);
+    let run = std::time::Instant::now();
+    while run.elapsed() < Duration::from_secs(6) {
+        let (a, b) = tokio::join!(held(&admin_a), held(&admin_b));
+        assert!(
+            a <= 1 && b <= 1,
+            "a node holds two connections of one tenant: {a} {b}"
+        );
+        if a + b > 1 {
+            let since = *both_since.get_or_insert_with(std::time::Instant::now);
+            longest_both = longest_both.max(since.elapsed());
+        } else {
+            both_since = None;
+        }
+        let now = match (a, b) {
+            (1, 0) => Some("A"),
+            (0, 1) => Some("B"),
+            _ => None,
+        };
+        if now.is_some() && now != holder {
+            moves += 1;
+            holder = now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "the tenant moved {moves} times in 6 s; both nodes held it for at most {longest_both:?} at a time"
+    );
+    assert!(moves >= 3, "the tenant did not flap: {moves} moves");
+    // Both may hold it while a takeover's notice travels (milliseconds); a node that kept a
+    // replaced connection would hold it until the end.
+    assert!(longest_both < Duration::from_secs(3), "{longest_both:?}");
+
+    // At rest: one redirector left, one node holds the tenant, and a console on either
+    // node opens it.
+    y.shutdown.cancel();
+    drop(y);
+    x.online().await;
+    eventually(PATIENCE, "exactly one node holds the tenant", async || {
+        let (a, b) = tokio::join!(held(&admin_a), held(&admin_b));
+        (a + b == 1).then_some(())
+    })
+    .await;
+    for addr in [&addr_a, &addr_b] {
+        let console = console_at_node(&ca, addr, &operator_password).await;
+        let session = eventually(PATIENCE, "a session at rest", async || {
+            console.open_session("acme", "echo", |_, _| {}).await.ok()
+        })
+        .await;
+        echo_checked(session.stream, pattern(10, 64 * 1024)).await;
+    }
+}
