@@ -304,6 +304,59 @@ async fn two_nodes_share_accounts_and_audit_and_a_change_on_one_ends_a_session_o
     assert!(refused.is_err(), "a disabled tenant cannot be opened");
 }
 
+/// A hand-made tenant `beta` on the node at `owner` offers one more service and withdraws
+/// its consent after connecting; `console`, on another node, sees both.
+async fn a_status_change_reaches_the_other_nodes(
+    state: &Path,
+    owner: &str,
+    console: &ConsoleClient,
+) {
+    use rac::wire::protocol::{ControlMsg, TenantInfo};
+    let state_dir = state.to_str().expect("utf8");
+    let added = json(&run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "add",
+        "beta",
+        "--state-dir",
+        state_dir,
+        "--json",
+    ])));
+    let secret = added["secret"].as_str().expect("secret");
+    let tls = rac::net::tls::TlsClient::new(&Trust::CaFile(state.join("ca.pem")), "localhost")
+        .expect("TLS client");
+    let tcp = tokio::net::TcpStream::connect(owner)
+        .await
+        .expect("connect");
+    let mut beta = tls.handshake(tcp).await.expect("TLS");
+    common::wire::control_hello(&mut beta, "beta", secret, "hand-made/1", &["echo"]).await;
+    let row = async |want: &dyn Fn(&TenantInfo) -> bool| {
+        let list = console.tenants().await.ok()?;
+        list.into_iter().find(|t| t.name == "beta" && want(t))
+    };
+    eventually(
+        PATIENCE,
+        "beta listed as its node admitted it",
+        async || row(&|t| t.status == TenantStatus::Online && t.provider_access).await,
+    )
+    .await;
+    let status = ControlMsg::Status {
+        services: vec!["echo".into(), "files".into()],
+        provider_access: false,
+    };
+    rac::wire::frame::write_frame(&mut beta, &status)
+        .await
+        .expect("status");
+    let changed = eventually(
+        PATIENCE,
+        "beta's new status on the other node",
+        async || row(&|t| !t.provider_access).await,
+    )
+    .await;
+    assert_eq!(changed.services, ["echo", "files"], "{changed:?}");
+    assert_eq!(changed.status, TenantStatus::Online, "{changed:?}");
+}
+
 /// `rac sp init --postgres` into `dir` as node `sp-a`, the password from a file, with the
 /// cluster bus at `nats` if given; returns the operator's password.
 fn init_node(pg: &LocalPostgres, db: &str, dir: &Path, nats: Option<&str>) -> String {
@@ -493,6 +546,7 @@ async fn three_nodes_open_tenants_held_by_another_node_and_move_a_dead_nodes_ten
         async || listed_online(&console, "acme").await.then_some(()),
     )
     .await;
+    a_status_change_reaches_the_other_nodes(&state("sp-a"), &addr_b, &console).await;
     // A session from A to the tenant held by B: B sends open_data, the tenant's data channel
     // reaches B, B forwards it to A. Data intact both ways.
     let session = console

@@ -33,7 +33,7 @@ use crate::util::lock;
 
 pub use accounts::{AccountChange, AccountChanges, AccountEvent};
 pub use nodes::NodeInfo;
-pub use owners::{Claim, Epoch, OwnerLive, PresenceChange, TenantOwner};
+pub use owners::{Claim, Epoch, OwnerLive, PresenceChange, StatusNotice, TenantOwner};
 pub use requests::{
     IncomingOpen, OpenData, OpenDataReply, OpenRequests, Rejections, RequestError, SessionRejected,
 };
@@ -322,6 +322,7 @@ impl Cluster {
         tokio::spawn(nodes::watch_loop(shared.clone()));
         tokio::spawn(nodes::liveness_loop(shared.clone()));
         tokio::spawn(owners::watch_loop(shared.clone()));
+        tokio::spawn(owners::status_loop(shared.clone()));
 
         let cluster = Cluster {
             handle: Arc::new(Handle {

@@ -60,6 +60,23 @@ pub struct OwnerLive {
     pub since: u64,
 }
 
+/// A change to a tenant's status (its services, its consent) after its owner claimed it,
+/// published by the owner on [`STATUS_SUBJECT`]. Every node applies it to its copy of the
+/// owner record while that record is still the claim at `epoch` by `node`; a notice about an
+/// older claim changes nothing. Not kept in the bucket: a node that joins later shows the
+/// tenant as its owner admitted it until the next change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusNotice {
+    pub tenant: String,
+    pub node: String,
+    pub epoch: Epoch,
+    pub services: Vec<String>,
+    pub provider_access: bool,
+}
+
+/// Where owners publish [`StatusNotice`]s (core NATS, no answer).
+pub const STATUS_SUBJECT: &str = "rac.presence.status";
+
 /// A tenant online somewhere in the cluster: its owner is alive and is the same process that
 /// claimed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +259,50 @@ fn record(
     announce(&shared.presence_tx, tenant, before, after);
 }
 
+/// Applies a [`StatusNotice`] to the owner record it is about, if that record is still the
+/// notice's claim; announces the changed presence.
+pub(crate) fn apply_status(shared: &Shared, notice: StatusNotice) {
+    let mut view = lock(&shared.view);
+    let before = effective(&view, &notice.tenant);
+    let Some(record) = view.owners.entries.get_mut(&notice.tenant) else {
+        return;
+    };
+    let Some(owner) = record.owner.as_mut() else {
+        return;
+    };
+    if record.revision != notice.epoch.0 || owner.node != notice.node {
+        return;
+    }
+    let live = owner.live.get_or_insert_with(OwnerLive::default);
+    live.services = notice.services;
+    live.provider_access = notice.provider_access;
+    let after = effective(&view, &notice.tenant);
+    announce(&shared.presence_tx, &notice.tenant, before, after);
+}
+
+/// Hears the owners' [`StatusNotice`]s for as long as the node runs (the client subscribes
+/// again by itself after a reconnect).
+pub(crate) async fn status_loop(shared: Arc<Shared>) {
+    use futures_util::StreamExt;
+    let mut sub = match shared.client.subscribe(STATUS_SUBJECT).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::error!("cannot hear the tenants' status changes from other nodes: {e}");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        match serde_json::from_slice::<StatusNotice>(&message.payload) {
+            Ok(notice) => apply_status(&shared, notice),
+            Err(e) => tracing::warn!("an unreadable status notice on the bus: {e}"),
+        }
+    }
+}
+
 /// Announces the presence changes a node's coming or going made to its tenants, given what
 /// [`tenants_of`] said before.
 pub(crate) fn node_changed(
@@ -406,6 +467,32 @@ impl Cluster {
             previous_owner,
             lost,
         }
+    }
+
+    /// Tells every node that `tenant`, which this node holds, changed its services or its
+    /// consent. Nothing is sent for a tenant this node does not hold.
+    pub async fn announce_status(
+        &self,
+        tenant: &str,
+        services: Vec<String>,
+        provider_access: bool,
+    ) -> Result<(), BusError> {
+        let shared = self.shared();
+        let Some(epoch) = lock(&shared.view).owners.mine.get(tenant).map(|m| m.epoch) else {
+            return Ok(());
+        };
+        let notice = StatusNotice {
+            tenant: tenant.to_string(),
+            node: shared.config.node.clone(),
+            epoch,
+            services,
+            provider_access,
+        };
+        shared
+            .client
+            .publish(STATUS_SUBJECT, json_of(&notice).into())
+            .await
+            .map_err(|e| BusError::Nats(e.to_string()))
     }
 
     /// Gives the tenant up (its control channel closed cleanly): the claim ends here, and

@@ -111,6 +111,10 @@ pub struct Presence {
 struct Inner {
     tenants: BTreeMap<String, Entry>,
     next_conn_id: u64,
+    /// Other nodes' holds on tenants whose account this node has not read yet (a tenant
+    /// added elsewhere that connected there before this node's next registry poll): given
+    /// to the tenant's entry when the account arrives.
+    early_remotes: std::collections::HashMap<String, Remote>,
 }
 
 impl Presence {
@@ -134,6 +138,7 @@ impl Presence {
             inner: Mutex::new(Inner {
                 tenants,
                 next_conn_id: 1,
+                early_remotes: std::collections::HashMap::new(),
             }),
             events,
         }
@@ -222,10 +227,11 @@ impl Presence {
                     self.publish(TenantEvent::Changed(info));
                 }
                 None => {
+                    let remote = inner.early_remotes.remove(&account.name);
                     let entry = Entry {
                         account,
                         live: None,
-                        remote: None,
+                        remote,
                         open_sessions: 0,
                     };
                     self.publish(TenantEvent::Changed(entry.info()));
@@ -359,6 +365,10 @@ impl Presence {
     pub fn set_remote(&self, name: &str, remote: Option<Remote>) {
         let mut inner = self.lock();
         let Some(entry) = inner.tenants.get_mut(name) else {
+            match remote {
+                Some(remote) => inner.early_remotes.insert(name.to_string(), remote),
+                None => inner.early_remotes.remove(name),
+            };
             return;
         };
         if entry.remote == remote {
@@ -376,6 +386,12 @@ impl Presence {
     /// and after changes were missed): tenants not in `remote` are held by no other node.
     pub fn sync_remotes(&self, remote: &std::collections::HashMap<String, Remote>) {
         let mut inner = self.lock();
+        let early = remote
+            .iter()
+            .filter(|(name, _)| !inner.tenants.contains_key(*name))
+            .map(|(name, r)| (name.clone(), r.clone()))
+            .collect();
+        inner.early_remotes = early;
         for (name, entry) in inner.tenants.iter_mut() {
             let now = remote.get(name).cloned();
             if entry.remote != now {
@@ -517,6 +533,44 @@ mod tests {
         assert_eq!(
             presence.info("beta").expect("row").status,
             TenantStatus::Disabled
+        );
+        // Held elsewhere before this node read its account (added and connected between two
+        // registry polls): online as soon as the account arrives.
+        let remote = Remote {
+            node: "sp-c".into(),
+            since: 9,
+            live: live(),
+        };
+        presence.set_remote("gamma", Some(remote.clone()));
+        assert!(presence.info("gamma").is_none());
+        presence.sync_accounts(vec![
+            account("acme", true, "h"),
+            account("beta", false, "h"),
+            account("gamma", true, "h"),
+        ]);
+        assert_eq!(
+            presence.info("gamma").expect("row").status,
+            TenantStatus::Online
+        );
+        // ... and from a snapshot just the same; a hold that ended before is forgotten.
+        let mut now = std::collections::HashMap::new();
+        now.insert("delta".to_string(), remote);
+        presence.sync_remotes(&now);
+        presence.set_remote("epsilon", None);
+        presence.sync_accounts(vec![
+            account("acme", true, "h"),
+            account("beta", false, "h"),
+            account("gamma", true, "h"),
+            account("delta", true, "h"),
+            account("epsilon", true, "h"),
+        ]);
+        assert_eq!(
+            presence.info("delta").expect("row").status,
+            TenantStatus::Online
+        );
+        assert_eq!(
+            presence.info("epsilon").expect("row").status,
+            TenantStatus::Offline
         );
     }
 

@@ -308,7 +308,7 @@ async fn steady(shared: &Shared, tenant: &str, conn_id: u64, channel: Channel) -
                 // The window of a coalesced status ended: apply the latest one.
                 () = status.window_end(), if status.pending.is_some() => {
                     if let Some((services, access)) = status.take_pending(tokio::time::Instant::now()) {
-                        shared.sp.presence.update_status(tenant, conn_id, services, access);
+                        nodes::update_status(shared, tenant, conn_id, services, access);
                     }
                     (None, false)
                 }
@@ -500,10 +500,7 @@ impl Incoming<'_> {
                 }
                 let now = tokio::time::Instant::now();
                 if let Some((services, access)) = status.offer((services, provider_access), now) {
-                    shared
-                        .sp
-                        .presence
-                        .update_status(tenant, conn_id, services, access);
+                    nodes::update_status(shared, tenant, conn_id, services, access);
                 }
                 None
             }

@@ -425,6 +425,32 @@ pub(super) async fn open_on_owner(
     }
 }
 
+/// A tenant's new status (services, consent) from its control connection `conn_id`: in this
+/// node's list, and, on a cluster node, announced to the other nodes' lists.
+pub(super) fn update_status(
+    shared: &Shared,
+    tenant: &str,
+    conn_id: u64,
+    services: Vec<String>,
+    provider_access: bool,
+) {
+    shared
+        .sp
+        .presence
+        .update_status(tenant, conn_id, services.clone(), provider_access);
+    let Some(link) = &shared.cluster else { return };
+    let bus = link.bus.clone();
+    let tenant = tenant.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = bus
+            .announce_status(&tenant, services, provider_access)
+            .await
+        {
+            tracing::warn!(%tenant, "announcing a status change to the other nodes: {e}");
+        }
+    });
+}
+
 /// A tenant rejected a session whose console waits on another node: that node hears the
 /// reason at once (and the connection dialled to it is not needed).
 pub(super) fn pass_on_rejection(
