@@ -257,9 +257,14 @@ impl SpService {
     fn build(config: SpConfig, registry: Registry, grant_key: GrantKey) -> Result<Self> {
         config.validate()?;
         // On a shared registry the open rows may be other nodes' live sessions.
-        let interrupted = match config.cluster {
+        let interrupted = match &config.cluster {
             None => registry.close_interrupted_sessions()?,
-            Some(_) => 0,
+            // Only the rows this node left open: the others may be other nodes' live
+            // sessions.
+            Some(cluster) => {
+                registry.set_node(&cluster.node);
+                registry.close_interrupted_sessions_of(&cluster.node)?
+            }
         };
         if interrupted > 0 {
             tracing::warn!(

@@ -193,16 +193,18 @@ impl Registry {
         service: &str,
         console_addr: &str,
     ) -> Result<i64> {
+        let node = self.node.get().map_or("", String::as_str);
         self.write_unsynced(|db| {
             db.query_opt(
-                "INSERT INTO audit (operator, tenant, service, console_addr, started_at, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'open') RETURNING id",
+                "INSERT INTO audit (operator, tenant, service, console_addr, started_at, outcome, node)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6) RETURNING id",
                 args![
                     operator,
                     tenant,
                     service,
                     console_addr,
-                    now_unix_secs() as i64
+                    now_unix_secs() as i64,
+                    node
                 ],
             )?
             .ok_or(RegistryError::Store("an insert returned no id".into()))?
@@ -246,6 +248,23 @@ impl Registry {
                 args![
                     now_unix_secs() as i64,
                     SessionOutcome::Interrupted.to_string()
+                ],
+            )
+        })?;
+        Ok(closed as usize)
+    }
+
+    /// The session rows a cluster node left open when it stopped abruptly (they name it, see
+    /// [`set_node`](Self::set_node)), closed as interrupted at its next start: a node that
+    /// starts relays no session yet, and other nodes' rows are left alone.
+    pub fn close_interrupted_sessions_of(&self, node: &str) -> Result<usize> {
+        let closed = self.write(|db| {
+            db.execute(
+                "UPDATE audit SET ended_at = ?1, outcome = ?2 WHERE ended_at IS NULL AND node = ?3",
+                args![
+                    now_unix_secs() as i64,
+                    SessionOutcome::Interrupted.to_string(),
+                    node
                 ],
             )
         })?;
@@ -337,6 +356,21 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].bytes_from_tenant, 20);
         assert!(entries[0].outcome.starts_with("interrupted"));
+    }
+
+    on_both_stores! {
+    fn a_node_closes_only_the_rows_it_left_open(reg: &Registry) {
+        // A row from before nodes were named, then this node's own.
+        let unnamed = reg.audit_start("alice", "acme", "backup", "127.0.0.1:5").expect("start");
+        reg.set_node("sp-a");
+        let mine = reg.audit_start("alice", "acme", "backup", "127.0.0.1:6").expect("start");
+        assert_eq!(reg.close_interrupted_sessions_of("sp-b").expect("close"), 0);
+        assert_eq!(reg.close_interrupted_sessions_of("sp-a").expect("close"), 1);
+        let entries = reg.audit_entries(10).expect("entries");
+        let row = |id| entries.iter().find(|e| e.id == id).expect("row");
+        assert!(row(mine).outcome.starts_with("interrupted"), "{entries:?}");
+        assert_eq!(row(unnamed).outcome, "open");
+    }
     }
 
     on_both_stores! {

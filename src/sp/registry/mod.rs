@@ -102,6 +102,9 @@ pub struct Registry {
     store: Store,
     /// Where the time of the writes on the session and login paths goes (the SP's metrics).
     write_seconds: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
+    /// The cluster node whose session audit rows this handle writes (see
+    /// [`set_node`](Self::set_node)); none on a single SP.
+    node: std::sync::OnceLock<String>,
 }
 
 enum Store {
@@ -211,6 +214,7 @@ impl Registry {
         Registry {
             store,
             write_seconds: std::sync::OnceLock::new(),
+            node: std::sync::OnceLock::new(),
         }
     }
 
@@ -275,6 +279,13 @@ impl Registry {
             Store::Sqlite { wal, .. } => !wal.dirty.load(Ordering::Acquire),
             Store::Postgres(_) => true,
         }
+    }
+
+    /// Names the cluster node this handle belongs to: its session audit rows carry the name,
+    /// and [`close_interrupted_sessions_of`](Self::close_interrupted_sessions_of) finds them
+    /// after a crash (the first call wins).
+    pub fn set_node(&self, node: &str) {
+        let _ = self.node.set(node.to_string());
     }
 
     /// Records how long each write on the session and login paths takes in `histogram`

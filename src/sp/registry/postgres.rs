@@ -25,9 +25,10 @@ use crate::util::lock;
 
 /// The schema, one migration per version; a database records the versions it has in
 /// `schema_migrations`. Append only: a released migration never changes.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE operators (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -87,7 +88,16 @@ CREATE TRIGGER tenants_changed
     AFTER INSERT OR DELETE OR UPDATE OF secret_hash, enabled, tenant_key, description
     ON tenants FOR EACH STATEMENT EXECUTE FUNCTION bump_registry_version();
 ",
-)];
+    ),
+    (
+        2,
+        "
+-- The node that relayed a session, so that a node restarted after a crash closes the rows
+-- it left open (and only those).
+ALTER TABLE audit ADD COLUMN node TEXT NOT NULL DEFAULT '';
+",
+    ),
+];
 
 /// How to reach the database: the URL's parts, and the password kept apart from it (from a
 /// file or the environment, never the command line).

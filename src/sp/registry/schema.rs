@@ -52,9 +52,11 @@ CREATE TABLE IF NOT EXISTS admin_tokens (
 
 /// Columns added since the first release, for registries made before them: (table, column,
 /// its declaration).
-pub(super) const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+pub(super) const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
     ("tenants", "tenant_key", "TEXT"),
     ("tokens", "console_key", "TEXT"),
+    // The cluster node that relayed the session ('' on a single SP, and for older rows).
+    ("audit", "node", "TEXT NOT NULL DEFAULT ''"),
 ];
 
 /// A counter moved whenever a tenant account changes (not when the SP notes when it last saw
