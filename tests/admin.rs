@@ -173,6 +173,13 @@ async fn every_account_endpoint_works_and_is_audited_with_the_token() {
     assert_eq!(server["version"], rac::VERSION);
     assert!(server["node"].as_str().is_some_and(|n| !n.is_empty()));
     assert_eq!(server["serving"], true);
+    // A single SP does not drain (its tenants would have nowhere to go), and goes on serving.
+    refused(
+        admin.post("/v1/node/drain", json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_eq!(admin.get("/v1/server").await.1["serving"], true);
 
     // Tenants.
     let (status, added) = admin
@@ -722,6 +729,7 @@ async fn the_openapi_document_lists_every_path() {
         ("/v1/sessions/{id}", &["get", "delete"]),
         ("/v1/audit", &["get"]),
         ("/v1/gateways", &["get"]),
+        ("/v1/node/drain", &["post"]),
     ] {
         for method in methods {
             assert!(
@@ -730,7 +738,7 @@ async fn the_openapi_document_lists_every_path() {
             );
         }
     }
-    assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(16));
+    assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(17));
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
