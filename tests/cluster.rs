@@ -57,6 +57,20 @@ fn run_ok(cmd: &mut Command) -> String {
     stdout
 }
 
+/// `rac sp tenant add NAME` on the node at `state`; returns the tenant's secret.
+fn add_tenant(state: &str, name: &str) -> String {
+    let added = json(&run_ok(&mut rac(&[
+        "sp",
+        "tenant",
+        "add",
+        name,
+        "--state-dir",
+        state,
+        "--json",
+    ])));
+    added["secret"].as_str().expect("secret").to_string()
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -254,16 +268,7 @@ async fn two_nodes_share_accounts_and_audit_and_a_change_on_one_ends_a_session_o
     copy_state_dir(&a, &b, "sp-b");
 
     // A tenant added on node A is listed on node B.
-    let added = json(&run_ok(&mut rac(&[
-        "sp",
-        "tenant",
-        "add",
-        "acme",
-        "--state-dir",
-        a_s,
-        "--json",
-    ])));
-    let secret = added["secret"].as_str().expect("secret").to_string();
+    let secret = add_tenant(a_s, "acme");
     let listed = json(&run_ok(&mut rac(&[
         "sp",
         "tenant",
@@ -313,23 +318,14 @@ async fn a_status_change_reaches_the_other_nodes(
 ) {
     use rac::wire::protocol::{ControlMsg, TenantInfo};
     let state_dir = state.to_str().expect("utf8");
-    let added = json(&run_ok(&mut rac(&[
-        "sp",
-        "tenant",
-        "add",
-        "beta",
-        "--state-dir",
-        state_dir,
-        "--json",
-    ])));
-    let secret = added["secret"].as_str().expect("secret");
+    let secret = add_tenant(state_dir, "beta");
     let tls = rac::net::tls::TlsClient::new(&Trust::CaFile(state.join("ca.pem")), "localhost")
         .expect("TLS client");
     let tcp = tokio::net::TcpStream::connect(owner)
         .await
         .expect("connect");
     let mut beta = tls.handshake(tcp).await.expect("TLS");
-    common::wire::control_hello(&mut beta, "beta", secret, "hand-made/1", &["echo"]).await;
+    common::wire::control_hello(&mut beta, "beta", &secret, "hand-made/1", &["echo"]).await;
     let row = async |want: &dyn Fn(&TenantInfo) -> bool| {
         let list = console.tenants().await.ok()?;
         list.into_iter().find(|t| t.name == "beta" && want(t))
@@ -444,19 +440,10 @@ async fn a_node_that_loses_postgres_says_so_refuses_sessions_and_recovers() {
     let a = dir.path().join("sp-a");
     let a_s = a.to_str().expect("utf8");
     let operator_password = init_node(&pg, "rac", &a, None);
-    let added = json(&run_ok(&mut rac(&[
-        "sp",
-        "tenant",
-        "add",
-        "acme",
-        "--state-dir",
-        a_s,
-        "--json",
-    ])));
+    let secret = add_tenant(a_s, "acme");
     let (_node, addr, admin) = run_node_with_admin(a_s);
-    let secret = added["secret"].as_str().expect("secret");
     let (_tenant, console) =
-        tenant_and_console(&a, &[&addr], &addr, secret, &operator_password).await;
+        tenant_and_console(&a, &[&addr], &addr, &secret, &operator_password).await;
     let http = reqwest::Client::new();
     eventually(PATIENCE, "ready", async || {
         (readyz(&http, &admin).await.0 == 200).then_some(())
@@ -511,16 +498,7 @@ async fn three_nodes_open_tenants_held_by_another_node_and_move_a_dead_nodes_ten
     copy_state_dir(&state("sp-a"), &state("sp-b"), "sp-b");
     copy_state_dir(&state("sp-a"), &state("sp-c"), "sp-c");
     let path = |node: &str| state(node).to_str().expect("utf8").to_string();
-    let added = json(&run_ok(&mut rac(&[
-        "sp",
-        "tenant",
-        "add",
-        "acme",
-        "--state-dir",
-        &path("sp-a"),
-        "--json",
-    ])));
-    let secret = added["secret"].as_str().expect("secret").to_string();
+    let secret = add_tenant(&path("sp-a"), "acme");
     let (_a, addr_a, admin_a) = run_node_with_admin(&path("sp-a"));
     let (mut node_b, addr_b, _) = run_node_with_admin(&path("sp-b"));
     let (_c, addr_c, _) = run_node_with_admin(&path("sp-c"));
@@ -658,16 +636,7 @@ async fn a_node_stopped_with_sigterm_sends_its_tenants_away_at_its_drain_rate() 
     std::fs::write(&config, text).expect("write sp.toml");
     let mut secrets = Vec::new();
     for i in 0..TENANTS {
-        let added = json(&run_ok(&mut rac(&[
-            "sp",
-            "tenant",
-            "add",
-            &format!("t{i}"),
-            "--state-dir",
-            &path("sp-a"),
-            "--json",
-        ])));
-        secrets.push(added["secret"].as_str().expect("secret").to_string());
+        secrets.push(add_tenant(&path("sp-a"), &format!("t{i}")));
     }
     let (mut node_a, addr_a, admin_a) = run_node_with_admin(&path("sp-a"));
     let (_b, addr_b, _) = run_node_with_admin(&path("sp-b"));
@@ -767,16 +736,7 @@ async fn a_stopped_node_loses_its_tenants_within_the_dead_peer_timeout() {
     std::fs::write(&config, text.join("\n")).expect("write sp.toml");
     copy_state_dir(&state("sp-a"), &state("sp-b"), "sp-b");
     let path = |node: &str| state(node).to_str().expect("utf8").to_string();
-    let added = json(&run_ok(&mut rac(&[
-        "sp",
-        "tenant",
-        "add",
-        "acme",
-        "--state-dir",
-        &path("sp-a"),
-        "--json",
-    ])));
-    let secret = added["secret"].as_str().expect("secret").to_string();
+    let secret = add_tenant(&path("sp-a"), "acme");
     let (node_a, addr_a, _) = run_node_with_admin(&path("sp-a"));
     let (_b, addr_b, _) = run_node_with_admin(&path("sp-b"));
     let (tenant, console_b) = tenant_and_console(
@@ -849,16 +809,7 @@ async fn rac_sp_drain_sends_a_nodes_tenants_away_and_stops_it() {
     let path = |node: &str| state(node).to_str().expect("utf8").to_string();
     let mut secrets = Vec::new();
     for name in ["t0", "t1"] {
-        let added = json(&run_ok(&mut rac(&[
-            "sp",
-            "tenant",
-            "add",
-            name,
-            "--state-dir",
-            &path("sp-a"),
-            "--json",
-        ])));
-        secrets.push(added["secret"].as_str().expect("secret").to_string());
+        secrets.push(add_tenant(&path("sp-a"), name));
     }
     let token = |name: &str, read_only: bool| {
         let mut cmd = rac(&["sp", "admin-token", "create", name, "--json", "--state-dir"]);
@@ -943,16 +894,7 @@ async fn a_tenant_flapping_between_two_nodes_is_never_held_by_both_for_long() {
     let operator_password = init_node(&pg, "rac", &state("sp-a"), Some(&nats.url()));
     copy_state_dir(&state("sp-a"), &state("sp-b"), "sp-b");
     let path = |node: &str| state(node).to_str().expect("utf8").to_string();
-    let added = json(&run_ok(&mut rac(&[
-        "sp",
-        "tenant",
-        "add",
-        "acme",
-        "--state-dir",
-        &path("sp-a"),
-        "--json",
-    ])));
-    let secret = added["secret"].as_str().expect("secret").to_string();
+    let secret = add_tenant(&path("sp-a"), "acme");
     let token = json(&run_ok(&mut rac(&[
         "sp",
         "admin-token",
