@@ -8,11 +8,9 @@
 //! That is why [`super::Connection::reconnects`] exists: on each reconnect the SP re-reads
 //! every account, as it does at start.
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::owners::json_of;
-use super::{BusError, Cluster};
+use super::{BusError, Cluster, Messages, publish_json, subscribe_json};
 
 /// The subject account changes travel on.
 pub const ACCOUNTS_SUBJECT: &str = "rac.accounts";
@@ -47,23 +45,7 @@ pub struct AccountEvent {
 }
 
 /// The account changes reaching this node, in the order published.
-pub struct AccountChanges {
-    sub: async_nats::Subscriber,
-}
-
-impl AccountChanges {
-    /// The next change; unreadable messages are logged and skipped. `None` once the
-    /// subscription ends.
-    pub async fn next(&mut self) -> Option<AccountEvent> {
-        loop {
-            let message = self.sub.next().await?;
-            match serde_json::from_slice(&message.payload) {
-                Ok(event) => return Some(event),
-                Err(e) => tracing::warn!("unreadable account change on {ACCOUNTS_SUBJECT}: {e}"),
-            }
-        }
-    }
-}
+pub type AccountChanges = Messages<AccountEvent>;
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -81,10 +63,7 @@ impl Cluster {
             change,
         };
         let client = &self.shared().client;
-        client
-            .publish(ACCOUNTS_SUBJECT, json_of(&event).into())
-            .await
-            .map_err(|e| BusError::Nats(e.to_string()))?;
+        publish_json(client, ACCOUNTS_SUBJECT, &event).await?;
         client
             .flush()
             .await
@@ -94,12 +73,6 @@ impl Cluster {
     /// Subscribes to account changes, this node's own included. The subscription is in
     /// place at the server when this returns.
     pub async fn account_changes(&self) -> Result<AccountChanges, BusError> {
-        let client = &self.shared().client;
-        let sub = client
-            .subscribe(ACCOUNTS_SUBJECT)
-            .await
-            .map_err(|e| BusError::Nats(e.to_string()))?;
-        super::round_trip(client).await?;
-        Ok(AccountChanges { sub })
+        subscribe_json(&self.shared().client, ACCOUNTS_SUBJECT).await
     }
 }

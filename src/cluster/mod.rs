@@ -439,6 +439,58 @@ async fn open_bucket(
     js.get_key_value(bucket).await.map_err(BusError::js)
 }
 
+/// The messages of one core NATS subscription, each read as JSON: account changes, session
+/// rejections, status notices.
+pub struct Messages<T> {
+    sub: async_nats::Subscriber,
+    _of: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: serde::de::DeserializeOwned> Messages<T> {
+    /// The next readable message (an unreadable one is logged and skipped), or `None` once
+    /// the subscription ends.
+    pub async fn next(&mut self) -> Option<T> {
+        use futures_util::StreamExt;
+        loop {
+            let message = self.sub.next().await?;
+            match serde_json::from_slice(&message.payload) {
+                Ok(value) => return Some(value),
+                Err(e) => {
+                    tracing::warn!(subject = %message.subject, "an unreadable message on the bus: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes to `subject`; the subscription is in place at the server when this returns.
+pub(crate) async fn subscribe_json<T>(
+    client: &async_nats::Client,
+    subject: impl async_nats::ToSubject,
+) -> Result<Messages<T>, BusError> {
+    let sub = client
+        .subscribe(subject)
+        .await
+        .map_err(|e| BusError::Nats(e.to_string()))?;
+    round_trip(client).await?;
+    Ok(Messages {
+        sub,
+        _of: std::marker::PhantomData,
+    })
+}
+
+/// Publishes `value` as JSON on `subject` (core NATS: no answer, at most once).
+pub(crate) async fn publish_json(
+    client: &async_nats::Client,
+    subject: impl async_nats::ToSubject,
+    value: &impl serde::Serialize,
+) -> Result<(), BusError> {
+    client
+        .publish(subject, owners::json_of(value).into())
+        .await
+        .map_err(|e| BusError::Nats(e.to_string()))
+}
+
 /// Waits until the server has processed everything this client sent before, a new
 /// subscription included (a flush only empties the socket): a request the server answers
 /// itself, which it handles after the client's earlier messages.

@@ -283,22 +283,20 @@ pub(crate) fn apply_status(shared: &Shared, notice: StatusNotice) {
 /// Hears the owners' [`StatusNotice`]s for as long as the node runs (the client subscribes
 /// again by itself after a reconnect).
 pub(crate) async fn status_loop(shared: Arc<Shared>) {
-    use futures_util::StreamExt;
-    let mut sub = match shared.client.subscribe(STATUS_SUBJECT).await {
-        Ok(sub) => sub,
+    let mut notices = match super::subscribe_json(&shared.client, STATUS_SUBJECT).await {
+        Ok(notices) => notices,
         Err(e) => {
             tracing::error!("cannot hear the tenants' status changes from other nodes: {e}");
             return;
         }
     };
     loop {
-        let message = tokio::select! {
+        tokio::select! {
             _ = shared.stop.cancelled() => return,
-            m = sub.next() => match m { Some(m) => m, None => return },
-        };
-        match serde_json::from_slice::<StatusNotice>(&message.payload) {
-            Ok(notice) => apply_status(&shared, notice),
-            Err(e) => tracing::warn!("an unreadable status notice on the bus: {e}"),
+            notice = notices.next() => match notice {
+                Some(notice) => apply_status(&shared, notice),
+                None => return,
+            },
         }
     }
 }
@@ -488,11 +486,7 @@ impl Cluster {
             services,
             provider_access,
         };
-        shared
-            .client
-            .publish(STATUS_SUBJECT, json_of(&notice).into())
-            .await
-            .map_err(|e| BusError::Nats(e.to_string()))
+        super::publish_json(&shared.client, STATUS_SUBJECT, &notice).await
     }
 
     /// Gives the tenant up (its control channel closed cleanly): the claim ends here, and

@@ -78,23 +78,7 @@ pub(crate) fn rejected_subject(node: &str) -> String {
 }
 
 /// The rejections sent to this node, until it stops or this is dropped.
-pub struct Rejections {
-    sub: async_nats::Subscriber,
-}
-
-impl Rejections {
-    /// The next readable rejection (unreadable ones are logged and skipped), or `None` once
-    /// the bus connection is gone for good.
-    pub async fn next(&mut self) -> Option<SessionRejected> {
-        loop {
-            let message = self.sub.next().await?;
-            match serde_json::from_slice(&message.payload) {
-                Ok(rejected) => return Some(rejected),
-                Err(e) => tracing::warn!("an unreadable session rejection on the bus: {e}"),
-            }
-        }
-    }
-}
+pub type Rejections = super::Messages<SessionRejected>;
 
 /// The subject a node serves its requests on.
 pub(crate) fn open_subject(node: &str) -> String {
@@ -125,10 +109,7 @@ async fn answer(
     to: async_nats::Subject,
     reply: &OpenDataReply,
 ) -> Result<(), BusError> {
-    client
-        .publish(to, json_of(reply).into())
-        .await
-        .map_err(|e| BusError::Nats(e.to_string()))
+    super::publish_json(client, to, reply).await
 }
 
 /// The requests routed to this node, already checked against its claims. Dropping it stops
@@ -249,23 +230,13 @@ impl Cluster {
         node: &str,
         rejected: &SessionRejected,
     ) -> Result<(), BusError> {
-        self.shared()
-            .client
-            .publish(rejected_subject(node), json_of(rejected).into())
-            .await
-            .map_err(|e| BusError::Nats(e.to_string()))
+        super::publish_json(&self.shared().client, rejected_subject(node), rejected).await
     }
 
     /// Starts hearing the rejections other nodes pass on to this one.
     pub async fn rejections(&self) -> Result<Rejections, BusError> {
         let shared = self.shared();
-        let sub = shared
-            .client
-            .subscribe(rejected_subject(&shared.config.node))
-            .await
-            .map_err(|e| BusError::Nats(e.to_string()))?;
-        super::round_trip(&shared.client).await?;
-        Ok(Rejections { sub })
+        super::subscribe_json(&shared.client, rejected_subject(&shared.config.node)).await
     }
 
     /// Looks up the request's tenant's owner and asks it to open a data channel; the
