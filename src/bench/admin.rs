@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::Opts;
@@ -42,38 +40,13 @@ pub struct Answer {
 /// `GET path` with a bearer token, on a connection of its own (`Connection: close`).
 pub async fn http_get(addr: SocketAddr, path: &str, token: &str) -> Result<Answer> {
     let started = Instant::now();
-    let mut tcp = TcpStream::connect(addr)
+    let reply = crate::net::admin::client::call(addr, "GET", path, token, Duration::from_secs(60))
         .await
-        .with_context(|| format!("connecting to the admin listener {addr}"))?;
-    tcp.set_nodelay(true)?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::with_capacity(64 << 10);
-    tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut raw))
-        .await
-        .with_context(|| format!("GET {path}: no answer within 60 s"))??;
-    let took = started.elapsed();
-    let text = String::from_utf8(raw).context("an answer that is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {path}: an answer without a header end"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("GET {path}: no status in {head:?}"))?;
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        bail!("GET {path}: a chunked answer (this client reads whole bodies only)");
-    }
+        .with_context(|| format!("GET {path}"))?;
     Ok(Answer {
-        status,
-        body: body.to_string(),
-        took,
+        status: reply.status,
+        body: reply.body,
+        took: started.elapsed(),
     })
 }
 

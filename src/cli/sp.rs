@@ -723,7 +723,9 @@ fn drain_node(
     };
     let node = cluster.node.clone();
     runtime()?.block_on(async move {
-        let asked = call(addr, "POST", "/v1/node/drain", &token)
+        // A node answers at once; one that does not within this is stuck.
+        let within = std::time::Duration::from_secs(10);
+        let asked = call(addr, "POST", "/v1/node/drain", &token, within)
             .await
             .with_context(|| format!("asking node {node} to drain"))?;
         let answer: serde_json::Value = serde_json::from_str(&asked.body).unwrap_or_default();
@@ -753,7 +755,7 @@ fn drain_node(
         let mut last = None;
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            match call(addr, "GET", "/v1/server", &token).await {
+            match call(addr, "GET", "/v1/server", &token, within).await {
                 Ok(reply) if reply.status == 200 => {
                     let server: serde_json::Value =
                         serde_json::from_str(&reply.body).unwrap_or_default();

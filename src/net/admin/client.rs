@@ -1,14 +1,13 @@
-//! A small HTTP/1.1 client for an admin listener, as `rac sp drain` uses it: one request a
-//! connection over plain TCP (the listener's loopback default), `Connection: close`, and the
-//! reply read to its end. The API's callers with more to do use any HTTP client.
+//! A small HTTP/1.1 client for an admin listener, as `rac sp drain` and the bench use it: one
+//! request a connection over plain TCP (the listener's loopback default), `Connection:
+//! close`, and the reply read to its end. The API's callers with more to do use any HTTP
+//! client.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How long one request may take, connect to last byte.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of a reply read: the admin API's small JSON answers, with room.
 const MAX_REPLY: usize = 1 << 20;
 
@@ -30,8 +29,8 @@ pub enum CallError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("{addr} did not answer within {REQUEST_TIMEOUT:?}")]
-    TimedOut { addr: SocketAddr },
+    #[error("{addr} did not answer within {after:?}")]
+    TimedOut { addr: SocketAddr, after: Duration },
     #[error("{addr} answered something that is not HTTP: {what}")]
     NotHttp {
         addr: SocketAddr,
@@ -39,12 +38,14 @@ pub enum CallError {
     },
 }
 
-/// Sends `method path` with the bearer `token` (no body) and reads the answer.
+/// Sends `method path` with the bearer `token` (no body) and reads the answer, all within
+/// `timeout` (connect to last byte).
 pub async fn call(
     addr: SocketAddr,
     method: &str,
     path: &str,
     token: &str,
+    timeout: Duration,
 ) -> Result<Reply, CallError> {
     let io = |error: std::io::Error| match error.kind() {
         std::io::ErrorKind::ConnectionRefused => CallError::Refused(addr),
@@ -52,6 +53,7 @@ pub async fn call(
     };
     let exchange = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
              Content-Length: 0\r\nConnection: close\r\n\r\n"
@@ -71,9 +73,12 @@ pub async fn call(
         }
         parse(&reply).map_err(|what| CallError::NotHttp { addr, what })
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| CallError::TimedOut { addr })?
+        .map_err(|_| CallError::TimedOut {
+            addr,
+            after: timeout,
+        })?
 }
 
 /// A whole HTTP/1.1 reply (the connection closed after it): status line, headers, body

@@ -470,7 +470,6 @@ impl Incoming<'_> {
                 code,
                 reason,
             } => {
-                let refusal = tenant_refusal(tenant, code, &reason);
                 // Only the tenant the request went to may reject it.
                 let waiting = {
                     let mut pending = lock(&shared.pending);
@@ -480,9 +479,11 @@ impl Incoming<'_> {
                     }
                 };
                 if let Some(p) = waiting {
+                    let refusal = tenant_refusal(tenant, code, &reason);
                     let _ = p.tx.send(DataOutcome::Rejected(refusal));
                 } else if let Some(forward) = nodes::take_forward(shared, tenant, &session_id) {
                     // The console waits on another node.
+                    let refusal = tenant_refusal(tenant, code, &reason);
                     nodes::pass_on_rejection(shared, forward, session_id, refusal);
                 }
                 None
