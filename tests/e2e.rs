@@ -311,6 +311,7 @@ async fn evil_sp(
             &SessionMsg::Ready {
                 session_id: "evil".into(),
                 tenant_key: Some(says_tenant_key),
+                client_hello_sent: false,
             },
         )
         .await
@@ -403,6 +404,7 @@ async fn a_tenant_whose_key_changed_is_refused_until_an_admin_resets_it() {
             services: vec!["echo".into()],
             provider_access: true,
             tenant_key: key,
+            early_client_hello: false,
         })
     };
     let reply: HelloReply =
@@ -460,6 +462,7 @@ async fn open_data(control: &mut FakeStream, session_id: &str, service: &str, gr
             nonce: "n".into(),
             service: service.into(),
             grant,
+            client_hello: None,
         },
     )
     .await
@@ -605,6 +608,7 @@ async fn the_tenant_talks_only_to_the_granted_console_key_and_never_in_plaintext
             &SessionMsg::Ready {
                 session_id: session_id.into(),
                 tenant_key: None,
+                client_hello_sent: false,
             },
         )
         .await
@@ -646,6 +650,103 @@ async fn the_tenant_talks_only_to_the_granted_console_key_and_never_in_plaintext
     // The granted key gets through, and only then is the local service dialled.
     let raw = session("granted").await;
     let (mut stream, _) = e2e::connect(raw, &granted, None).await.expect("handshake");
+    stream.write_all(b"hello").await.expect("write");
+    stream.flush().await.expect("flush");
+    let mut back = [0u8; 5];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&back, b"hello");
+    assert_eq!(*dialled.lock().expect("lock"), 1);
+}
+
+/// The ClientHello a console sends ahead reaches the tenant through the SP: an SP that
+/// alters it, puts its own in its place, or sends garbage there opens nothing. The tenant's
+/// answer is bound to the bytes it got, so the console's handshake fails; the SP's own
+/// ClientHello gets the SP only as far as the key check; the local service is never dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_sent_ahead_that_the_sp_alters_or_replaces_opens_nothing() {
+    let fake = FakeSp::start().await;
+    let (service_addr, dialled) = counting_service().await;
+    let mut services = BTreeMap::new();
+    services.insert("svc".to_string(), ServiceTarget::Tcp(service_addr));
+    let _tenant = TestTenant::start(fake.tenant_config(services));
+    let mut control = fake.control(Vec::new()).await;
+    let granted = Identity::generate().expect("key");
+
+    // `open_data` with `client_hello`, the data connection, `ready`: the raw connection the
+    // SP would copy to the console, with the tenant's answer already on its way.
+    let mut session = async |session_id: &str, client_hello: String| {
+        write_frame(
+            &mut control,
+            &ControlMsg::OpenData {
+                session_id: session_id.into(),
+                nonce: "n".into(),
+                service: "svc".into(),
+                grant: fake.grant(session_id, "svc", &granted.fingerprint_text()),
+                client_hello: Some(client_hello),
+            },
+        )
+        .await
+        .expect("open_data");
+        let (mut data, _) = fake.accept().await;
+        write_frame(
+            &mut data,
+            &SessionMsg::Ready {
+                session_id: session_id.into(),
+                tenant_key: None,
+                client_hello_sent: false,
+            },
+        )
+        .await
+        .expect("ready");
+        e2e::leave_server(data).expect("boundary")
+    };
+
+    // One bit of the console's own ClientHello flipped on the way (in its random).
+    let dialing = e2e::Dialing::start(&granted).expect("client hello");
+    let mut altered = dialing.client_hello().to_vec();
+    altered[20] ^= 1;
+    let raw = session("altered", hex::encode(&altered)).await;
+    let refused = dialing.finish(raw, None, true).await;
+    assert!(refused.is_err(), "an altered ClientHello must not complete");
+
+    // The SP's own ClientHello in the console's place: the tenant answers it, and refuses
+    // the SP's key at the end of the handshake.
+    let impostor = Identity::generate().expect("key");
+    let dialing = e2e::Dialing::start(&impostor).expect("client hello");
+    let raw = session("impostor", hex::encode(dialing.client_hello())).await;
+    if let Ok((mut stream, _)) = dialing.finish(raw, None, true).await {
+        let mut buf = [0u8; 1];
+        assert!(
+            !matches!(stream.read(&mut buf).await, Ok(n) if n > 0),
+            "the tenant ended the impostor's handshake"
+        );
+    }
+
+    // Garbage that only starts like a handshake record: the tenant's answer is an alert.
+    let dialing = e2e::Dialing::start(&granted).expect("client hello");
+    let raw = session("garbage", "1603010005ffffffffff".into()).await;
+    let error = dialing
+        .finish(raw, None, true)
+        .await
+        .err()
+        .expect("garbage must not complete");
+    assert!(
+        error.to_string().contains("end-to-end handshake failed"),
+        "{error}"
+    );
+    assert_eq!(
+        *dialled.lock().expect("lock"),
+        0,
+        "no local service was dialled"
+    );
+
+    // The granted console's untouched ClientHello gets through, the service dialled once.
+    let dialing = e2e::Dialing::start(&granted).expect("client hello");
+    let raw = session("granted", hex::encode(dialing.client_hello())).await;
+    let (mut stream, _) = dialing.finish(raw, None, true).await.expect("handshake");
     stream.write_all(b"hello").await.expect("write");
     stream.flush().await.expect("flush");
     let mut back = [0u8; 5];

@@ -114,6 +114,7 @@ async fn proxy_header_from_trusted_gateway_is_used_and_refused_from_others() {
             services: vec![],
             provider_access: true,
             tenant_key: rac::wire::format_fingerprint(&[1; 32]),
+            early_client_hello: false,
         });
         write_frame(&mut stream, &hello)
             .await

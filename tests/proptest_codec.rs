@@ -63,28 +63,40 @@ fn role() -> impl Strategy<Value = Role> {
             text(),
             agent(),
             prop::collection::vec(name(), 0..4),
+            any::<bool>(),
             any::<bool>()
         )
-            .prop_map(|(tenant, secret, agent, services, provider_access)| {
-                Role::TenantControl {
-                    tenant,
-                    secret,
-                    agent,
-                    services,
-                    provider_access,
-                    tenant_key: rac::wire::format_fingerprint(&[9; 32]),
+            .prop_map(
+                |(tenant, secret, agent, services, provider_access, early_client_hello)| {
+                    Role::TenantControl {
+                        tenant,
+                        secret,
+                        agent,
+                        services,
+                        provider_access,
+                        tenant_key: rac::wire::format_fingerprint(&[9; 32]),
+                        early_client_hello,
+                    }
                 }
-            }),
+            ),
         (name(), name(), text()).prop_map(|(tenant, session_id, nonce)| Role::TenantData {
             tenant,
             session_id,
             nonce
         }),
-        (text(), name(), name()).prop_map(|(token, tenant, service)| Role::ConsoleSession {
-            token,
-            tenant,
-            service
-        }),
+        (
+            text(),
+            name(),
+            name(),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..64))
+        )
+            .prop_map(|(token, tenant, service, tail)| Role::ConsoleSession {
+                token,
+                tenant,
+                service,
+                // A handshake record's first bytes, then anything: the SP checks only that.
+                client_hello: tail.map(|tail| format!("1603010000{}", hex::encode(tail))),
+            }),
         (text(), prop::option::of(text()), prop::option::of(text())).prop_map(
             |(user, password, token)| Role::Operator {
                 user,
@@ -139,14 +151,21 @@ fn control_msg() -> impl Strategy<Value = ControlMsg> {
         (any::<u64>(), any::<Option<u64>>())
             .prop_map(|(seq, rtt_us)| ControlMsg::Ping { seq, rtt_us }),
         any::<u64>().prop_map(|seq| ControlMsg::Pong { seq }),
-        (text(), text(), text(), text(), text()).prop_map(
-            |(session_id, nonce, service, body, signature)| ControlMsg::OpenData {
-                session_id,
-                nonce,
-                service,
-                grant: rac::wire::protocol::Grant { body, signature },
-            }
-        ),
+        (
+            (text(), text(), text()),
+            (text(), text(), prop::option::of(text()))
+        )
+            .prop_map(
+                |((session_id, nonce, service), (body, signature, client_hello))| {
+                    ControlMsg::OpenData {
+                        session_id,
+                        nonce,
+                        service,
+                        grant: rac::wire::protocol::Grant { body, signature },
+                        client_hello,
+                    }
+                }
+            ),
         (text(), error_code(), text()).prop_map(|(session_id, code, reason)| {
             ControlMsg::Reject {
                 session_id,
@@ -170,12 +189,13 @@ fn session_msg() -> impl Strategy<Value = SessionMsg> {
         Just(SessionMsg::Progress {
             stage: Stage::WaitingForTenant
         }),
-        (text(), prop::option::of(text())).prop_map(|(session_id, tenant_key)| {
-            SessionMsg::Ready {
+        (text(), prop::option::of(text()), any::<bool>()).prop_map(
+            |(session_id, tenant_key, client_hello_sent)| SessionMsg::Ready {
                 session_id,
                 tenant_key,
+                client_hello_sent,
             }
-        }),
+        ),
         (error_code(), text()).prop_map(|(code, message)| SessionMsg::Error { code, message }),
     ]
 }
@@ -312,6 +332,7 @@ proptest! {
             token: "t".into(),
             tenant: tenant.clone(),
             service: service.clone(),
+            client_hello: None,
         });
         let body = serde_json::to_vec(&hello).expect("encode");
         let valid = |s: &str| rac::wire::validate_name(s).is_ok();

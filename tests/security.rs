@@ -455,6 +455,7 @@ async fn a_tenant_cannot_receive_join_or_end_another_tenants_session() {
         services: vec!["echo".into()],
         provider_access: true,
         tenant_key: common::wire::test_tenant_key("alpha"),
+        early_client_hello: false,
     });
     let reply: HelloReply = ask(&mut usurper, &hello).await;
     assert_eq!(reply_code(&reply), Some(ErrorCode::AuthFailed));

@@ -124,6 +124,9 @@ async fn the_local_service_is_connected_only_after_the_sps_ready() {
     let tenant = common::TestTenant::start(fake.tenant_config(services));
     let mut control = fake.control(Vec::new()).await;
     let console = rac::net::tls::e2e::Identity::generate().expect("console key");
+    // The console's ClientHello comes ahead in `open_data` (as the real SP passes it to a
+    // tenant that takes it): the tenant answers it at once, and still dials nothing.
+    let dialing = rac::net::tls::e2e::Dialing::start(&console).expect("client hello");
     write_frame(
         &mut control,
         &ControlMsg::OpenData {
@@ -131,6 +134,7 @@ async fn the_local_service_is_connected_only_after_the_sps_ready() {
             nonce: "n1".into(),
             service: "svc".into(),
             grant: fake.grant("s1", "svc", &console.fingerprint_text()),
+            client_hello: Some(hex::encode(dialing.client_hello())),
         },
     )
     .await
@@ -150,6 +154,7 @@ async fn the_local_service_is_connected_only_after_the_sps_ready() {
         &SessionMsg::Ready {
             session_id: "s1".into(),
             tenant_key: None,
+            client_hello_sent: false,
         },
     )
     .await
@@ -157,7 +162,8 @@ async fn the_local_service_is_connected_only_after_the_sps_ready() {
     // After `ready` the console's end-to-end handshake comes first; only then is the local
     // service dialled.
     let raw = rac::net::tls::e2e::leave_server(data).expect("boundary");
-    let (mut inner, _) = rac::net::tls::e2e::connect(raw, &console, None)
+    let (mut inner, _) = dialing
+        .finish(raw, None, true)
         .await
         .expect("end-to-end handshake");
     let local = TcpListener::from_std(local).expect("tokio listener");

@@ -28,6 +28,7 @@ fn control(tenant: &str, secret: &str, agent: &str, services: Vec<String>) -> Ro
         services,
         provider_access: true,
         tenant_key: common::wire::test_tenant_key(tenant),
+        early_client_hello: false,
     }
 }
 
@@ -94,6 +95,7 @@ async fn hellos_with_escapes_or_oversized_strings_are_bad_requests() {
                 token: "t".into(),
                 tenant: "\u{1b}[1macme".into(),
                 service: "echo".into(),
+                client_hello: None,
             },
             "tenant:",
         ),
@@ -103,8 +105,39 @@ async fn hellos_with_escapes_or_oversized_strings_are_bad_requests() {
                 token: "t".into(),
                 tenant: "acme".into(),
                 service: "echo\r\nx".into(),
+                client_hello: None,
             },
             "service:",
+        ),
+        (
+            "a ClientHello sent ahead that is not hex",
+            Role::ConsoleSession {
+                token: "t".into(),
+                tenant: "acme".into(),
+                service: "echo".into(),
+                client_hello: Some("16zz\u{1b}".into()),
+            },
+            "client_hello:",
+        ),
+        (
+            "a ClientHello sent ahead that is no TLS handshake record",
+            Role::ConsoleSession {
+                token: "t".into(),
+                tenant: "acme".into(),
+                service: "echo".into(),
+                client_hello: Some("474554202f20".into()),
+            },
+            "client_hello:",
+        ),
+        (
+            "a ClientHello sent ahead that is too long",
+            Role::ConsoleSession {
+                token: "t".into(),
+                tenant: "acme".into(),
+                service: "echo".into(),
+                client_hello: Some("16".repeat(5000)),
+            },
+            "client_hello:",
         ),
     ];
     for (name, role, field) in cases {

@@ -12,6 +12,7 @@ use super::procs::{self, RacProcess};
 use super::report::{Check, Report};
 use super::world::{self, World};
 use crate::net::console::ConsoleClient;
+use crate::net::dial::Route;
 
 pub(super) async fn throughput_section(
     world: &World,
@@ -173,17 +174,23 @@ pub(super) async fn open_section(
     o: &Opts,
     report: &mut Report,
 ) -> Result<()> {
+    // The same console, its ClientHello sent after `ready` (A/B: what sending it ahead saves).
+    let hello_after_ready = world
+        .console_via(Route::Direct(world.sp_addr.to_string()))
+        .await?;
+    hello_after_ready.set_client_hello_ahead(false);
     let paths = [
         Path::Direct(world.echo_addr),
         Path::Session(world.console.clone()),
         Path::Session(via_gateway.clone()),
+        Path::Session(hello_after_ready),
     ];
     for path in &paths {
         for _ in 0..10 {
             load::open_once(path).await?;
         }
     }
-    let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut times: [Vec<Duration>; 4] = Default::default();
     let mut steps = Vec::with_capacity(o.opens);
     for _ in 0..o.opens {
         for (i, (path, times)) in paths.iter().zip(times.iter_mut()).enumerate() {
@@ -252,6 +259,14 @@ pub(super) async fn open_section(
         q(2, 0.99),
         Some((q(1, 0.99), "SP alone")),
         p99,
+    );
+    report.add(
+        "open_hello_after_ready_p50_ms",
+        "session open p50, ClientHello after ready (A/B)",
+        "ms",
+        q(3, 0.5),
+        Some((q(1, 0.5), "sent ahead")),
+        None,
     );
     Ok(())
 }

@@ -217,6 +217,7 @@ impl LeanTenant {
             tenant_key: crate::wire::format_fingerprint(&crate::wire::fingerprint(
                 format!("rac bench tenant key/{}", self.name).as_bytes(),
             )),
+            early_client_hello: false,
         });
         frame::write_frame(&mut stream, &hello)
             .await

@@ -30,14 +30,21 @@ pub struct OpenData {
     pub nonce: String,
     #[serde(default)]
     pub grant: Option<crate::wire::protocol::Grant>,
+    /// The console's end-to-end ClientHello sent ahead (hex), for a tenant that takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_hello: Option<String>,
 }
 
 /// The owner's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum OpenDataReply {
-    /// The owner sent `open_data` on the tenant's control channel.
-    Accepted,
+    /// The owner sent `open_data` on the tenant's control channel; `client_hello_sent`: with
+    /// the console's ClientHello in it (the tenant takes one there).
+    Accepted {
+        #[serde(default)]
+        client_hello_sent: bool,
+    },
     /// The node does not hold the tenant at that epoch (it moved): look the owner up again.
     NotOwner,
     /// The owner holds the tenant but will not open it; the reason is for the console.

@@ -504,7 +504,9 @@ async fn requests_reach_the_owner_and_fail_clearly_otherwise() {
         while let Some(incoming) = requests.next().await {
             seen.push(incoming.request.clone());
             let reply = if incoming.request.service == "backup" {
-                OpenDataReply::Accepted
+                OpenDataReply::Accepted {
+                    client_hello_sent: incoming.request.client_hello.is_some(),
+                }
             } else {
                 OpenDataReply::Refused {
                     reason: "service not offered".into(),
@@ -521,12 +523,19 @@ async fn requests_reach_the_owner_and_fail_clearly_otherwise() {
         a.owner("acme").is_some()
     })
     .await;
-    let (owner, reply) = a
-        .open_on_owner(ask("acme", "backup", "s1"), timeout)
-        .await
-        .expect("request");
+    // The console's ClientHello sent ahead travels with the request.
+    let first = OpenData {
+        client_hello: Some("1603010004aabbccdd".into()),
+        ..ask("acme", "backup", "s1")
+    };
+    let (owner, reply) = a.open_on_owner(first, timeout).await.expect("request");
     assert_eq!((owner.node.as_str(), owner.epoch), ("sp-b", claim.epoch));
-    assert_eq!(reply, OpenDataReply::Accepted);
+    assert_eq!(
+        reply,
+        OpenDataReply::Accepted {
+            client_hello_sent: true
+        }
+    );
     let (_, reply) = a
         .open_on_owner(ask("acme", "rdp", "s2"), timeout)
         .await
@@ -539,6 +548,7 @@ async fn requests_reach_the_owner_and_fail_clearly_otherwise() {
     );
     let seen = handler.await.expect("handler");
     assert_eq!(seen[0].session_id, "s1");
+    assert_eq!(seen[0].client_hello.as_deref(), Some("1603010004aabbccdd"));
     assert_eq!(seen[0].from_node, "sp-a");
     assert_eq!(seen[0].epoch, claim.epoch);
 
@@ -552,6 +562,7 @@ async fn requests_reach_the_owner_and_fail_clearly_otherwise() {
         from_node: "sp-a".into(),
         nonce: String::new(),
         grant: None,
+        client_hello: None,
     };
     assert_eq!(
         a.request_open("sp-b", &stale, timeout).await,
@@ -720,5 +731,6 @@ fn ask(tenant: &str, service: &str, session_id: &str) -> OpenData {
         from_node: String::new(),
         nonce: String::new(),
         grant: None,
+        client_hello: None,
     }
 }

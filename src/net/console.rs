@@ -210,6 +210,9 @@ pub struct ConsoleClient {
     /// Names this SP among the console's tenant pins: the SHA-256 of the CA or certificate
     /// it is trusted by.
     sp_id: String,
+    /// Sends the end-to-end ClientHello ahead in the session hello (the default); off, it
+    /// goes after `ready`, as to an SP or tenant that does not take it ahead.
+    client_hello_ahead: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for ConsoleClient {
@@ -248,7 +251,16 @@ impl ConsoleClient {
             config,
             token: Mutex::new(None),
             sp_id,
+            client_hello_ahead: std::sync::atomic::AtomicBool::new(true),
         }))
+    }
+
+    /// Whether later sessions send their ClientHello ahead (see PROTOCOL.md, "The ClientHello
+    /// sent ahead"); on by default. `rac bench` turns it off on a second console to measure
+    /// what it saves.
+    pub fn set_client_hello_ahead(&self, ahead: bool) {
+        self.client_hello_ahead
+            .store(ahead, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Forgets the key pinned for `tenant` of this SP, so the next session pins the key the
@@ -445,12 +457,18 @@ impl ConsoleClient {
             on_stage(s, at);
         };
         let token = self.token()?;
+        // The end-to-end handshake starts here: its ClientHello goes ahead in the hello.
+        let inner = e2e::Dialing::start(&self.config.keys.identity)?;
         let dialed = self.dialer.dial().await?;
         let mut stream = dialed.stream;
         let hello = Hello::new(Role::ConsoleSession {
             token,
             tenant: tenant.to_string(),
             service: service.to_string(),
+            client_hello: self
+                .client_hello_ahead
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| hex::encode(inner.client_hello())),
         });
         frame::write_frame(&mut stream, &hello).await?;
         stage(OpenStage::RequestSent, &mut stages);
@@ -466,10 +484,13 @@ impl ConsoleClient {
                 Some(SessionMsg::Ready {
                     session_id,
                     tenant_key,
+                    client_hello_sent,
                 }) => {
                     stage(OpenStage::Spliced, &mut stages);
                     let tls = super::tls::client_info(&stream);
-                    let (stream, e2e) = self.end_to_end(stream, tenant, tenant_key).await?;
+                    let (stream, e2e) = self
+                        .end_to_end(stream, tenant, tenant_key, inner, client_hello_sent)
+                        .await?;
                     return Ok(Session {
                         stream,
                         session_id,
@@ -494,14 +515,17 @@ impl ConsoleClient {
 }
 
 impl ConsoleClient {
-    /// After `ready`: leaves the SP's TLS and runs the end-to-end handshake with the tenant.
-    /// The tenant's key must be the one pinned for it; the first time, the one the SP has on
-    /// record (if it says), and it is pinned then.
+    /// After `ready`: leaves the SP's TLS and completes the end-to-end handshake with the
+    /// tenant (`hello_sent`: the tenant got its ClientHello ahead). The tenant's key must be
+    /// the one pinned for it; the first time, the one the SP has on record (if it says), and
+    /// it is pinned then.
     async fn end_to_end(
         &self,
         stream: ClientStream,
         tenant: &str,
         on_record: Option<String>,
+        inner: e2e::Dialing,
+        hello_sent: bool,
     ) -> Result<(ClientStream, EndToEnd), ConsoleError> {
         let raw = e2e::leave_client(stream)?;
         let pinned = self.pinned_tenant_key(tenant);
@@ -516,7 +540,7 @@ impl ConsoleClient {
             (None, Some(record)) => Some((record, false)),
             (None, None) => None,
         };
-        let (stream, presented) = e2e::connect(raw, &self.config.keys.identity, expected).await?;
+        let (stream, presented) = inner.finish(raw, expected, hello_sent).await?;
         if pinned.is_none() {
             tracing::info!(?tenant, key = %crate::wire::format_fingerprint(&presented), "pinned the tenant's key (first use)");
             if let Err(e) = self.config.keys.known.pin(&self.sp_id, tenant, &presented) {

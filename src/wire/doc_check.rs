@@ -223,6 +223,7 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
                 body: "{}".into(),
                 signature: "00".into(),
             },
+            client_hello: Some("16".into()),
         },
         ControlMsg::Reject {
             session_id: "s".into(),
@@ -248,6 +249,7 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
         SessionMsg::Ready {
             session_id: "s".into(),
             tenant_key: Some("k".into()),
+            client_hello_sent: true,
         },
         SessionMsg::Error {
             code: ErrorCode::BadNonce,
@@ -309,6 +311,7 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
             services: vec![],
             provider_access: true,
             tenant_key: "k".into(),
+            early_client_hello: true,
         },
         Role::TenantData {
             tenant: "acme".into(),
@@ -319,6 +322,7 @@ fn samples() -> Vec<(&'static str, usize, Value)> {
             token: "t".into(),
             tenant: "acme".into(),
             service: "backup".into(),
+            client_hello: Some("16".into()),
         },
         Role::Operator {
             user: "admin".into(),

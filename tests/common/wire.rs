@@ -69,6 +69,7 @@ pub async fn control_hello(
         services: services.iter().map(|s| s.to_string()).collect(),
         provider_access: true,
         tenant_key: test_tenant_key(tenant),
+        early_client_hello: false,
     });
     let welcome: HelloReply = ask(stream, &hello).await;
     assert!(matches!(welcome, HelloReply::Welcome(_)), "{welcome:?}");
@@ -124,6 +125,7 @@ pub async fn console_hello(stream: &mut ClientStream, token: &str, tenant: &str)
         token: token.into(),
         tenant: tenant.into(),
         service: "echo".into(),
+        client_hello: None,
     });
     ask(stream, &hello).await
 }

@@ -40,12 +40,21 @@ pub(super) async fn serve(
     secret: String,
     tenant_key: String,
     live: Live,
+    early_client_hello: bool,
 ) {
     // Boxed: the admission's state (a whole rustls connection, the welcome) is freed once it
     // is done, and the task keeps only the steady loop's state for as long as the tenant
     // stays connected.
-    let Some(admitted) =
-        Box::pin(admit(&shared, stream, &tenant, &secret, &tenant_key, live)).await
+    let Some(admitted) = Box::pin(admit(
+        &shared,
+        stream,
+        &tenant,
+        &secret,
+        &tenant_key,
+        live,
+        early_client_hello,
+    ))
+    .await
     else {
         return;
     };
@@ -118,6 +127,7 @@ async fn admit(
     secret: &str,
     tenant_key: &str,
     live: Live,
+    early_client_hello: bool,
 ) -> Option<Admitted> {
     let mut auth = shared.sp.authenticate_tenant(tenant, secret);
     if auth.is_err() {
@@ -161,6 +171,7 @@ async fn admit(
                     conn_id,
                     tx,
                     replaced: replaced.clone(),
+                    early_client_hello,
                 };
                 (conn_id, controls.insert(tenant.to_string(), handle))
             })

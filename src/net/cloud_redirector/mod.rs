@@ -69,6 +69,15 @@ struct ControlHandle {
     tx: mpsc::Sender<Box<ControlMsg>>,
     /// Cancelled when a newer connection of the same tenant replaces this one.
     replaced: CancellationToken,
+    /// The tenant takes the console's ClientHello inside `open_data` (its hello said so).
+    early_client_hello: bool,
+}
+
+/// Where `open_data` for a tenant held here goes.
+struct ControlRoute {
+    conn_id: u64,
+    tx: mpsc::Sender<Box<ControlMsg>>,
+    early_client_hello: bool,
 }
 
 /// A console waiting for its tenant's data connection (between steps 6 and 8).
@@ -123,10 +132,12 @@ impl Shared {
     }
 
     /// The tenant's control connection now: its number and its command queue.
-    fn control_sender(&self, tenant: &str) -> Option<(u64, mpsc::Sender<Box<ControlMsg>>)> {
-        lock(&self.controls)
-            .get(tenant)
-            .map(|h| (h.conn_id, h.tx.clone()))
+    fn control_sender(&self, tenant: &str) -> Option<ControlRoute> {
+        lock(&self.controls).get(tenant).map(|h| ControlRoute {
+            conn_id: h.conn_id,
+            tx: h.tx.clone(),
+            early_client_hello: h.early_client_hello,
+        })
     }
 
     /// Acts on an account change: says goodbye on the control connection and, unless only
@@ -498,6 +509,7 @@ fn dispatch(
             services,
             provider_access,
             tenant_key,
+            early_client_hello,
         } => {
             let live = crate::sp::presence::Live {
                 remote_addr: client.to_string(),
@@ -506,7 +518,13 @@ fn dispatch(
                 provider_access,
             };
             tracker.spawn(control::serve(
-                shared, stream, tenant, secret, tenant_key, live,
+                shared,
+                stream,
+                tenant,
+                secret,
+                tenant_key,
+                live,
+                early_client_hello,
             ));
         }
         Role::TenantData {
@@ -522,14 +540,18 @@ fn dispatch(
             token,
             tenant,
             service,
+            client_hello,
         } => {
             tracker.spawn(session::console(
                 shared,
                 stream,
                 session::ConsoleAddr { client, via },
                 token,
-                tenant,
-                service,
+                session::Asked {
+                    tenant,
+                    service,
+                    client_hello,
+                },
             ));
         }
         Role::Operator {

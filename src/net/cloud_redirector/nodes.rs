@@ -355,7 +355,7 @@ async fn open_for_other_node(shared: &Shared, link: &NodeLink, request: OpenData
     {
         return refused(e.message);
     }
-    let Some((_, control)) = shared.control_sender(&request.tenant) else {
+    let Some(route) = shared.control_sender(&request.tenant) else {
         return OpenDataReply::NotOwner;
     };
     let Some(to) = link.bus.alive_addr(&request.from_node) else {
@@ -384,12 +384,16 @@ async fn open_for_other_node(shared: &Shared, link: &NodeLink, request: OpenData
             },
         );
     }
-    let sent = control
+    let client_hello = request.client_hello.filter(|_| route.early_client_hello);
+    let client_hello_sent = client_hello.is_some();
+    let sent = route
+        .tx
         .send(Box::new(ControlMsg::OpenData {
             session_id: request.session_id.clone(),
             nonce: request.nonce,
             service: request.service,
             grant,
+            client_hello,
         }))
         .await;
     if sent.is_err() {
@@ -398,21 +402,22 @@ async fn open_for_other_node(shared: &Shared, link: &NodeLink, request: OpenData
         }
         return OpenDataReply::NotOwner;
     }
-    OpenDataReply::Accepted
+    OpenDataReply::Accepted { client_hello_sent }
 }
 
-/// Asks the owner of `tenant` (another node) to send `open_data` for a console waiting here.
+/// Asks the owner of `tenant` (another node) to send `open_data` for a console waiting here;
+/// returns whether the console's ClientHello went with it.
 pub(super) async fn open_on_owner(
     shared: &Shared,
     tenant: &str,
     request: OpenData,
-) -> Result<(), Refusal> {
+) -> Result<bool, Refusal> {
     let offline = |why: String| Refusal::new(ErrorCode::TenantOffline, why);
     let Some(link) = &shared.cluster else {
         return Err(offline(format!("tenant {tenant} is offline")));
     };
     match link.bus.open_on_owner(request, REQUEST_TIMEOUT).await {
-        Ok((_, OpenDataReply::Accepted)) => Ok(()),
+        Ok((_, OpenDataReply::Accepted { client_hello_sent })) => Ok(client_hello_sent),
         Ok((owner, OpenDataReply::NotOwner)) => Err(offline(format!(
             "tenant {tenant} moved away from node {} just now; try again",
             owner.node

@@ -42,14 +42,26 @@ pub(super) struct ConsoleAddr {
     pub via: Option<SocketAddr>,
 }
 
+/// What a console asked for in its hello.
+pub(super) struct Asked {
+    pub tenant: String,
+    pub service: String,
+    /// Its end-to-end ClientHello sent ahead (hex), for a tenant that takes it early.
+    pub client_hello: Option<String>,
+}
+
 pub(super) async fn console(
     shared: Arc<Shared>,
     mut stream: ServerStream,
     from: ConsoleAddr,
     token: String,
-    tenant: String,
-    service: String,
+    asked: Asked,
 ) {
+    let Asked {
+        tenant,
+        service,
+        client_hello,
+    } = asked;
     let started = Instant::now();
     let client = from.client;
     let metrics = &shared.sp.metrics;
@@ -62,8 +74,13 @@ pub(super) async fn console(
             return;
         }
     };
-    let data = request_data_connection(&shared, &mut stream, &tenant, &service, &who).await;
-    let (session_id, mut data) = match data {
+    let data =
+        request_data_connection(&shared, &mut stream, &tenant, &service, &who, client_hello).await;
+    let Opened {
+        session_id,
+        mut data,
+        client_hello_sent,
+    } = match data {
         Ok(data) => data,
         Err(refusal) => {
             metrics.session_end(SessionEnd::Refused);
@@ -101,10 +118,12 @@ pub(super) async fn console(
             .presence
             .account(&tenant)
             .and_then(|a| a.tenant_key),
+        client_hello_sent,
     };
     let to_tenant = SessionMsg::Ready {
         session_id: session_id.clone(),
         tenant_key: None,
+        client_hello_sent: false,
     };
     // `ready` is the last record of the SP's TLS on both connections; from the next byte on
     // they carry the end-to-end channel, which the SP copies without reading.
@@ -284,18 +303,27 @@ async fn close_audit_row<E: std::fmt::Display>(
     }
 }
 
-/// Steps 6 to 8: asks the tenant for a data connection, with the session's grant, and
-/// waits for it while watching the console: one that closes (or half-closes) its side has
-/// stopped waiting, and its nonce dies at once. A console must send nothing more before
-/// `ready` (its next bytes belong to the end-to-end channel); one that does is refused.
-/// Returns the session id and the data connection.
+/// A tenant's data connection for a waiting console.
+struct Opened {
+    session_id: String,
+    data: ServerStream,
+    /// The console's ClientHello went to the tenant inside `open_data`.
+    client_hello_sent: bool,
+}
+
+/// Steps 6 to 8: asks the tenant for a data connection, with the session's grant (and the
+/// console's ClientHello, for a tenant that takes it early), and waits for it while watching
+/// the console: one that closes (or half-closes) its side has stopped waiting, and its nonce
+/// dies at once. A console must send nothing more before `ready` (its next bytes belong to
+/// the end-to-end channel); one that does is refused.
 async fn request_data_connection(
     shared: &Shared,
     console: &mut ServerStream,
     tenant: &str,
     service: &str,
     who: &crate::sp::Authorized,
-) -> Result<(String, ServerStream), Refusal> {
+    client_hello: Option<String>,
+) -> Result<Opened, Refusal> {
     let offline = || {
         Refusal::new(
             ErrorCode::TenantOffline,
@@ -315,7 +343,7 @@ async fn request_data_connection(
         session_id.clone(),
         Pending {
             tenant: tenant.to_string(),
-            conn_id: control.as_ref().map(|(id, _)| *id),
+            conn_id: control.as_ref().map(|route| route.conn_id),
             nonce: nonce.clone(),
             deadline: Instant::now() + config.session_open_timeout(),
             tx,
@@ -326,16 +354,23 @@ async fn request_data_connection(
         session_id: session_id.clone(),
     };
     let grant = shared.sp.grant(&session_id, tenant, service, who);
-    match control {
-        Some((_, control)) => control
-            .send(Box::new(ControlMsg::OpenData {
-                session_id: session_id.clone(),
-                nonce,
-                service: service.to_string(),
-                grant,
-            }))
-            .await
-            .map_err(|_| offline())?,
+    let client_hello_sent = match control {
+        Some(route) => {
+            let client_hello = client_hello.filter(|_| route.early_client_hello);
+            let sent = client_hello.is_some();
+            route
+                .tx
+                .send(Box::new(ControlMsg::OpenData {
+                    session_id: session_id.clone(),
+                    nonce,
+                    service: service.to_string(),
+                    grant,
+                    client_hello,
+                }))
+                .await
+                .map_err(|_| offline())?;
+            sent
+        }
         None => {
             let request = crate::cluster::OpenData {
                 tenant: tenant.to_string(),
@@ -345,10 +380,11 @@ async fn request_data_connection(
                 from_node: String::new(),
                 nonce,
                 grant: Some(grant),
+                client_hello,
             };
-            nodes::open_on_owner(shared, tenant, request).await?;
+            nodes::open_on_owner(shared, tenant, request).await?
         }
-    }
+    };
     frame::write_frame(
         console,
         &SessionMsg::Progress {
@@ -361,7 +397,11 @@ async fn request_data_connection(
     let cancel = shared.sessions_token(tenant);
     tokio::select! {
         outcome = rx => match outcome {
-            Ok(DataOutcome::Connected(data)) => Ok((session_id, *data)),
+            Ok(DataOutcome::Connected(data)) => Ok(Opened {
+                session_id,
+                data: *data,
+                client_hello_sent,
+            }),
             Ok(DataOutcome::Rejected(refusal)) => Err(refusal),
             Err(_) => Err(Refusal::new(
                 ErrorCode::TenantOffline,

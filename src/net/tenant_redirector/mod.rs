@@ -402,6 +402,7 @@ async fn control_connection(
         services: config.services.keys().cloned().collect(),
         provider_access: *consent.borrow_and_update(),
         tenant_key: sessions.keys.identity.fingerprint_text(),
+        early_client_hello: true,
     });
     conn.send(&hello).await?;
     let reply = tokio::time::timeout(Duration::from_secs(15), conn.next::<HelloReply>())
@@ -464,8 +465,8 @@ async fn control_connection(
                             }
                             None
                         }
-                        ControlMsg::OpenData { session_id, nonce, service, grant } => {
-                            let request = Request { session_id, nonce, service, grant };
+                        ControlMsg::OpenData { session_id, nonce, service, grant, client_hello } => {
+                            let request = Request { session_id, nonce, service, grant, client_hello };
                             start_session(config, dialer, sessions, &sp, request, &outgoing_tx)
                         }
                         ControlMsg::Gateways { gateways } => {
@@ -521,6 +522,7 @@ struct Request {
     nonce: String,
     service: String,
     grant: crate::wire::protocol::Grant,
+    client_hello: Option<String>,
 }
 
 /// Checks the request's grant, then starts one session's task; answers `grant_refused` at
@@ -538,6 +540,7 @@ fn start_session(
         nonce,
         service,
         grant,
+        client_hello,
     } = request;
     let accepted = match sessions
         .keys
@@ -577,6 +580,7 @@ fn start_session(
         consent,
         withdrawn,
         console_key: accepted.console_key,
+        client_hello,
     };
     let task = open_session(
         config.clone(),
@@ -602,6 +606,8 @@ struct SessionRequest {
     withdrawn: CancellationToken,
     /// The one console key the grant allows at the other end.
     console_key: [u8; 32],
+    /// The console's ClientHello, when it came ahead in `open_data` (hex).
+    client_hello: Option<String>,
 }
 
 /// Steps 7 and 9 for one session: the checks, the data channel, `ready`, and only then the
@@ -621,6 +627,7 @@ async fn open_session(
         consent,
         withdrawn,
         console_key,
+        client_hello,
     } = request;
     let mut tally = Tally::new(&config.metrics, &withdrawn);
     let reject = |code: ErrorCode, reason: String| {
@@ -653,6 +660,20 @@ async fn open_session(
         )
         .await;
     };
+    let client_hello = match client_hello.map(hex::decode).transpose() {
+        Ok(hello) => hello,
+        Err(_) => {
+            tally.end = TenantSessionEnd::Refused;
+            return reject(
+                ErrorCode::GrantRefused,
+                format!(
+                    "tenant {}: the ClientHello in open_data is not hex",
+                    config.tenant
+                ),
+            )
+            .await;
+        }
+    };
     let data = async {
         let dialed = dialer.dial().await.map_err(|e| e.to_string())?;
         let mut stream = dialed.stream;
@@ -666,16 +687,46 @@ async fn open_session(
             .map_err(|e| e.to_string())?;
         Ok::<_, String>(stream)
     };
-    let mut data = tokio::select! {
-        data = data => match data {
-            Ok(data) => data,
-            Err(reason) => {
-                tracing::warn!(tenant = %config.tenant, "data connection failed: {reason}");
+    // A ClientHello that came ahead is answered (a key exchange and a signature) on another
+    // task while this one opens the data connection; the answer follows the hello.
+    let identity = keys.identity.clone();
+    let answer = client_hello.map(|hello| {
+        tokio::spawn(async move { e2e::Answering::start(&identity, console_key, &hello) })
+    });
+    let data = tokio::select! {
+        data = data => data,
+        _ = withdrawn.cancelled() => return,
+    };
+    let answering = match answer {
+        None => None,
+        Some(task) => match task.await {
+            Ok(Ok(answering)) => Some(answering),
+            Ok(Err(e)) => {
+                tracing::warn!(tenant = %config.tenant, service = ?service, "session refused: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %config.tenant, service = ?service, "answering the ClientHello: {e}");
                 return;
             }
         },
-        _ = withdrawn.cancelled() => return,
     };
+    let mut data = match data {
+        Ok(data) => data,
+        Err(reason) => {
+            tracing::warn!(tenant = %config.tenant, "data connection failed: {reason}");
+            return;
+        }
+    };
+    if let Some(answering) = &answering {
+        // Raw bytes behind the hello's record: the SP reads nothing here before `ready`, and
+        // passes them to the console right after it.
+        let raw = &mut data.get_mut().0;
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(raw, answering.flight()).await {
+            tracing::warn!(tenant = %config.tenant, "data connection failed: {e}");
+            return;
+        }
+    }
     let ready = tokio::select! {
         ready = tokio::time::timeout(
             Duration::from_secs(15),
@@ -697,7 +748,10 @@ async fn open_session(
     // The SP's TLS ends with `ready`; the console's end-to-end handshake follows.
     let inner = async {
         let raw = e2e::leave_client(data)?;
-        e2e::accept(raw, &keys.identity, console_key).await
+        match answering {
+            Some(answering) => answering.finish(raw).await,
+            None => e2e::accept(raw, &keys.identity, console_key).await,
+        }
     };
     let data = tokio::select! {
         inner = tokio::time::timeout(Duration::from_secs(15), inner) => match inner {

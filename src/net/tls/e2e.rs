@@ -203,47 +203,191 @@ fn at_boundary(reader: &mut dyn std::io::Read, wants_write: bool) -> Result<(), 
     }
 }
 
-/// The console's side of the handshake over `raw` (the connection after `ready`).
-/// `expected` is the pinned tenant key, or the one the SP has on record when nothing is
-/// pinned yet (`pinned` says which, for the error). Returns the stream and the key the
-/// tenant presented.
+/// The console's side of the handshake, begun before the session is asked for: its
+/// ClientHello ([`client_hello`](Self::client_hello)) can go ahead in the hello, so a tenant
+/// that takes it answers while its data connection opens (PROTOCOL.md, "The ClientHello sent
+/// ahead"), and the console's answer follows at once after `ready`.
+pub struct Dialing {
+    conn: rustls::ClientConnection,
+    config: Arc<rustls::ClientConfig>,
+    verifier: Arc<TenantKeyVerifier>,
+    client_hello: Vec<u8>,
+}
+
+impl Dialing {
+    /// Makes the ClientHello (a fresh key share); nothing is sent yet.
+    pub fn start(console: &Identity) -> Result<Self, E2eError> {
+        let handshake = |e: rustls::Error| E2eError::Handshake(e.to_string());
+        let verifier = Arc::new(TenantKeyVerifier {
+            expected: Mutex::new(None),
+            seen: Mutex::new(None),
+        });
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(handshake)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_client_cert_resolver(console.resolver());
+        config.resumption = rustls::client::Resumption::disabled();
+        let config = Arc::new(config);
+        let mut conn =
+            rustls::ClientConnection::new(config.clone(), inner_name()?).map_err(handshake)?;
+        let mut client_hello = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut client_hello)
+                .map_err(|e| E2eError::Handshake(e.to_string()))?;
+        }
+        Ok(Dialing {
+            conn,
+            config,
+            verifier,
+            client_hello,
+        })
+    }
+
+    /// The TLS records that open the handshake, to send ahead.
+    pub fn client_hello(&self) -> &[u8] {
+        &self.client_hello
+    }
+
+    /// Completes the handshake over `raw` (the connection after `ready`). `expected` is the
+    /// pinned tenant key, or the one the SP has on record when nothing is pinned yet
+    /// (`pinned` says which, for the error); `hello_sent`: the tenant has the ClientHello
+    /// already (`ready` said so), else it goes first now. Returns the stream and the key the
+    /// tenant presented.
+    pub async fn finish(
+        self,
+        mut raw: ReadAhead,
+        expected: Option<([u8; 32], bool)>,
+        hello_sent: bool,
+    ) -> Result<(ClientStream, [u8; 32]), E2eError> {
+        use tokio::io::AsyncWriteExt;
+        let Dialing {
+            mut conn,
+            config,
+            verifier,
+            client_hello,
+        } = self;
+        *crate::util::lock(&verifier.expected) = expected;
+        if !hello_sent {
+            raw.write_all(&client_hello)
+                .await
+                .map_err(|e| E2eError::Handshake(format!("sending the ClientHello: {e}")))?;
+        }
+        // tokio-rustls makes a connection of its own; the one that sent the ClientHello takes
+        // its place before the handshake reads anything.
+        let result = tokio_rustls::TlsConnector::from(config)
+            .connect_with(inner_name()?, raw, |fresh| std::mem::swap(fresh, &mut conn))
+            .await;
+        match result {
+            Ok(stream) => {
+                let seen = crate::util::lock(&verifier.seen)
+                    .take()
+                    .ok_or_else(|| E2eError::Handshake("the tenant presented no key".into()))?;
+                Ok((stream, seen))
+            }
+            Err(e) => Err(verifier.explain(e)),
+        }
+    }
+}
+
+fn inner_name() -> Result<ServerName<'static>, E2eError> {
+    ServerName::try_from(INNER_NAME).map_err(|e| E2eError::Handshake(e.to_string()))
+}
+
+/// The console's side of the handshake over `raw` (the connection after `ready`), with the
+/// ClientHello sent there. See [`Dialing::finish`].
 pub async fn connect(
     raw: ReadAhead,
     console: &Identity,
     expected: Option<([u8; 32], bool)>,
 ) -> Result<(ClientStream, [u8; 32]), E2eError> {
-    let verifier = Arc::new(TenantKeyVerifier {
-        expected,
-        seen: Mutex::new(None),
-    });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| E2eError::Handshake(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_client_cert_resolver(console.resolver());
-    config.resumption = rustls::client::Resumption::disabled();
-    let name = ServerName::try_from(INNER_NAME).map_err(|e| E2eError::Handshake(e.to_string()))?;
-    let result = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, raw)
-        .await;
-    match result {
-        Ok(stream) => {
-            let seen = crate::util::lock(&verifier.seen)
-                .take()
-                .ok_or_else(|| E2eError::Handshake("the tenant presented no key".into()))?;
-            Ok((stream, seen))
+    Dialing::start(console)?.finish(raw, expected, false).await
+}
+
+/// The tenant's side of the handshake, begun from a ClientHello that came ahead in
+/// `open_data`: its answer ([`flight`](Self::flight)) is ready before the data connection
+/// is, and goes out on it right after the tenant's hello.
+pub struct Answering {
+    conn: rustls::ServerConnection,
+    config: Arc<rustls::ServerConfig>,
+    verifier: Arc<ConsoleKeyVerifier>,
+    flight: Vec<u8>,
+    /// The ClientHello was refused; the flight holds the alert that says so.
+    failed: Option<String>,
+}
+
+impl Answering {
+    /// Reads the console's ClientHello and makes the answer (ServerHello to Finished, or the
+    /// alert that refuses it).
+    pub fn start(
+        tenant: &Identity,
+        console_key: [u8; 32],
+        client_hello: &[u8],
+    ) -> Result<Self, E2eError> {
+        let (config, verifier) = server_config(tenant, console_key)?;
+        let mut conn = rustls::ServerConnection::new(config.clone())
+            .map_err(|e| E2eError::Handshake(e.to_string()))?;
+        let mut input = client_hello;
+        let mut failed = None;
+        while !input.is_empty() && failed.is_none() {
+            match conn.read_tls(&mut input) {
+                Ok(_) => {
+                    if let Err(e) = conn.process_new_packets() {
+                        failed = Some(e.to_string());
+                    }
+                }
+                Err(e) => failed = Some(e.to_string()),
+            }
         }
-        Err(e) => Err(verifier.explain(e)),
+        if failed.is_none() && conn.is_handshaking() && !conn.wants_write() {
+            failed = Some("the ClientHello sent ahead is incomplete".into());
+        }
+        let mut flight = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut flight)
+                .map_err(|e| E2eError::Handshake(e.to_string()))?;
+        }
+        Ok(Answering {
+            conn,
+            config,
+            verifier,
+            flight,
+            failed,
+        })
+    }
+
+    /// What to send first on the data connection after the hello.
+    pub fn flight(&self) -> &[u8] {
+        &self.flight
+    }
+
+    /// Completes the handshake over `raw` (the data connection after `ready`), the flight
+    /// already sent.
+    pub async fn finish(self, raw: ReadAhead) -> Result<ServerStream, E2eError> {
+        let Answering {
+            mut conn,
+            config,
+            verifier,
+            failed,
+            ..
+        } = self;
+        if let Some(problem) = failed {
+            return Err(E2eError::Handshake(problem));
+        }
+        let result = tokio_rustls::TlsAcceptor::from(config)
+            .accept_with(raw, |fresh| std::mem::swap(fresh, &mut conn))
+            .await;
+        result.map_err(|e| verifier.explain(e))
     }
 }
 
-/// The tenant's side: accepts the handshake only from the console key the grant names.
-pub async fn accept(
-    raw: ReadAhead,
+/// The tenant's TLS server for one session: TLS 1.3 only, no tickets, and only the console
+/// key the grant names.
+fn server_config(
     tenant: &Identity,
     console_key: [u8; 32],
-) -> Result<ServerStream, E2eError> {
+) -> Result<(Arc<rustls::ServerConfig>, Arc<ConsoleKeyVerifier>), E2eError> {
     let verifier = Arc::new(ConsoleKeyVerifier {
         granted: console_key,
         presented: Mutex::new(None),
@@ -255,34 +399,36 @@ pub async fn accept(
         .with_cert_resolver(tenant.resolver());
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    match tokio_rustls::TlsAcceptor::from(Arc::new(config))
-        .accept(raw)
-        .await
-    {
-        Ok(stream) => Ok(stream),
-        Err(e) => match crate::util::lock(&verifier.presented).take() {
-            Some(presented) if presented != console_key => Err(E2eError::NotTheGrantedKey {
-                granted: format_fingerprint(&console_key),
-                presented: format_fingerprint(&presented),
-            }),
-            _ => Err(E2eError::Handshake(e.to_string())),
-        },
-    }
+    Ok((Arc::new(config), verifier))
+}
+
+/// The tenant's side: accepts the handshake over `raw` (the data connection after `ready`),
+/// the ClientHello read there, only from the console key the grant names.
+pub async fn accept(
+    raw: ReadAhead,
+    tenant: &Identity,
+    console_key: [u8; 32],
+) -> Result<ServerStream, E2eError> {
+    let (config, verifier) = server_config(tenant, console_key)?;
+    let result = tokio_rustls::TlsAcceptor::from(config).accept(raw).await;
+    result.map_err(|e| verifier.explain(e))
 }
 
 /// The console's check of the tenant's certificate: its key, and that it signed the
 /// handshake.
 #[derive(Debug)]
 struct TenantKeyVerifier {
-    /// The key required and whether it is a pin (true) or the SP's record (false).
-    expected: Option<([u8; 32], bool)>,
+    /// The key required and whether it is a pin (true) or the SP's record (false); known
+    /// once `ready` is read, before the tenant's certificate is.
+    expected: Mutex<Option<([u8; 32], bool)>>,
     seen: Mutex<Option<[u8; 32]>>,
 }
 
 impl TenantKeyVerifier {
     fn explain(&self, e: std::io::Error) -> E2eError {
         let seen = *crate::util::lock(&self.seen);
-        match (self.expected, seen) {
+        let expected = *crate::util::lock(&self.expected);
+        match (expected, seen) {
             (Some((want, pinned)), Some(got)) if want != got => {
                 let (want, got) = (format_fingerprint(&want), format_fingerprint(&got));
                 if pinned {
@@ -317,7 +463,7 @@ impl ServerCertVerifier for TenantKeyVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let got = key_fingerprint(end_entity.as_ref()).map_err(|_| refused())?;
         *crate::util::lock(&self.seen) = Some(got);
-        match self.expected {
+        match *crate::util::lock(&self.expected) {
             Some((want, _)) if want != got => Err(refused()),
             _ => Ok(ServerCertVerified::assertion()),
         }
@@ -351,6 +497,18 @@ impl ServerCertVerifier for TenantKeyVerifier {
 struct ConsoleKeyVerifier {
     granted: [u8; 32],
     presented: Mutex<Option<[u8; 32]>>,
+}
+
+impl ConsoleKeyVerifier {
+    fn explain(&self, e: std::io::Error) -> E2eError {
+        match crate::util::lock(&self.presented).take() {
+            Some(presented) if presented != self.granted => E2eError::NotTheGrantedKey {
+                granted: format_fingerprint(&self.granted),
+                presented: format_fingerprint(&presented),
+            },
+            _ => E2eError::Handshake(e.to_string()),
+        }
+    }
 }
 
 impl ClientCertVerifier for ConsoleKeyVerifier {

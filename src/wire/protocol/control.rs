@@ -32,6 +32,11 @@ pub enum ControlMsg {
         /// The SP's signed permission for this one session (see [`Grant`](super::Grant)):
         /// the tenant opens nothing without a valid one.
         grant: super::Grant,
+        /// The console's end-to-end ClientHello (hex), sent only to a tenant whose hello said
+        /// `early_client_hello`: the first bytes of the end-to-end channel, which the tenant
+        /// answers on its data connection right after its hello.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_hello: Option<String>,
     },
     /// Tenant → SP: the tenant will not open that session (step 7). The SP passes on only
     /// the codes of [`TENANT_REJECT_CODES`]; a code this build does not know parses as

@@ -85,10 +85,17 @@ impl Hello {
                 check_name("session_id", session_id)
             }
             Role::ConsoleSession {
-                tenant, service, ..
+                tenant,
+                service,
+                client_hello,
+                ..
             } => {
                 check_name("tenant", tenant)?;
-                check_name("service", service)
+                check_name("service", service)?;
+                match client_hello {
+                    Some(records) => check_client_hello(records),
+                    None => Ok(()),
+                }
             }
             Role::Operator { console_key, .. } => match console_key {
                 Some(key) => check_key("console_key", key),
@@ -108,6 +115,28 @@ fn check_key(field: &str, value: &str) -> Result<(), Malformed> {
                 escape_untrusted(value, 100)
             ))
         })
+}
+
+/// Longest ClientHello (in bytes, before hex) a console may send ahead in its hello.
+pub const MAX_CLIENT_HELLO: usize = 4096;
+
+/// A ClientHello sent ahead: hex of at most [`MAX_CLIENT_HELLO`] bytes that start like a TLS
+/// handshake record. The SP passes it on unread otherwise; the tenant's TLS checks the rest.
+pub fn check_client_hello(records: &str) -> Result<(), Malformed> {
+    if records.len() > 2 * MAX_CLIENT_HELLO {
+        return Err(Malformed(format!(
+            "client_hello: {} hex digits, at most {} allowed",
+            records.len(),
+            2 * MAX_CLIENT_HELLO
+        )));
+    }
+    match hex::decode(records) {
+        Ok(bytes) if bytes.len() >= 5 && bytes[0] == 22 => Ok(()),
+        Ok(_) => Err(Malformed(
+            "client_hello: not a TLS handshake record (the first byte must be 22)".into(),
+        )),
+        Err(_) => Err(Malformed("client_hello: not hex".into())),
+    }
 }
 
 /// Checks a tenant's list of offered services (hello and `status`): at most
@@ -167,6 +196,11 @@ pub enum Role {
         /// the key that ends every session's end-to-end channel on the tenant's side. The SP
         /// records it on first sight and refuses another one afterwards.
         tenant_key: String,
+        /// True: this tenant takes the console's end-to-end ClientHello inside `open_data`
+        /// (its `client_hello`) and answers it on its data connection right after its hello,
+        /// without waiting for `ready`. Absent (false): the console sends it after `ready`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        early_client_hello: bool,
     },
     /// A tenant redirector's data connection for one session (step 7).
     TenantData {
@@ -179,6 +213,11 @@ pub enum Role {
         token: String,
         tenant: String,
         service: String,
+        /// The first TLS records of the console's end-to-end handshake (its ClientHello), in
+        /// hex, sent ahead so the tenant can answer while its data connection opens. `ready`
+        /// says whether the SP passed them on; if not, the console sends them after `ready`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_hello: Option<String>,
     },
     /// A console logging in and reading the tenant list (step 4). Either `password` or
     /// `token` (a token from an earlier login) is given.
@@ -299,6 +338,7 @@ mod tests {
             token: "t".into(),
             tenant: "acme".into(),
             service: "backup".into(),
+            client_hello: None,
         });
         let json = serde_json::to_value(&hello).expect("serialize");
         assert_eq!(
@@ -319,6 +359,7 @@ mod tests {
             services: vec![],
             provider_access: true,
             tenant_key: "00".repeat(32),
+            early_client_hello: false,
         });
         let op = Role::Operator {
             user: "root".into(),
@@ -356,6 +397,7 @@ mod tests {
             services: services.iter().map(|s| s.to_string()).collect(),
             provider_access: true,
             tenant_key: "00".repeat(32),
+            early_client_hello: false,
         })
     }
 

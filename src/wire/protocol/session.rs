@@ -22,6 +22,11 @@ pub enum SessionMsg {
         /// that has not pinned one yet.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tenant_key: Option<String>,
+        /// Console only: true when the SP passed the console's `client_hello` on to the
+        /// tenant, which has answered it already; absent (false): the console sends its
+        /// ClientHello now, as the first bytes after `ready`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        client_hello_sent: bool,
     },
     Error {
         code: ErrorCode,
