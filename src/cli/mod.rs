@@ -62,6 +62,9 @@ pub enum Command {
     /// connection that begins with one (the v2 signature or v1 "PROXY ") is closed, so a
     /// client cannot forge the source address the SP sees. List this gateway in the SP's
     /// trusted_proxies only if it runs with --proxy-protocol.
+    ///
+    /// SIGTERM drains and stops; SIGHUP is logged and ignored (the settings are this command
+    /// line: restart to change them).
     Gateway(GatewayArgs),
     /// Run the tenant redirector from its config file.
     #[command(long_about = tenant::TENANT_LONG_HELP)]

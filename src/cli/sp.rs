@@ -97,6 +97,14 @@ pub enum SpCommand {
     #[command(subcommand)]
     AdminCert(SpAdminCertCommand),
     /// Serve the SP port.
+    #[command(
+        long_about = "Serve the SP port (and the admin listener, if asked for).\n\nSIGTERM \
+or SIGINT drains and stops. SIGHUP (systemctl reload rac-sp) re-reads sp.toml: a new gateway \
+pool is handed to the connected tenants at once; other changed settings are named in the log \
+and apply at the next start; a file that does not load is logged and ignored, and the SP goes \
+on with its running settings. sp.toml is also re-read by itself when it changes, at the next \
+registry poll."
+    )]
     Run {
         #[command(flatten)]
         state: StateArgs,
@@ -341,7 +349,8 @@ fn host_name() -> Result<String> {
     }
 }
 
-/// Runs one `rac sp` command; `rac sp run` serves until SIGINT/SIGTERM.
+/// Runs one `rac sp` command; `rac sp run` serves until SIGINT/SIGTERM, and re-reads
+/// sp.toml on SIGHUP.
 pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
     match cmd {
         SpCommand::Init {
@@ -623,6 +632,14 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 (_, false) => None,
             };
             return runtime()?.block_on(async move {
+                // Watched before the ready line: `systemctl reload rac-sp` re-reads sp.toml,
+                // and a stray SIGHUP no longer ends the SP.
+                let reloads = engine.service.clone();
+                crate::signal::on_hangup(engine.service.stop_requested(), move || {
+                    tracing::info!("SIGHUP: re-reading sp.toml");
+                    reloads.request_reload();
+                })
+                .context("watching SIGHUP")?;
                 let listener =
                     crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
                 eprintln!("SP listening on {}", listener.local_addr()?);
