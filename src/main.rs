@@ -5,11 +5,9 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = rac::cli::Cli::parse();
     rac::cli::init_tracing(&cli);
+    let json_errors = cli.json_errors();
     match rac::cli::run(cli) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => rac::cli::report_error(&e, json_errors),
     }
 }

@@ -1,5 +1,6 @@
-//! Process signals as a cancellation token: what every long-running command (`rac sp run`,
-//! `rac gateway`, `rac tenant`, `rac bench`) stops on.
+//! Process signals: SIGINT/SIGTERM as a cancellation token, what every long-running command
+//! (`rac sp run`, `rac gateway`, `rac tenant`, `rac bench`) stops on; SIGHUP as a call, what
+//! `systemctl reload` sends.
 
 use tokio_util::sync::CancellationToken;
 
@@ -32,4 +33,32 @@ pub fn shutdown_on_signal() -> CancellationToken {
         tracing::info!("shutting down");
     });
     token
+}
+
+/// Calls `on_hangup` at each SIGHUP until `shutdown`. The signal is watched from this call
+/// on, before it returns: a SIGHUP that comes early no longer meets the default action
+/// (which ends the process), and after `shutdown` it is still caught, and ignored. Must be
+/// called inside the runtime.
+pub fn on_hangup(
+    shutdown: CancellationToken,
+    on_hangup: impl Fn() + Send + 'static,
+) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = hup.recv() => match got {
+                        Some(()) => on_hangup(),
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (shutdown, on_hangup);
+    Ok(())
 }

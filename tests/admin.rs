@@ -29,7 +29,11 @@ struct Admin {
 
 impl Admin {
     async fn start() -> Admin {
-        let sp = TestSp::start(quick_config()).await;
+        Admin::start_with(quick_config()).await
+    }
+
+    async fn start_with(config: rac::sp::config::SpConfig) -> Admin {
+        let sp = TestSp::start(config).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind admin");
@@ -77,6 +81,19 @@ impl Admin {
         send(self.call(reqwest::Method::DELETE, path)).await
     }
 
+    /// `GET /readyz` (no token).
+    async fn readyz(&self) -> (StatusCode, Value) {
+        send(self.http.get(format!("{}/readyz", self.base))).await
+    }
+
+    /// Waits until `/readyz` says ready.
+    async fn ready(&self) {
+        eventually(PATIENCE, "ready", async || {
+            (self.readyz().await.0 == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+
     async fn text(&self, path: &str) -> (StatusCode, String) {
         let response = self
             .call(reqwest::Method::GET, path)
@@ -104,6 +121,36 @@ async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     };
     (status, body)
+}
+
+/// `rac sp ARGS --state-dir STATE`, run to its end (off the runtime's threads).
+async fn rac_sp(state: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(common::RAC);
+    cmd.arg("sp")
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null());
+    tokio::task::spawn_blocking(move || cmd.output().expect("run rac"))
+        .await
+        .expect("rac ran")
+}
+
+/// The JSON that `rac sp ARGS --json` printed on success.
+async fn rac_sp_json(state: &Path, args: &[&str]) -> Value {
+    let out = rac_sp(state, &[args, &["--json"]].concat()).await;
+    assert!(out.status.success(), "rac sp {args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("rac sp {args:?}: {e}: {out:?}"))
+}
+
+/// The `field` of each row of a JSON array.
+fn column<'a>(rows: &'a Value, field: &str) -> Vec<&'a Value> {
+    rows.as_array()
+        .unwrap_or_else(|| panic!("not an array: {rows}"))
+        .iter()
+        .map(|r| &r[field])
+        .collect()
 }
 
 /// Asserts an error answer: its status and its code.
@@ -173,6 +220,18 @@ async fn every_account_endpoint_works_and_is_audited_with_the_token() {
     assert_eq!(server["version"], rac::VERSION);
     assert!(server["node"].as_str().is_some_and(|n| !n.is_empty()));
     assert_eq!(server["serving"], true);
+    // Uptime is the time since the start, and it counts.
+    let now = rac::util::now_unix_secs();
+    let started_at = server["started_at"].as_u64().expect("started_at");
+    let uptime = server["uptime_secs"].as_u64().expect("uptime_secs");
+    assert!(
+        started_at <= now && now - started_at < 60 && uptime <= now - started_at,
+        "{server}"
+    );
+    eventually(PATIENCE, "uptime grows", async || {
+        (admin.get("/v1/server").await.1["uptime_secs"].as_u64() > Some(uptime)).then_some(())
+    })
+    .await;
     // A single SP does not drain (its tenants would have nowhere to go), and goes on serving.
     refused(
         admin.post("/v1/node/drain", json!({})).await,
@@ -525,14 +584,47 @@ async fn audit_paging_is_stable_while_rows_are_added() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_work_done_and_pass_promtool() {
-    let admin = Admin::start().await;
+    let admin = Admin::start_with(rac::sp::config::SpConfig {
+        login_max_failures: 2,
+        ..quick_config()
+    })
+    .await;
+    let metrics = || async { admin.text("/metrics").await.1 };
+    let value = |text: &str, name: &str| {
+        sample(text, name).unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+    };
     let _tenant = admin.sp.online_tenant("acme").await;
     let console = admin.sp.console().await;
-    for _ in 0..2 {
-        let mut session = console
-            .open_session("acme", "echo", |_, _| {})
-            .await
-            .expect("session");
+    // A live session is counted while it runs, and its bytes when it ends.
+    const MOVED: usize = 64 * 1024;
+    let mut session = console
+        .open_session("acme", "echo", |_, _| {})
+        .await
+        .expect("session");
+    {
+        let (mut reader, mut writer) = tokio::io::split(&mut session.stream);
+        let data = common::pattern(1, MOVED);
+        let mut back = vec![0u8; MOVED];
+        let (written, read) = tokio::join!(
+            tokio::io::AsyncWriteExt::write_all(&mut writer, &data),
+            reader.read_exact(&mut back)
+        );
+        written.expect("write");
+        read.expect("echo");
+        assert_eq!(back, data);
+    }
+    eventually(PATIENCE, "one session active", async || {
+        (sample(&metrics().await, "rac_sp_sessions_active") == Some(1.0)).then_some(())
+    })
+    .await;
+    for session in [Some(session), None] {
+        let mut session = match session {
+            Some(session) => session,
+            None => console
+                .open_session("acme", "echo", |_, _| {})
+                .await
+                .expect("session"),
+        };
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut session.stream).await;
         let mut rest = Vec::new();
         let _ = session.stream.read_to_end(&mut rest).await;
@@ -543,27 +635,54 @@ async fn metrics_count_the_work_done_and_pass_promtool() {
             .await
             .is_err()
     );
-    // Tenants connected is read at each registry poll (100 ms here).
-    let (status, text) = eventually(PATIENCE, "both sessions counted", async || {
-        let (status, text) = admin.text("/metrics").await;
-        (text.contains("rac_sp_sessions_total{outcome=\"closed\"} 2")
-            && text.contains("rac_sp_tenants_connected 1"))
-        .then_some((status, text))
+    // Three wrong passwords from one address: two failed logins, then the limit (2).
+    for _ in 0..3 {
+        let reply = admin
+            .sp
+            .login_from(common::loopback(3), &admin.sp.operator, "wrong password")
+            .await;
+        assert!(
+            matches!(reply, rac::wire::protocol::HelloReply::Error(_)),
+            "{reply:?}"
+        );
+    }
+    // Bytes that are not TLS: a handshake failure.
+    let mut garbage = tokio::net::TcpStream::connect(admin.sp.addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut garbage, b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let _ = garbage.read_to_end(&mut Vec::new()).await;
+    // Tenants connected is read at each registry poll (100 ms here), heartbeats go every
+    // second.
+    let text = eventually(PATIENCE, "the work counted", async || {
+        let text = metrics().await;
+        (sample(&text, "rac_sp_sessions_total{outcome=\"closed\"}") == Some(2.0)
+            && sample(&text, "rac_sp_tenants_connected") == Some(1.0)
+            && sample(&text, "rac_sp_handshake_failures_total{reason=\"tls\"}") == Some(1.0)
+            && sample(&text, "rac_sp_heartbeat_rtt_seconds_count").is_some_and(|n| n > 0.0))
+        .then_some(text)
     })
     .await;
-    assert_eq!(status, StatusCode::OK);
-    for line in [
-        "rac_sp_tenants_connected 1",
-        "rac_sp_sessions_active 0",
-        "rac_sp_control_connections_total{result=\"admitted\"} 1",
-        "rac_sp_sessions_total{outcome=\"refused\"} 1",
-        "rac_sp_logins_total{result=\"ok\"} 1",
-        "rac_sp_session_setup_seconds_count 2",
-        "rac_sp_heartbeat_rtt_seconds_count",
-        "rac_build_info{version=\"",
+    for (name, want) in [
+        ("rac_sp_sessions_active", 0.0),
+        ("rac_sp_control_connections_total{result=\"admitted\"}", 1.0),
+        ("rac_sp_sessions_total{outcome=\"refused\"}", 1.0),
+        ("rac_sp_session_setup_seconds_count", 2.0),
+        ("rac_sp_logins_total{result=\"ok\"}", 1.0),
+        ("rac_sp_logins_total{result=\"failed\"}", 2.0),
+        ("rac_sp_shed_total{reason=\"login_rate_limited\"}", 1.0),
     ] {
-        assert!(text.contains(line), "{line} missing from\n{text}");
+        assert_eq!(value(&text, name), want, "{name}\n{text}");
     }
+    // The end-to-end channel carried the 64 KiB each way, and its TLS on top.
+    for direction in ["to_tenant", "from_tenant"] {
+        let name = format!("rac_sp_relayed_bytes_total{{direction=\"{direction}\"}}");
+        let counted = value(&text, &name);
+        assert!(counted >= MOVED as f64, "{name} = {counted}\n{text}");
+    }
+    assert!(text.contains("rac_build_info{version=\""), "{text}");
     assert!(!text.contains("acme"), "no tenant label");
     // Every sample line is NAME{LABELS} VALUE with a number.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -571,6 +690,36 @@ async fn metrics_count_the_work_done_and_pass_promtool() {
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
     promtool_check(&text);
+}
+
+/// `/v1/gateways`: the pool from sp.toml, and each trusted gateway with the connections
+/// this SP took from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_show_the_pool_and_the_trusted_gateways_seen() {
+    let admin = Admin::start_with(rac::sp::config::SpConfig {
+        gateways: vec!["gw1.example.net:6180".into()],
+        trusted_proxies: vec![common::loopback(2), common::loopback(4)],
+        ..quick_config()
+    })
+    .await;
+    // A connection from 127.0.0.2, as a gateway without PROXY headers makes it.
+    let _via_gateway = admin.sp.raw_from(common::loopback(2)).await;
+    let (status, gateways) = admin.get("/v1/gateways").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(gateways["pool"], json!(["gw1.example.net:6180"]));
+    let trusted = gateways["trusted"].as_array().expect("trusted");
+    assert_eq!(trusted.len(), 2, "{gateways}");
+    let seen = |address: &str| {
+        trusted
+            .iter()
+            .find(|g| g["address"] == address)
+            .unwrap_or_else(|| panic!("{address} in {gateways}"))
+    };
+    assert_eq!(seen("127.0.0.2")["connections"], 1, "{gateways}");
+    let last_seen = seen("127.0.0.2")["last_seen"].as_u64().expect("last_seen");
+    assert!(rac::util::now_unix_secs() - last_seen < 60, "{gateways}");
+    assert_eq!(seen("127.0.0.4")["connections"], 0, "{gateways}");
+    assert_eq!(seen("127.0.0.4")["last_seen"], Value::Null, "{gateways}");
 }
 
 /// `promtool check metrics` on the text, where Prometheus' tool is installed (`.ci/run`
@@ -609,25 +758,11 @@ fn promtool_check(text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_flips_on_a_locked_registry_and_on_drain() {
     let admin = Admin::start().await;
-    let readyz = || async { send(admin.http.get(format!("{}/readyz", admin.base))).await };
-    eventually(PATIENCE, "ready", async || {
-        (readyz().await.0 == StatusCode::OK).then_some(())
-    })
-    .await;
+    admin.ready().await;
     // Another process holds the registry's write lock: not ready within a second.
     let holder = rusqlite::Connection::open(admin.sp.state.registry()).expect("open");
     holder.execute_batch("BEGIN EXCLUSIVE").expect("lock");
-    let locked_at = Instant::now();
-    let (_, body) = eventually(PATIENCE, "not ready", async || {
-        let (status, body) = readyz().await;
-        (status == StatusCode::SERVICE_UNAVAILABLE).then_some((status, body))
-    })
-    .await;
-    assert!(
-        locked_at.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        locked_at.elapsed()
-    );
+    let body = not_ready_within_a_second(&admin, Instant::now()).await;
     assert!(
         body["reasons"][0]
             .as_str()
@@ -635,23 +770,20 @@ async fn readyz_flips_on_a_locked_registry_and_on_drain() {
         "{body}"
     );
     holder.execute_batch("ROLLBACK").expect("unlock");
-    eventually(PATIENCE, "ready again", async || {
-        (readyz().await.0 == StatusCode::OK).then_some(())
-    })
-    .await;
-    // Draining: the SP port stops; the admin listener says why.
+    admin.ready().await;
+    // Draining: the SP port stops; the admin listener says why, within a second, and the
+    // first answer that is not ready already gives draining as the reason.
+    let asked = Instant::now();
     admin.sp.shutdown.cancel();
-    let (_, body) = eventually(PATIENCE, "draining", async || {
-        let (status, body) = readyz().await;
-        (status == StatusCode::SERVICE_UNAVAILABLE).then_some((status, body))
+    assert_draining(&not_ready_within_a_second(&admin, asked).await);
+    // Once the SP port's loop has ended, the reason is still the drain.
+    eventually(PATIENCE, "the SP port closed", async || {
+        (admin.get("/v1/server").await.1["serving"] == false).then_some(())
     })
     .await;
-    assert!(
-        body["reasons"][0]
-            .as_str()
-            .is_some_and(|r| r.starts_with("draining")),
-        "{body}"
-    );
+    let (status, body) = admin.readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_draining(&body);
     let health = admin
         .http
         .get(format!("{}/healthz", admin.base))
@@ -661,10 +793,93 @@ async fn readyz_flips_on_a_locked_registry_and_on_drain() {
     assert_eq!(health.status(), StatusCode::OK, "alive while draining");
 }
 
-/// `rac gateway --admin`: its own `/metrics` and `/healthz`.
+/// Polls `/readyz` until it is not ready, which must be within a second of `changed`: the
+/// first such answer's body.
+async fn not_ready_within_a_second(admin: &Admin, changed: Instant) -> Value {
+    let (_, body) = eventually(PATIENCE, "not ready", async || {
+        let (status, body) = admin.readyz().await;
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some((status, body))
+    })
+    .await;
+    assert!(
+        changed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        changed.elapsed()
+    );
+    body
+}
+
+/// A `/readyz` body whose one reason is the drain.
+fn assert_draining(body: &Value) {
+    assert_eq!(
+        body["reasons"],
+        json!(["draining: the SP is shutting down"]),
+        "{body}"
+    );
+}
+
+/// A drain request (what SIGTERM and `POST /v1/node/drain` make) shows in `/readyz` at
+/// once, before the SP port's loop has even noticed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_serves_its_metrics_and_health() {
-    let (_gateway, line) = Proc::start(
+async fn a_drain_request_makes_readyz_say_draining_within_a_second() {
+    let admin = Admin::start().await;
+    admin.ready().await;
+    let asked = Instant::now();
+    admin.sp.service.request_stop();
+    assert_draining(&not_ready_within_a_second(&admin, asked).await);
+    assert_eq!(admin.get("/v1/server").await.1["draining"], true);
+}
+
+/// A token's `last_used` is bookkeeping: while the registry cannot be written, a read with
+/// a token whose use would be recorded now is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_is_served_while_the_tokens_use_cannot_be_recorded() {
+    let admin = Admin::start().await;
+    let fresh = admin
+        .sp
+        .registry
+        .create_admin_token("scraper", AdminScope::ReadOnly, &Actor::Local)
+        .expect("token");
+    let holder = rusqlite::Connection::open(admin.sp.state.registry()).expect("open");
+    holder.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    // Its first use would write `last_used`, which waits for the lock and then fails.
+    let (status, server) = send(
+        admin
+            .http
+            .get(format!("{}/v1/server", admin.base))
+            .bearer_auth(&fresh),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{server}");
+    assert_eq!(server["version"], rac::VERSION);
+    holder.execute_batch("ROLLBACK").expect("unlock");
+    let tokens = admin.sp.registry.admin_tokens().expect("tokens");
+    let scraper = tokens
+        .iter()
+        .find(|t| t.name == "scraper")
+        .expect("scraper");
+    assert_eq!(scraper.last_used, None, "nothing was written");
+    // A bad token is still refused while the registry is locked (only the bookkeeping is
+    // let go).
+    holder.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    refused(
+        send(
+            admin
+                .http
+                .get(format!("{}/v1/server", admin.base))
+                .bearer_auth("racadm_wrong"),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "auth_failed",
+    );
+    holder.execute_batch("ROLLBACK").expect("unlock");
+}
+
+/// `rac gateway` with its admin listener (its backend answers nothing): the process and the
+/// admin listener's address.
+fn gateway_with_admin() -> (Proc, String) {
+    let (gateway, line) = Proc::start(
         &[
             "gateway",
             "--listen",
@@ -677,13 +892,22 @@ async fn a_gateway_serves_its_metrics_and_health() {
         "gateway admin listening on",
     );
     let addr = line.rsplit(' ').next().expect("address").to_string();
+    (gateway, addr)
+}
+
+/// Asserts that the admin listener at `addr` answers `/healthz` with `200 {"status":"ok"}`.
+async fn assert_healthy(http: &reqwest::Client, addr: &str) {
+    let (status, body) = send(http.get(format!("http://{addr}/healthz"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"status": "ok"}));
+}
+
+/// `rac gateway --admin`: its own `/metrics` and `/healthz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_serves_its_metrics_and_health() {
+    let (_gateway, addr) = gateway_with_admin();
     let http = reqwest::Client::new();
-    let health = http
-        .get(format!("http://{addr}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(health.status(), StatusCode::OK);
+    assert_healthy(&http, &addr).await;
     let text = http
         .get(format!("http://{addr}/metrics"))
         .send()
@@ -903,6 +1127,7 @@ async fn a_tenant_redirector_counts_its_sessions() {
     );
     let addr = line.rsplit(' ').next().expect("address").to_string();
     let http = reqwest::Client::new();
+    assert_healthy(&http, &addr).await;
     let metrics = || async {
         http.get(format!("http://{addr}/metrics"))
             .send()
@@ -978,4 +1203,384 @@ async fn a_tenant_redirector_counts_its_sessions() {
         assert_eq!(sample(&text, &name), Some(1000.0), "{name}\n{text}");
     }
     promtool_check(&text);
+}
+
+/// `rac sp run` as a process, its log in a file: the process and its admin listener's
+/// address.
+async fn sp_process(state: &Path, log: &Path) -> (Proc, String) {
+    let file = std::fs::File::create(log).expect("log file");
+    let child = std::process::Command::new(common::RAC)
+        .args(["sp", "run", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("spawn rac sp run");
+    let sp = Proc(child);
+    let admin = eventually(PATIENCE, "the admin listener", async || {
+        let text = std::fs::read_to_string(log).ok()?;
+        text.lines()
+            .find_map(|l| l.split("SP admin listening on ").nth(1))
+            .map(|a| a.trim().to_string())
+    })
+    .await;
+    (sp, admin)
+}
+
+/// How many lines of the log at `log` contain `text`.
+fn log_lines(log: &Path, text: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(text))
+        .count()
+}
+
+/// SIGHUP (`systemctl reload rac-sp`) makes a running `rac sp run` re-read sp.toml: a new
+/// gateway pool shows at once (the registry poll, an hour here, would not have seen it yet),
+/// other changed settings are named as waiting for a restart, and a file that does not
+/// load is refused while the SP goes on serving with what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_gateway_pool_of_a_running_sp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("sp");
+    let init = rac_sp(&state, &["init"]).await;
+    assert!(init.status.success(), "{init:?}");
+    let settings = |gateways: &str, heartbeat_secs: u32| {
+        format!(
+            "registry_poll_millis = 3600000\nheartbeat_secs = {heartbeat_secs}\n\
+             gateways = [{gateways}]\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+        )
+    };
+    let config = state.join("sp.toml");
+    std::fs::write(&config, settings("\"gw1.example.net:6180\"", 20)).expect("sp.toml");
+    let token =
+        rac_sp_json(&state, &["admin-token", "create", "ops", "--read-only"]).await["token"]
+            .as_str()
+            .expect("token")
+            .to_string();
+    let log = dir.path().join("sp.log");
+    let (sp, admin) = sp_process(&state, &log).await;
+    let http = reqwest::Client::new();
+    let pool = || async {
+        let (status, body) = send(
+            http.get(format!("http://{admin}/v1/gateways"))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["pool"].clone()
+    };
+    assert_eq!(pool().await, json!(["gw1.example.net:6180"]));
+
+    std::fs::write(
+        &config,
+        settings("\"gw2.example.net:6180\", \"gw3.example.net:6180\"", 25),
+    )
+    .expect("sp.toml");
+    let asked = Instant::now();
+    sp.signal("HUP");
+    eventually(PATIENCE, "the new pool", async || {
+        (pool().await == json!(["gw2.example.net:6180", "gw3.example.net:6180"])).then_some(())
+    })
+    .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    eventually(PATIENCE, "the reload logged", async || {
+        (log_lines(&log, "reload: gateway pool changed") == 1
+            && log_lines(&log, "heartbeat_secs changed") == 1)
+            .then_some(())
+    })
+    .await;
+
+    // A file that does not parse: refused, logged, the running settings kept.
+    std::fs::write(&config, "gateways = [\"gw4.example.net:6180\"\n").expect("sp.toml");
+    sp.signal("HUP");
+    eventually(PATIENCE, "the refusal logged", async || {
+        (log_lines(&log, "keeping the running settings") == 1).then_some(())
+    })
+    .await;
+    // One that parses but is not valid, likewise.
+    std::fs::write(&config, settings("\"no-port\"", 20)).expect("sp.toml");
+    sp.signal("HUP");
+    eventually(PATIENCE, "the second refusal logged", async || {
+        (log_lines(&log, "keeping the running settings") == 2).then_some(())
+    })
+    .await;
+    assert!(
+        log_lines(&log, "must be host:port") == 1,
+        "the log says why:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        pool().await,
+        json!(["gw2.example.net:6180", "gw3.example.net:6180"])
+    );
+    let (status, ready) = send(http.get(format!("http://{admin}/readyz"))).await;
+    assert_eq!(status, StatusCode::OK, "still serving: {ready}");
+    let mut sp = sp;
+    assert!(
+        sp.0.try_wait().expect("try_wait").is_none(),
+        "still running"
+    );
+    // SIGTERM still stops it, cleanly.
+    sp.signal("TERM");
+    assert!(sp.exited().success());
+}
+
+/// A gateway's settings are its command line: SIGHUP is logged and ignored, and the
+/// gateway goes on serving (before, SIGHUP's default action ended it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_survives_sighup() {
+    let (mut gateway, addr) = gateway_with_admin();
+    for _ in 0..3 {
+        gateway.signal("HUP");
+    }
+    let http = reqwest::Client::new();
+    // Signals are delivered at once; a process they ended would be gone by the second look.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            gateway.0.try_wait().expect("try_wait").is_none(),
+            "the gateway ended on SIGHUP"
+        );
+        assert_healthy(&http, &addr).await;
+    }
+    gateway.signal("TERM");
+    assert!(gateway.exited().success());
+}
+
+/// `rac sp tenant list` and `rac sp audit` take the API's filters and paging, through the
+/// same code: the same rows come out of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_with_the_apis_filters_and_paging() {
+    let admin = Admin::start().await;
+    let state = admin.sp.state.root.clone();
+    for name in ["acme", "globex", "initech", "umbrella"] {
+        assert_eq!(
+            admin.post("/v1/tenants", json!({"name": name})).await.0,
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(
+        admin.post("/v1/tenants/globex/disable", json!({})).await.0,
+        StatusCode::OK
+    );
+
+    // Tenants: filters.
+    let names = |rows: &Value| -> Vec<String> {
+        column(rows, "name")
+            .into_iter()
+            .map(|n| n.as_str().expect("name").to_string())
+            .collect()
+    };
+    let cli = rac_sp_json(
+        &state,
+        &["tenant", "list", "--enabled", "true", "--name", "e"],
+    )
+    .await;
+    let (_, api) = admin.get("/v1/tenants?enabled=true&name=e").await;
+    assert_eq!(names(&cli), ["acme", "initech", "umbrella"]);
+    assert_eq!(names(&cli), names(&api["tenants"]));
+    let cli = rac_sp_json(&state, &["tenant", "list", "--enabled", "false"]).await;
+    assert_eq!(names(&cli), ["globex"]);
+    // Tenants: paging, the cursor named on stderr.
+    let out = rac_sp(&state, &["tenant", "list", "--limit", "2", "--json"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let first: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(names(&first), ["acme", "globex"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--after globex"),
+        "{out:?}"
+    );
+    let rest = rac_sp_json(
+        &state,
+        &["tenant", "list", "--after", "globex", "--limit", "2"],
+    )
+    .await;
+    let (_, api) = admin.get("/v1/tenants?after=globex&limit=2").await;
+    assert_eq!(names(&rest), ["initech", "umbrella"]);
+    assert_eq!(names(&rest), names(&api["tenants"]));
+    assert_eq!(api["next"], Value::Null);
+    let out = rac_sp(
+        &state,
+        &["tenant", "list", "--after", "globex", "--limit", "2"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "the last page: {out:?}");
+    let plain = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plain.contains("initech") && plain.contains("umbrella") && !plain.contains("acme"),
+        "{plain}"
+    );
+
+    // Audit: sessions of two operators, beside the account changes above.
+    for (operator, tenant) in [("alice", "acme"), ("bob", "globex"), ("alice", "acme")] {
+        admin
+            .sp
+            .registry
+            .audit_start(operator, tenant, "echo", "127.0.0.1:1")
+            .expect("row");
+    }
+    let ids = |rows: &Value| -> Vec<i64> {
+        column(rows, "id")
+            .into_iter()
+            .map(|n| n.as_i64().expect("id"))
+            .collect()
+    };
+    for (args, query) in [
+        (&["--tenant", "acme"][..], "tenant=acme"),
+        (&["--operator", "bob"], "operator=bob"),
+        (
+            &["--outcome", "tenant disabled"],
+            "outcome=tenant%20disabled",
+        ),
+        (
+            &["--tenant", "acme", "--outcome", "open"],
+            "tenant=acme&outcome=open",
+        ),
+        (
+            &["--since", "2000-01-01", "--until", "2000-01-02"],
+            "since=946684800&until=946771200",
+        ),
+    ] {
+        let cli = rac_sp_json(&state, &[&["audit"], args].concat()).await;
+        let (_, api) = admin.get(&format!("/v1/audit?{query}")).await;
+        assert_eq!(ids(&cli), ids(&api["entries"]), "{args:?}");
+    }
+    assert_eq!(
+        ids(&rac_sp_json(&state, &["audit", "--tenant", "acme", "--outcome", "open"]).await).len(),
+        2
+    );
+    // Audit: pages of 3 by --before, as the API's cursor, cover the log once.
+    let (_, all) = admin.get("/v1/audit?limit=1000").await;
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut args = vec!["audit", "--limit", "3", "--json"];
+        if let Some(before) = &before {
+            args.extend(["--before", before.as_str()]);
+        }
+        let out = rac_sp(&state, &args).await;
+        assert!(out.status.success(), "{out:?}");
+        let page: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        seen.extend(ids(&page));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match stderr.split("--before ").nth(1) {
+            Some(next) => {
+                let next = next.trim().to_string();
+                assert_eq!(Some(next.parse::<i64>().expect("id")), seen.last().copied());
+                before = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids(&all["entries"]));
+    assert!(seen.len() > 6, "{seen:?}");
+    // Bad input: a time that is not one (refused by the parser), a span that is empty
+    // (refused by the API's code, with its code).
+    let out = rac_sp(&state, &["audit", "--since", "yesterday"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unix seconds"),
+        "{out:?}"
+    );
+    let out = rac_sp(&state, &["audit", "--since", "20", "--until", "10"]).await;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).ends_with("(bad_request)\n"),
+        "{out:?}"
+    );
+    refused(
+        admin.get("/v1/audit?since=20&until=10").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+}
+
+/// One refusal, two ways in: the CLI prints the code the API answers with (and, with
+/// `--json`, the API's `{code, message}`), and exits with that code's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_has_the_same_code_in_the_cli_and_the_api() {
+    let admin = Admin::start().await;
+    let state = admin.sp.state.root.clone();
+
+    let out = rac_sp(&state, &["tenant", "remove", "nobody"]).await;
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let (status, api) = admin.delete("/v1/tenants/nobody").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(api["code"], "unknown_tenant");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: {} (unknown_tenant)\n",
+            api["message"].as_str().expect("message")
+        )
+    );
+
+    rac_sp_json(&state, &["tenant", "add", "acme"]).await;
+    let out = rac_sp(&state, &["tenant", "add", "acme", "--json"]).await;
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    assert!(out.stdout.is_empty(), "no result on stdout: {out:?}");
+    let cli: Value = serde_json::from_slice(&out.stderr).expect("a JSON error");
+    let (status, api) = admin.post("/v1/tenants", json!({"name": "acme"})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(cli, api, "the same body");
+    assert_eq!(cli["code"], "already_exists");
+
+    // A failure before any account is touched has no code.
+    let out = rac_sp(Path::new("/nonexistent/rac"), &["tenant", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let cli: Value = serde_json::from_slice(&out.stderr).expect("a JSON error");
+    assert_eq!(cli["code"], Value::Null, "{cli}");
+    assert!(cli["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+/// The CLI and a running SP with its admin listener share the registry file: each sees the
+/// other's changes at once, however long the SP has been probing the file for `/readyz`
+/// (a probe that opened the file outside SQLite once dropped the SP's locks, and the next
+/// CLI command deleted the write-ahead log under it: the two diverged, and the SP's writes
+/// were lost to everyone else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_and_api_changes_see_each_other_while_readyz_probes_the_registry() {
+    let admin = Admin::start().await;
+    let state = admin.sp.state.root.clone();
+    let started = Instant::now();
+    let mut round = 0;
+    // Rounds over several probes (one every 250 ms).
+    while round < 3 || started.elapsed() < Duration::from_millis(1500) {
+        let by_cli = format!("cli{round}");
+        rac_sp_json(&state, &["tenant", "add", &by_cli]).await;
+        let (status, body) = admin.get(&format!("/v1/tenants/{by_cli}")).await;
+        assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+        let by_api = format!("api{round}");
+        assert_eq!(
+            admin.post("/v1/tenants", json!({"name": by_api})).await.0,
+            StatusCode::CREATED
+        );
+        let listed = rac_sp_json(&state, &["tenant", "list", "--name", &by_api]).await;
+        assert_eq!(
+            column(&listed, "name"),
+            [&json!(by_api)],
+            "round {round}: the CLI sees the API's change"
+        );
+        round += 1;
+    }
+    // And the audit rows the SP wrote are in the file for anyone.
+    let audit = rac_sp_json(&state, &["audit", "--limit", "1000"]).await;
+    assert_eq!(
+        column(&audit, "outcome")
+            .iter()
+            .filter(|o| **o == "tenant added")
+            .count(),
+        2 * round,
+        "{audit}"
+    );
 }

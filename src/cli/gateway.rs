@@ -39,7 +39,8 @@ pub struct GatewayArgs {
     pub admin: Option<String>,
 }
 
-/// Resolves the addresses, checks the limits, serves until SIGINT/SIGTERM and drains.
+/// Resolves the addresses, checks the limits, serves until SIGINT/SIGTERM and drains;
+/// SIGHUP is logged and ignored.
 pub(super) async fn run(args: GatewayArgs) -> Result<ExitCode> {
     let mut backends = Vec::new();
     for b in &args.backends {
@@ -53,6 +54,15 @@ pub(super) async fn run(args: GatewayArgs) -> Result<ExitCode> {
     config.max_silent_per_source = args.max_silent_per_source;
     config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout_secs);
     config.validate()?;
+    let shutdown = crate::signal::shutdown_on_signal();
+    // Its settings are its command line, which a reload cannot change; watched so that a
+    // SIGHUP (a closed terminal, a `systemctl reload`) does not end the gateway.
+    crate::signal::on_hangup(shutdown.clone(), || {
+        tracing::info!(
+            "SIGHUP ignored: a gateway's settings are its command line; restart it to change them"
+        );
+    })
+    .context("watching SIGHUP")?;
     let addr = resolve(&args.listen).await?;
     let listener = crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
     eprintln!("gateway listening on {}", listener.local_addr()?);
@@ -77,13 +87,7 @@ pub(super) async fn run(args: GatewayArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let served = crate::net::gateway::run_with_stats(
-        config,
-        listener,
-        crate::signal::shutdown_on_signal(),
-        stats,
-    )
-    .await;
+    let served = crate::net::gateway::run_with_stats(config, listener, shutdown, stats).await;
     admin_stop.cancel();
     served?;
     Ok(ExitCode::SUCCESS)

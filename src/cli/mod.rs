@@ -19,6 +19,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::lab::LabOptions;
+use crate::sp::admin::{AdminCode, AdminError};
 
 pub use console::{ClientArgs, ConnectArgs, InspectArgs, JobArgs, JobCommand, TenantsArgs};
 pub use gateway::GatewayArgs;
@@ -62,6 +63,9 @@ pub enum Command {
     /// connection that begins with one (the v2 signature or v1 "PROXY ") is closed, so a
     /// client cannot forge the source address the SP sees. List this gateway in the SP's
     /// trusted_proxies only if it runs with --proxy-protocol.
+    ///
+    /// SIGTERM drains and stops; SIGHUP is logged and ignored (the settings are this command
+    /// line: restart to change them).
     Gateway(GatewayArgs),
     /// Run the tenant redirector from its config file.
     #[command(long_about = tenant::TENANT_LONG_HELP)]
@@ -162,6 +166,51 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+impl Cli {
+    /// Whether an error is printed as JSON: the `rac sp` commands run with `--json`.
+    pub fn json_errors(&self) -> bool {
+        matches!(&self.command, Some(Command::Sp(cmd)) if cmd.json())
+    }
+}
+
+/// Prints why a command failed, on stderr, and gives its exit status. A refusal of the
+/// account administration (the [`AdminError`] the admin API answers with) shows its code,
+/// `error: MESSAGE (CODE)`, and exits with that code's status ([`exit_status`]); with `json`,
+/// the line is `{"code":..,"message":..}` as the API's body. Any other failure (no state dir,
+/// a bad sp.toml) has no code: `error: MESSAGE`, or `{"code":null,"message":..}`, status 1.
+pub fn report_error(e: &anyhow::Error, json: bool) -> ExitCode {
+    let refusal = e.chain().find_map(|c| c.downcast_ref::<AdminError>());
+    let message = format!("{e:#}");
+    if json {
+        let code = refusal.map(|r| r.code);
+        eprintln!("{}", serde_json::json!({"code": code, "message": message}));
+    } else {
+        match refusal {
+            Some(r) => eprintln!("error: {message} ({})", r.code),
+            None => eprintln!("error: {message}"),
+        }
+    }
+    ExitCode::from(refusal.map_or(1, |r| exit_status(r.code)))
+}
+
+/// The exit status of an admin refusal, one per code (docs/OPERATIONS.md lists them): 1
+/// stays any failure without a code, and `internal`; 2 is a command line that did not parse.
+pub fn exit_status(code: AdminCode) -> u8 {
+    match code {
+        AdminCode::Internal => 1,
+        AdminCode::BadRequest => 3,
+        AdminCode::AuthFailed => 4,
+        AdminCode::AccessDenied => 5,
+        AdminCode::UnknownTenant => 6,
+        AdminCode::UnknownOperator => 7,
+        AdminCode::UnknownSession => 8,
+        AdminCode::UnknownAdminToken => 9,
+        AdminCode::AlreadyExists => 10,
+        AdminCode::NotFound => 11,
+        AdminCode::TooLarge => 12,
+    }
+}
+
 /// `--json`, flattened into every command that prints a result.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct Output {
@@ -188,6 +237,15 @@ async fn resolve(addr: &str) -> Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_refusal_code_has_its_own_exit_status() {
+        let statuses: std::collections::BTreeSet<u8> =
+            AdminCode::ALL.iter().map(|c| exit_status(*c)).collect();
+        assert_eq!(statuses.len(), AdminCode::ALL.len());
+        assert!(!statuses.contains(&0) && !statuses.contains(&2));
+        assert_eq!(exit_status(AdminCode::Internal), 1);
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -10,9 +10,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use super::{Output, print_json, runtime};
-use crate::sp::admin::Admin;
+use crate::sp::admin::{
+    Admin, AdminCode, AdminError, MAX_PAGE, Result as AdminResult, TenantQuery,
+};
 use crate::sp::config::StateDir;
-use crate::sp::registry::{Actor, AdminScope, Registry};
+use crate::sp::registry::{Actor, AdminScope, AuditQuery, Registry};
 
 /// The SP's state dir: every `rac sp` command works on one.
 #[derive(Debug, Args)]
@@ -80,13 +82,20 @@ pub enum SpCommand {
     /// Manage operator accounts.
     #[command(subcommand)]
     Operator(SpOperatorCommand),
-    /// Print the audit log of console sessions, newest first.
+    /// Print the audit log (console sessions and account changes), newest first.
+    #[command(
+        long_about = "Print the audit log, newest first: console sessions (who opened \
+which tenant's service, when, bytes each way, how it ended) and account changes (who made them: \
+`local` for this command line, `admin api: token NAME` for the API).\n\nThe filters and the \
+paging are the admin API's (`GET /v1/audit`), through the same code. Each row shows its id; \
+when more rows follow, the next page is printed with `--before` the last id shown (stderr \
+says so). Times are Unix seconds or UTC: 2025-01-31, 2025-01-31T08:00, \"2025-01-31 08:00:00\"."
+    )]
     Audit {
         #[command(flatten)]
         state: StateArgs,
-        /// How many entries to print.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        #[command(flatten)]
+        filter: AuditFilter,
         #[command(flatten)]
         output: Output,
     },
@@ -97,6 +106,14 @@ pub enum SpCommand {
     #[command(subcommand)]
     AdminCert(SpAdminCertCommand),
     /// Serve the SP port.
+    #[command(
+        long_about = "Serve the SP port (and the admin listener, if asked for).\n\nSIGTERM \
+or SIGINT drains and stops. SIGHUP (systemctl reload rac-sp) re-reads sp.toml: a new gateway \
+pool is handed to the connected tenants at once; other changed settings are named in the log \
+and apply at the next start; a file that does not load is logged and ignored, and the SP goes \
+on with its running settings. sp.toml is also re-read by itself when it changes, at the next \
+registry poll."
+    )]
     Run {
         #[command(flatten)]
         state: StateArgs,
@@ -133,6 +150,50 @@ pub enum SpCommand {
         #[arg(long)]
         no_wait: bool,
     },
+}
+
+/// `rac sp audit`'s filters and paging: `GET /v1/audit`'s query.
+#[derive(Debug, Args)]
+pub struct AuditFilter {
+    /// Only rows of this tenant.
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
+    /// Only rows of this operator.
+    #[arg(long, value_name = "NAME")]
+    operator: Option<String>,
+    /// Only rows started at or after TIME (Unix seconds, or UTC: 2025-01-31T08:00).
+    #[arg(long, value_name = "TIME", value_parser = crate::util::format::parse_date_time)]
+    since: Option<u64>,
+    /// Only rows started before TIME (Unix seconds, or UTC: 2025-01-31T08:00).
+    #[arg(long, value_name = "TIME", value_parser = crate::util::format::parse_date_time)]
+    until: Option<u64>,
+    /// Only rows whose outcome starts with TEXT: closed, failed, ended, open, or an account
+    /// change's ("tenant disabled").
+    #[arg(long, value_name = "TEXT")]
+    outcome: Option<String>,
+    /// Only rows older than row ID: the next page after a row ID shown last.
+    #[arg(long, value_name = "ID")]
+    before: Option<i64>,
+    /// How many rows to print.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    limit: u32,
+}
+
+/// `rac sp tenant list`'s filters and paging: `GET /v1/tenants`' query, but `status`.
+#[derive(Debug, Args)]
+pub struct TenantFilter {
+    /// Only enabled (true) or disabled (false) tenants.
+    #[arg(long, value_name = "BOOL")]
+    enabled: Option<bool>,
+    /// Only tenants whose name contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    name: Option<String>,
+    /// Only tenants whose name sorts after NAME: the next page after a NAME shown last.
+    #[arg(long, value_name = "NAME")]
+    after: Option<String>,
+    /// Print at most N tenants (default: every one that matches).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    limit: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,10 +263,19 @@ pub enum SpTenantCommand {
         #[command(flatten)]
         output: Output,
     },
-    /// List tenant accounts.
+    /// List tenant accounts, by name.
+    #[command(
+        long_about = "List tenant accounts, by name.\n\nThe filters and the paging \
+are the admin API's (`GET /v1/tenants`), through the same code. With --limit, when more \
+tenants follow, the next page is printed with `--after` the last name shown (stderr says so). \
+The API also filters on `status` (online, offline, disabled): only the running SP knows who \
+is online, so ask it (`GET /v1/tenants?status=online`)."
+    )]
     List {
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        filter: TenantFilter,
         #[command(flatten)]
         output: Output,
     },
@@ -332,6 +402,35 @@ under the old scope within one registry poll. Written to the audit log."
     },
 }
 
+impl SpCommand {
+    /// Whether the command prints JSON (`--json`): then its error is JSON too.
+    pub fn json(&self) -> bool {
+        match self {
+            SpCommand::Init { output, .. } | SpCommand::Audit { output, .. } => output.json,
+            SpCommand::Tenant(
+                SpTenantCommand::Add { output, .. }
+                | SpTenantCommand::List { output, .. }
+                | SpTenantCommand::RotateSecret { output, .. },
+            )
+            | SpCommand::Operator(
+                SpOperatorCommand::Add { output, .. }
+                | SpOperatorCommand::List { output, .. }
+                | SpOperatorCommand::Passwd { output, .. },
+            )
+            | SpCommand::AdminToken(
+                SpAdminTokenCommand::Create { output, .. }
+                | SpAdminTokenCommand::List { output, .. },
+            ) => output.json,
+            SpCommand::Tenant(_)
+            | SpCommand::Operator(_)
+            | SpCommand::AdminToken(_)
+            | SpCommand::AdminCert(_)
+            | SpCommand::Run { .. }
+            | SpCommand::Drain { .. } => false,
+        }
+    }
+}
+
 /// This machine's name, as a cluster node's default name.
 fn host_name() -> Result<String> {
     let name = crate::util::host_name().unwrap_or_default();
@@ -341,7 +440,8 @@ fn host_name() -> Result<String> {
     }
 }
 
-/// Runs one `rac sp` command; `rac sp run` serves until SIGINT/SIGTERM.
+/// Runs one `rac sp` command; `rac sp run` serves until SIGINT/SIGTERM, and re-reads
+/// sp.toml on SIGHUP.
 pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
     match cmd {
         SpCommand::Init {
@@ -416,28 +516,11 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                     println!("secret: {secret}   (shown once: put it in the tenant's config)");
                 }
             }
-            SpTenantCommand::List { state, output } => {
-                let tenants = local(&state.registry()?).all_tenants()?;
-                if output.json {
-                    print_json(&tenants)?;
-                } else {
-                    println!(
-                        "{:<24} {:<9} {:<20} DESCRIPTION",
-                        "NAME", "ENABLED", "LAST SEEN"
-                    );
-                    for t in tenants {
-                        println!(
-                            "{:<24} {:<9} {:<20} {}",
-                            t.name,
-                            if t.enabled { "yes" } else { "no" },
-                            t.last_seen
-                                .map(crate::util::format::date_time)
-                                .unwrap_or_else(|| "never".into()),
-                            t.description
-                        );
-                    }
-                }
-            }
+            SpTenantCommand::List {
+                state,
+                filter,
+                output,
+            } => list_tenants(&state.registry()?, filter, output)?,
             SpTenantCommand::Disable { name, state } => {
                 local(&state.registry()?).set_tenant_enabled(&name, false)?;
                 println!("tenant {name} disabled (a running SP drops its connection and sessions)");
@@ -550,28 +633,9 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
         },
         SpCommand::Audit {
             state,
-            limit,
+            filter,
             output,
-        } => {
-            let entries = state.registry()?.audit_entries(limit)?;
-            if output.json {
-                print_json(&entries)?;
-            } else {
-                for e in entries {
-                    println!(
-                        "{} {:<12} {:<16} {:<8} {:>10} B out {:>10} B in  {} ({})",
-                        crate::util::format::date_time(e.started_at),
-                        e.operator,
-                        e.tenant,
-                        e.service,
-                        e.bytes_to_tenant,
-                        e.bytes_from_tenant,
-                        e.outcome,
-                        e.console_addr
-                    );
-                }
-            }
-        }
+        } => print_audit(&state.registry()?, filter, output)?,
         SpCommand::AdminToken(cmd) => admin_token(cmd)?,
         SpCommand::AdminCert(cmd) => admin_cert(cmd)?,
         SpCommand::Drain {
@@ -623,6 +687,14 @@ pub(super) fn run(cmd: SpCommand) -> Result<ExitCode> {
                 (_, false) => None,
             };
             return runtime()?.block_on(async move {
+                // Watched before the ready line: `systemctl reload rac-sp` re-reads sp.toml,
+                // and a stray SIGHUP no longer ends the SP.
+                let reloads = engine.service.clone();
+                crate::signal::on_hangup(engine.service.stop_requested(), move || {
+                    tracing::info!("SIGHUP: re-reading sp.toml");
+                    reloads.request_reload();
+                })
+                .context("watching SIGHUP")?;
                 let listener =
                     crate::net::listen(addr).with_context(|| format!("listening on {addr}"))?;
                 eprintln!("SP listening on {}", listener.local_addr()?);
@@ -731,10 +803,15 @@ fn drain_node(
         let answer: serde_json::Value = serde_json::from_str(&asked.body).unwrap_or_default();
         if asked.status != 202 {
             let message = answer["message"].as_str().unwrap_or(asked.body.trim());
-            bail!(
+            let message = format!(
                 "node {node} refused to drain (HTTP {}): {message}",
                 asked.status
             );
+            // The API's refusal keeps its code (`rac` prints it and exits with its status).
+            return match serde_json::from_value::<AdminCode>(answer["code"].clone()) {
+                Ok(code) => Err(AdminError::new(code, message).into()),
+                Err(_) => Err(anyhow::anyhow!(message)),
+            };
         }
         let count = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap_or(0);
         println!(
@@ -787,6 +864,114 @@ fn local(registry: &Registry) -> Admin<'_> {
     Admin::new(registry, Actor::Local)
 }
 
+/// `rac sp tenant list`: a page of tenants through [`Admin::tenants`], as
+/// `GET /v1/tenants` (all that match without `--limit`).
+fn list_tenants(registry: &Registry, filter: TenantFilter, output: Output) -> Result<()> {
+    let admin = local(registry);
+    let mut query = TenantQuery {
+        enabled: filter.enabled,
+        name_contains: filter.name,
+        after: filter.after,
+        limit: MAX_PAGE,
+    };
+    let want = filter.limit.map(|n| n as usize);
+    let (tenants, next) = pages(want, |after, limit| {
+        if let Some(after) = after {
+            query.after = Some(after);
+        }
+        query.limit = limit;
+        let page = admin.tenants(&query, |_| true)?;
+        Ok((page.tenants, page.next))
+    })?;
+    if let Some(next) = next {
+        eprintln!("more tenants follow: the next page is --after {next}");
+    }
+    if output.json {
+        print_json(&tenants)?;
+    } else {
+        println!(
+            "{:<24} {:<9} {:<20} DESCRIPTION",
+            "NAME", "ENABLED", "LAST SEEN"
+        );
+        for t in tenants {
+            println!(
+                "{:<24} {:<9} {:<20} {}",
+                t.name,
+                if t.enabled { "yes" } else { "no" },
+                t.last_seen
+                    .map(crate::util::format::date_time)
+                    .unwrap_or_else(|| "never".into()),
+                t.description
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `rac sp audit`: a page of the audit log through [`Admin::audit`], as `GET /v1/audit`.
+fn print_audit(registry: &Registry, filter: AuditFilter, output: Output) -> Result<()> {
+    let admin = local(registry);
+    let mut query = AuditQuery {
+        tenant: filter.tenant,
+        operator: filter.operator,
+        since: filter.since,
+        until: filter.until,
+        outcome: filter.outcome,
+        before: filter.before,
+        limit: MAX_PAGE,
+    };
+    let (entries, next) = pages(Some(filter.limit as usize), |before, limit| {
+        if before.is_some() {
+            query.before = before;
+        }
+        query.limit = limit;
+        let page = admin.audit(&query)?;
+        Ok((page.entries, page.next))
+    })?;
+    if let Some(next) = next {
+        eprintln!("more rows follow: the next page is --before {next}");
+    }
+    if output.json {
+        print_json(&entries)?;
+    } else {
+        for e in entries {
+            println!(
+                "{:>7} {} {:<12} {:<16} {:<8} {:>10} B out {:>10} B in  {} ({})",
+                e.id,
+                crate::util::format::date_time(e.started_at),
+                e.operator,
+                e.tenant,
+                e.service,
+                e.bytes_to_tenant,
+                e.bytes_from_tenant,
+                e.outcome,
+                e.console_addr
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Up to `want` rows (`None`: all) of a listing that `page(cursor, limit)` gives one page at
+/// a time (at most [`MAX_PAGE`] rows), from the caller's own cursor on: the rows, and the
+/// cursor of the rows that follow, if any do.
+fn pages<T, C>(
+    want: Option<usize>,
+    mut page: impl FnMut(Option<C>, usize) -> AdminResult<(Vec<T>, Option<C>)>,
+) -> AdminResult<(Vec<T>, Option<C>)> {
+    let mut rows = Vec::new();
+    let mut cursor = None;
+    loop {
+        let room = want.map_or(MAX_PAGE, |w| w.saturating_sub(rows.len()).min(MAX_PAGE));
+        let (mut got, next) = page(cursor, room)?;
+        rows.append(&mut got);
+        cursor = next;
+        if cursor.is_none() || want.is_some_and(|w| rows.len() >= w) {
+            return Ok((rows, cursor));
+        }
+    }
+}
+
 /// `rac sp admin-token ...`.
 fn admin_token(cmd: SpAdminTokenCommand) -> Result<()> {
     match cmd {
@@ -803,7 +988,8 @@ fn admin_token(cmd: SpAdminTokenCommand) -> Result<()> {
             };
             let token = state
                 .registry()?
-                .create_admin_token(&name, scope, &Actor::Local)?;
+                .create_admin_token(&name, scope, &Actor::Local)
+                .map_err(AdminError::from)?;
             if output.json {
                 print_json(&serde_json::json!({
                     "name": name, "scope": scope, "token": token,
@@ -814,7 +1000,7 @@ fn admin_token(cmd: SpAdminTokenCommand) -> Result<()> {
             }
         }
         SpAdminTokenCommand::List { state, output } => {
-            let tokens = state.registry()?.admin_tokens()?;
+            let tokens = state.registry()?.admin_tokens().map_err(AdminError::from)?;
             if output.json {
                 print_json(&tokens)?;
             } else {
@@ -833,7 +1019,10 @@ fn admin_token(cmd: SpAdminTokenCommand) -> Result<()> {
             }
         }
         SpAdminTokenCommand::Revoke { name, state } => {
-            state.registry()?.revoke_admin_token(&name, &Actor::Local)?;
+            state
+                .registry()?
+                .revoke_admin_token(&name, &Actor::Local)
+                .map_err(AdminError::from)?;
             println!("admin token {name} revoked");
         }
     }

@@ -3,7 +3,7 @@
 //! checked here, made in the registry and written to the audit log naming who made it;
 //! failures carry a stable [`AdminCode`] that the API returns as `{code, message}`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::auth;
 use super::registry::{
@@ -14,7 +14,7 @@ use crate::wire::protocol::ErrorCode;
 /// Why an admin request failed: stable codes a script can branch on. The codes the SP
 /// protocol has too (`bad_request`, `auth_failed`, `access_denied`, `unknown_tenant`,
 /// `internal`) keep its names and meaning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminCode {
     BadRequest,
@@ -31,6 +31,46 @@ pub enum AdminCode {
     /// The request body is over the admin API's limit.
     TooLarge,
     Internal,
+}
+
+impl AdminCode {
+    /// The code as the API and the CLI write it (`unknown_tenant`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminCode::BadRequest => "bad_request",
+            AdminCode::AuthFailed => "auth_failed",
+            AdminCode::AccessDenied => "access_denied",
+            AdminCode::UnknownTenant => "unknown_tenant",
+            AdminCode::UnknownOperator => "unknown_operator",
+            AdminCode::UnknownSession => "unknown_session",
+            AdminCode::UnknownAdminToken => "unknown_admin_token",
+            AdminCode::AlreadyExists => "already_exists",
+            AdminCode::NotFound => "not_found",
+            AdminCode::TooLarge => "too_large",
+            AdminCode::Internal => "internal",
+        }
+    }
+
+    /// Every code, for tables and tests.
+    pub const ALL: [AdminCode; 11] = [
+        AdminCode::BadRequest,
+        AdminCode::AuthFailed,
+        AdminCode::AccessDenied,
+        AdminCode::UnknownTenant,
+        AdminCode::UnknownOperator,
+        AdminCode::UnknownSession,
+        AdminCode::UnknownAdminToken,
+        AdminCode::AlreadyExists,
+        AdminCode::NotFound,
+        AdminCode::TooLarge,
+        AdminCode::Internal,
+    ];
+}
+
+impl std::fmt::Display for AdminCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl From<ErrorCode> for AdminCode {
@@ -164,11 +204,6 @@ impl<'a> Admin<'a> {
         Ok(TenantPage { tenants, next })
     }
 
-    /// Every tenant, by name.
-    pub fn all_tenants(&self) -> Result<Vec<TenantAccount>> {
-        Ok(self.registry.tenants()?)
-    }
-
     /// One tenant.
     pub fn tenant(&self, name: &str) -> Result<TenantAccount> {
         self.registry
@@ -300,6 +335,16 @@ impl<'a> Admin<'a> {
 
     /// A page of the audit log, newest first (at most [`MAX_PAGE`] rows).
     pub fn audit(&self, query: &AuditQuery) -> Result<AuditPage> {
+        if let (Some(since), Some(until)) = (query.since, query.until)
+            && since >= until
+        {
+            return Err(AdminError::new(
+                AdminCode::BadRequest,
+                format!(
+                    "since ({since}) must be before until ({until}): no row can be in that span"
+                ),
+            ));
+        }
         let query = AuditQuery {
             limit: query.limit.clamp(1, MAX_PAGE),
             ..query.clone()
@@ -311,6 +356,16 @@ impl<'a> Admin<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_are_written_as_serde_writes_them() {
+        for code in AdminCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).expect("json"),
+                serde_json::Value::from(code.as_str())
+            );
+        }
+    }
 
     #[test]
     fn changes_are_audited_with_their_actor_and_errors_keep_their_codes() {
@@ -363,6 +418,15 @@ mod tests {
                 ..AuditQuery::default()
             })
             .expect("audit");
+        let err = admin
+            .audit(&AuditQuery {
+                since: Some(20),
+                until: Some(10),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .expect_err("empty span");
+        assert_eq!(err.code, AdminCode::BadRequest);
         assert_eq!(audit.entries[0].outcome, "tenant disabled");
         assert_eq!(audit.entries[0].tenant, "a2");
         assert_eq!(

@@ -80,6 +80,44 @@ pub struct SpService {
     /// Why this cluster node cannot trust its view of the cluster now (its bus is down):
     /// it refuses new sessions and `/readyz` says so. `None` on a single SP.
     bus_problem: std::sync::Mutex<Option<String>>,
+    /// Notified to re-read `sp.toml` at once (see [`request_reload`](Self::request_reload)).
+    reload_request: tokio::sync::Notify,
+}
+
+/// What re-reading `sp.toml` came to ([`SpService::reload_config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigReload {
+    /// Its text is as last read (or this SP has no `sp.toml`): nothing to do.
+    Unchanged,
+    /// The file does not load or is not valid, in these words: the running settings stay.
+    Refused(String),
+    /// The file loads. `gateways`: the new pool, now handed out, when it changed;
+    /// `at_restart`: the other settings that differ from the running ones, by key, which
+    /// apply at the next start.
+    Loaded {
+        gateways: Option<Vec<String>>,
+        at_restart: Vec<String>,
+    },
+}
+
+/// The top-level keys (sections as one key) whose values differ between `running` and
+/// `loaded`, but for the gateway pool, which applies while running.
+fn changed_keys(running: &SpConfig, loaded: &SpConfig) -> Vec<String> {
+    let table = |config: &SpConfig| match toml::Value::try_from(config) {
+        Ok(toml::Value::Table(table)) => table,
+        // Settings always serialize as a table; were they not, no key reads as changed.
+        _ => toml::Table::new(),
+    };
+    let (running, loaded) = (table(running), table(loaded));
+    let mut keys: Vec<String> = running
+        .keys()
+        .chain(loaded.keys())
+        .filter(|key| *key != "gateways" && running.get(*key) != loaded.get(*key))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// What the SP has seen of one trusted gateway since it started.
@@ -299,6 +337,7 @@ impl SpService {
             draining: AtomicBool::new(false),
             stop_request: tokio_util::sync::CancellationToken::new(),
             bus_problem: std::sync::Mutex::new(None),
+            reload_request: tokio::sync::Notify::new(),
         })
     }
 
@@ -320,8 +359,9 @@ impl SpService {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Asks the SP to drain and stop, as SIGTERM does.
+    /// Asks the SP to drain and stop, as SIGTERM does. `/readyz` says "draining" from here.
     pub fn request_stop(&self) {
+        self.set_draining();
         self.stop_request.cancel();
     }
 
@@ -391,32 +431,76 @@ impl SpService {
             .clone()
     }
 
-    /// Re-reads `sp.toml`; returns the new gateway pool when it changed. Other settings take
-    /// effect at the next start. An invalid file is reported and ignored.
-    pub fn reload_gateways(&self) -> Option<Vec<String>> {
-        let path = self.config_path.as_ref()?;
+    /// Re-reads `sp.toml` and applies what applies while running: the gateway pool. Other
+    /// settings take effect at the next start (they are named in the log). A file that does
+    /// not load is reported and ignored: the running settings stay. The registry poll calls
+    /// this with `asked` false (then a file whose text did not change is not parsed again);
+    /// a reload request ([`request_reload`](Self::request_reload), SIGHUP) with `asked` true,
+    /// which re-reads the file whatever its text and logs what came of it.
+    pub fn reload_config(&self, asked: bool) -> ConfigReload {
+        let Some(path) = self.config_path.as_ref() else {
+            if asked {
+                tracing::info!("reload: this SP has no sp.toml to re-read");
+            }
+            return ConfigReload::Unchanged;
+        };
         let text = std::fs::read_to_string(path).unwrap_or_default();
         {
             let mut seen = crate::util::lock(&self.config_text);
-            if *seen == text {
-                return None;
+            if *seen == text && !asked {
+                return ConfigReload::Unchanged;
             }
             *seen = text;
         }
         let config = match SpConfig::load(path) {
             Ok(config) => config,
             Err(e) => {
-                tracing::error!("ignoring the changed {}: {e:#}", path.display());
-                return None;
+                tracing::error!(
+                    "reload: keeping the running settings, {} is refused: {e:#}",
+                    path.display()
+                );
+                return ConfigReload::Refused(format!("{e:#}"));
             }
         };
-        let mut gateways = self.gateways.write().unwrap_or_else(|p| p.into_inner());
-        if *gateways == config.gateways {
-            return None;
+        let at_restart = changed_keys(&self.config, &config);
+        if !at_restart.is_empty() {
+            tracing::warn!(
+                "reload: {} changed in {}: applies at the next start (systemctl restart rac-sp)",
+                at_restart.join(", "),
+                path.display()
+            );
         }
-        tracing::info!(gateways = ?config.gateways, "gateway pool changed");
-        *gateways = config.gateways.clone();
-        Some(config.gateways)
+        let gateways = {
+            let mut gateways = self.gateways.write().unwrap_or_else(|p| p.into_inner());
+            (*gateways != config.gateways).then(|| {
+                *gateways = config.gateways.clone();
+                config.gateways
+            })
+        };
+        match &gateways {
+            Some(pool) => tracing::info!(gateways = ?pool, "reload: gateway pool changed"),
+            None if asked => tracing::info!(
+                "reload: re-read {}; the gateway pool is unchanged",
+                path.display()
+            ),
+            None => {}
+        }
+        ConfigReload::Loaded {
+            gateways,
+            at_restart,
+        }
+    }
+
+    /// Asks the SP port's loop to re-read `sp.toml` now (SIGHUP), as it does at each
+    /// registry poll when the file changed.
+    pub fn request_reload(&self) {
+        self.reload_request.notify_one();
+    }
+
+    /// Completes at the next [`request_reload`](Self::request_reload) (one made while nobody
+    /// waited is kept for the next wait).
+    pub async fn reload_requested(&self) {
+        self.reload_request.notified().await;
     }
 
     /// Checks a tenant's control-connection credentials.

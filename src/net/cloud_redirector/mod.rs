@@ -255,10 +255,12 @@ pub async fn run(
         });
     }
 
-    // Not ready from here on (`/readyz`): no new connections, sessions end.
+    // Not ready from here on (`/readyz`): no new connections, sessions end. Draining is set
+    // before serving is cleared, so `/readyz` never gives "not accepting" as the reason of a
+    // drain.
+    shared.sp.set_draining();
     drop(listener);
     shared.sp.set_serving(false);
-    shared.sp.set_draining();
     nodes::drain(&shared).await;
     stop.cancel();
     tracker.close();
@@ -588,16 +590,18 @@ async fn send_error<W: AsyncWrite + Unpin>(
 }
 
 /// Polls the registry for account changes made by other processes, and `sp.toml` for a new
-/// gateway pool, and acts on them.
+/// gateway pool, and acts on them; a reload request (SIGHUP) runs a poll at once, and
+/// re-reads `sp.toml` even if its text looks the same.
 async fn watch_registry(shared: Arc<Shared>) {
     let mut tick =
         tokio::time::interval(Duration::from_millis(shared.sp.config.registry_poll_millis));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let asked = tokio::select! {
+            _ = tick.tick() => false,
+            () = shared.sp.reload_requested() => true,
             _ = shared.shutdown.cancelled() => return,
-        }
+        };
         // First-seen tenant keys go to the registry before it is read back, so the read
         // does not take them away from the presence table.
         if let Err(e) = shared.sp.flush_tenant_keys() {
@@ -611,12 +615,24 @@ async fn watch_registry(shared: Arc<Shared>) {
         // For `/metrics` and `/v1/server`: one look per poll, none per connection.
         let connected = lock(&shared.controls).len();
         shared.sp.metrics.tenants_connected.set(connected as i64);
-        if let Some(gateways) = shared.sp.reload_gateways() {
-            for handle in lock(&shared.controls).values() {
-                let _ = handle.tx.try_send(Box::new(ControlMsg::Gateways {
-                    gateways: gateways.clone(),
-                }));
-            }
+        if let crate::sp::ConfigReload::Loaded {
+            gateways: Some(gateways),
+            ..
+        } = shared.sp.reload_config(asked)
+        {
+            let tenants = {
+                let controls = lock(&shared.controls);
+                for handle in controls.values() {
+                    let _ = handle.tx.try_send(Box::new(ControlMsg::Gateways {
+                        gateways: gateways.clone(),
+                    }));
+                }
+                controls.len()
+            };
+            tracing::info!(
+                tenants,
+                "pushed the new gateway pool to the connected tenants"
+            );
         }
     }
 }

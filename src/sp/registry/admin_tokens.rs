@@ -123,7 +123,9 @@ impl Registry {
     }
 
     /// The token a request presented, if it is a live admin token. Marks it used (at most
-    /// one write a minute per token, so a scraper does not write on every scrape).
+    /// one write a minute per token, so a scraper does not write on every scrape). That mark
+    /// is bookkeeping: when it cannot be written (the registry is locked or read-only) it is
+    /// logged and the token still counts, so a read goes on while writes cannot.
     pub fn check_admin_token(&self, token: &str) -> Result<Option<AdminToken>> {
         let found = self.read(|db| {
             db.query_opt(
@@ -137,12 +139,15 @@ impl Registry {
         if let Some(token) = &found
             && token.last_used.is_none_or(|at| at + 60 <= now)
         {
-            self.write(|db| {
+            let marked = self.write(|db| {
                 db.execute(
                     "UPDATE admin_tokens SET last_used = ?2 WHERE name = ?1",
                     args![&token.name, now as i64],
                 )
-            })?;
+            });
+            if let Err(e) = marked {
+                tracing::warn!(token = %token.name, "could not record the admin token's use: {e}");
+            }
         }
         Ok(found)
     }

@@ -305,17 +305,27 @@ impl Registry {
     }
 
     /// Whether a write could start now, for `/readyz`. SQLite: takes the write lock on a
-    /// connection of its own and gives it back at once, committing nothing; fails within about 200 ms when another connection holds the
-    /// lock, and at once when the file cannot be opened for writing (a read-only file
-    /// system). PostgreSQL: a write that is rolled back, on a pooled connection.
+    /// connection of its own and gives it back at once, committing nothing; fails within
+    /// about 200 ms when another connection holds the lock, and at once when SQLite could
+    /// open the file only for reading (a read-only file system). PostgreSQL: a write that is
+    /// rolled back, on a pooled connection.
+    ///
+    /// The file is opened through SQLite only, never with `std::fs`: closing any descriptor
+    /// of the database file drops every POSIX lock this process holds on it, and then the
+    /// next other process to close its connection (a `rac sp tenant ...`) takes itself for
+    /// the last one, checkpoints and deletes the write-ahead log under the running SP, whose
+    /// later writes nobody else would see. SQLite's own connections share the process's
+    /// locks and do not drop them.
     pub fn probe_writable(&self) -> std::result::Result<(), String> {
         match &self.store {
             Store::Sqlite { path, .. } => {
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
                 let conn = Connection::open(path).map_err(|e| e.to_string())?;
+                if conn
+                    .is_readonly(rusqlite::MAIN_DB)
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!("{}: opened read-only", path.display()));
+                }
                 conn.busy_timeout(Duration::from_millis(200))
                     .map_err(|e| e.to_string())?;
                 conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
