@@ -62,6 +62,16 @@ pub(super) async fn serve(
     if let Some(claim) = &admitted.claim {
         nodes::watch_claim(shared.clone(), tenant.clone(), conn_id, claim.lost_token());
     }
+    // The rest of the connection's life runs on the control thread, whose reactor its socket
+    // was moved to at the take-over (see `ControlThread`); this task ends here.
+    let control_thread = shared.control_thread.clone();
+    control_thread.spawn(connected(shared, tenant, admitted));
+}
+
+/// A control connection from its welcome to its end, then the cleanup: on the control
+/// thread.
+async fn connected(shared: Arc<Shared>, tenant: String, admitted: Admitted) {
+    let conn_id = admitted.conn_id;
     let ended = match admitted.io {
         Ok((reader, writer)) => {
             let channel = Channel {
@@ -217,7 +227,8 @@ async fn admit(
     // tenant sends nothing between its hello and the welcome: nothing is in flight at the
     // switch.
     let io = match frame::write_frame(&mut stream, &welcome).await {
-        Ok(()) => tls::take_over(stream).map_err(frame::FrameError::Io),
+        Ok(()) => tls::take_over_onto(stream, Some(shared.control_thread.handle()))
+            .map_err(frame::FrameError::Io),
         Err(e) => Err(e),
     };
     Some(Admitted {

@@ -115,6 +115,56 @@ struct Shared {
     forwards: Mutex<HashMap<String, nodes::Forward>>,
     /// Sessions this node forwards to other nodes now.
     forwarding: std::sync::atomic::AtomicUsize,
+    /// Where tenant control connections live after their welcome.
+    control_thread: Arc<ControlThread>,
+}
+
+/// The thread the tenants' control connections run on after their welcome: a current-thread
+/// runtime of their own. Thousands of idle tenants each wake the SP once per heartbeat; on
+/// the main runtime such a wake-up often woke its second worker as well, for nothing (at
+/// 15,000 tenants pinging every 30 s: 1.3–1.6% of a core, against 0.9% with one worker,
+/// docs/BENCHMARKS.md). Here one thread wakes, alone. Handshakes, sessions and operators stay
+/// on the main runtime, whose two workers they use.
+struct ControlThread {
+    handle: tokio::runtime::Handle,
+    /// Tracks the connections here, so the SP's shutdown waits for their goodbyes.
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl ControlThread {
+    fn start(tracker: TaskTracker) -> std::io::Result<Arc<Self>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("rac-control".into())
+            .spawn(move || runtime.block_on(stopped.cancelled()))?;
+        Ok(Arc::new(ControlThread {
+            handle,
+            tracker,
+            stop,
+        }))
+    }
+
+    /// The runtime whose reactor a control connection's socket moves to.
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.handle.spawn(self.tracker.track_future(task));
+    }
+}
+
+impl Drop for ControlThread {
+    /// Ends the thread; a connection still there is dropped with its runtime.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// A spliced session or an operator connection, as the registry watcher sees it.
@@ -178,6 +228,9 @@ pub async fn run(
         Some(_) => CancellationToken::new(),
         None => shutdown.clone(),
     };
+    let tracker = TaskTracker::new();
+    let control_thread = ControlThread::start(tracker.clone())
+        .context("starting the control connections' thread")?;
     let shared = Arc::new(Shared {
         sp: engine.service,
         shutdown: stop.clone(),
@@ -195,9 +248,9 @@ pub async fn run(
         cluster: engine.cluster,
         forwards: Mutex::new(HashMap::new()),
         forwarding: std::sync::atomic::AtomicUsize::new(0),
+        control_thread,
     });
     let acceptor = engine.acceptor;
-    let tracker = TaskTracker::new();
     tracker.spawn(watch_registry(shared.clone()));
     tracker.spawn(summarise_admission(shared.clone()));
     nodes::spawn_tasks(&shared, &tracker);
@@ -273,6 +326,8 @@ pub async fn run(
             "connections still open after 5 s of shutdown"
         );
     }
+    // Control connections still open by now end with their thread.
+    shared.control_thread.stop.cancel();
     Ok(())
 }
 

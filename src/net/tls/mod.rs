@@ -20,7 +20,7 @@ mod rdp;
 mod records;
 pub mod tickets;
 pub use rdp::{DesktopCertificate, RdpTlsStream, desktop_client_upgrade, desktop_server_acceptor};
-pub use records::{RecordReader, RecordWriter, take_over};
+pub use records::{RecordReader, RecordWriter, take_over, take_over_onto};
 
 pub use tokio_rustls::TlsAcceptor;
 pub type ServerStream<S = ReadAhead> = tokio_rustls::server::TlsStream<S>;

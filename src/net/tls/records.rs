@@ -53,6 +53,15 @@ const ALERT_LEVEL_WARNING: u8 = 1;
 /// cannot be: the SP takes over only where the protocol has the peer waiting for the SP's
 /// reply (see PROTOCOL.md), and a peer that sends early anyway is cut off by a failed record.
 pub fn take_over(stream: ServerStream) -> io::Result<(RecordReader, RecordWriter)> {
+    take_over_onto(stream, None)
+}
+
+/// [`take_over`], the socket moved to the reactor of `runtime` (when given): the halves are
+/// then polled on that runtime only.
+pub fn take_over_onto(
+    stream: ServerStream,
+    runtime: Option<&tokio::runtime::Handle>,
+) -> io::Result<(RecordReader, RecordWriter)> {
     let (io, mut conn) = stream.into_inner();
     let suite = match conn.negotiated_cipher_suite() {
         Some(SupportedCipherSuite::Tls13(suite)) => suite,
@@ -75,6 +84,14 @@ pub fn take_over(stream: ServerStream) -> io::Result<(RecordReader, RecordWriter
     let (rx_key, rx_iv) = key_and_iv(rx)?;
     let limit = suite.common.confidentiality_limit;
     let (tcp, ahead) = io.into_parts();
+    let tcp = match runtime {
+        Some(runtime) => {
+            let socket = tcp.into_std()?;
+            let _in_runtime = runtime.enter();
+            tokio::net::TcpStream::from_std(socket)?
+        }
+        None => tcp,
+    };
     let (read_half, write_half) = tcp.into_split();
     let plain_len = unread.len();
     // The carried-over plaintext first, then the bytes read ahead, as if just read.
