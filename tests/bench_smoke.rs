@@ -16,6 +16,7 @@ const FIGURES: &[&str] = &[
     "open_p99_ms",
     "open_gateway_p50_ms",
     "open_gateway_p99_ms",
+    "open_hello_after_ready_p50_ms",
     "slow_reader_kib_per_session",
     "gateway_kib_per_conn",
     "idle_kib_per_tenant",
