@@ -161,7 +161,7 @@ impl ControlThread {
 }
 
 impl Drop for ControlThread {
-    /// Ends the thread; a connection still there is dropped with its runtime.
+    /// Ends the thread (once nothing on it holds the SP's state any more).
     fn drop(&mut self) {
         self.stop.cancel();
     }
@@ -326,8 +326,8 @@ pub async fn run(
             "connections still open after 5 s of shutdown"
         );
     }
-    // Control connections still open by now end with their thread.
-    shared.control_thread.stop.cancel();
+    // The control thread ends when the last connection on it has (its `Drop`): one still
+    // writing its goodbye finishes, and records the tenant's last sighting, first.
     Ok(())
 }
 
