@@ -469,6 +469,23 @@ async fn open_data(control: &mut FakeStream, session_id: &str, service: &str, gr
     .expect("open_data");
 }
 
+/// The tenant's data connection for `session_id` on a hand-made SP, made `ready` and taken
+/// out of the relay's TLS there, as the real SP leaves it.
+async fn ready_at_the_boundary(fake: &FakeSp, session_id: &str) -> rac::net::tls::ReadAhead {
+    let (mut data, _) = fake.accept().await;
+    write_frame(
+        &mut data,
+        &SessionMsg::Ready {
+            session_id: session_id.into(),
+            tenant_key: None,
+            client_hello_sent: false,
+        },
+    )
+    .await
+    .expect("ready");
+    e2e::leave_server(data).expect("boundary")
+}
+
 /// A local TCP service that counts the connections it gets.
 async fn counting_service() -> (String, Arc<Mutex<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -602,18 +619,7 @@ async fn the_tenant_talks_only_to_the_granted_console_key_and_never_in_plaintext
             fake.grant(session_id, "svc", &granted.fingerprint_text()),
         )
         .await;
-        let (mut data, _) = fake.accept().await;
-        write_frame(
-            &mut data,
-            &SessionMsg::Ready {
-                session_id: session_id.into(),
-                tenant_key: None,
-                client_hello_sent: false,
-            },
-        )
-        .await
-        .expect("ready");
-        e2e::leave_server(data).expect("boundary")
+        ready_at_the_boundary(&fake, session_id).await
     };
 
     // The SP carries on in plaintext: the tenant expects a handshake and gets none.
@@ -690,18 +696,7 @@ async fn a_client_hello_sent_ahead_that_the_sp_alters_or_replaces_opens_nothing(
         )
         .await
         .expect("open_data");
-        let (mut data, _) = fake.accept().await;
-        write_frame(
-            &mut data,
-            &SessionMsg::Ready {
-                session_id: session_id.into(),
-                tenant_key: None,
-                client_hello_sent: false,
-            },
-        )
-        .await
-        .expect("ready");
-        e2e::leave_server(data).expect("boundary")
+        ready_at_the_boundary(&fake, session_id).await
     };
 
     // One bit of the console's own ClientHello flipped on the way (in its random).
